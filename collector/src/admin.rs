@@ -1,0 +1,94 @@
+//! The admin API: bearer-token reads of what the collector knows.
+
+use hyper::body::Incoming;
+use hyper::header::AUTHORIZATION;
+use hyper::{Request, StatusCode};
+
+use crate::app::App;
+use crate::error::{ApiError, Resp, json_response};
+
+/// Checks `Authorization: Bearer <admin token>` in constant time.
+pub fn authorize(app: &App, req: &Request<Incoming>) -> Result<(), ApiError> {
+    let given = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::Unauthorized)?;
+    if constant_time_eq(given.trim().as_bytes(), app.config.admin_token.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `GET /v1/profiles/{id}`: the profile that `id` (a userId or anonymousId)
+/// belongs to.
+pub async fn profile(app: std::sync::Arc<App>, id: String) -> Result<Resp, ApiError> {
+    let store = app.store.clone();
+    let found = tokio::task::spawn_blocking(move || store.profile(&id))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let p = found.ok_or(ApiError::NotFound("profile"))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "profile_id": p.profile_id,
+            "user_ids": p.user_ids,
+            "anonymous_ids": p.anonymous_ids,
+            "traits": {},
+            "consent": {},
+            "first_seen": p.first_seen,
+            "last_seen": p.last_seen,
+            "event_count": p.event_count,
+        }),
+    ))
+}
+
+/// Decodes `%XX` escapes in a path segment; `None` if they are malformed
+/// or the result is not UTF-8.
+pub fn percent_decode(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = segment.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%40b.c").as_deref(), Some("a@b.c"));
+        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
+        assert_eq!(percent_decode("%E2%9C%93").as_deref(), Some("✓"));
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%ff"), None);
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

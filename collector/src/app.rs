@@ -1,0 +1,20 @@
+//! The state every request handler shares.
+
+use std::sync::Arc;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::EventStore;
+
+/// Shared, read-mostly state of a running collector.
+pub struct App {
+    /// Settings.
+    pub config: Config,
+    /// Where events go.
+    pub store: Arc<dyn EventStore>,
+    /// The time source.
+    pub clock: Arc<dyn Clock>,
+    /// Counters.
+    pub metrics: Metrics,
+}

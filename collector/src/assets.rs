@@ -1,0 +1,160 @@
+//! Static files: the SDK (`/weft.js`, `/weft.wasm`) and the demo site and
+//! dashboard from `www/`.
+//!
+//! The SDK build writes `.br` and `.gz` twins of each file; the one the
+//! browser accepts is sent, so visitors download the compressed size. HTML
+//! pages get `%WEFT_WRITE_KEY%` replaced by the first configured key, so the
+//! demo works with whatever key the collector runs with.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{
+    ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderValue, VARY,
+};
+use hyper::{Response, StatusCode};
+
+use crate::app::App;
+use crate::error::{ApiError, Resp};
+
+/// Files of the SDK build that the collector serves from its SDK directory.
+const SDK_FILES: [&str; 4] = ["weft.js", "weft.wasm", "weft.d.ts", "weft-fallback.js"];
+
+/// Serves `path` (a GET) from the SDK or www directory.
+pub async fn serve(app: &App, path: &str, headers: &HeaderMap) -> Result<Resp, ApiError> {
+    let not_found = ApiError::NotFound("file");
+    let name = match path {
+        "/" => "index.html",
+        "/dashboard" | "/dashboard/" => "dashboard.html",
+        p => p.strip_prefix('/').ok_or(ApiError::NotFound("file"))?,
+    };
+    if !is_safe_name(name) {
+        return Err(not_found);
+    }
+    let dir = if SDK_FILES.contains(&name) {
+        app.config.sdk_dir.as_deref()
+    } else {
+        app.config.www_dir.as_deref()
+    };
+    let dir = dir.ok_or(ApiError::NotFound("file"))?;
+    let file = dir.join(name);
+    let content_type = content_type(name);
+
+    if content_type.starts_with("text/html") {
+        let text = tokio::fs::read_to_string(&file)
+            .await
+            .map_err(|_| ApiError::NotFound("file"))?;
+        let key = app
+            .config
+            .sources
+            .first()
+            .map(|s| s.write_key.as_str())
+            .unwrap_or("");
+        let body = text.replace("%WEFT_WRITE_KEY%", key);
+        return Ok(response(Bytes::from(body), content_type, None, "no-cache"));
+    }
+
+    let accepts = headers
+        .get(ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    for (encoding, ext) in [("br", "br"), ("gzip", "gz")] {
+        if accepts_encoding(accepts, encoding)
+            && let Ok(data) = tokio::fs::read(with_ext(&file, ext)).await
+        {
+            return Ok(response(
+                Bytes::from(data),
+                content_type,
+                Some(encoding),
+                "public, max-age=300",
+            ));
+        }
+    }
+    let data = tokio::fs::read(&file)
+        .await
+        .map_err(|_| ApiError::NotFound("file"))?;
+    Ok(response(Bytes::from(data), content_type, None, "public, max-age=300"))
+}
+
+fn with_ext(file: &Path, ext: &str) -> PathBuf {
+    let mut s = file.as_os_str().to_owned();
+    s.push(".");
+    s.push(ext);
+    PathBuf::from(s)
+}
+
+fn accepts_encoding(header: &str, encoding: &str) -> bool {
+    header.split(',').any(|part| {
+        let mut it = part.split(';');
+        let name = it.next().unwrap_or("").trim();
+        let refused = it.any(|p| {
+            let p = p.trim();
+            p == "q=0" || p == "q=0.0" || p == "q=0.00" || p == "q=0.000"
+        });
+        name.eq_ignore_ascii_case(encoding) && !refused
+    })
+}
+
+fn response(body: Bytes, content_type: &'static str, encoding: Option<&'static str>, cache: &'static str) -> Resp {
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = StatusCode::OK;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static(cache));
+    h.insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+    if let Some(e) = encoding {
+        h.insert(CONTENT_ENCODING, HeaderValue::from_static(e));
+    }
+    resp
+}
+
+/// Only plain relative names: letters, digits, `-_.` and `/` between
+/// segments; no `..`, no hidden files.
+fn is_safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.split('/').all(|seg| {
+            !seg.is_empty()
+                && !seg.starts_with('.')
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        })
+}
+
+fn content_type(name: &str) -> &'static str {
+    match name.rsplit('.').next().unwrap_or("") {
+        "html" => "text/html; charset=utf-8",
+        "js" => "text/javascript; charset=utf-8",
+        "wasm" => "application/wasm",
+        "css" => "text/css; charset=utf-8",
+        "json" => "application/json",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "ts" => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_could_escape_are_refused() {
+        for bad in ["", "../etc/passwd", "a/../b", ".env", "a//b", "x%2e%2e", "a\\b"] {
+            assert!(!is_safe_name(bad), "{bad}");
+        }
+        for good in ["index.html", "img/logo.svg", "weft.js"] {
+            assert!(is_safe_name(good), "{good}");
+        }
+    }
+
+    #[test]
+    fn encoding_negotiation() {
+        assert!(accepts_encoding("gzip, deflate, br", "br"));
+        assert!(accepts_encoding("gzip;q=0.8", "gzip"));
+        assert!(!accepts_encoding("gzip;q=0", "gzip"));
+        assert!(!accepts_encoding("identity", "gzip"));
+    }
+}

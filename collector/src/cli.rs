@@ -1,0 +1,185 @@
+//! Command-line flags (each with a `WEFT_*` environment variable) and how
+//! they become a [`Config`]: the default write key, the admin token kept in
+//! the data directory, and the warnings for development defaults.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+
+use crate::config::{Config, Source};
+
+/// The write key used when none is configured.
+pub const DEV_WRITE_KEY: &str = "wk_dev";
+/// The file in the data directory that keeps a generated admin token.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+/// weft collector: receives events, stores them, serves profiles.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "weft-collector", version)]
+pub struct Cli {
+    /// Address to listen on.
+    #[arg(long, env = "WEFT_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Directory of the embedded store.
+    #[arg(long, env = "WEFT_DATA_DIR", default_value = "./weft-data")]
+    pub data_dir: PathBuf,
+    /// A source write key (repeatable). Without one, `wk_dev` is used.
+    #[arg(long = "write-key", env = "WEFT_WRITE_KEY", value_delimiter = ',')]
+    pub write_keys: Vec<String>,
+    /// Bearer token of the admin API. Without one, a random token is
+    /// generated once and kept in the data directory.
+    #[arg(long, env = "WEFT_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Browser origin allowed to send (repeatable). Without one, any origin.
+    #[arg(long = "allowed-origin", env = "WEFT_ALLOWED_ORIGIN", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Directory of the demo site and dashboard.
+    #[arg(long, env = "WEFT_WWW_DIR")]
+    pub www_dir: Option<PathBuf>,
+    /// Directory of the built SDK (`weft.js`, `weft.wasm`).
+    #[arg(long, env = "WEFT_SDK_DIR")]
+    pub sdk_dir: Option<PathBuf>,
+    /// Store whole client IP addresses instead of truncating them.
+    #[arg(long, env = "WEFT_KEEP_FULL_IP")]
+    pub keep_full_ip: bool,
+}
+
+/// Where the admin token came from, so the binary can say so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenOrigin {
+    /// Given by flag or environment.
+    Configured,
+    /// Read from the data directory.
+    Stored(PathBuf),
+    /// Generated now and saved in the data directory.
+    Generated(PathBuf),
+}
+
+impl Cli {
+    /// Builds the configuration: creates the data directory, resolves the
+    /// admin token, applies development defaults with a warning each.
+    pub fn into_config(self) -> std::io::Result<(Config, TokenOrigin)> {
+        std::fs::create_dir_all(&self.data_dir)?;
+        let (admin_token, origin) = match self.admin_token {
+            Some(t) if !t.is_empty() => (t, TokenOrigin::Configured),
+            _ => load_or_create_token(&self.data_dir)?,
+        };
+        let mut keys = self.write_keys;
+        keys.retain(|k| !k.is_empty());
+        if keys.is_empty() {
+            tracing::warn!(
+                "no --write-key given: accepting the development key `{DEV_WRITE_KEY}`; \
+                 configure real keys before exposing this collector"
+            );
+            keys.push(DEV_WRITE_KEY.to_owned());
+        }
+        if self.allowed_origins.is_empty() {
+            tracing::warn!(
+                "no --allowed-origin given: browsers on any origin may send with the configured keys"
+            );
+        }
+        let sources = keys
+            .into_iter()
+            .map(|write_key| Source {
+                write_key,
+                allowed_origins: self.allowed_origins.clone(),
+            })
+            .collect();
+        let mut config = Config::new(self.data_dir, sources, admin_token);
+        config.www_dir = self.www_dir;
+        config.sdk_dir = self.sdk_dir;
+        config.keep_full_ip = self.keep_full_ip;
+        Ok((config, origin))
+    }
+}
+
+fn load_or_create_token(data_dir: &Path) -> std::io::Result<(String, TokenOrigin)> {
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let token = text.trim().to_owned();
+        if !token.is_empty() {
+            return Ok((token, TokenOrigin::Stored(path)));
+        }
+    }
+    let token = random_token()?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&path)?;
+    file.write_all(token.as_bytes())?;
+    file.sync_all()?;
+    Ok((token, TokenOrigin::Generated(path)))
+}
+
+/// 32 random bytes as hex, prefixed `wat_` (weft admin token).
+pub fn random_token() -> std::io::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
+    let mut out = String::from("wat_");
+    for b in bytes {
+        out.push_str(&format!("{b:02x}"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut all = vec!["weft-collector"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).expect("flags parse")
+    }
+
+    #[test]
+    fn defaults_give_dev_key_and_a_stored_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let (config, origin) = cli(&["--data-dir", data.to_str().unwrap()])
+            .into_config()
+            .unwrap();
+        assert_eq!(config.sources, vec![Source::any_origin(DEV_WRITE_KEY)]);
+        assert!(matches!(origin, TokenOrigin::Generated(_)));
+        assert!(config.admin_token.starts_with("wat_") && config.admin_token.len() == 68);
+
+        // A restart reads the same token back.
+        let (again, origin) = cli(&["--data-dir", data.to_str().unwrap()])
+            .into_config()
+            .unwrap();
+        assert_eq!(again.admin_token, config.admin_token);
+        assert!(matches!(origin, TokenOrigin::Stored(_)));
+    }
+
+    #[test]
+    fn explicit_keys_origins_and_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, origin) = cli(&[
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--write-key",
+            "wk_a",
+            "--write-key",
+            "wk_b",
+            "--allowed-origin",
+            "https://shop.example",
+            "--admin-token",
+            "secret",
+        ])
+        .into_config()
+        .unwrap();
+        assert_eq!(origin, TokenOrigin::Configured);
+        assert_eq!(config.admin_token, "secret");
+        assert_eq!(config.sources.len(), 2);
+        let a = config.source("wk_a").unwrap();
+        assert!(a.allows_origin("https://shop.example"));
+        assert!(!a.allows_origin("https://evil.example"));
+        assert!(config.source("wk_dev").is_none());
+    }
+}

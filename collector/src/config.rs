@@ -1,0 +1,79 @@
+//! The collector's settings as plain data. [`crate::cli`] builds them from
+//! flags and environment variables; tests build them directly.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A source: something that sends events (a website, a server), identified
+/// by its write key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// The write key the source authenticates with.
+    pub write_key: String,
+    /// Browser origins (`https://shop.example`) allowed to send with this
+    /// key. Empty: any origin.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Source {
+    /// A source that accepts browsers from any origin.
+    pub fn any_origin(write_key: impl Into<String>) -> Self {
+        Source {
+            write_key: write_key.into(),
+            allowed_origins: Vec::new(),
+        }
+    }
+
+    /// Whether a browser on `origin` may send with this key.
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        self.allowed_origins.is_empty() || self.allowed_origins.iter().any(|o| o == origin)
+    }
+}
+
+/// Everything [`crate::serve`] needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the embedded store keeps its files.
+    pub data_dir: PathBuf,
+    /// The sources allowed to send.
+    pub sources: Vec<Source>,
+    /// The bearer token of the admin API.
+    pub admin_token: String,
+    /// The demo site and dashboard (`www/`); `None` serves none.
+    pub www_dir: Option<PathBuf>,
+    /// The built SDK (`weft.js`, `weft.wasm`); `None` serves none.
+    pub sdk_dir: Option<PathBuf>,
+    /// Bound of the write queue, in requests; beyond it ingest answers 503.
+    pub write_queue_capacity: usize,
+    /// Most connections served at once; more are closed on accept.
+    pub max_connections: usize,
+    /// Time a client has to send its request headers.
+    pub header_timeout: Duration,
+    /// Time a client has to send its request body.
+    pub body_timeout: Duration,
+    /// Keep whole client IPs instead of truncating them (IPv4 /24, IPv6 /48).
+    pub keep_full_ip: bool,
+}
+
+impl Config {
+    /// Defaults for a data directory, sources and an admin token.
+    pub fn new(data_dir: impl Into<PathBuf>, sources: Vec<Source>, admin_token: String) -> Self {
+        Config {
+            data_dir: data_dir.into(),
+            sources,
+            admin_token,
+            www_dir: None,
+            sdk_dir: None,
+            write_queue_capacity: 1024,
+            max_connections: 4096,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            keep_full_ip: false,
+        }
+    }
+
+    /// The source with this write key.
+    pub fn source(&self, write_key: &str) -> Option<&Source> {
+        self.sources.iter().find(|s| s.write_key == write_key)
+    }
+}

@@ -1,0 +1,39 @@
+//! weft's collector: a hyper + tokio server that receives Segment-spec
+//! events, stores them durably and answers profile queries.
+//!
+//! Layout (request path first):
+//! - [`server`]: the accept loop, per-connection limits and graceful
+//!   shutdown; [`serve`] is the entry point tests and the binary call.
+//! - [`routes`]: method + path to handler, CORS, and the one place where an
+//!   [`error::ApiError`] becomes an HTTP response.
+//! - [`ingest`]: `/v1/batch` and the single-message endpoints: body limits,
+//!   gzip, write-key auth, per-message validation and enrichment (receivedAt,
+//!   clock-skew correction, truncated IP).
+//! - [`admin`]: the bearer-token admin API (`/v1/profiles/{id}`).
+//! - [`assets`]: the SDK files and the demo site, precompressed when built so.
+//! - [`store`]: the [`store::EventStore`] seam and its embedded SQLite
+//!   implementation with a single group-commit writer.
+//! - [`clock`]: the replaceable clock.
+//! - [`metrics`]: counters rendered as Prometheus text.
+//! - [`config`] and [`cli`]: settings, and the flags/env vars that make them.
+//!
+//! Invariants: a request is answered 200 only after its accepted messages are
+//! committed and synced; handlers return `Result<_, ApiError>` and only
+//! `routes` maps errors to statuses; logs never contain properties, traits or
+//! full IP addresses.
+
+pub mod admin;
+pub mod app;
+pub mod assets;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod ingest;
+pub mod metrics;
+pub mod routes;
+pub mod server;
+pub mod store;
+
+pub use config::{Config, Source};
+pub use server::{ServeError, serve, serve_with_clock};

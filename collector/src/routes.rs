@@ -1,0 +1,140 @@
+//! Routing: method and path to handler, CORS for the ingest endpoints, and
+//! the conversion of every handler error into its response.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{
+    ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
+    ACCESS_CONTROL_MAX_AGE, CONTENT_TYPE, HeaderValue, ORIGIN, VARY,
+};
+use hyper::{Method, Request, Response, StatusCode};
+use weft_protocol::MessageType;
+
+use crate::app::App;
+use crate::error::{ApiError, Resp, json_response};
+use crate::metrics::Metrics;
+use crate::{admin, assets, ingest};
+
+/// Which ingest endpoint a path is: `Some(None)` for `/v1/batch`,
+/// `Some(Some(type))` for a single-message endpoint.
+fn ingest_endpoint(path: &str) -> Option<Option<MessageType>> {
+    let name = path.strip_prefix("/v1/")?;
+    if name == "batch" || name == "import" {
+        return Some(None);
+    }
+    MessageType::parse(name).map(Some)
+}
+
+/// Answers one request. Never fails: errors become their responses here.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+    let origin = req.headers().get(ORIGIN).cloned();
+    let path = req.uri().path().to_owned();
+    let is_ingest = ingest_endpoint(&path).is_some();
+    let mut resp = match route(&app, req, peer).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            Metrics::add(&app.metrics.requests_failed, 1);
+            tracing::debug!(path = %path, status = e.status().as_u16(), error = e.code(), "request failed");
+            e.into_response()
+        }
+    };
+    if is_ingest && let Some(origin) = origin {
+        allow_origin(&app, &mut resp, origin);
+    }
+    resp
+}
+
+async fn route(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Result<Resp, ApiError> {
+    let path = req.uri().path();
+    if let Some(single) = ingest_endpoint(path) {
+        return match *req.method() {
+            Method::POST => ingest::handle(app, req, peer, single).await,
+            Method::OPTIONS => Ok(preflight()),
+            _ => Err(ApiError::MethodNotAllowed),
+        };
+    }
+    if let Some(rest) = path.strip_prefix("/v1/profiles/") {
+        if req.method() != Method::GET {
+            return Err(ApiError::MethodNotAllowed);
+        }
+        admin::authorize(app, &req)?;
+        if rest.is_empty() || rest.contains('/') {
+            return Err(ApiError::NotFound("route"));
+        }
+        let id = admin::percent_decode(rest).ok_or(ApiError::NotFound("profile"))?;
+        return admin::profile(app.clone(), id).await;
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    match path {
+        "/healthz" => Ok(text(StatusCode::OK, "ok\n", "text/plain; charset=utf-8")),
+        "/readyz" => {
+            let store = app.store.clone();
+            tokio::task::spawn_blocking(move || store.check_ready())
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))??;
+            Ok(json_response(StatusCode::OK, &serde_json::json!({"ready": true})))
+        }
+        "/metrics" => Ok(text(
+            StatusCode::OK,
+            app.metrics.render(app.store.queue_depth()),
+            "text/plain; version=0.0.4",
+        )),
+        _ => assets::serve(app, path, req.headers()).await,
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Resp {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+/// The answer to a CORS preflight. Which origins may then POST is decided
+/// per write key when the POST arrives; the preflight only says what a
+/// request may look like.
+fn preflight() -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let h = resp.headers_mut();
+    h.insert(ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST, OPTIONS"));
+    h.insert(
+        ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Content-Type, Content-Encoding, Authorization"),
+    );
+    h.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+    resp
+}
+
+/// Lets the browser read the response when some source accepts `origin`.
+fn allow_origin(app: &App, resp: &mut Resp, origin: HeaderValue) {
+    let allowed = origin
+        .to_str()
+        .is_ok_and(|o| app.config.sources.iter().any(|s| s.allows_origin(o)));
+    let h = resp.headers_mut();
+    h.append(VARY, HeaderValue::from_static("Origin"));
+    if allowed {
+        h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingest_paths() {
+        assert_eq!(ingest_endpoint("/v1/batch"), Some(None));
+        assert_eq!(ingest_endpoint("/v1/track"), Some(Some(MessageType::Track)));
+        assert_eq!(ingest_endpoint("/v1/alias"), Some(Some(MessageType::Alias)));
+        assert_eq!(ingest_endpoint("/v1/profiles/x"), None);
+        assert_eq!(ingest_endpoint("/batch"), None);
+    }
+}

@@ -1,0 +1,138 @@
+//! The accept loop: one hyper HTTP/1.1 connection task per client, bounded
+//! in number and in how long a client may take to send its headers, and a
+//! graceful shutdown that drains connections and then the store's writer.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::app::App;
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::routes;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{EventStore, StoreError};
+
+/// How long shutdown waits for open connections before closing them.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (request line and headers) accepted.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Why the collector could not start or stopped with an error.
+#[derive(Debug)]
+pub enum ServeError {
+    /// The store could not be opened.
+    Store(StoreError),
+}
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServeError::Store(e) => write!(f, "cannot open the store: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+/// Runs a collector on `listener` until `shutdown` resolves, with the
+/// embedded store in `config.data_dir` and the system clock.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    serve_with_clock(config, listener, shutdown, Arc::new(SystemClock)).await
+}
+
+/// [`serve`] with a chosen clock.
+pub async fn serve_with_clock(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    clock: Arc<dyn Clock>,
+) -> Result<(), ServeError> {
+    let store = SqliteStore::open(&config.data_dir, config.write_queue_capacity)
+        .map_err(ServeError::Store)?;
+    let store: Arc<dyn EventStore> = Arc::new(store);
+    let connections = Arc::new(Semaphore::new(config.max_connections));
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout)
+        .max_buf_size(MAX_HEADER_BYTES.max(8192));
+    let app = Arc::new(App {
+        config,
+        store: store.clone(),
+        clock,
+        metrics: Metrics::default(),
+    });
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!("connection limit reached; closing new connection");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok::<_, std::convert::Infallible>(routes::handle(app, req, peer).await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                log_connection_error(peer, &e);
+            }
+            drop(permit);
+        });
+    }
+
+    drop(listener);
+    tracing::info!("shutting down: draining connections");
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the drain timeout; closing them");
+    }
+    tokio::task::spawn_blocking(move || store.close())
+        .await
+        .ok();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn log_connection_error(_peer: SocketAddr, e: &hyper::Error) {
+    // The peer address is not logged: it is personal data.
+    if e.is_timeout() {
+        tracing::debug!("connection closed: header timeout");
+    } else {
+        tracing::debug!(error = %e, "connection error");
+    }
+}

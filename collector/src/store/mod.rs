@@ -1,0 +1,151 @@
+//! The event store seam.
+//!
+//! Handlers talk to an [`EventStore`]; the embedded default is
+//! [`sqlite::SqliteStore`] (one data directory, WAL, one group-commit
+//! writer). A shared database can implement the same trait later.
+//!
+//! Appends are asynchronous by design: [`EventStore::append`] hands the rows
+//! to the writer and returns a receiver that resolves once they are durable.
+//! A full write queue answers [`StoreError::Overloaded`] at once, so memory
+//! stays bounded and the client is told to retry.
+
+pub mod sqlite;
+
+use tokio::sync::oneshot;
+use weft_protocol::MessageType;
+
+/// One validated, enriched message ready to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// The dedup key within its source.
+    pub message_id: String,
+    /// `track`, `page`, ...
+    pub kind: MessageType,
+    /// `track`: the event name.
+    pub event: Option<String>,
+    /// The device identifier.
+    pub anonymous_id: Option<String>,
+    /// The login identifier.
+    pub user_id: Option<String>,
+    /// When it happened, skew-corrected, RFC 3339 UTC millis.
+    pub timestamp: String,
+    /// When the collector received it, RFC 3339 UTC millis.
+    pub received_at: String,
+    /// The client IP, truncated unless configured otherwise.
+    pub ip: Option<String>,
+    /// The whole enriched message as JSON.
+    pub body: String,
+}
+
+/// A message that failed validation, kept with its reason (a "bad row").
+#[derive(Debug, Clone, PartialEq)]
+pub struct RejectedMessage {
+    /// When the collector received it.
+    pub received_at: String,
+    /// Why it was rejected.
+    pub reason: String,
+    /// The message as it arrived (possibly truncated if huge).
+    pub raw: String,
+}
+
+/// What one request asks the writer to store.
+#[derive(Debug, Clone, Default)]
+pub struct AppendRequest {
+    /// The write key of the source that sent it.
+    pub source: String,
+    /// Valid messages.
+    pub events: Vec<NewEvent>,
+    /// Invalid messages.
+    pub rejected: Vec<RejectedMessage>,
+}
+
+/// What happened to an [`AppendRequest`] once durable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Events newly stored.
+    pub stored: usize,
+    /// Events already stored under the same source and messageId.
+    pub duplicates: usize,
+    /// Rejected messages kept.
+    pub rejected: usize,
+}
+
+/// A pending append: resolves when the group holding it is committed.
+pub type Pending = oneshot::Receiver<Result<AppendOutcome, StoreError>>;
+
+/// The profile view the admin API answers.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ProfileSummary {
+    /// A stable identifier of the profile.
+    pub profile_id: String,
+    /// Login identifiers, sorted.
+    pub user_ids: Vec<String>,
+    /// Device identifiers, sorted.
+    pub anonymous_ids: Vec<String>,
+    /// First event time.
+    pub first_seen: String,
+    /// Last event time.
+    pub last_seen: String,
+    /// Events stored for the profile.
+    pub event_count: u64,
+}
+
+/// Errors of the store.
+#[derive(Debug)]
+pub enum StoreError {
+    /// The write queue is full; retry later.
+    Overloaded,
+    /// The store is shutting down or its writer stopped.
+    Closed,
+    /// SQLite said no.
+    Sqlite(rusqlite::Error),
+    /// The file system said no.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Overloaded => f.write_str("write queue full"),
+            StoreError::Closed => f.write_str("store closed"),
+            StoreError::Sqlite(e) => write!(f, "sqlite: {e}"),
+            StoreError::Io(e) => write!(f, "io: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(e)
+    }
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        StoreError::Io(e)
+    }
+}
+
+/// Where events are kept.
+pub trait EventStore: Send + Sync + 'static {
+    /// Queues rows for the writer. Returns at once; the receiver resolves
+    /// when they are durable. [`StoreError::Overloaded`] when the queue is
+    /// full.
+    fn append(&self, request: AppendRequest) -> Result<Pending, StoreError>;
+
+    /// The profile that `id` (a userId or anonymousId) belongs to. Blocking:
+    /// call from a blocking context.
+    fn profile(&self, id: &str) -> Result<Option<ProfileSummary>, StoreError>;
+
+    /// Whether the store can take writes now. Blocking.
+    fn check_ready(&self) -> Result<(), StoreError>;
+
+    /// Requests waiting for the writer.
+    fn queue_depth(&self) -> usize;
+
+    /// Stops taking writes, commits what is queued and stops the writer.
+    /// Blocking.
+    fn close(&self);
+}

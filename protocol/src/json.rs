@@ -1,0 +1,277 @@
+//! Raw JSON values and a lean JSON writer.
+//!
+//! Properties, traits and context are free-form JSON. The collector keeps them
+//! as validated raw text ([`Json`]) rather than a parsed tree: it stores them,
+//! it does not need to walk them. The SDK gets them already serialised by the
+//! browser (`JSON.stringify`) and only splices them into a message.
+//!
+//! [`Writer`] exists for the SDK: serde_json's serialiser reaches `core::fmt`
+//! and float printing, which cost kilobytes in every visitor's download. The
+//! writer handles strings and integers only, and is checked against serde_json
+//! in the tests below.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A JSON value kept as its text.
+///
+/// Built either by deserialising (the text is then valid JSON) or with
+/// [`Json::from_trusted`] from text a JSON serialiser produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Json(Box<str>);
+
+impl Json {
+    /// Wraps text that is known to be JSON, such as the output of
+    /// `JSON.stringify`. Nothing is checked.
+    pub fn from_trusted(text: impl Into<Box<str>>) -> Self {
+        Json(text.into())
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `true` for the empty object `{}`.
+    pub fn is_empty_object(&self) -> bool {
+        self.0.trim() == "{}"
+    }
+}
+
+impl Serialize for Json {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // Invalid text cannot reach here through deserialisation; a trusted
+        // value that is not JSON fails serialisation instead of corrupting it.
+        let raw = serde_json::value::RawValue::from_string(self.0.to_string())
+            .map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Json {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = Box::<serde_json::value::RawValue>::deserialize(deserializer)?;
+        Ok(Json(raw.get().into()))
+    }
+}
+
+/// Appends JSON text to a `String` without `core::fmt`.
+///
+/// Usage: `object_start`, then `key`/value pairs, then `object_end`. The
+/// writer inserts commas itself. It does not check nesting; callers are the
+/// SDK's encoders, which are tested.
+#[derive(Debug, Default)]
+pub struct Writer {
+    out: String,
+    /// Whether the next value or key at the current level needs a comma.
+    needs_comma: bool,
+}
+
+impl Writer {
+    /// An empty writer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The text written so far.
+    pub fn finish(self) -> String {
+        self.out
+    }
+
+    fn comma(&mut self) {
+        if self.needs_comma {
+            self.out.push(',');
+        }
+    }
+
+    /// `{`
+    pub fn object_start(&mut self) {
+        self.comma();
+        self.out.push('{');
+        self.needs_comma = false;
+    }
+
+    /// `}`
+    pub fn object_end(&mut self) {
+        self.out.push('}');
+        self.needs_comma = true;
+    }
+
+    /// `[`
+    pub fn array_start(&mut self) {
+        self.comma();
+        self.out.push('[');
+        self.needs_comma = false;
+    }
+
+    /// `]`
+    pub fn array_end(&mut self) {
+        self.out.push(']');
+        self.needs_comma = true;
+    }
+
+    /// An object key; the value must follow.
+    pub fn key(&mut self, key: &str) {
+        self.comma();
+        push_escaped(&mut self.out, key);
+        self.out.push(':');
+        self.needs_comma = false;
+    }
+
+    /// A string value.
+    pub fn string(&mut self, value: &str) {
+        self.comma();
+        push_escaped(&mut self.out, value);
+        self.needs_comma = true;
+    }
+
+    /// An unsigned integer value.
+    pub fn uint(&mut self, value: u64) {
+        self.comma();
+        push_u64(&mut self.out, value);
+        self.needs_comma = true;
+    }
+
+    /// A boolean value.
+    pub fn bool(&mut self, value: bool) {
+        self.comma();
+        self.out.push_str(if value { "true" } else { "false" });
+        self.needs_comma = true;
+    }
+
+    /// A raw JSON value, spliced as it is.
+    pub fn raw(&mut self, value: &Json) {
+        self.comma();
+        self.out.push_str(value.as_str());
+        self.needs_comma = true;
+    }
+
+    /// `"key":"value"` when `value` is present.
+    pub fn opt_string(&mut self, key: &str, value: Option<&str>) {
+        if let Some(v) = value {
+            self.key(key);
+            self.string(v);
+        }
+    }
+
+    /// `"key":<raw>` when `value` is present.
+    pub fn opt_raw(&mut self, key: &str, value: Option<&Json>) {
+        if let Some(v) = value {
+            self.key(key);
+            self.raw(v);
+        }
+    }
+}
+
+/// Appends `s` as a quoted, escaped JSON string.
+pub fn push_escaped(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let b = c as u32 as usize;
+                out.push_str("\\u00");
+                out.push(HEX[b >> 4] as char);
+                out.push(HEX[b & 0xf] as char);
+            }
+            // U+2028/2029 are valid JSON but break JavaScript string literals
+            // in older engines; escaping them costs nothing.
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Appends the decimal digits of `v`.
+pub fn push_u64(out: &mut String, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(d as char);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_string(input: &str) {
+        let mut out = String::new();
+        push_escaped(&mut out, input);
+        let back: String = serde_json::from_str(&out).expect("writer output is JSON");
+        assert_eq!(back, input, "round trip of {out}");
+    }
+
+    #[test]
+    fn strings_round_trip_through_serde_json() {
+        for s in [
+            "",
+            "plain",
+            "quote \" backslash \\ slash /",
+            "line\nreturn\rtab\t",
+            "\u{0}\u{1}\u{1f}",
+            "\u{2028}\u{2029}",
+            "héllo wörld ✓ 🎉",
+        ] {
+            check_string(s);
+        }
+    }
+
+    #[test]
+    fn integers_match_std() {
+        for v in [0u64, 1, 9, 10, 99, 100, 12345, u32::MAX as u64, u64::MAX] {
+            let mut out = String::new();
+            push_u64(&mut out, v);
+            assert_eq!(out, v.to_string());
+        }
+    }
+
+    #[test]
+    fn writer_builds_nested_structures_with_commas() {
+        let mut w = Writer::new();
+        w.object_start();
+        w.key("a");
+        w.uint(1);
+        w.key("b");
+        w.array_start();
+        w.string("x");
+        w.bool(true);
+        w.object_start();
+        w.object_end();
+        w.array_end();
+        w.opt_string("c", None);
+        w.opt_string("d", Some("y"));
+        w.opt_raw("e", Some(&Json::from_trusted(r#"{"n":[1,2.5]}"#)));
+        w.object_end();
+        let text = w.finish();
+        let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(
+            v,
+            serde_json::json!({"a":1,"b":["x",true,{}],"d":"y","e":{"n":[1,2.5]}})
+        );
+    }
+
+    #[test]
+    fn json_deserialises_as_raw_text_and_serialises_back() {
+        let j: Json = serde_json::from_str(r#" {"k": [1, "two"]} "#).unwrap();
+        assert_eq!(j.as_str(), r#"{"k": [1, "two"]}"#);
+        assert_eq!(serde_json::to_string(&j).unwrap(), r#"{"k": [1, "two"]}"#);
+        assert!(serde_json::from_str::<Json>("{").is_err());
+    }
+}

@@ -1,0 +1,32 @@
+//! The wire protocol of weft: one definition of every message the SDK sends
+//! and the collector accepts, compiled for both wasm32 and the host.
+//!
+//! Layout:
+//! - [`message`]: the Segment-spec message ([`Message`], [`MessageType`]) and
+//!   the batch envelope ([`Batch`]), with serde for the collector.
+//! - [`json`]: raw JSON values ([`Json`]) and a small JSON writer that uses
+//!   no `core::fmt`, so the SDK can encode messages without pulling
+//!   formatting machinery into the wasm it ships.
+//! - [`context`]: the typed parts of `context` that weft itself reads or
+//!   writes (page, library, consent).
+//!
+//! Invariant: nothing here knows about HTTP or the browser. No hyper, no
+//! web-sys; only serde and plain data.
+
+pub mod context;
+pub mod json;
+pub mod message;
+
+pub use context::{Context, LibraryContext, PageContext};
+pub use json::Json;
+pub use message::{Batch, Message, MessageType};
+
+/// Limits every party agrees on (DESIGN.md §4).
+pub mod limits {
+    /// Largest encoded message, in bytes.
+    pub const MAX_MESSAGE_BYTES: usize = 32 * 1024;
+    /// Largest request body, in bytes, after decompression.
+    pub const MAX_REQUEST_BYTES: usize = 500 * 1024;
+    /// Budget of a `fetch(..., {keepalive: true})` or `sendBeacon` body.
+    pub const KEEPALIVE_BUDGET_BYTES: usize = 64 * 1024;
+}

@@ -1,0 +1,144 @@
+//! `cargo xtask`: the project's automation, in Rust so it runs wherever
+//! cargo does.
+//!
+//! - `cargo xtask run [-- COLLECTOR FLAGS]`: install what is missing, build
+//!   the SDK, start the collector serving the demo site and dashboard.
+//! - `cargo xtask test`: install what is missing, then every check CI runs:
+//!   fmt, clippy, the SDK build and its size budget, all tests (unit,
+//!   integration, end-to-end in headless Chromium) and the SDK's
+//!   wasm-bindgen tests in Chromium.
+//! - `cargo xtask sdk`: build the SDK into `target/sdk` and report its size.
+//!
+//! Layout: [`tools`] finds or installs external tools, [`sdk`] builds the
+//! SDK bundle, [`cmd`] runs commands and reports failures.
+
+mod cmd;
+mod sdk;
+mod tools;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use cmd::{Step, cargo};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root();
+    let result = match args.first().map(String::as_str) {
+        Some("run") => run(&root, &args[1..]),
+        Some("test") => test(&root),
+        Some("sdk") => tools::ensure_sdk_tools(&root).and_then(|t| sdk::build(&root, &t).map(drop)),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <command>\n\n  run [-- FLAGS]  build the SDK and run the collector with the demo site\n  test            run every check and test (what CI runs)\n  sdk             build the SDK into target/sdk and report its size"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\nxtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root: the parent of this crate's directory.
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn run(root: &Path, args: &[String]) -> Result<(), String> {
+    let flags: Vec<String> = match args.first().map(String::as_str) {
+        Some("--") => args[1..].to_vec(),
+        _ => args.to_vec(),
+    };
+    let tools = tools::ensure_sdk_tools(root)?;
+    sdk::build(root, &tools)?;
+    Step::new("build the collector (release)")
+        .run(cargo(root).args(["build", "--release", "-p", "weft-collector"]))?;
+    let bin = root.join("target/release/weft-collector");
+    let mut command = std::process::Command::new(bin);
+    command
+        .current_dir(root)
+        .arg("--www-dir")
+        .arg(root.join("www"))
+        .arg("--sdk-dir")
+        .arg(root.join(sdk::OUT_DIR))
+        .args(&flags);
+    eprintln!("xtask: starting the collector (Ctrl-C stops it)");
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot start the collector: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("the collector exited with {status}"))
+    }
+}
+
+fn test(root: &Path) -> Result<(), String> {
+    let started = Instant::now();
+    let tools = tools::ensure_sdk_tools(root)?;
+    let browser = tools::ensure_browser()?;
+
+    Step::new("cargo fmt --check").run(cargo(root).args(["fmt", "--all", "--", "--check"]))?;
+    Step::new("clippy (host)").run(cargo(root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    Step::new("clippy (wasm32 SDK)").run(cargo(root).args([
+        "clippy",
+        "-p",
+        "weft-sdk",
+        "--target",
+        "wasm32-unknown-unknown",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+
+    let report = sdk::build(root, &tools)?;
+    report.check_budget()?;
+
+    Step::new("tests: unit, integration, end-to-end (headless Chromium)").run(
+        cargo(root)
+            .args(["test", "--workspace"])
+            .env("WEFT_SDK_DIR", root.join(sdk::OUT_DIR))
+            .env("WEFT_CHROMIUM", &browser.chromium),
+    )?;
+    Step::new("SDK wasm-bindgen tests (headless Chromium)").run(
+        cargo(root)
+            .args([
+                "test",
+                "-p",
+                "weft-sdk",
+                "--target",
+                "wasm32-unknown-unknown",
+                "--test",
+                "browser",
+            ])
+            .env(
+                "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER",
+                &tools.wasm_bindgen_test_runner,
+            )
+            .env("CHROMEDRIVER", &browser.chromedriver)
+            .env("WASM_BINDGEN_TEST_TIMEOUT", "60"),
+    )?;
+    eprintln!(
+        "\nxtask: all checks passed in {:.0?}\n{}",
+        started.elapsed(),
+        report.summary()
+    );
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! Finding, and installing when missing, the tools the build and tests use.
+//!
+//! Everything lands under `target/tools` (project-local, so a second run
+//! costs nothing and nothing outside the checkout changes), except Chromium,
+//! which comes from apt when running as root.
+//!
+//! | tool | from | why |
+//! |---|---|---|
+//! | wasm32 target | rustup | the SDK's target |
+//! | wasm-bindgen, wasm-bindgen-test-runner | `cargo install wasm-bindgen-cli` at the crate's pinned version | JS glue; browser tests |
+//! | wasm-opt (binaryen), terser | npm | Debian's binaryen is too old for today's rustc; minified JS |
+//! | chromium, chromedriver | apt | browser tests |
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::cmd::{Step, cargo, is_root, output};
+
+/// npm packages, pinned exactly.
+const NPM_PACKAGES: [(&str, &str); 2] = [("binaryen", "132.0.0"), ("terser", "5.51.2")];
+
+/// Paths of the SDK build tools.
+pub struct Tools {
+    /// The wasm-bindgen CLI.
+    pub wasm_bindgen: PathBuf,
+    /// The runner for `cargo test --target wasm32-unknown-unknown`.
+    pub wasm_bindgen_test_runner: PathBuf,
+    /// binaryen's optimiser.
+    pub wasm_opt: PathBuf,
+    /// The JS minifier.
+    pub terser: PathBuf,
+}
+
+/// Paths of the browser and its driver.
+pub struct Browser {
+    /// The Chromium binary.
+    pub chromium: PathBuf,
+    /// The matching ChromeDriver.
+    pub chromedriver: PathBuf,
+}
+
+/// Makes sure the wasm target, wasm-bindgen-cli and the npm tools are there.
+pub fn ensure_sdk_tools(root: &Path) -> Result<Tools, String> {
+    ensure_wasm_target()?;
+    let tools_dir = root.join("target/tools");
+    let version = pinned_wasm_bindgen(root)?;
+    let bin = tools_dir.join("bin");
+    let wasm_bindgen = bin.join("wasm-bindgen");
+    let has_version = output(Command::new(&wasm_bindgen).arg("--version"))
+        .is_some_and(|v| v.split_whitespace().nth(1) == Some(version.as_str()));
+    if !has_version {
+        // No --locked: the CLI's lockfile names a crate version the registry
+        // here does not serve (see shared/TOOLCHAIN.md).
+        Step::new(format!("install wasm-bindgen-cli {version} (once, about 2 min)")).run(
+            cargo(root).args(["install", "wasm-bindgen-cli", "--version", &version, "--root"]).arg(&tools_dir),
+        )?;
+    }
+
+    let npm_dir = tools_dir.join("npm");
+    let installed = |name: &str, version: &str| {
+        std::fs::read_to_string(npm_dir.join("node_modules").join(name).join("package.json"))
+            .is_ok_and(|p| p.contains(&format!("\"version\": \"{version}\"")))
+    };
+    if !NPM_PACKAGES.iter().all(|(n, v)| installed(n, v)) {
+        ensure_npm()?;
+        std::fs::create_dir_all(&npm_dir).map_err(|e| format!("cannot create {npm_dir:?}: {e}"))?;
+        let specs: Vec<String> = NPM_PACKAGES.iter().map(|(n, v)| format!("{n}@{v}")).collect();
+        Step::new("install binaryen and terser from npm (once)").run(
+            Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", "--no-save", "--prefix"])
+                .arg(&npm_dir)
+                .args(&specs),
+        )?;
+    }
+    let node_bin = npm_dir.join("node_modules/.bin");
+    Ok(Tools {
+        wasm_bindgen,
+        wasm_bindgen_test_runner: bin.join("wasm-bindgen-test-runner"),
+        wasm_opt: node_bin.join("wasm-opt"),
+        terser: node_bin.join("terser"),
+    })
+}
+
+/// The exact wasm-bindgen version pinned in the workspace manifest.
+fn pinned_wasm_bindgen(root: &Path) -> Result<String, String> {
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml"))
+        .map_err(|e| format!("cannot read Cargo.toml: {e}"))?;
+    manifest
+        .lines()
+        .find(|l| l.starts_with("wasm-bindgen = "))
+        .and_then(|l| l.split("\"=").nth(1))
+        .and_then(|rest| rest.split('"').next())
+        .map(str::to_owned)
+        .ok_or_else(|| "Cargo.toml must pin wasm-bindgen exactly (\"=X.Y.Z\")".into())
+}
+
+fn ensure_wasm_target() -> Result<(), String> {
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]));
+    match installed {
+        Some(list) if list.lines().any(|l| l.trim() == "wasm32-unknown-unknown") => Ok(()),
+        Some(_) => Step::new("rustup target add wasm32-unknown-unknown")
+            .run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"])),
+        None => Err("rustup not found: install Rust with rustup (https://rustup.rs)".into()),
+    }
+}
+
+fn ensure_npm() -> Result<(), String> {
+    if output(Command::new("npm").arg("--version")).is_some() {
+        return Ok(());
+    }
+    apt_install(&["nodejs", "npm"], "Node.js and npm (for wasm-opt and terser)")
+}
+
+/// Makes sure Chromium and ChromeDriver are installed.
+pub fn ensure_browser() -> Result<Browser, String> {
+    if find_browser().is_none() {
+        apt_install(&["chromium", "chromium-driver"], "Chromium and ChromeDriver (browser tests)")?;
+    }
+    find_browser().ok_or_else(|| {
+        "Chromium and ChromeDriver are still missing after installing; \
+         set WEFT_CHROMIUM and CHROMEDRIVER to their paths"
+            .into()
+    })
+}
+
+fn find_browser() -> Option<Browser> {
+    let find = |env: &str, names: &[&str]| -> Option<PathBuf> {
+        if let Some(p) = std::env::var_os(env).map(PathBuf::from).filter(|p| p.exists()) {
+            return Some(p);
+        }
+        names.iter().find_map(|n| {
+            output(Command::new("sh").args(["-c", &format!("command -v {n}")]))
+                .map(|s| PathBuf::from(s.trim()))
+                .filter(|p| p.exists())
+        })
+    };
+    Some(Browser {
+        chromium: find("WEFT_CHROMIUM", &["chromium", "chromium-browser", "google-chrome"])?,
+        chromedriver: find("CHROMEDRIVER", &["chromedriver"])?,
+    })
+}
+
+fn apt_install(packages: &[&str], what: &str) -> Result<(), String> {
+    if !is_root() {
+        return Err(format!(
+            "{what} missing. Install them with: sudo apt-get install -y {}",
+            packages.join(" ")
+        ));
+    }
+    Step::new("apt-get update").run(Command::new("apt-get").arg("update"))?;
+    Step::new(format!("apt-get install {}", packages.join(" "))).run(
+        Command::new("apt-get")
+            .args(["install", "-y"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
