@@ -1,0 +1,284 @@
+//! Real headless Chromium, driven over the DevTools protocol (CDP).
+//!
+//! The tests observe the browser from outside the page: network requests,
+//! cookies, storage and uncaught exceptions are read through CDP, not through
+//! the page's own (possibly patched) JavaScript.
+//!
+//! Chromium comes from `WEFT_CHROMIUM` or the PATH (`chromium`). Its absence
+//! fails the test: browser tests never skip.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+
+type Reply = Result<Value, Value>;
+
+/// The connection to the browser: requests by id, events in arrival order.
+struct Cdp {
+    out: mpsc::UnboundedSender<String>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    events: Mutex<Vec<Value>>,
+    next_id: AtomicU64,
+}
+
+impl Cdp {
+    async fn call(&self, session: Option<&str>, method: &str, params: Value) -> Value {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().unwrap().insert(id, tx);
+        let mut msg = json!({"id": id, "method": method, "params": params});
+        if let Some(s) = session {
+            msg["sessionId"] = s.into();
+        }
+        self.out.send(msg.to_string()).expect("CDP connection open");
+        match tokio::time::timeout(Duration::from_secs(30), rx).await {
+            Ok(Ok(Ok(v))) => v,
+            Ok(Ok(Err(e))) => panic!("CDP {method} failed: {e}"),
+            Ok(Err(_)) => panic!("CDP connection closed during {method}"),
+            Err(_) => panic!("CDP {method} got no answer in 30 s"),
+        }
+    }
+}
+
+/// A headless Chromium process with its own empty profile. Killed on drop.
+pub struct Chromium {
+    _child: Child,
+    _profile: TempDir,
+    cdp: Arc<Cdp>,
+}
+
+/// The Chromium binary to use.
+pub fn chromium_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("WEFT_CHROMIUM") {
+        return PathBuf::from(p);
+    }
+    for candidate in ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"] {
+        if std::path::Path::new(candidate).exists() {
+            return PathBuf::from(candidate);
+        }
+    }
+    panic!(
+        "Chromium not found: the browser tests need it. Run `cargo xtask test`, which \
+         installs it, or set WEFT_CHROMIUM"
+    );
+}
+
+impl Chromium {
+    /// Starts Chromium and connects to it.
+    pub async fn launch() -> Chromium {
+        let profile = tempfile::tempdir().expect("profile dir");
+        let mut child = Command::new(chromium_path())
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-default-apps",
+                "--disable-extensions",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--remote-debugging-port=0",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start Chromium");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let mut lines = BufReader::new(stderr).lines();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let ws_url = loop {
+            let line = tokio::time::timeout_at(deadline.into(), lines.next_line())
+                .await
+                .expect("Chromium printed its DevTools address within 30 s")
+                .expect("read Chromium stderr")
+                .expect("Chromium exited before printing its DevTools address");
+            if let Some(url) = line.strip_prefix("DevTools listening on ") {
+                break url.trim().to_owned();
+            }
+        };
+        // Keep draining stderr so Chromium never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+        let (ws, _) = tokio_tungstenite::connect_async(ws_url.as_str())
+            .await
+            .expect("connect to DevTools");
+        let (mut sink, mut stream) = ws.split();
+        let (out, mut out_rx) = mpsc::unbounded_channel::<String>();
+        let cdp = Arc::new(Cdp {
+            out,
+            pending: Mutex::new(HashMap::new()),
+            events: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(1),
+        });
+        tokio::spawn(async move {
+            while let Some(text) = out_rx.recv().await {
+                if sink.send(Message::text(text)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let reader = cdp.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = stream.next().await {
+                let Ok(text) = msg.to_text() else { continue };
+                let Ok(v) = serde_json::from_str::<Value>(text) else { continue };
+                if let Some(id) = v.get("id").and_then(Value::as_u64) {
+                    let reply = match v.get("error") {
+                        Some(e) => Err(e.clone()),
+                        None => Ok(v.get("result").cloned().unwrap_or(Value::Null)),
+                    };
+                    if let Some(tx) = reader.pending.lock().unwrap().remove(&id) {
+                        let _ = tx.send(reply);
+                    }
+                } else {
+                    reader.events.lock().unwrap().push(v);
+                }
+            }
+        });
+        Chromium {
+            _child: child,
+            _profile: profile,
+            cdp,
+        }
+    }
+
+    /// Opens a new tab on `about:blank` with Page, Runtime and Network
+    /// events enabled.
+    pub async fn new_page(&self) -> Page {
+        let target = self
+            .cdp
+            .call(None, "Target.createTarget", json!({"url": "about:blank"}))
+            .await;
+        let target_id = target["targetId"].as_str().expect("targetId").to_owned();
+        let attached = self
+            .cdp
+            .call(
+                None,
+                "Target.attachToTarget",
+                json!({"targetId": target_id, "flatten": true}),
+            )
+            .await;
+        let session = attached["sessionId"].as_str().expect("sessionId").to_owned();
+        let page = Page {
+            cdp: self.cdp.clone(),
+            session,
+        };
+        for domain in ["Page.enable", "Runtime.enable", "Network.enable"] {
+            page.call(domain, json!({})).await;
+        }
+        page
+    }
+}
+
+/// One tab.
+pub struct Page {
+    cdp: Arc<Cdp>,
+    session: String,
+}
+
+impl Page {
+    /// Sends a CDP command to this tab.
+    pub async fn call(&self, method: &str, params: Value) -> Value {
+        self.cdp.call(Some(&self.session), method, params).await
+    }
+
+    /// This tab's events called `method`, in arrival order.
+    pub fn events(&self, method: &str) -> Vec<Value> {
+        self.cdp
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["sessionId"] == self.session.as_str() && e["method"] == method)
+            .map(|e| e["params"].clone())
+            .collect()
+    }
+
+    /// Navigates and waits for the load event.
+    pub async fn goto(&self, url: &str) {
+        let before = self.events("Page.loadEventFired").len();
+        let nav = self.call("Page.navigate", json!({"url": url})).await;
+        assert!(nav.get("errorText").is_none(), "navigation to {url} failed: {nav}");
+        crate::eventually(Duration::from_secs(20), "the page load event", || async {
+            (self.events("Page.loadEventFired").len() > before).then_some(())
+        })
+        .await;
+    }
+
+    /// Evaluates `expression` in the page (awaiting promises) and returns
+    /// its value. Panics if it throws.
+    pub async fn eval(&self, expression: &str) -> Value {
+        let r = self
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
+            )
+            .await;
+        if let Some(ex) = r.get("exceptionDetails") {
+            panic!("evaluating {expression:?} threw: {ex}");
+        }
+        r["result"]["value"].clone()
+    }
+
+    /// Clicks the centre of the first element matching `selector` with real
+    /// mouse events (press and release), as a user would.
+    pub async fn click(&self, selector: &str) {
+        let sel = serde_json::to_string(selector).expect("selector as JSON");
+        let point = self
+            .eval(&format!(
+                "(() => {{ const e = document.querySelector({sel}); if (!e) return null; \
+                 e.scrollIntoView({{block: 'center'}}); const r = e.getBoundingClientRect(); \
+                 return [r.x + r.width / 2, r.y + r.height / 2]; }})()"
+            ))
+            .await;
+        let (x, y) = match point.as_array().map(|a| (a[0].as_f64(), a[1].as_f64())) {
+            Some((Some(x), Some(y))) => (x, y),
+            _ => panic!("no element matches {selector}"),
+        };
+        for kind in ["mousePressed", "mouseReleased"] {
+            self.call(
+                "Input.dispatchMouseEvent",
+                json!({"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1}),
+            )
+            .await;
+        }
+    }
+
+    /// Uncaught exceptions the page has thrown so far, as text.
+    pub fn exceptions(&self) -> Vec<String> {
+        self.events("Runtime.exceptionThrown")
+            .into_iter()
+            .map(|e| e["exceptionDetails"].to_string())
+            .collect()
+    }
+
+    /// URLs of the requests the page has sent so far.
+    pub fn requests(&self) -> Vec<(String, String)> {
+        self.events("Network.requestWillBeSent")
+            .into_iter()
+            .map(|e| {
+                (
+                    e["request"]["method"].as_str().unwrap_or("").to_owned(),
+                    e["request"]["url"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    }
+}

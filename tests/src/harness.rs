@@ -1,0 +1,145 @@
+//! A real collector for a test: `TestCollector::start().await` binds
+//! `127.0.0.1:0`, opens a fresh data directory and serves the demo site and
+//! the built SDK.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use weft_collector::{Config, Source};
+
+use crate::http::{Request, Response};
+
+/// The write key test collectors accept.
+pub const WRITE_KEY: &str = "wk_test";
+/// The admin token of test collectors.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_path_buf()
+}
+
+/// The built SDK (`WEFT_SDK_DIR`, else `target/sdk`). Panics with the fix
+/// when it has not been built: a browser test must never pass without it.
+pub fn sdk_dir() -> PathBuf {
+    let dir = std::env::var_os("WEFT_SDK_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/sdk"));
+    assert!(
+        dir.join("weft.js").is_file() && dir.join("weft.wasm").is_file(),
+        "the SDK is not built in {dir:?}: run `cargo xtask test` (or `cargo xtask sdk` first)"
+    );
+    dir
+}
+
+/// The demo site.
+pub fn www_dir() -> PathBuf {
+    workspace_root().join("www")
+}
+
+/// A running collector with its own data directory.
+pub struct TestCollector {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its data directory (removed when the collector is dropped).
+    pub data_dir: TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestCollector {
+    /// A collector with key [`WRITE_KEY`] for any origin, token
+    /// [`ADMIN_TOKEN`], the demo site and the built SDK.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Like [`TestCollector::start`], after `edit` adjusts the config.
+    pub async fn start_with(edit: impl FnOnce(&mut Config)) -> Self {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::new(
+            data_dir.path(),
+            vec![Source::any_origin(WRITE_KEY)],
+            ADMIN_TOKEN.to_owned(),
+        );
+        config.www_dir = Some(www_dir());
+        config.sdk_dir = Some(sdk_dir());
+        edit(&mut config);
+        Self::start_config(config, data_dir).await
+    }
+
+    /// A collector with exactly `config` (its data_dir should be inside
+    /// `data_dir`).
+    pub async fn start_config(config: Config, data_dir: TempDir) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            weft_collector::serve(config, listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("collector runs");
+        });
+        TestCollector {
+            addr,
+            data_dir,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends a request to this collector.
+    pub async fn send(&self, request: Request) -> Response {
+        request.send(self.addr).await
+    }
+
+    /// `GET /v1/profiles/{id}` with the admin token.
+    pub async fn profile(&self, id: &str) -> Response {
+        self.send(Request::get(&format!("/v1/profiles/{id}")).bearer(ADMIN_TOKEN))
+            .await
+    }
+
+    /// A read-only connection to the store, to check what is really on disk.
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open_with_flags(
+            self.data_dir.path().join("weft.sqlite"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("open store read-only")
+    }
+
+    /// Stops the collector gracefully, waits until it has, and hands back
+    /// its data directory for inspection.
+    pub async fn stop(mut self) -> TempDir {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("collector task");
+        }
+        let placeholder = tempfile::tempdir().expect("temp dir");
+        std::mem::replace(&mut self.data_dir, placeholder)
+    }
+}
+
+impl Drop for TestCollector {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}

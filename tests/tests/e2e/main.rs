@@ -1,0 +1,11 @@
+//! weft's end-to-end tests, one binary. Each module is a part of the
+//! product exercised through its real interfaces:
+//!
+//! - `browser`: the script tag in real headless Chromium against a real
+//!   collector.
+//! - `ingest`: the collector's HTTP API with a real store on disk.
+//! - `serving`: the SDK files and the demo site as the collector serves them.
+
+mod browser;
+mod ingest;
+mod serving;
