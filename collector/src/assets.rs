@@ -74,7 +74,12 @@ pub async fn serve(app: &App, path: &str, headers: &HeaderMap) -> Result<Resp, A
     let data = tokio::fs::read(&file)
         .await
         .map_err(|_| ApiError::NotFound("file"))?;
-    Ok(response(Bytes::from(data), content_type, None, "public, max-age=300"))
+    Ok(response(
+        Bytes::from(data),
+        content_type,
+        None,
+        "public, max-age=300",
+    ))
 }
 
 fn with_ext(file: &Path, ext: &str) -> PathBuf {
@@ -96,7 +101,12 @@ fn accepts_encoding(header: &str, encoding: &str) -> bool {
     })
 }
 
-fn response(body: Bytes, content_type: &'static str, encoding: Option<&'static str>, cache: &'static str) -> Resp {
+fn response(
+    body: Bytes,
+    content_type: &'static str,
+    encoding: Option<&'static str>,
+    cache: &'static str,
+) -> Resp {
     let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
@@ -142,7 +152,15 @@ mod tests {
 
     #[test]
     fn names_that_could_escape_are_refused() {
-        for bad in ["", "../etc/passwd", "a/../b", ".env", "a//b", "x%2e%2e", "a\\b"] {
+        for bad in [
+            "",
+            "../etc/passwd",
+            "a/../b",
+            ".env",
+            "a//b",
+            "x%2e%2e",
+            "a\\b",
+        ] {
             assert!(!is_safe_name(bad), "{bad}");
         }
         for good in ["index.html", "img/logo.svg", "weft.js"] {

@@ -33,7 +33,11 @@ pub struct Cli {
     #[arg(long, env = "WEFT_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// Browser origin allowed to send (repeatable). Without one, any origin.
-    #[arg(long = "allowed-origin", env = "WEFT_ALLOWED_ORIGIN", value_delimiter = ',')]
+    #[arg(
+        long = "allowed-origin",
+        env = "WEFT_ALLOWED_ORIGIN",
+        value_delimiter = ','
+    )]
     pub allowed_origins: Vec<String>,
     /// Directory of the demo site and dashboard.
     #[arg(long, env = "WEFT_WWW_DIR")]

@@ -164,7 +164,13 @@ fn basic_auth_user(req: &Request<Incoming>) -> Option<String> {
 fn content_encoding_is_gzip(req: &Request<Incoming>) -> Result<bool, ApiError> {
     match req.headers().get(CONTENT_ENCODING) {
         None => Ok(false),
-        Some(v) => match v.to_str().unwrap_or("").trim().to_ascii_lowercase().as_str() {
+        Some(v) => match v
+            .to_str()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+            .as_str()
+        {
             "gzip" | "x-gzip" => Ok(true),
             "" | "identity" => Ok(false),
             other => Err(ApiError::UnsupportedEncoding(other.to_owned())),
@@ -221,9 +227,7 @@ fn decode(body: Bytes, gzip_header: bool) -> Result<Bytes, ApiError> {
 fn single_message_text(body: &[u8], kind: MessageType) -> Result<Box<RawValue>, ApiError> {
     let mut value: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-    value
-        .entry("type")
-        .or_insert_with(|| kind.as_str().into());
+    value.entry("type").or_insert_with(|| kind.as_str().into());
     let text = serde_json::to_string(&value).map_err(|e| ApiError::Internal(e.to_string()))?;
     RawValue::from_string(text).map_err(|e| ApiError::Internal(e.to_string()))
 }
@@ -320,7 +324,10 @@ fn server_message_id() -> String {
 /// `keep_full` is set.
 pub fn client_ip(ip: IpAddr, keep_full: bool) -> Option<String> {
     let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
     };
     if keep_full {
@@ -364,13 +371,19 @@ mod tests {
     #[test]
     fn invalid_messages_are_rejected_with_a_reason() {
         check_rejected(r#"{"type":"track","event":"A"}"#, "anonymousId or userId");
-        check_rejected(r#"{"type":"track","anonymousId":"a"}"#, "track needs an event");
+        check_rejected(
+            r#"{"type":"track","anonymousId":"a"}"#,
+            "track needs an event",
+        );
         check_rejected(r#"{"type":"alias","userId":"u"}"#, "alias needs previousId");
         check_rejected(r#"{"type":"group","userId":"u"}"#, "groupId");
         check_rejected(r#"{"type":"launch","userId":"u"}"#, "invalid message");
         check_rejected(r#"{"userId":"u"}"#, "invalid message");
         check_rejected(r#"{"type":"page","userId":7}"#, "invalid message");
-        check_rejected(r#"{"type":"page","userId":"u","timestamp":"soon"}"#, "timestamp");
+        check_rejected(
+            r#"{"type":"page","userId":"u","timestamp":"soon"}"#,
+            "timestamp",
+        );
         let big = format!(
             r#"{{"type":"track","userId":"u","event":"e","properties":{{"x":"{}"}}}}"#,
             "a".repeat(MAX_MESSAGE_BYTES)
@@ -382,7 +395,8 @@ mod tests {
     fn timestamp_is_corrected_for_client_clock_skew() {
         // The client clock runs 1 h fast: it says the event happened at 10:59:50
         // and the batch was sent at 11:00:00; the server received it at 10:00:00.
-        let raw = r#"{"type":"track","event":"A","anonymousId":"a","timestamp":"2026-11-23T10:59:50Z"}"#;
+        let raw =
+            r#"{"type":"track","event":"A","anonymousId":"a","timestamp":"2026-11-23T10:59:50Z"}"#;
         let e = prepare(raw, Some("2026-11-23T11:00:00Z"), RECEIVED, &None).unwrap();
         assert_eq!(e.timestamp, "2026-11-23T09:59:50.000Z");
         assert_eq!(e.received_at, "2026-11-23T10:00:00.000Z");
@@ -397,15 +411,24 @@ mod tests {
 
         // No sentAt: the client's time is kept; no time at all: receivedAt.
         let raw = r#"{"type":"page","anonymousId":"a","timestamp":"2026-11-23T08:00:00Z"}"#;
-        assert_eq!(prepare(raw, None, RECEIVED, &None).unwrap().timestamp, "2026-11-23T08:00:00.000Z");
+        assert_eq!(
+            prepare(raw, None, RECEIVED, &None).unwrap().timestamp,
+            "2026-11-23T08:00:00.000Z"
+        );
         let raw = r#"{"type":"page","anonymousId":"a"}"#;
-        assert_eq!(prepare(raw, None, RECEIVED, &None).unwrap().timestamp, "2026-11-23T10:00:00.000Z");
+        assert_eq!(
+            prepare(raw, None, RECEIVED, &None).unwrap().timestamp,
+            "2026-11-23T10:00:00.000Z"
+        );
     }
 
     #[test]
     fn message_ids_are_kept_or_made() {
         let raw = r#"{"type":"identify","userId":"u","messageId":"m-1"}"#;
-        assert_eq!(prepare(raw, None, RECEIVED, &None).unwrap().message_id, "m-1");
+        assert_eq!(
+            prepare(raw, None, RECEIVED, &None).unwrap().message_id,
+            "m-1"
+        );
         let raw = r#"{"type":"identify","userId":"u"}"#;
         let made = prepare(raw, None, RECEIVED, &None).unwrap().message_id;
         assert!(made.starts_with("srv-") && made.len() == 36);
@@ -431,12 +454,21 @@ mod tests {
             e.write_all(data).unwrap();
             Bytes::from(e.finish().unwrap())
         };
-        assert_eq!(&decode(gz(b"{\"batch\":[]}"), true).unwrap()[..], b"{\"batch\":[]}");
+        assert_eq!(
+            &decode(gz(b"{\"batch\":[]}"), true).unwrap()[..],
+            b"{\"batch\":[]}"
+        );
         // Magic bytes are enough, whatever the headers said.
         assert_eq!(&decode(gz(b"[]"), false).unwrap()[..], b"[]");
         let bomb = gz(&vec![b' '; 50 * MAX_REQUEST_BYTES]);
         assert!(bomb.len() < 100 * 1024);
-        assert!(matches!(decode(bomb, true), Err(ApiError::PayloadTooLarge { .. })));
-        assert!(matches!(decode(Bytes::from_static(b"not gzip"), true), Err(ApiError::BadEncoding(_))));
+        assert!(matches!(
+            decode(bomb, true),
+            Err(ApiError::PayloadTooLarge { .. })
+        ));
+        assert!(matches!(
+            decode(Bytes::from_static(b"not gzip"), true),
+            Err(ApiError::BadEncoding(_))
+        ));
     }
 }

@@ -4,12 +4,15 @@
 //! Layout (request path first):
 //! - [`server`]: the accept loop, per-connection limits and graceful
 //!   shutdown; [`serve`] is the entry point tests and the binary call.
-//! - [`routes`]: method + path to handler, CORS, and the one place where an
-//!   [`error::ApiError`] becomes an HTTP response.
+//! - [`routes`]: method + path to handler, CORS; turns every handler's
+//!   `Err` into its response.
+//! - [`error`]: [`error::ApiError`], the one enum of request failures, and
+//!   the one mapping from it to status codes and JSON reasons.
 //! - [`ingest`]: `/v1/batch` and the single-message endpoints: body limits,
 //!   gzip, write-key auth, per-message validation and enrichment (receivedAt,
 //!   clock-skew correction, truncated IP).
 //! - [`admin`]: the bearer-token admin API (`/v1/profiles/{id}`).
+//! - [`app`]: the state handlers share (config, store, clock, metrics).
 //! - [`assets`]: the SDK files and the demo site, precompressed when built so.
 //! - [`store`]: the [`store::EventStore`] seam and its embedded SQLite
 //!   implementation with a single group-commit writer.
@@ -19,7 +22,7 @@
 //!
 //! Invariants: a request is answered 200 only after its accepted messages are
 //! committed and synced; handlers return `Result<_, ApiError>` and only
-//! `routes` maps errors to statuses; logs never contain properties, traits or
+//! `error` maps errors to statuses; logs never contain properties, traits or
 //! full IP addresses.
 
 pub mod admin;

@@ -31,12 +31,36 @@ impl Metrics {
     pub fn render(&self, queue_depth: usize) -> String {
         let mut out = String::new();
         let counters = [
-            ("weft_events_received_total", "Messages received", &self.events_received),
-            ("weft_events_accepted_total", "Messages stored", &self.events_accepted),
-            ("weft_events_rejected_total", "Messages that failed validation", &self.events_rejected),
-            ("weft_events_deduplicated_total", "Messages already stored", &self.events_deduplicated),
-            ("weft_requests_overloaded_total", "Requests refused with 503", &self.requests_overloaded),
-            ("weft_requests_failed_total", "Requests answered 4xx/5xx", &self.requests_failed),
+            (
+                "weft_events_received_total",
+                "Messages received",
+                &self.events_received,
+            ),
+            (
+                "weft_events_accepted_total",
+                "Messages stored",
+                &self.events_accepted,
+            ),
+            (
+                "weft_events_rejected_total",
+                "Messages that failed validation",
+                &self.events_rejected,
+            ),
+            (
+                "weft_events_deduplicated_total",
+                "Messages already stored",
+                &self.events_deduplicated,
+            ),
+            (
+                "weft_requests_overloaded_total",
+                "Requests refused with 503",
+                &self.requests_overloaded,
+            ),
+            (
+                "weft_requests_failed_total",
+                "Requests answered 4xx/5xx",
+                &self.requests_failed,
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} counter");

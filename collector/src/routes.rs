@@ -78,7 +78,10 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resu
             tokio::task::spawn_blocking(move || store.check_ready())
                 .await
                 .map_err(|e| ApiError::Internal(e.to_string()))??;
-            Ok(json_response(StatusCode::OK, &serde_json::json!({"ready": true})))
+            Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({"ready": true}),
+            ))
         }
         "/metrics" => Ok(text(
             StatusCode::OK,
@@ -104,7 +107,10 @@ fn preflight() -> Resp {
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = StatusCode::NO_CONTENT;
     let h = resp.headers_mut();
-    h.insert(ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST, OPTIONS"));
+    h.insert(
+        ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("POST, OPTIONS"),
+    );
     h.insert(
         ACCESS_CONTROL_ALLOW_HEADERS,
         HeaderValue::from_static("Content-Type, Content-Encoding, Authorization"),

@@ -286,7 +286,10 @@ mod tests {
         let b = Message::new(MessageType::Page).to_json();
         let body = write_batch([a.as_str(), b.as_str()], "2026-11-23T10:00:01.000Z", "wk_1");
         let batch: Batch = serde_json::from_str(&body).unwrap();
-        assert_eq!(batch.batch, vec![full_message(), Message::new(MessageType::Page)]);
+        assert_eq!(
+            batch.batch,
+            vec![full_message(), Message::new(MessageType::Page)]
+        );
         assert_eq!(batch.write_key.as_deref(), Some("wk_1"));
         assert_eq!(batch.sent_at.as_deref(), Some("2026-11-23T10:00:01.000Z"));
     }

@@ -40,7 +40,10 @@ impl Default for BrowserEnv {
 const COOKIE_ANONYMOUS_ID: &str = "weft_aid";
 
 fn html_document() -> Option<web_sys::HtmlDocument> {
-    window()?.document()?.dyn_into::<web_sys::HtmlDocument>().ok()
+    window()?
+        .document()?
+        .dyn_into::<web_sys::HtmlDocument>()
+        .ok()
 }
 
 fn read_cookie(name: &str) -> Option<String> {
@@ -66,7 +69,10 @@ fn write_cookie(name: &str, value: &str, max_age_secs: &str) {
 
 impl Storage for BrowserEnv {
     fn get(&self, key: &str) -> Option<String> {
-        let stored = self.storage.as_ref().and_then(|s| s.get_item(key).ok().flatten());
+        let stored = self
+            .storage
+            .as_ref()
+            .and_then(|s| s.get_item(key).ok().flatten());
         if stored.is_none() && key == keys::ANONYMOUS_ID {
             return read_cookie(COOKIE_ANONYMOUS_ID);
         }
@@ -275,14 +281,24 @@ pub fn on_page_hide(handler: impl Fn() + 'static) -> Vec<Listener> {
     let mut out = Vec::new();
     let Some(w) = window() else { return out };
     let h = handler.clone();
-    out.extend(Listener::new(w.clone().into(), "pagehide", false, move |_| h()));
+    out.extend(Listener::new(
+        w.clone().into(),
+        "pagehide",
+        false,
+        move |_| h(),
+    ));
     if let Some(doc) = w.document() {
         let d = doc.clone();
-        out.extend(Listener::new(doc.into(), "visibilitychange", false, move |_| {
-            if d.visibility_state() == web_sys::VisibilityState::Hidden {
-                handler();
-            }
-        }));
+        out.extend(Listener::new(
+            doc.into(),
+            "visibilitychange",
+            false,
+            move |_| {
+                if d.visibility_state() == web_sys::VisibilityState::Hidden {
+                    handler();
+                }
+            },
+        ));
     }
     out
 }

@@ -31,7 +31,10 @@ mod tests {
 
     #[test]
     fn formats_canonical_v4() {
-        assert_eq!(format_uuid_v4([0; 16]), "00000000-0000-4000-8000-000000000000");
+        assert_eq!(
+            format_uuid_v4([0; 16]),
+            "00000000-0000-4000-8000-000000000000"
+        );
         assert_eq!(
             format_uuid_v4([0xff; 16]),
             "ffffffff-ffff-4fff-bfff-ffffffffffff"

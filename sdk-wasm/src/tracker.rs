@@ -86,7 +86,10 @@ impl ClickedElement {
         w.opt_string("classes", self.classes.as_deref());
         w.opt_string("href", self.href.as_deref());
         let text = short_text(&self.text);
-        w.opt_string("text", Some(&text).filter(|t| !t.is_empty()).map(|t| t.as_str()));
+        w.opt_string(
+            "text",
+            Some(&text).filter(|t| !t.is_empty()).map(|t| t.as_str()),
+        );
         w.object_end();
         Json::from_trusted(w.finish())
     }
@@ -317,14 +320,21 @@ mod tests {
         let env = FakeEnv::default();
         let mut t = tracker(&env);
         t.page(Call::default(), Context::default());
-        t.identify("user-1".into(), Some(Json::from_trusted(r#"{"plan":"pro"}"#)), Context::default());
+        t.identify(
+            "user-1".into(),
+            Some(Json::from_trusted(r#"{"plan":"pro"}"#)),
+            Context::default(),
+        );
         t.track("Bought".into(), None, Context::default());
         let msgs = body_messages(&t.next_batch().unwrap());
         assert_eq!(msgs.len(), 3);
         assert_eq!(msgs[0].kind, MessageType::Page);
         assert_eq!(msgs[0].user_id, None);
         assert_eq!(msgs[1].kind, MessageType::Identify);
-        assert_eq!(msgs[1].traits.as_ref().unwrap().as_str(), r#"{"plan":"pro"}"#);
+        assert_eq!(
+            msgs[1].traits.as_ref().unwrap().as_str(),
+            r#"{"plan":"pro"}"#
+        );
         assert_eq!(msgs[2].event.as_deref(), Some("Bought"));
         for m in &msgs {
             assert_eq!(m.anonymous_id.as_deref(), Some(t.anonymous_id()));
@@ -364,9 +374,15 @@ mod tests {
             text: "  Buy\n   now  ".into(),
         };
         let v: serde_json::Value = serde_json::from_str(el.to_properties().as_str()).unwrap();
-        assert_eq!(v, serde_json::json!({"tag":"button","id":"buy","text":"Buy now"}));
+        assert_eq!(
+            v,
+            serde_json::json!({"tag":"button","id":"buy","text":"Buy now"})
+        );
 
-        assert_eq!(short_text(&"é".repeat(100)).chars().count(), MAX_CLICK_TEXT_CHARS);
+        assert_eq!(
+            short_text(&"é".repeat(100)).chars().count(),
+            MAX_CLICK_TEXT_CHARS
+        );
         assert_eq!(short_text("   "), "");
     }
 

@@ -63,7 +63,11 @@ pub fn chromium_path() -> PathBuf {
     if let Some(p) = std::env::var_os("WEFT_CHROMIUM") {
         return PathBuf::from(p);
     }
-    for candidate in ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"] {
+    for candidate in [
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        "/usr/bin/google-chrome",
+    ] {
         if std::path::Path::new(candidate).exists() {
             return PathBuf::from(candidate);
         }
@@ -138,7 +142,9 @@ impl Chromium {
         tokio::spawn(async move {
             while let Some(Ok(msg)) = stream.next().await {
                 let Ok(text) = msg.to_text() else { continue };
-                let Ok(v) = serde_json::from_str::<Value>(text) else { continue };
+                let Ok(v) = serde_json::from_str::<Value>(text) else {
+                    continue;
+                };
                 if let Some(id) = v.get("id").and_then(Value::as_u64) {
                     let reply = match v.get("error") {
                         Some(e) => Err(e.clone()),
@@ -175,7 +181,10 @@ impl Chromium {
                 json!({"targetId": target_id, "flatten": true}),
             )
             .await;
-        let session = attached["sessionId"].as_str().expect("sessionId").to_owned();
+        let session = attached["sessionId"]
+            .as_str()
+            .expect("sessionId")
+            .to_owned();
         let page = Page {
             cdp: self.cdp.clone(),
             session,
@@ -215,7 +224,10 @@ impl Page {
     pub async fn goto(&self, url: &str) {
         let before = self.events("Page.loadEventFired").len();
         let nav = self.call("Page.navigate", json!({"url": url})).await;
-        assert!(nav.get("errorText").is_none(), "navigation to {url} failed: {nav}");
+        assert!(
+            nav.get("errorText").is_none(),
+            "navigation to {url} failed: {nav}"
+        );
         crate::eventually(Duration::from_secs(20), "the page load event", || async {
             (self.events("Page.loadEventFired").len() > before).then_some(())
         })

@@ -28,9 +28,13 @@ impl Step {
     pub fn run(&self, command: &mut Command) -> Result<(), String> {
         eprintln!("\n==> {}", self.name);
         let started = Instant::now();
-        let status = command
-            .status()
-            .map_err(|e| format!("{}: cannot start {:?}: {e}", self.name, command.get_program()))?;
+        let status = command.status().map_err(|e| {
+            format!(
+                "{}: cannot start {:?}: {e}",
+                self.name,
+                command.get_program()
+            )
+        })?;
         eprintln!("<== {} ({:.1?})", self.name, started.elapsed());
         if status.success() {
             Ok(())

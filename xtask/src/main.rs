@@ -60,8 +60,12 @@ fn run(root: &Path, args: &[String]) -> Result<(), String> {
     };
     let tools = tools::ensure_sdk_tools(root)?;
     sdk::build(root, &tools)?;
-    Step::new("build the collector (release)")
-        .run(cargo(root).args(["build", "--release", "-p", "weft-collector"]))?;
+    Step::new("build the collector (release)").run(cargo(root).args([
+        "build",
+        "--release",
+        "-p",
+        "weft-collector",
+    ]))?;
     let bin = root.join("target/release/weft-collector");
     let mut command = std::process::Command::new(bin);
     command

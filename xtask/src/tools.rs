@@ -51,8 +51,19 @@ pub fn ensure_sdk_tools(root: &Path) -> Result<Tools, String> {
     if !has_version {
         // No --locked: the CLI's lockfile names a crate version the registry
         // here does not serve (see shared/TOOLCHAIN.md).
-        Step::new(format!("install wasm-bindgen-cli {version} (once, about 2 min)")).run(
-            cargo(root).args(["install", "wasm-bindgen-cli", "--version", &version, "--root"]).arg(&tools_dir),
+        Step::new(format!(
+            "install wasm-bindgen-cli {version} (once, about 2 min)"
+        ))
+        .run(
+            cargo(root)
+                .args([
+                    "install",
+                    "wasm-bindgen-cli",
+                    "--version",
+                    &version,
+                    "--root",
+                ])
+                .arg(&tools_dir),
         )?;
     }
 
@@ -64,10 +75,19 @@ pub fn ensure_sdk_tools(root: &Path) -> Result<Tools, String> {
     if !NPM_PACKAGES.iter().all(|(n, v)| installed(n, v)) {
         ensure_npm()?;
         std::fs::create_dir_all(&npm_dir).map_err(|e| format!("cannot create {npm_dir:?}: {e}"))?;
-        let specs: Vec<String> = NPM_PACKAGES.iter().map(|(n, v)| format!("{n}@{v}")).collect();
+        let specs: Vec<String> = NPM_PACKAGES
+            .iter()
+            .map(|(n, v)| format!("{n}@{v}"))
+            .collect();
         Step::new("install binaryen and terser from npm (once)").run(
             Command::new("npm")
-                .args(["install", "--no-audit", "--no-fund", "--no-save", "--prefix"])
+                .args([
+                    "install",
+                    "--no-audit",
+                    "--no-fund",
+                    "--no-save",
+                    "--prefix",
+                ])
                 .arg(&npm_dir)
                 .args(&specs),
         )?;
@@ -108,13 +128,19 @@ fn ensure_npm() -> Result<(), String> {
     if output(Command::new("npm").arg("--version")).is_some() {
         return Ok(());
     }
-    apt_install(&["nodejs", "npm"], "Node.js and npm (for wasm-opt and terser)")
+    apt_install(
+        &["nodejs", "npm"],
+        "Node.js and npm (for wasm-opt and terser)",
+    )
 }
 
 /// Makes sure Chromium and ChromeDriver are installed.
 pub fn ensure_browser() -> Result<Browser, String> {
     if find_browser().is_none() {
-        apt_install(&["chromium", "chromium-driver"], "Chromium and ChromeDriver (browser tests)")?;
+        apt_install(
+            &["chromium", "chromium-driver"],
+            "Chromium and ChromeDriver (browser tests)",
+        )?;
     }
     find_browser().ok_or_else(|| {
         "Chromium and ChromeDriver are still missing after installing; \
@@ -125,7 +151,10 @@ pub fn ensure_browser() -> Result<Browser, String> {
 
 fn find_browser() -> Option<Browser> {
     let find = |env: &str, names: &[&str]| -> Option<PathBuf> {
-        if let Some(p) = std::env::var_os(env).map(PathBuf::from).filter(|p| p.exists()) {
+        if let Some(p) = std::env::var_os(env)
+            .map(PathBuf::from)
+            .filter(|p| p.exists())
+        {
             return Some(p);
         }
         names.iter().find_map(|n| {
@@ -135,7 +164,10 @@ fn find_browser() -> Option<Browser> {
         })
     };
     Some(Browser {
-        chromium: find("WEFT_CHROMIUM", &["chromium", "chromium-browser", "google-chrome"])?,
+        chromium: find(
+            "WEFT_CHROMIUM",
+            &["chromium", "chromium-browser", "google-chrome"],
+        )?,
         chromedriver: find("CHROMEDRIVER", &["chromedriver"])?,
     })
 }

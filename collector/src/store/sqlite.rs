@@ -14,9 +14,7 @@ use std::thread::JoinHandle;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{
-    AppendOutcome, AppendRequest, EventStore, Pending, ProfileSummary, StoreError,
-};
+use super::{AppendOutcome, AppendRequest, EventStore, Pending, ProfileSummary, StoreError};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "weft.sqlite";
@@ -184,10 +182,12 @@ impl EventStore for SqliteStore {
         let (reply, pending) = oneshot::channel();
         let guard = self.sender.read().unwrap_or_else(|e| e.into_inner());
         let sender = guard.as_ref().ok_or(StoreError::Closed)?;
-        sender.try_send(Job { request, reply }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
-            mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
-        })?;
+        sender
+            .try_send(Job { request, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
+            })?;
         Ok(pending)
     }
 
@@ -197,7 +197,12 @@ impl EventStore for SqliteStore {
     }
 
     fn check_ready(&self) -> Result<(), StoreError> {
-        if self.sender.read().unwrap_or_else(|e| e.into_inner()).is_none() {
+        if self
+            .sender
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+        {
             return Err(StoreError::Closed);
         }
         let conn = self.reader();
@@ -249,9 +254,11 @@ fn profile(conn: &Connection, id: &str) -> Result<Option<ProfileSummary>, StoreE
         .optional()?
         .is_some();
     let known_as_user: bool = conn
-        .query_row("SELECT 1 FROM events WHERE user_id = ?1 LIMIT 1", [id], |_| {
-            Ok(())
-        })
+        .query_row(
+            "SELECT 1 FROM events WHERE user_id = ?1 LIMIT 1",
+            [id],
+            |_| Ok(()),
+        )
         .optional()?
         .is_some();
     if known_as_anonymous {

@@ -23,7 +23,10 @@ async fn page_view_and_click_are_stored_under_the_persisted_anonymous_id() {
     })
     .await;
     assert_eq!(aid.len(), 36, "anonymousId is a UUID: {aid}");
-    assert_eq!(page.eval("localStorage.getItem('weft.aid')").await, aid.as_str());
+    assert_eq!(
+        page.eval("localStorage.getItem('weft.aid')").await,
+        aid.as_str()
+    );
     let cookies = page.call("Network.getCookies", serde_json::json!({})).await;
     assert!(
         cookies["cookies"]
@@ -37,10 +40,14 @@ async fn page_view_and_click_are_stored_under_the_persisted_anonymous_id() {
     page.click("#buy").await;
     page.eval("weft.flush()").await;
 
-    let profile = eventually(Duration::from_secs(20), "page view and click stored", || async {
-        let r = collector.profile(&aid).await;
-        (r.status == 200 && r.json()["event_count"].as_u64() >= Some(2)).then(|| r.json())
-    })
+    let profile = eventually(
+        Duration::from_secs(20),
+        "page view and click stored",
+        || async {
+            let r = collector.profile(&aid).await;
+            (r.status == 200 && r.json()["event_count"].as_u64() >= Some(2)).then(|| r.json())
+        },
+    )
     .await;
     assert_eq!(profile["anonymous_ids"], serde_json::json!([aid]));
     assert_eq!(profile["event_count"], 2);
@@ -65,7 +72,10 @@ async fn page_view_and_click_are_stored_under_the_persisted_anonymous_id() {
     assert_eq!(page_view["context"]["page"]["title"], "weft demo shop");
     assert_eq!(page_view["context"]["library"]["name"], "weft.js");
     let (kind, event, click) = &rows[1];
-    assert_eq!((kind.as_str(), event.as_deref()), ("track", Some("Element Clicked")));
+    assert_eq!(
+        (kind.as_str(), event.as_deref()),
+        ("track", Some("Element Clicked"))
+    );
     assert_eq!(click["properties"]["tag"], "button");
     assert_eq!(click["properties"]["id"], "buy");
     assert_eq!(click["properties"]["text"], "Add to cart");
@@ -77,5 +87,9 @@ async fn page_view_and_click_are_stored_under_the_persisted_anonymous_id() {
         .filter(|(m, url)| m == "POST" && url.ends_with("/v1/batch"))
         .count();
     assert!(batches >= 1, "the SDK posted to /v1/batch");
-    assert_eq!(page.exceptions(), Vec::<String>::new(), "no uncaught errors on the page");
+    assert_eq!(
+        page.exceptions(),
+        Vec::<String>::new(),
+        "no uncaught errors on the page"
+    );
 }

@@ -14,7 +14,11 @@ fn basic(key: &str) -> String {
     let input = format!("{key}:").into_bytes();
     let mut out = String::new();
     for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
         for i in 0..4 {
             if i <= chunk.len() {
@@ -28,7 +32,9 @@ fn basic(key: &str) -> String {
 }
 
 fn batch(messages: Value) -> Vec<u8> {
-    json!({"batch": messages, "sentAt": "2026-11-23T10:00:00Z"}).to_string().into_bytes()
+    json!({"batch": messages, "sentAt": "2026-11-23T10:00:00Z"})
+        .to_string()
+        .into_bytes()
 }
 
 fn stored_count(c: &TestCollector) -> i64 {
@@ -52,7 +58,10 @@ async fn batch_is_stored_and_retries_are_deduplicated() {
 
     // A client retry of the same batch stores nothing new.
     let again = c.send(req).await.json();
-    assert_eq!((again["accepted"].as_u64(), again["duplicates"].as_u64()), (Some(0), Some(3)));
+    assert_eq!(
+        (again["accepted"].as_u64(), again["duplicates"].as_u64()),
+        (Some(0), Some(3))
+    );
     assert_eq!(stored_count(&c), 3);
 
     for id in ["anon-1", "alice"] {
@@ -71,7 +80,10 @@ async fn write_key_in_body_and_single_message_endpoints() {
     let body = json!({"writeKey": WRITE_KEY, "batch": [{"type": "page", "anonymousId": "a"}]});
     // sendBeacon posts text/plain: the body decides, not the Content-Type.
     let r = c
-        .send(Request::post("/v1/batch", body.to_string()).header("Content-Type", "text/plain;charset=UTF-8"))
+        .send(
+            Request::post("/v1/batch", body.to_string())
+                .header("Content-Type", "text/plain;charset=UTF-8"),
+        )
         .await;
     assert_eq!(r.status, 200);
 
@@ -80,9 +92,11 @@ async fn write_key_in_body_and_single_message_endpoints() {
     assert_eq!(r.status, 200, "{:?}", r.json());
     let (kind, event): (String, String) = c
         .db()
-        .query_row("SELECT type, event FROM events WHERE user_id = 'u1'", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
+        .query_row(
+            "SELECT type, event FROM events WHERE user_id = 'u1'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .unwrap();
     assert_eq!((kind.as_str(), event.as_str()), ("track", "Signed Up"));
 }
@@ -100,7 +114,10 @@ async fn invalid_messages_are_kept_as_rejected_without_failing_the_batch() {
         .await;
     assert_eq!(r.status, 200);
     let j = r.json();
-    assert_eq!((j["accepted"].as_u64(), j["rejected"].as_u64()), (Some(1), Some(2)));
+    assert_eq!(
+        (j["accepted"].as_u64(), j["rejected"].as_u64()),
+        (Some(1), Some(2))
+    );
     assert_eq!(j["errors"][0]["index"], 1);
     assert!(j["errors"][0]["reason"].as_str().unwrap().contains("event"));
     let reasons: Vec<String> = c
@@ -120,7 +137,11 @@ async fn whole_request_errors_have_status_and_reason_and_lose_nothing_else() {
     let c = TestCollector::start().await;
     let good = batch(json!([{"type": "page", "anonymousId": "keep-me"}]));
     let cases: Vec<(Request, u16, &str)> = vec![
-        (Request::post("/v1/batch", good.clone()), 401, "missing_write_key"),
+        (
+            Request::post("/v1/batch", good.clone()),
+            401,
+            "missing_write_key",
+        ),
         (
             Request::post("/v1/batch", good.clone()).header("Authorization", &basic("wk_wrong")),
             401,
@@ -132,7 +153,8 @@ async fn whole_request_errors_have_status_and_reason_and_lose_nothing_else() {
             "malformed_json",
         ),
         (
-            Request::post("/v1/batch", vec![b'x'; 600 * 1024]).header("Authorization", &basic(WRITE_KEY)),
+            Request::post("/v1/batch", vec![b'x'; 600 * 1024])
+                .header("Authorization", &basic(WRITE_KEY)),
             413,
             "payload_too_large",
         ),
@@ -183,7 +205,10 @@ async fn gzip_bodies_are_accepted_and_bombs_refused() {
                 .header("Content-Encoding", "gzip"),
         )
         .await;
-    assert_eq!((r.status, r.json()["error"].as_str()), (413, Some("payload_too_large")));
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (413, Some("payload_too_large"))
+    );
     assert_eq!(stored_count(&c), 1);
 }
 
@@ -201,20 +226,33 @@ async fn browsers_are_limited_to_the_sources_origins() {
         )
         .await;
     assert_eq!(pre.status, 204);
-    assert_eq!(pre.header("access-control-allow-origin"), Some("https://shop.example"));
-    assert!(pre.header("access-control-allow-methods").unwrap().contains("POST"));
+    assert_eq!(
+        pre.header("access-control-allow-origin"),
+        Some("https://shop.example")
+    );
+    assert!(
+        pre.header("access-control-allow-methods")
+            .unwrap()
+            .contains("POST")
+    );
 
     let body = json!({"writeKey": WRITE_KEY, "batch": [{"type": "page", "anonymousId": "o"}]});
     let ok = c
         .send(Request::post("/v1/batch", body.to_string()).header("Origin", "https://shop.example"))
         .await;
     assert_eq!(ok.status, 200);
-    assert_eq!(ok.header("access-control-allow-origin"), Some("https://shop.example"));
+    assert_eq!(
+        ok.header("access-control-allow-origin"),
+        Some("https://shop.example")
+    );
 
     let evil = c
         .send(Request::post("/v1/batch", body.to_string()).header("Origin", "https://evil.example"))
         .await;
-    assert_eq!((evil.status, evil.json()["error"].as_str()), (403, Some("origin_not_allowed")));
+    assert_eq!(
+        (evil.status, evil.json()["error"].as_str()),
+        (403, Some("origin_not_allowed"))
+    );
     assert_eq!(evil.header("access-control-allow-origin"), None);
     assert_eq!(stored_count(&c), 1);
 }
@@ -223,11 +261,19 @@ async fn browsers_are_limited_to_the_sources_origins() {
 async fn admin_api_needs_the_token_and_answers_404_for_unknown_ids() {
     let c = TestCollector::start().await;
     let r = c.send(Request::get("/v1/profiles/x")).await;
-    assert_eq!((r.status, r.json()["error"].as_str()), (401, Some("unauthorized")));
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
     let r = c.send(Request::get("/v1/profiles/x").bearer("wrong")).await;
     assert_eq!(r.status, 401);
-    let r = c.send(Request::get("/v1/profiles/nobody").bearer(ADMIN_TOKEN)).await;
-    assert_eq!((r.status, r.json()["error"].as_str()), (404, Some("not_found")));
+    let r = c
+        .send(Request::get("/v1/profiles/nobody").bearer(ADMIN_TOKEN))
+        .await;
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (404, Some("not_found"))
+    );
 }
 
 #[tokio::test]

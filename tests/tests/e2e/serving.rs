@@ -11,12 +11,20 @@ async fn sdk_files_have_their_types_and_compressed_twins() {
     assert_eq!(wasm.header("content-type"), Some("application/wasm"));
     assert_eq!(&wasm.body[..4], b"\0asm");
 
-    let js = c.send(Request::get("/weft.js").header("Accept-Encoding", "gzip, br")).await;
+    let js = c
+        .send(Request::get("/weft.js").header("Accept-Encoding", "gzip, br"))
+        .await;
     assert_eq!(js.status, 200);
     assert_eq!(js.header("content-encoding"), Some("br"));
-    assert!(js.header("content-type").unwrap().starts_with("text/javascript"));
+    assert!(
+        js.header("content-type")
+            .unwrap()
+            .starts_with("text/javascript")
+    );
 
-    let gz = c.send(Request::get("/weft.js").header("Accept-Encoding", "gzip")).await;
+    let gz = c
+        .send(Request::get("/weft.js").header("Accept-Encoding", "gzip"))
+        .await;
     assert_eq!(gz.header("content-encoding"), Some("gzip"));
     let mut text = String::new();
     std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz.body[..]), &mut text)
@@ -38,7 +46,12 @@ async fn demo_page_carries_the_configured_write_key() {
 #[tokio::test]
 async fn paths_outside_the_site_are_not_served() {
     let c = TestCollector::start().await;
-    for path in ["/../Cargo.toml", "/%2e%2e/Cargo.toml", "/.git/config", "/nope.html"] {
+    for path in [
+        "/../Cargo.toml",
+        "/%2e%2e/Cargo.toml",
+        "/.git/config",
+        "/nope.html",
+    ] {
         let r = c.send(Request::get(path)).await;
         assert_eq!(r.status, 404, "{path}");
         assert_eq!(r.json()["error"], "not_found");
