@@ -379,7 +379,10 @@ mod tests {
         check_rejected(r#"{"type":"group","userId":"u"}"#, "groupId");
         check_rejected(r#"{"type":"launch","userId":"u"}"#, "invalid message");
         check_rejected(r#"{"userId":"u"}"#, "invalid message");
-        check_rejected(r#"{"type":"page","userId":7}"#, "invalid message");
+        check_rejected(
+            r#"{"type":"page","userId":["u"]}"#,
+            "identifiers must be strings",
+        );
         check_rejected(
             r#"{"type":"page","userId":"u","timestamp":"soon"}"#,
             "timestamp",

@@ -72,10 +72,18 @@ pub struct Message {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_id: Option<String>,
     /// The device/browser identifier.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "identifier"
+    )]
     pub anonymous_id: Option<String>,
     /// The site's login identifier.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "identifier"
+    )]
     pub user_id: Option<String>,
     /// When the message happened (corrected for clock skew once stored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,10 +107,18 @@ pub struct Message {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
     /// `alias`: the identifier being joined to `userId`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "identifier"
+    )]
     pub previous_id: Option<String>,
     /// `group`: the group identifier.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "identifier"
+    )]
     pub group_id: Option<String>,
     /// Where and how the message was made: page, library, consent, ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -171,6 +187,28 @@ impl Message {
         let mut w = Writer::new();
         self.write_json(&mut w);
         w.finish()
+    }
+}
+
+/// Reads an identifier: a string, or a number taken as its decimal text
+/// (server SDKs pass numeric database IDs through). Anything else is an
+/// error naming the field's expected type.
+fn identifier<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        Text(String),
+        Number(serde_json::Number),
+    }
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => match Id::deserialize(v) {
+            Ok(Id::Text(s)) => Ok(Some(s)),
+            Ok(Id::Number(n)) => Ok(Some(n.to_string())),
+            Err(_) => Err(serde::de::Error::custom(
+                "identifiers must be strings (or numbers)",
+            )),
+        },
     }
 }
 
@@ -278,6 +316,25 @@ mod tests {
         assert_eq!(m.kind, MessageType::Identify);
         assert_eq!(m.user_id.as_deref(), Some("97980cfea0067"));
         assert!(m.traits.unwrap().as_str().contains("Peter Gibbons"));
+    }
+
+    #[test]
+    fn identifiers_may_be_numbers_but_not_other_types() {
+        let m: Message = serde_json::from_str(
+            r#"{"type":"alias","userId":42,"previousId":"old","anonymousId":null}"#,
+        )
+        .unwrap();
+        assert_eq!(m.user_id.as_deref(), Some("42"));
+        assert_eq!(m.anonymous_id, None);
+        for bad in [
+            r#"{"type":"page","userId":true}"#,
+            r#"{"type":"page","anonymousId":{"a":1}}"#,
+        ] {
+            let err = serde_json::from_str::<Message>(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("identifiers must be strings"), "{err}");
+        }
     }
 
     #[test]
