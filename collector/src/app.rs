@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
 use crate::store::EventStore;
 
 /// Shared, read-mostly state of a running collector.
@@ -17,4 +18,6 @@ pub struct App {
     pub clock: Arc<dyn Clock>,
     /// Counters.
     pub metrics: Metrics,
+    /// Per-source request budgets.
+    pub limiter: RateLimiter,
 }

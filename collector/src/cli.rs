@@ -48,6 +48,82 @@ pub struct Cli {
     /// Store whole client IP addresses instead of truncating them.
     #[arg(long, env = "WEFT_KEEP_FULL_IP")]
     pub keep_full_ip: bool,
+    /// Sources file (TOML, `[[source]]` tables). Without it, `./weft.toml`
+    /// is read if present.
+    #[arg(long, env = "WEFT_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// The default sources file, read when present and no `--config` is given.
+pub const DEFAULT_CONFIG_FILE: &str = "weft.toml";
+
+/// The sources file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default, rename = "source")]
+    sources: Vec<Source>,
+}
+
+/// Why the flags could not become a configuration.
+#[derive(Debug)]
+pub enum CliError {
+    /// The data directory or token file could not be prepared.
+    Io(std::io::Error),
+    /// The sources file is missing, unreadable or invalid.
+    ConfigFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CliError::Io(e) => write!(f, "cannot prepare the data directory: {e}"),
+            CliError::ConfigFile { path, reason } => {
+                write!(f, "config file {}: {reason}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for CliError {}
+
+impl From<std::io::Error> for CliError {
+    fn from(e: std::io::Error) -> Self {
+        CliError::Io(e)
+    }
+}
+
+/// Reads and checks a sources file.
+fn read_sources(path: &Path) -> Result<Vec<Source>, CliError> {
+    let err = |reason: String| CliError::ConfigFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let file: ConfigFile = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+    let mut sources = file.sources;
+    for s in &mut sources {
+        if s.write_key.trim().is_empty() {
+            return Err(err("a source has an empty write_key".into()));
+        }
+        if let Some(r) = s.rate_limit
+            && (!r.requests_per_second.is_finite() || r.requests_per_second <= 0.0 || r.burst == 0)
+        {
+            return Err(err(format!(
+                "source {:?}: rate_limit needs requests_per_second > 0 and burst > 0",
+                s.write_key
+            )));
+        }
+        if s.name.is_empty() {
+            s.name = s.write_key.clone();
+        }
+    }
+    Ok(sources)
 }
 
 /// Where the admin token came from, so the binary can say so.
@@ -64,7 +140,14 @@ pub enum TokenOrigin {
 impl Cli {
     /// Builds the configuration: creates the data directory, resolves the
     /// admin token, applies development defaults with a warning each.
-    pub fn into_config(self) -> std::io::Result<(Config, TokenOrigin)> {
+    pub fn into_config(self) -> Result<(Config, TokenOrigin), CliError> {
+        let mut sources = match &self.config {
+            Some(path) => read_sources(path)?,
+            None if Path::new(DEFAULT_CONFIG_FILE).is_file() => {
+                read_sources(Path::new(DEFAULT_CONFIG_FILE))?
+            }
+            None => Vec::new(),
+        };
         std::fs::create_dir_all(&self.data_dir)?;
         let (admin_token, origin) = match self.admin_token {
             Some(t) if !t.is_empty() => (t, TokenOrigin::Configured),
@@ -72,25 +155,32 @@ impl Cli {
         };
         let mut keys = self.write_keys;
         keys.retain(|k| !k.is_empty());
-        if keys.is_empty() {
+        if keys.is_empty() && sources.is_empty() {
             tracing::warn!(
                 "no --write-key given: accepting the development key `{DEV_WRITE_KEY}`; \
                  configure real keys before exposing this collector"
             );
             keys.push(DEV_WRITE_KEY.to_owned());
         }
-        if self.allowed_origins.is_empty() {
+        if !keys.is_empty() && self.allowed_origins.is_empty() {
             tracing::warn!(
                 "no --allowed-origin given: browsers on any origin may send with the configured keys"
             );
         }
-        let sources = keys
-            .into_iter()
-            .map(|write_key| Source {
-                write_key,
-                allowed_origins: self.allowed_origins.clone(),
-            })
-            .collect();
+        sources.extend(keys.into_iter().map(|write_key| Source {
+            allowed_origins: self.allowed_origins.clone(),
+            ..Source::any_origin(write_key)
+        }));
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = sources.iter().find(|s| !seen.insert(s.write_key.as_str())) {
+            return Err(CliError::ConfigFile {
+                path: self
+                    .config
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_CONFIG_FILE.into()),
+                reason: format!("write key {:?} is configured twice", dup.name),
+            });
+        }
         let mut config = Config::new(self.data_dir, sources, admin_token);
         config.www_dir = self.www_dir;
         config.sdk_dir = self.sdk_dir;
@@ -159,6 +249,95 @@ mod tests {
             .unwrap();
         assert_eq!(again.admin_token, config.admin_token);
         assert!(matches!(origin, TokenOrigin::Stored(_)));
+    }
+
+    #[test]
+    fn sources_file_with_origins_and_rate_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("weft.toml");
+        std::fs::write(
+            &file,
+            r#"
+[[source]]
+name = "shop"
+write_key = "wk_shop"
+allowed_origins = ["https://shop.example"]
+rate_limit = { requests_per_second = 5.0, burst = 10 }
+
+[[source]]
+write_key = "wk_backend"
+"#,
+        )
+        .unwrap();
+        let (config, _) = cli(&[
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--config",
+            file.to_str().unwrap(),
+            "--write-key",
+            "wk_cli",
+        ])
+        .into_config()
+        .unwrap();
+        let keys: Vec<&str> = config
+            .sources
+            .iter()
+            .map(|s| s.write_key.as_str())
+            .collect();
+        assert_eq!(keys, ["wk_shop", "wk_backend", "wk_cli"]);
+        let shop = config.source("wk_shop").unwrap();
+        assert_eq!(shop.name, "shop");
+        assert!(!shop.allows_origin("https://evil.example"));
+        assert_eq!(shop.rate_limit.unwrap().burst, 10);
+        assert_eq!(config.source("wk_backend").unwrap().name, "wk_backend");
+        assert!(
+            config
+                .source("wk_backend")
+                .unwrap()
+                .allows_origin("https://any.example")
+        );
+    }
+
+    #[test]
+    fn bad_sources_files_say_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let check = |text: &str, expect: &str| {
+            let file = dir.path().join("bad.toml");
+            std::fs::write(&file, text).unwrap();
+            let err = cli(&[
+                "--data-dir",
+                dir.path().to_str().unwrap(),
+                "--config",
+                file.to_str().unwrap(),
+            ])
+            .into_config()
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(expect), "{text:?}: {err}");
+        };
+        check("[[source]]\nwrite_key = \"\"", "empty write_key");
+        check(
+            "[[source]]\nwrite_key = \"a\"\n[[source]]\nwrite_key = \"a\"",
+            "twice",
+        );
+        check(
+            "[[source]]\nwrite_key = \"a\"\nallowed_origin = []",
+            "unknown field",
+        );
+        check(
+            "[[source]]\nwrite_key = \"a\"\nrate_limit = { requests_per_second = 0.0, burst = 1 }",
+            "rate_limit",
+        );
+        check("[[source]", "config file");
+        let missing = cli(&[
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--config",
+            "/nonexistent.toml",
+        ])
+        .into_config()
+        .unwrap_err();
+        assert!(matches!(missing, CliError::ConfigFile { .. }));
     }
 
     #[test]

@@ -6,21 +6,42 @@ use std::time::Duration;
 
 /// A source: something that sends events (a website, a server), identified
 /// by its write key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Source {
+    /// A name for people (`shop`, `backend`); defaults to the write key.
+    #[serde(default)]
+    pub name: String,
     /// The write key the source authenticates with.
     pub write_key: String,
     /// Browser origins (`https://shop.example`) allowed to send with this
     /// key. Empty: any origin.
+    #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// Requests per second this source may send; beyond it, 429.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A token bucket: `requests_per_second` on average, bursts of `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Sustained requests per second.
+    pub requests_per_second: f64,
+    /// Requests allowed at once after a quiet period.
+    pub burst: u32,
 }
 
 impl Source {
-    /// A source that accepts browsers from any origin.
+    /// A source that accepts browsers from any origin, without a rate limit.
     pub fn any_origin(write_key: impl Into<String>) -> Self {
+        let write_key = write_key.into();
         Source {
-            write_key: write_key.into(),
+            name: write_key.clone(),
+            write_key,
             allowed_origins: Vec::new(),
+            rate_limit: None,
         }
     }
 

@@ -41,6 +41,11 @@ pub enum ApiError {
     BodyTimeout,
     /// The write queue is full; retry after a second.
     Overloaded,
+    /// The source sent more than its rate limit allows.
+    RateLimited {
+        /// Seconds until a request will be accepted again.
+        retry_after_secs: u64,
+    },
     /// The store is closed (shutting down) or failed.
     Unavailable,
     /// A bug or an I/O failure; details are logged, not sent.
@@ -62,6 +67,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Overloaded | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -81,6 +87,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::BodyTimeout => "body_timeout",
             ApiError::Overloaded => "overloaded",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Unavailable => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -107,6 +114,9 @@ impl ApiError {
             }
             ApiError::BodyTimeout => "request body not received in time".into(),
             ApiError::Overloaded => "collector is at capacity; retry after the given delay".into(),
+            ApiError::RateLimited { retry_after_secs } => {
+                format!("this source's rate limit is exceeded; retry in {retry_after_secs} s")
+            }
             ApiError::Unavailable => "store unavailable".into(),
             ApiError::Internal(_) => "internal error".into(),
         }
@@ -123,9 +133,14 @@ impl ApiError {
             "reason": self.reason(),
         });
         let mut resp = json_response(self.status(), &body);
-        if matches!(self, ApiError::Overloaded | ApiError::Unavailable) {
+        let retry_after = match self {
+            ApiError::Overloaded | ApiError::Unavailable => Some(1),
+            ApiError::RateLimited { retry_after_secs } => Some(retry_after_secs),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
             resp.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }

@@ -6,6 +6,7 @@
 //! and counted in the response. The response is sent only after the
 //! accepted messages are durable.
 
+use std::borrow::Cow;
 use std::io::Read as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -72,28 +73,12 @@ pub async fn handle(
         .map(str::to_owned);
     let gzip_header = content_encoding_is_gzip(&req)?;
     let body = read_body(req, app.config.body_timeout).await?;
-    let body = decode(body, gzip_header)?;
+    let body = decode_body(body, gzip_header)?;
     let received = app.clock.now();
-
-    // Parse the envelope; for single endpoints the body is the message.
-    let single_text;
-    let (raw_messages, sent_at, body_key): (Vec<&RawValue>, Option<String>, Option<String>) =
-        match single {
-            None => {
-                let b: RawBatch<'_> = serde_json::from_slice(&body)
-                    .map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-                (b.batch, b.sent_at, b.write_key)
-            }
-            Some(kind) => {
-                single_text = single_message_text(&body, kind)?;
-                let env: SingleEnvelope = serde_json::from_str(single_text.get())
-                    .map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-                (vec![&*single_text], None, env.write_key)
-            }
-        };
+    let envelope = parse_envelope(&body, single)?;
 
     let key = header_key
-        .or(body_key)
+        .or(envelope.write_key.clone())
         .filter(|k| !k.is_empty())
         .ok_or(ApiError::MissingWriteKey)?;
     let source = app.config.source(&key).ok_or(ApiError::UnknownWriteKey)?;
@@ -101,6 +86,11 @@ pub async fn handle(
         && !source.allows_origin(o)
     {
         return Err(ApiError::OriginNotAllowed);
+    }
+    if let Some(limit) = source.rate_limit {
+        app.limiter
+            .check(&source.write_key, limit, received)
+            .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })?;
     }
 
     let ip = client_ip(peer.ip(), app.config.keep_full_ip);
@@ -110,30 +100,31 @@ pub async fn handle(
         ..Default::default()
     };
     let mut errors = Vec::new();
-    for (index, raw) in raw_messages.iter().enumerate() {
-        match prepare(raw.get(), sent_at.as_deref(), received, &ip) {
+    for (index, raw) in envelope.messages.iter().enumerate() {
+        match prepare(raw.get(), envelope.sent_at.as_deref(), received, &ip) {
             Ok(event) => request.events.push(event),
-            Err(reason) => {
-                errors.push(serde_json::json!({"index": index, "reason": reason}));
+            Err(rejection) => {
+                app.metrics.events_rejected.add(rejection.code, 1);
+                errors.push(serde_json::json!({
+                    "index": index,
+                    "error": rejection.code,
+                    "reason": rejection.reason,
+                }));
                 request.rejected.push(RejectedMessage {
                     received_at: received_text.clone(),
-                    reason,
+                    code: rejection.code,
+                    reason: rejection.reason,
                     raw: truncate(raw.get(), MAX_REJECTED_RAW_BYTES).to_owned(),
                 });
             }
         }
     }
-    Metrics::add(&app.metrics.events_received, raw_messages.len() as u64);
+    Metrics::add(&app.metrics.events_received, envelope.messages.len() as u64);
 
-    let pending = app.store.append(request).inspect_err(|e| {
-        if matches!(e, crate::store::StoreError::Overloaded) {
-            Metrics::add(&app.metrics.requests_overloaded, 1);
-        }
-    })?;
+    let pending = app.store.append(request)?;
     let outcome = pending.await.map_err(|_| ApiError::Unavailable)??;
     Metrics::add(&app.metrics.events_accepted, outcome.stored as u64);
     Metrics::add(&app.metrics.events_deduplicated, outcome.duplicates as u64);
-    Metrics::add(&app.metrics.events_rejected, outcome.rejected as u64);
 
     Ok(json_response(
         StatusCode::OK,
@@ -145,6 +136,44 @@ pub async fn handle(
             "errors": errors,
         }),
     ))
+}
+
+/// A request body read as an envelope: the messages (left raw, so each is
+/// judged alone) and the envelope's own fields.
+#[derive(Debug)]
+pub struct Envelope<'a> {
+    /// The messages, as their JSON text.
+    pub messages: Vec<Cow<'a, RawValue>>,
+    /// The batch's `sentAt`.
+    pub sent_at: Option<String>,
+    /// A `writeKey` field, for clients that cannot set headers.
+    pub write_key: Option<String>,
+}
+
+/// Parses a decoded body: a batch envelope for `/v1/batch` (`single` is
+/// `None`), else one message whose `type` defaults to the endpoint's.
+/// Whole-request errors only; message errors come later, per message.
+pub fn parse_envelope(body: &[u8], single: Option<MessageType>) -> Result<Envelope<'_>, ApiError> {
+    let malformed = |e: serde_json::Error| ApiError::MalformedJson(e.to_string());
+    match single {
+        None => {
+            let b: RawBatch<'_> = serde_json::from_slice(body).map_err(malformed)?;
+            Ok(Envelope {
+                messages: b.batch.into_iter().map(Cow::Borrowed).collect(),
+                sent_at: b.sent_at,
+                write_key: b.write_key,
+            })
+        }
+        Some(kind) => {
+            let text = single_message_text(body, kind)?;
+            let env: SingleEnvelope = serde_json::from_str(text.get()).map_err(malformed)?;
+            Ok(Envelope {
+                messages: vec![Cow::Owned(text)],
+                sent_at: None,
+                write_key: env.write_key,
+            })
+        }
+    }
 }
 
 /// The username of `Authorization: Basic base64(user:password)`.
@@ -204,7 +233,7 @@ async fn read_body(req: Request<Incoming>, timeout: Duration) -> Result<Bytes, A
 /// Decompresses gzip bodies (by header, or by magic bytes for clients that
 /// do not say), refusing more than the request limit of output so a gzip
 /// bomb costs at most that much memory.
-fn decode(body: Bytes, gzip_header: bool) -> Result<Bytes, ApiError> {
+pub fn decode_body(body: Bytes, gzip_header: bool) -> Result<Bytes, ApiError> {
     let looks_gzip = body.starts_with(&[0x1f, 0x8b]);
     if !gzip_header && !looks_gzip {
         return Ok(body);
@@ -232,6 +261,26 @@ fn single_message_text(body: &[u8], kind: MessageType) -> Result<Box<RawValue>, 
     RawValue::from_string(text).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
+/// Why one message was rejected: a stable code (a metrics label) and a
+/// sentence for the sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// `too_large`, `invalid_message`, `missing_identity`, `missing_field`
+    /// or `invalid_timestamp`.
+    pub code: &'static str,
+    /// What is wrong, for humans.
+    pub reason: String,
+}
+
+impl Rejection {
+    fn new(code: &'static str, reason: impl Into<String>) -> Self {
+        Rejection {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
 /// Validates one message and enriches it for storage: a messageId if it has
 /// none, `receivedAt`, and `timestamp` corrected for the client's clock skew
 /// (`receivedAt - (sentAt - originalTimestamp)`, DESIGN.md §4).
@@ -240,31 +289,42 @@ pub fn prepare(
     batch_sent_at: Option<&str>,
     received: OffsetDateTime,
     ip: &Option<String>,
-) -> Result<NewEvent, String> {
+) -> Result<NewEvent, Rejection> {
     if raw.len() > MAX_MESSAGE_BYTES {
-        return Err(format!("message is larger than {MAX_MESSAGE_BYTES} bytes"));
+        return Err(Rejection::new(
+            "too_large",
+            format!("message is larger than {MAX_MESSAGE_BYTES} bytes"),
+        ));
     }
-    let mut m: Message = serde_json::from_str(raw).map_err(|e| format!("invalid message: {e}"))?;
+    let mut m: Message = serde_json::from_str(raw)
+        .map_err(|e| Rejection::new("invalid_message", format!("invalid message: {e}")))?;
     let non_empty = |s: &Option<String>| s.as_deref().is_some_and(|v| !v.is_empty());
     if !non_empty(&m.anonymous_id) && !non_empty(&m.user_id) {
-        return Err("anonymousId or userId is required".into());
+        return Err(Rejection::new(
+            "missing_identity",
+            "anonymousId or userId is required",
+        ));
     }
-    match m.kind {
-        MessageType::Track if !non_empty(&m.event) => return Err("track needs an event".into()),
+    let missing = match m.kind {
+        MessageType::Track if !non_empty(&m.event) => Some("track needs an event"),
         MessageType::Alias if !non_empty(&m.previous_id) || !non_empty(&m.user_id) => {
-            return Err("alias needs previousId and userId".into());
+            Some("alias needs previousId and userId")
         }
-        MessageType::Group if !non_empty(&m.group_id) => {
-            return Err("group needs a groupId".into());
-        }
-        _ => {}
+        MessageType::Group if !non_empty(&m.group_id) => Some("group needs a groupId"),
+        _ => None,
+    };
+    if let Some(reason) = missing {
+        return Err(Rejection::new("missing_field", reason));
     }
-    let parse = |field: &str, v: &Option<String>| -> Result<Option<OffsetDateTime>, String> {
+    let parse = |field: &str, v: &Option<String>| -> Result<Option<OffsetDateTime>, Rejection> {
         match v.as_deref() {
             None => Ok(None),
-            Some(text) => parse_rfc3339(text)
-                .map(Some)
-                .ok_or_else(|| format!("{field} is not an RFC 3339 time")),
+            Some(text) => parse_rfc3339(text).map(Some).ok_or_else(|| {
+                Rejection::new(
+                    "invalid_timestamp",
+                    format!("{field} is not an RFC 3339 time"),
+                )
+            }),
         }
     };
     let original = match parse("timestamp", &m.timestamp)? {
@@ -275,11 +335,7 @@ pub fn prepare(
         Some(t) => Some(t),
         None => parse("sentAt", &batch_sent_at.map(str::to_owned))?,
     };
-    let timestamp = match (original, sent) {
-        (Some(o), Some(s)) => received - (s - o),
-        (Some(o), None) => o,
-        (None, _) => received,
-    };
+    let timestamp = event_time(original, sent, received);
 
     let message_id = match m.message_id.as_deref() {
         Some(id) if !id.is_empty() => id.to_owned(),
@@ -296,7 +352,8 @@ pub fn prepare(
     }
     m.timestamp = Some(timestamp_text.clone());
     m.received_at = Some(received_text.clone());
-    let body = serde_json::to_string(&m).map_err(|e| format!("message cannot be stored: {e}"))?;
+    let body = serde_json::to_string(&m)
+        .map_err(|e| Rejection::new("invalid_message", format!("message cannot be stored: {e}")))?;
     Ok(NewEvent {
         message_id,
         kind: m.kind,
@@ -308,6 +365,31 @@ pub fn prepare(
         ip: ip.clone(),
         body,
     })
+}
+
+/// Latest accepted event time, relative to `receivedAt`.
+const MAX_FUTURE: time::Duration = time::Duration::days(1);
+/// Earliest accepted event time.
+const MIN_EVENT_TIME: OffsetDateTime = time::macros::datetime!(1970-01-01 00:00:00 UTC);
+
+/// When the event happened: the client's time corrected for its clock skew
+/// (`receivedAt - (sentAt - originalTimestamp)`), the client's time as is
+/// when it sent no `sentAt`, and `receivedAt` when it sent no time or one
+/// outside 1970 .. receivedAt + 1 day (a broken clock). The client's own
+/// time is kept in `originalTimestamp` either way.
+pub fn event_time(
+    original: Option<OffsetDateTime>,
+    sent: Option<OffsetDateTime>,
+    received: OffsetDateTime,
+) -> OffsetDateTime {
+    let corrected = match (original, sent) {
+        (Some(o), Some(s)) => received.checked_sub(s - o),
+        (Some(o), None) => Some(o),
+        (None, _) => None,
+    };
+    corrected
+        .filter(|t| *t >= MIN_EVENT_TIME && *t <= received + MAX_FUTURE)
+        .unwrap_or(received)
 }
 
 fn server_message_id() -> String {
@@ -363,35 +445,64 @@ mod tests {
 
     const RECEIVED: OffsetDateTime = datetime!(2026-11-23 10:00:00 UTC);
 
-    fn check_rejected(raw: &str, reason_part: &str) {
+    fn check_rejected(raw: &str, code: &str, reason_part: &str) {
         let err = prepare(raw, None, RECEIVED, &None).expect_err(raw);
-        assert!(err.contains(reason_part), "{raw}: {err}");
+        assert_eq!(err.code, code, "{raw}: {err:?}");
+        assert!(err.reason.contains(reason_part), "{raw}: {err:?}");
     }
 
     #[test]
     fn invalid_messages_are_rejected_with_a_reason() {
-        check_rejected(r#"{"type":"track","event":"A"}"#, "anonymousId or userId");
-        check_rejected(
-            r#"{"type":"track","anonymousId":"a"}"#,
-            "track needs an event",
-        );
-        check_rejected(r#"{"type":"alias","userId":"u"}"#, "alias needs previousId");
-        check_rejected(r#"{"type":"group","userId":"u"}"#, "groupId");
-        check_rejected(r#"{"type":"launch","userId":"u"}"#, "invalid message");
-        check_rejected(r#"{"userId":"u"}"#, "invalid message");
-        check_rejected(
-            r#"{"type":"page","userId":["u"]}"#,
-            "identifiers must be strings",
-        );
-        check_rejected(
-            r#"{"type":"page","userId":"u","timestamp":"soon"}"#,
-            "timestamp",
-        );
+        for (raw, code, reason) in [
+            (
+                r#"{"type":"track","event":"A"}"#,
+                "missing_identity",
+                "anonymousId or userId",
+            ),
+            (
+                r#"{"type":"track","anonymousId":"a"}"#,
+                "missing_field",
+                "track needs an event",
+            ),
+            (
+                r#"{"type":"alias","userId":"u"}"#,
+                "missing_field",
+                "alias needs previousId",
+            ),
+            (
+                r#"{"type":"group","userId":"u"}"#,
+                "missing_field",
+                "groupId",
+            ),
+            (
+                r#"{"type":"launch","userId":"u"}"#,
+                "invalid_message",
+                "invalid message",
+            ),
+            (r#"{"userId":"u"}"#, "invalid_message", "invalid message"),
+            (
+                r#"{"type":"page","userId":["u"]}"#,
+                "invalid_message",
+                "identifiers must be strings",
+            ),
+            (
+                r#"{"type":"page","userId":"u","timestamp":"soon"}"#,
+                "invalid_timestamp",
+                "timestamp",
+            ),
+            (
+                r#"{"type":"page","userId":"u","sentAt":"2026-13-01T00:00:00Z"}"#,
+                "invalid_timestamp",
+                "sentAt",
+            ),
+        ] {
+            check_rejected(raw, code, reason);
+        }
         let big = format!(
             r#"{{"type":"track","userId":"u","event":"e","properties":{{"x":"{}"}}}}"#,
             "a".repeat(MAX_MESSAGE_BYTES)
         );
-        check_rejected(&big, "larger than");
+        check_rejected(&big, "too_large", "larger than");
     }
 
     #[test]
@@ -423,6 +534,29 @@ mod tests {
             prepare(raw, None, RECEIVED, &None).unwrap().timestamp,
             "2026-11-23T10:00:00.000Z"
         );
+    }
+
+    #[test]
+    fn broken_client_clocks_fall_back_to_received_at() {
+        let t = |s: &str| parse_rfc3339(s);
+        let fallback = [
+            // Corrected time before 1970.
+            (t("0000-01-01T00:00:00Z"), t("9999-12-31T23:59:59Z")),
+            // No sentAt and a clock a year ahead.
+            (t("2027-11-23T10:00:00Z"), None),
+            // An event "after" it was sent would land in the future.
+            (t("2026-11-30T10:00:00Z"), t("2026-11-23T10:00:00Z")),
+            (t("1969-12-31T23:59:59Z"), None),
+        ];
+        for (original, sent) in fallback {
+            assert_eq!(
+                event_time(original, sent, RECEIVED),
+                RECEIVED,
+                "{original:?} {sent:?}"
+            );
+        }
+        let ok = t("2026-11-23T09:00:00Z");
+        assert_eq!(event_time(ok, None, RECEIVED), ok.unwrap());
     }
 
     #[test]
@@ -458,19 +592,19 @@ mod tests {
             Bytes::from(e.finish().unwrap())
         };
         assert_eq!(
-            &decode(gz(b"{\"batch\":[]}"), true).unwrap()[..],
+            &decode_body(gz(b"{\"batch\":[]}"), true).unwrap()[..],
             b"{\"batch\":[]}"
         );
         // Magic bytes are enough, whatever the headers said.
-        assert_eq!(&decode(gz(b"[]"), false).unwrap()[..], b"[]");
+        assert_eq!(&decode_body(gz(b"[]"), false).unwrap()[..], b"[]");
         let bomb = gz(&vec![b' '; 50 * MAX_REQUEST_BYTES]);
         assert!(bomb.len() < 100 * 1024);
         assert!(matches!(
-            decode(bomb, true),
+            decode_body(bomb, true),
             Err(ApiError::PayloadTooLarge { .. })
         ));
         assert!(matches!(
-            decode(Bytes::from_static(b"not gzip"), true),
+            decode_body(Bytes::from_static(b"not gzip"), true),
             Err(ApiError::BadEncoding(_))
         ));
     }

@@ -17,6 +17,7 @@
 //! - [`store`]: the [`store::EventStore`] seam and its embedded SQLite
 //!   implementation with a single group-commit writer.
 //! - [`clock`]: the replaceable clock.
+//! - [`ratelimit`]: per-source token buckets (429 beyond them).
 //! - [`metrics`]: counters rendered as Prometheus text.
 //! - [`config`] and [`cli`]: settings, and the flags/env vars that make them.
 //!
@@ -32,8 +33,11 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod ingest;
 pub mod metrics;
+pub mod ratelimit;
 pub mod routes;
 pub mod server;
 pub mod store;

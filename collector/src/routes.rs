@@ -16,7 +16,6 @@ use weft_protocol::MessageType;
 
 use crate::app::App;
 use crate::error::{ApiError, Resp, json_response};
-use crate::metrics::Metrics;
 use crate::{admin, assets, ingest};
 
 /// Which ingest endpoint a path is: `Some(None)` for `/v1/batch`,
@@ -37,7 +36,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
     let mut resp = match route(&app, req, peer).await {
         Ok(resp) => resp,
         Err(e) => {
-            Metrics::add(&app.metrics.requests_failed, 1);
+            app.metrics.requests_failed.add(e.code(), 1);
             tracing::debug!(path = %path, status = e.status().as_u16(), error = e.code(), "request failed");
             e.into_response()
         }

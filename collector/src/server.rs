@@ -18,6 +18,7 @@ use crate::app::App;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
 use crate::routes;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{EventStore, StoreError};
@@ -61,8 +62,13 @@ pub async fn serve_with_clock(
     shutdown: impl Future<Output = ()>,
     clock: Arc<dyn Clock>,
 ) -> Result<(), ServeError> {
-    let store = SqliteStore::open(&config.data_dir, config.write_queue_capacity)
-        .map_err(ServeError::Store)?;
+    let metrics = Metrics::default();
+    let store = SqliteStore::open(
+        &config.data_dir,
+        config.write_queue_capacity,
+        metrics.writer.clone(),
+    )
+    .map_err(ServeError::Store)?;
     let store: Arc<dyn EventStore> = Arc::new(store);
     let connections = Arc::new(Semaphore::new(config.max_connections));
     let mut builder = http1::Builder::new();
@@ -74,7 +80,8 @@ pub async fn serve_with_clock(
         config,
         store: store.clone(),
         clock,
-        metrics: Metrics::default(),
+        metrics,
+        limiter: RateLimiter::default(),
     });
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);

@@ -29,9 +29,12 @@ fn start(data_dir: &std::path::Path) -> (Child, SocketAddr) {
         .spawn()
         .expect("start weft-collector");
     let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout
         .read_line(&mut first)
         .expect("read the listening line");
+    // Keep reading so the collector never writes to a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     let addr = first
         .trim()
         .rsplit("http://")
@@ -63,12 +66,16 @@ fn every_acknowledged_message_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, addr) = start(dir.path());
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let kill_at = Instant::now() + Duration::from_millis(1500);
+    let refused: Arc<Mutex<Vec<Option<u16>>>> = Arc::default();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(30);
+    let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
     let workers: Vec<_> = (0..4)
         .map(|w| {
             let acked = acked.clone();
+            let refused = refused.clone();
+            let killed = killed.clone();
             std::thread::spawn(move || {
                 // Bounded in count and time; ends when the collector dies.
                 for request in 0..20_000 {
@@ -88,18 +95,29 @@ fn every_acknowledged_message_survives_kill_9() {
                     let body = format!(r#"{{"batch":[{}]}}"#, batch.join(","));
                     match post(addr, &body) {
                         Some(200) => acked.lock().unwrap().extend(ids),
-                        Some(_) => {}
-                        None => break,
+                        other => {
+                            refused.lock().unwrap().push(other);
+                            // A failed connection ends the worker only once the
+                            // collector is dead; before that it is load.
+                            if other.is_none() && killed.load(std::sync::atomic::Ordering::SeqCst) {
+                                break;
+                            }
+                        }
                     }
                 }
             })
         })
         .collect();
 
-    while Instant::now() < kill_at {
+    // Kill mid-load: after at least 1.5 s and 2,000 acknowledged messages
+    // (or 20 s on a very slow machine).
+    while Instant::now() < started + Duration::from_secs(20)
+        && (started.elapsed() < Duration::from_millis(1500) || acked.lock().unwrap().len() < 2000)
+    {
         std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().expect("SIGKILL the collector"); // kill -9: no chance to flush
+    killed.store(true, std::sync::atomic::Ordering::SeqCst);
     child.wait().unwrap();
     for w in workers {
         w.join().unwrap();

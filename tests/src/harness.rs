@@ -5,9 +5,12 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+use weft_collector::clock::{Clock, SystemClock};
 use weft_collector::{Config, Source};
 
 use crate::http::{Request, Response};
@@ -74,18 +77,41 @@ impl TestCollector {
         Self::start_config(config, data_dir).await
     }
 
+    /// Like [`TestCollector::start_with`], reading time from `clock`.
+    pub async fn start_with_clock(edit: impl FnOnce(&mut Config), clock: Arc<dyn Clock>) -> Self {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::new(
+            data_dir.path(),
+            vec![Source::any_origin(WRITE_KEY)],
+            ADMIN_TOKEN.to_owned(),
+        );
+        config.www_dir = Some(www_dir());
+        config.sdk_dir = Some(sdk_dir());
+        edit(&mut config);
+        Self::spawn(config, data_dir, clock).await
+    }
+
     /// A collector with exactly `config` (its data_dir should be inside
     /// `data_dir`).
     pub async fn start_config(config: Config, data_dir: TempDir) -> Self {
+        Self::spawn(config, data_dir, Arc::new(SystemClock)).await
+    }
+
+    async fn spawn(config: Config, data_dir: TempDir, clock: Arc<dyn Clock>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            weft_collector::serve(config, listener, async {
-                let _ = rx.await;
-            })
+            weft_collector::serve_with_clock(
+                config,
+                listener,
+                async {
+                    let _ = rx.await;
+                },
+                clock,
+            )
             .await
             .expect("collector runs");
         });

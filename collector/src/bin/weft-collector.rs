@@ -1,6 +1,8 @@
 //! The `weft-collector` binary: parse flags, set up logging, bind, serve
 //! until Ctrl-C or SIGTERM.
 
+use std::io::Write as _;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use weft_collector::cli::{Cli, TokenOrigin};
@@ -19,7 +21,7 @@ async fn main() -> std::process::ExitCode {
     let (config, token_origin) = match cli.into_config() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("weft-collector: cannot prepare the data directory: {e}");
+            eprintln!("weft-collector: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -36,13 +38,23 @@ async fn main() -> std::process::ExitCode {
         TokenOrigin::Stored(p) => format!("kept in {}", p.display()),
         TokenOrigin::Generated(p) => format!("new, saved to {}", p.display()),
     };
-    println!("weft collector listening on http://{addr}");
+    // The start-up banner goes to stdout (the first line is what scripts and
+    // tests read). Write errors are ignored: a closed stdout must not stop
+    // the collector, as `println!` would.
+    let mut banner = format!("weft collector listening on http://{addr}\n");
     if config.www_dir.is_some() {
-        println!("  demo site:   http://{addr}/");
-        println!("  dashboard:   http://{addr}/dashboard");
+        banner.push_str(&format!("  demo site:   http://{addr}/\n"));
+        banner.push_str(&format!("  dashboard:   http://{addr}/dashboard\n"));
     }
-    println!("  admin token: {} ({token_note})", config.admin_token);
-    println!("  data dir:    {}", config.data_dir.display());
+    banner.push_str(&format!(
+        "  admin token: {} ({token_note})\n",
+        config.admin_token
+    ));
+    banner.push_str(&format!("  data dir:    {}\n", config.data_dir.display()));
+    let mut stdout = std::io::stdout();
+    let _ = stdout
+        .write_all(banner.as_bytes())
+        .and_then(|()| stdout.flush());
 
     let shutdown = async {
         let ctrl_c = tokio::signal::ctrl_c();

@@ -42,7 +42,9 @@ pub struct NewEvent {
 pub struct RejectedMessage {
     /// When the collector received it.
     pub received_at: String,
-    /// Why it was rejected.
+    /// Why it was rejected, as a stable code.
+    pub code: &'static str,
+    /// Why it was rejected, for humans.
     pub reason: String,
     /// The message as it arrived (possibly truncated if huge).
     pub raw: String,

@@ -8,11 +8,14 @@
 //! run beside the writer.
 
 use std::path::Path;
-use std::sync::{Mutex, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::WriterStats;
 
 use super::{AppendOutcome, AppendRequest, EventStore, Pending, ProfileSummary, StoreError};
 
@@ -44,6 +47,7 @@ CREATE TABLE IF NOT EXISTS rejected (
     seq         INTEGER PRIMARY KEY,
     source      TEXT NOT NULL,
     received_at TEXT NOT NULL,
+    code        TEXT NOT NULL,
     reason      TEXT NOT NULL,
     raw         TEXT NOT NULL
 );
@@ -75,7 +79,11 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
 impl SqliteStore {
     /// Opens (creating if needed) the store in `data_dir` and starts the
     /// writer with a queue of `queue_capacity` requests.
-    pub fn open(data_dir: &Path, queue_capacity: usize) -> Result<Self, StoreError> {
+    pub fn open(
+        data_dir: &Path,
+        queue_capacity: usize,
+        stats: Arc<WriterStats>,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join(DB_FILE);
         let mut writer_conn = open(&path)?;
@@ -84,7 +92,7 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel(queue_capacity.max(1));
         let writer = std::thread::Builder::new()
             .name("weft-writer".into())
-            .spawn(move || writer_loop(&mut writer_conn, rx))?;
+            .spawn(move || writer_loop(&mut writer_conn, rx, &stats))?;
         Ok(SqliteStore {
             sender: RwLock::new(Some(tx)),
             capacity: queue_capacity.max(1),
@@ -100,7 +108,7 @@ impl SqliteStore {
     }
 }
 
-fn writer_loop(conn: &mut Connection, mut rx: mpsc::Receiver<Job>) {
+fn writer_loop(conn: &mut Connection, mut rx: mpsc::Receiver<Job>, stats: &WriterStats) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = rx.blocking_recv() {
         group.push(first);
@@ -113,6 +121,11 @@ fn writer_loop(conn: &mut Connection, mut rx: mpsc::Receiver<Job>) {
         let started = std::time::Instant::now();
         match commit_group(conn, &group) {
             Ok(outcomes) => {
+                stats.commit_seconds.observe(started.elapsed());
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .committed_requests
+                    .fetch_add(group.len() as u64, Ordering::Relaxed);
                 tracing::debug!(
                     requests = group.len(),
                     micros = started.elapsed().as_micros() as u64,
@@ -142,7 +155,7 @@ fn commit_group(conn: &mut Connection, group: &[Job]) -> Result<Vec<AppendOutcom
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
         let mut insert_rejected = tx.prepare_cached(
-            "INSERT INTO rejected (source, received_at, reason, raw) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO rejected (source, received_at, code, reason, raw) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
         for job in group {
             let r = &job.request;
@@ -167,7 +180,13 @@ fn commit_group(conn: &mut Connection, group: &[Job]) -> Result<Vec<AppendOutcom
                 }
             }
             for b in &r.rejected {
-                insert_rejected.execute(params![r.source, b.received_at, b.reason, b.raw])?;
+                insert_rejected.execute(params![
+                    r.source,
+                    b.received_at,
+                    b.code,
+                    b.reason,
+                    b.raw
+                ])?;
                 outcome.rejected += 1;
             }
             outcomes.push(outcome);
@@ -331,4 +350,111 @@ fn profile(conn: &Connection, id: &str) -> Result<Option<ProfileSummary>, StoreE
         last_seen: last,
         event_count: events.len() as u64,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NewEvent;
+    use weft_protocol::MessageType;
+
+    fn request(source: &str, n: usize, tag: &str) -> AppendRequest {
+        AppendRequest {
+            source: source.into(),
+            events: (0..n)
+                .map(|i| NewEvent {
+                    message_id: format!("{tag}-{i}"),
+                    kind: MessageType::Track,
+                    event: Some("E".into()),
+                    anonymous_id: Some(format!("a-{}", i % 50)),
+                    user_id: None,
+                    timestamp: "2026-11-23T10:00:00.000Z".into(),
+                    received_at: "2026-11-23T10:00:00.000Z".into(),
+                    ip: None,
+                    body: "{}".into(),
+                })
+                .collect(),
+            rejected: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_full_write_queue_answers_overloaded_and_loses_nothing_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(WriterStats::default());
+        let store = SqliteStore::open(dir.path(), 1, stats.clone()).unwrap();
+        // A large first request keeps the writer busy for a while...
+        let first = store.append(request("s", 100_000, "big")).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        // ...so one more fills the queue of one, and the next is refused.
+        let second = store.append(request("s", 1, "second")).unwrap();
+        assert!(matches!(
+            store.append(request("s", 1, "third")),
+            Err(StoreError::Overloaded)
+        ));
+        assert_eq!(first.blocking_recv().unwrap().unwrap().stored, 100_000);
+        assert_eq!(second.blocking_recv().unwrap().unwrap().stored, 1);
+        // Once drained, the refused request goes through on retry.
+        let third = store.append(request("s", 1, "third")).unwrap();
+        assert_eq!(third.blocking_recv().unwrap().unwrap().stored, 1);
+        assert_eq!(stats.committed_requests.load(Ordering::Relaxed), 3);
+        assert_eq!(
+            stats.commit_seconds.count(),
+            stats.commits.load(Ordering::Relaxed)
+        );
+    }
+
+    #[test]
+    fn duplicates_are_counted_per_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), 8, Arc::default()).unwrap();
+        let a = store
+            .append(request("s1", 3, "m"))
+            .unwrap()
+            .blocking_recv()
+            .unwrap()
+            .unwrap();
+        let b = store
+            .append(request("s1", 3, "m"))
+            .unwrap()
+            .blocking_recv()
+            .unwrap()
+            .unwrap();
+        let c = store
+            .append(request("s2", 3, "m"))
+            .unwrap()
+            .blocking_recv()
+            .unwrap()
+            .unwrap();
+        assert_eq!((a.stored, a.duplicates), (3, 0));
+        assert_eq!((b.stored, b.duplicates), (0, 3));
+        assert_eq!(
+            (c.stored, c.duplicates),
+            (3, 0),
+            "same messageId, other source"
+        );
+    }
+
+    #[test]
+    fn closing_commits_what_is_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), 64, Arc::default()).unwrap();
+        let pending: Vec<_> = (0..20)
+            .map(|i| store.append(request("s", 10, &format!("r{i}"))).unwrap())
+            .collect();
+        store.close();
+        assert!(matches!(
+            store.append(request("s", 1, "late")),
+            Err(StoreError::Closed)
+        ));
+        for p in pending {
+            assert_eq!(p.blocking_recv().unwrap().unwrap().stored, 10);
+        }
+        drop(store);
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 200);
+    }
 }

@@ -3,8 +3,14 @@
 //! reason, and valid data beside bad data is kept.
 
 use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+use weft_collector::Source;
+use weft_collector::clock::FixedClock;
+use weft_collector::config::RateLimit;
 use weft_e2e::harness::{ADMIN_TOKEN, TestCollector, WRITE_KEY};
 use weft_e2e::http::Request;
 
@@ -287,7 +293,13 @@ async fn health_readiness_and_metrics() {
     let m = String::from_utf8(c.send(Request::get("/metrics")).await.body).unwrap();
     assert!(m.contains("weft_events_received_total 2"), "{m}");
     assert!(m.contains("weft_events_accepted_total 1"), "{m}");
-    assert!(m.contains("weft_events_rejected_total 1"), "{m}");
+    assert!(
+        m.contains("weft_events_rejected_total{reason=\"missing_identity\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("weft_commits_total 1"), "{m}");
+    assert!(m.contains("weft_commit_seconds_count 1"), "{m}");
+    assert!(m.contains("weft_write_queue_depth 0"), "{m}");
 }
 
 #[tokio::test]
@@ -299,6 +311,180 @@ async fn graceful_stop_keeps_everything_acknowledged() {
         .await;
     assert_eq!(r.status, 200);
     let data_dir = c.stop().await;
+    let n: i64 = rusqlite::Connection::open(data_dir.path().join("weft.sqlite"))
+        .unwrap()
+        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+/// Reads from a raw socket until the server closes it or `limit` passes;
+/// returns what was read and whether it was closed.
+async fn read_until_closed(s: &mut tokio::net::TcpStream, limit: Duration) -> (Vec<u8>, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return (got, false),
+            Ok(Ok(0)) | Ok(Err(_)) => return (got, true),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_loris_is_cut_off_while_others_are_served() {
+    let c = TestCollector::start_with(|config| {
+        config.header_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut slow = tokio::net::TcpStream::connect(c.addr).await.unwrap();
+    slow.write_all(b"POST /v1/batch HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // Meanwhile a normal client is served.
+    let good = batch(json!([{"type": "page", "anonymousId": "patient"}]));
+    let r = c
+        .send(Request::post("/v1/batch", good).header("Authorization", &basic(WRITE_KEY)))
+        .await;
+    assert_eq!(r.status, 200);
+    let started = std::time::Instant::now();
+    let (_, closed) = read_until_closed(&mut slow, Duration::from_secs(5)).await;
+    assert!(closed, "the slow client was not cut off");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(stored_count(&c), 1);
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_gets_408() {
+    let c = TestCollector::start_with(|config| {
+        config.body_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(c.addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Length: 1000\r\n\r\n{{\"batch\":",
+            basic(WRITE_KEY)
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (raw, _) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    let r = weft_e2e::http::parse_response(&raw);
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (408, Some("body_timeout"))
+    );
+}
+
+#[tokio::test]
+async fn oversize_headers_are_refused() {
+    let c = TestCollector::start().await;
+    let r = c
+        .send(Request::get("/healthz").header("X-Padding", &"p".repeat(64 * 1024)))
+        .await;
+    assert_eq!(r.status, 431);
+    assert_eq!(c.send(Request::get("/healthz")).await.status, 200);
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_are_closed() {
+    let c = TestCollector::start_with(|config| config.max_connections = 2).await;
+    let idle1 = tokio::net::TcpStream::connect(c.addr).await.unwrap();
+    let idle2 = tokio::net::TcpStream::connect(c.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = tokio::net::TcpStream::connect(c.addr).await.unwrap();
+    let _ = third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let (got, closed) = read_until_closed(&mut third, Duration::from_secs(3)).await;
+    assert!(
+        closed && got.is_empty(),
+        "third connection was served: {got:?}"
+    );
+    drop((idle1, idle2));
+    let r = weft_e2e::eventually(Duration::from_secs(5), "a free connection slot", || async {
+        let mut s = tokio::net::TcpStream::connect(c.addr).await.ok()?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let (raw, _) = read_until_closed(&mut s, Duration::from_secs(2)).await;
+        (!raw.is_empty()).then(|| weft_e2e::http::parse_response(&raw))
+    })
+    .await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn a_source_over_its_rate_limit_gets_429_with_retry_after() {
+    // A clock that never moves: the bucket never refills during the test.
+    let clock = Arc::new(FixedClock(time::macros::datetime!(2026-11-23 10:00:00 UTC)));
+    let c = TestCollector::start_with_clock(
+        |config| {
+            config.sources[0].rate_limit = Some(RateLimit {
+                requests_per_second: 0.5,
+                burst: 2,
+            });
+            config.sources.push(Source::any_origin("wk_other"));
+        },
+        clock,
+    )
+    .await;
+    let send = |key: &'static str, id: &'static str| {
+        let body = batch(json!([{"type": "page", "anonymousId": id}]));
+        c.send(Request::post("/v1/batch", body).header("Authorization", &basic(key)))
+    };
+    assert_eq!(send(WRITE_KEY, "r1").await.status, 200);
+    assert_eq!(send(WRITE_KEY, "r2").await.status, 200);
+    let limited = send(WRITE_KEY, "r3").await;
+    assert_eq!(
+        (limited.status, limited.json()["error"].as_str()),
+        (429, Some("rate_limited"))
+    );
+    assert_eq!(limited.header("retry-after"), Some("2"));
+    // Other sources are not affected.
+    assert_eq!(send("wk_other", "o1").await.status, 200);
+    assert_eq!(stored_count(&c), 3);
+    let m = String::from_utf8(c.send(Request::get("/metrics")).await.body).unwrap();
+    assert!(
+        m.contains("weft_requests_failed_total{error=\"rate_limited\"} 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_drains_a_request_in_flight() {
+    let c = TestCollector::start().await;
+    let addr = c.addr;
+    let body = batch(json!([{"type": "page", "anonymousId": "in-flight"}]));
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /v1/batch HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: {}\r\nContent-Length: {}\r\n\r\n",
+            basic(WRITE_KEY),
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    s.write_all(&body[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopping = tokio::spawn(c.stop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // New connections are refused once shutdown began.
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting after shutdown began"
+    );
+    s.write_all(&body[10..]).await.unwrap();
+    let (raw, _) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert_eq!(weft_e2e::http::parse_response(&raw).status, 200);
+    let data_dir = stopping.await.unwrap();
     let n: i64 = rusqlite::Connection::open(data_dir.path().join("weft.sqlite"))
         .unwrap()
         .query_row("SELECT count(*) FROM events", [], |r| r.get(0))

@@ -1,0 +1,156 @@
+//! Property tests over the ingest decoder and validator: no input, however
+//! hostile, may panic the server, and whatever is accepted is well-formed.
+//!
+//! They run briefly in `cargo xtask test` (proptest's default case count) and
+//! longer by hand: `PROPTEST_CASES=200000 cargo test -p weft-collector fuzz`.
+
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use time::macros::datetime;
+use weft_protocol::{Message, MessageType};
+
+use crate::clock::parse_rfc3339;
+use crate::ingest::{decode_body, parse_envelope, prepare};
+
+const CODES: [&str; 5] = [
+    "too_large",
+    "invalid_message",
+    "missing_identity",
+    "missing_field",
+    "invalid_timestamp",
+];
+
+/// Runs a body through everything ingest does before storing and checks the
+/// invariants of what comes out.
+fn check_body(body: &[u8], gzip: bool, single: Option<MessageType>) {
+    let Ok(decoded) = decode_body(bytes::Bytes::copy_from_slice(body), gzip) else {
+        return;
+    };
+    let Ok(envelope) = parse_envelope(&decoded, single) else {
+        return;
+    };
+    let received = datetime!(2026-11-23 10:00:00 UTC);
+    for raw in &envelope.messages {
+        match prepare(raw.get(), envelope.sent_at.as_deref(), received, &None) {
+            Ok(event) => {
+                assert!(!event.message_id.is_empty());
+                assert!(event.anonymous_id.is_some() || event.user_id.is_some());
+                assert!(
+                    parse_rfc3339(&event.timestamp).is_some(),
+                    "{}",
+                    event.timestamp
+                );
+                let stored: Message =
+                    serde_json::from_str(&event.body).expect("stored body parses");
+                assert_eq!(stored.kind, event.kind);
+            }
+            Err(rejection) => assert!(CODES.contains(&rejection.code), "{rejection:?}"),
+        }
+    }
+}
+
+/// JSON values of any shape, small.
+fn any_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        ".{0,12}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            prop::collection::btree_map(".{0,6}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// Values that look like messages: the real field names with values of
+/// right and wrong types.
+fn message_like() -> impl Strategy<Value = Value> {
+    let field = |name: &'static str| (Just(name), prop::option::of(any_json()));
+    let text =
+        |choices: &'static [&'static str]| prop::sample::select(choices).prop_map(Value::from);
+    (
+        prop::option::of(prop_oneof![
+            text(&[
+                "track", "page", "screen", "identify", "alias", "group", "nope"
+            ]),
+            any_json()
+        ]),
+        prop::option::of(prop_oneof![text(&["a-1", "", "0"]), any_json()]),
+        prop::option::of(prop_oneof![text(&["u-1", "", "null"]), any_json()]),
+        prop::option::of(prop_oneof![
+            text(&[
+                "2026-11-23T09:00:00Z",
+                "2026-11-23T09:00:00.123+02:00",
+                "not a time",
+                "9999-12-31T23:59:59Z",
+                "0000-01-01T00:00:00Z"
+            ]),
+            any_json()
+        ]),
+        prop::collection::vec(
+            prop_oneof![
+                field("event"),
+                field("messageId"),
+                field("sentAt"),
+                field("properties"),
+                field("previousId"),
+                field("groupId"),
+                field("context"),
+            ],
+            0..5,
+        ),
+    )
+        .prop_map(|(kind, anon, user, ts, extra)| {
+            let mut m = serde_json::Map::new();
+            for (k, v) in [
+                ("type", kind),
+                ("anonymousId", anon),
+                ("userId", user),
+                ("timestamp", ts),
+            ] {
+                if let Some(v) = v {
+                    m.insert(k.into(), v);
+                }
+            }
+            for (k, v) in extra {
+                if let Some(v) = v {
+                    m.insert(k.into(), v);
+                }
+            }
+            Value::Object(m)
+        })
+}
+
+proptest! {
+    #[test]
+    fn fuzz_arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..512), gzip: bool) {
+        check_body(&body, gzip, None);
+        check_body(&body, gzip, Some(MessageType::Track));
+    }
+
+    #[test]
+    fn fuzz_message_like_batches(
+        messages in prop::collection::vec(message_like(), 0..6),
+        sent_at in prop::option::of(prop_oneof![Just(json!("2026-11-23T10:00:05Z")), any_json()]),
+    ) {
+        let mut envelope = json!({"batch": messages});
+        if let Some(s) = sent_at {
+            envelope["sentAt"] = s;
+        }
+        check_body(envelope.to_string().as_bytes(), false, None);
+    }
+
+    #[test]
+    fn fuzz_single_messages(message in message_like()) {
+        for kind in MessageType::ALL {
+            check_body(message.to_string().as_bytes(), false, Some(kind));
+        }
+    }
+}
