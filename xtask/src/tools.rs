@@ -9,6 +9,7 @@
 //! | wasm32 target | rustup | the SDK's target |
 //! | wasm-bindgen, wasm-bindgen-test-runner | `cargo install wasm-bindgen-cli` at the crate's pinned version | JS glue; browser tests |
 //! | wasm-opt (binaryen), terser | npm | Debian's binaryen is too old for today's rustc; minified JS |
+//! | @segment/analytics-node | npm | a real Segment server SDK, sent to the collector in the e2e tests |
 //! | chromium, chromedriver | apt | browser tests |
 
 use std::path::{Path, PathBuf};
@@ -16,8 +17,12 @@ use std::process::Command;
 
 use crate::cmd::{Step, cargo, is_root, output};
 
-/// npm packages, pinned exactly.
-const NPM_PACKAGES: [(&str, &str); 2] = [("binaryen", "132.0.0"), ("terser", "5.51.2")];
+/// npm packages, pinned exactly. Names may be scoped (`@scope/name`).
+const NPM_PACKAGES: [(&str, &str); 3] = [
+    ("binaryen", "132.0.0"),
+    ("terser", "5.51.2"),
+    ("@segment/analytics-node", "3.1.0"),
+];
 
 /// Paths of the SDK build tools.
 pub struct Tools {
@@ -69,7 +74,12 @@ pub fn ensure_sdk_tools(root: &Path) -> Result<Tools, String> {
 
     let npm_dir = tools_dir.join("npm");
     let installed = |name: &str, version: &str| {
-        std::fs::read_to_string(npm_dir.join("node_modules").join(name).join("package.json"))
+        // A scoped name is two directories: node_modules/@scope/name.
+        let package_json = name
+            .split('/')
+            .fold(npm_dir.join("node_modules"), |dir, part| dir.join(part))
+            .join("package.json");
+        std::fs::read_to_string(package_json)
             .is_ok_and(|p| p.contains(&format!("\"version\": \"{version}\"")))
     };
     if !NPM_PACKAGES.iter().all(|(n, v)| installed(n, v)) {
@@ -79,7 +89,7 @@ pub fn ensure_sdk_tools(root: &Path) -> Result<Tools, String> {
             .iter()
             .map(|(n, v)| format!("{n}@{v}"))
             .collect();
-        Step::new("install binaryen and terser from npm (once)").run(
+        Step::new("install the pinned npm packages (once)").run(
             Command::new("npm")
                 .args([
                     "install",

@@ -4,8 +4,10 @@
 //! - `browser`: the script tag in real headless Chromium against a real
 //!   collector.
 //! - `ingest`: the collector's HTTP API with a real store on disk.
+//! - `segment_client`: Segment's own Node SDK sending to a real collector.
 //! - `serving`: the SDK files and the demo site as the collector serves them.
 
 mod browser;
 mod ingest;
+mod segment_client;
 mod serving;
