@@ -7,6 +7,7 @@
 //! accepted messages are durable.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -20,8 +21,9 @@ use hyper::{Request, StatusCode};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
+use weft_protocol::json::Writer;
 use weft_protocol::limits::{MAX_MESSAGE_BYTES, MAX_REQUEST_BYTES};
-use weft_protocol::{Message, MessageType};
+use weft_protocol::{Json, Message, MessageType};
 
 use crate::app::App;
 use crate::clock::{format_utc_millis, parse_rfc3339};
@@ -296,7 +298,7 @@ pub fn prepare(
             format!("message is larger than {MAX_MESSAGE_BYTES} bytes"),
         ));
     }
-    let mut m: Message = serde_json::from_str(raw)
+    let m: Message = serde_json::from_str(raw)
         .map_err(|e| Rejection::new("invalid_message", format!("invalid message: {e}")))?;
     let non_empty = |s: &Option<String>| s.as_deref().is_some_and(|v| !v.is_empty());
     if !non_empty(&m.anonymous_id) && !non_empty(&m.user_id) {
@@ -343,17 +345,21 @@ pub fn prepare(
     };
     let received_text = format_utc_millis(received);
     let timestamp_text = format_utc_millis(timestamp);
-    m.message_id = Some(message_id.clone());
-    if let Some(o) = original {
-        m.original_timestamp = Some(format_utc_millis(o));
-    }
-    if let Some(s) = sent {
-        m.sent_at = Some(format_utc_millis(s));
-    }
-    m.timestamp = Some(timestamp_text.clone());
-    m.received_at = Some(received_text.clone());
-    let body = serde_json::to_string(&m)
-        .map_err(|e| Rejection::new("invalid_message", format!("message cannot be stored: {e}")))?;
+    let original_text = original.map(format_utc_millis);
+    let sent_text = sent.map(format_utc_millis);
+    let set: [(&str, Option<&str>); 10] = [
+        ("type", Some(m.kind.as_str())),
+        ("messageId", Some(&message_id)),
+        ("anonymousId", m.anonymous_id.as_deref()),
+        ("userId", m.user_id.as_deref()),
+        ("previousId", m.previous_id.as_deref()),
+        ("groupId", m.group_id.as_deref()),
+        ("timestamp", Some(&timestamp_text)),
+        ("originalTimestamp", original_text.as_deref()),
+        ("sentAt", sent_text.as_deref()),
+        ("receivedAt", Some(&received_text)),
+    ];
+    let body = stored_body(raw, &set)?;
     Ok(NewEvent {
         message_id,
         kind: m.kind,
@@ -365,6 +371,44 @@ pub fn prepare(
         ip: ip.clone(),
         body,
     })
+}
+
+/// Keys of a message that are never stored as the client sent them: the
+/// collector's own values replace them, and a `writeKey` is dropped.
+const SERVER_KEYS: [&str; 11] = [
+    "type",
+    "messageId",
+    "anonymousId",
+    "userId",
+    "previousId",
+    "groupId",
+    "timestamp",
+    "originalTimestamp",
+    "sentAt",
+    "receivedAt",
+    "writeKey",
+];
+
+/// The message as stored: every field the client sent, unknown ones
+/// included (nothing is lost), with the collector's values for
+/// [`SERVER_KEYS`] (`set`, absent ones omitted) and no `writeKey`. Raw
+/// values are spliced, not re-encoded.
+fn stored_body(raw: &str, set: &[(&str, Option<&str>)]) -> Result<String, Rejection> {
+    let fields: BTreeMap<String, &RawValue> = serde_json::from_str(raw)
+        .map_err(|e| Rejection::new("invalid_message", format!("invalid message: {e}")))?;
+    let mut w = Writer::new();
+    w.object_start();
+    for (key, value) in set {
+        w.opt_string(key, *value);
+    }
+    for (key, value) in &fields {
+        if !SERVER_KEYS.contains(&key.as_str()) {
+            w.key(key);
+            w.raw(&Json::from_trusted(value.get()));
+        }
+    }
+    w.object_end();
+    Ok(w.finish())
 }
 
 /// Latest accepted event time, relative to `receivedAt`.
@@ -557,6 +601,24 @@ mod tests {
         }
         let ok = t("2026-11-23T09:00:00Z");
         assert_eq!(event_time(ok, None, RECEIVED), ok.unwrap());
+    }
+
+    #[test]
+    fn stored_body_keeps_every_client_field_and_drops_the_write_key() {
+        let raw = r#"{"type":"track","event":"E","userId":42,"writeKey":"wk_secret","channel":"server",
+            "_metadata":{"nodeVersion":"20"},"properties":{"a":[1,2.5,null]},"timestamp":"2026-11-23T09:00:00Z"}"#;
+        let e = prepare(raw, None, RECEIVED, &None).unwrap();
+        let stored: serde_json::Value = serde_json::from_str(&e.body).unwrap();
+        assert_eq!(stored["channel"], "server");
+        assert_eq!(stored["_metadata"]["nodeVersion"], "20");
+        assert_eq!(stored["properties"], serde_json::json!({"a":[1,2.5,null]}));
+        assert_eq!(stored["userId"], "42", "identifiers are stored as text");
+        assert_eq!(stored["timestamp"], "2026-11-23T09:00:00.000Z");
+        assert_eq!(stored["originalTimestamp"], "2026-11-23T09:00:00.000Z");
+        assert_eq!(stored["receivedAt"], "2026-11-23T10:00:00.000Z");
+        assert_eq!(stored["messageId"], e.message_id.as_str());
+        assert!(stored.get("writeKey").is_none(), "{stored}");
+        assert!(!e.body.contains("wk_secret"));
     }
 
     #[test]
