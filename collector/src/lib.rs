@@ -35,6 +35,7 @@ pub mod config;
 pub mod error;
 #[cfg(test)]
 mod fuzz;
+pub mod identity;
 pub mod ingest;
 pub mod metrics;
 pub mod ratelimit;
