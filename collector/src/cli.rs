@@ -48,6 +48,10 @@ pub struct Cli {
     /// Store whole client IP addresses instead of truncating them.
     #[arg(long, env = "WEFT_KEEP_FULL_IP")]
     pub keep_full_ip: bool,
+    /// An identifier value never to link profiles by (repeatable), beyond
+    /// the built-in list (`null`, `undefined`, `guest`, `0`, ...).
+    #[arg(long = "junk-id", env = "WEFT_JUNK_ID", value_delimiter = ',')]
+    pub junk_ids: Vec<String>,
     /// Sources file (TOML, `[[source]]` tables). Without it, `./weft.toml`
     /// is read if present.
     #[arg(long, env = "WEFT_CONFIG")]
@@ -185,6 +189,7 @@ impl Cli {
         config.www_dir = self.www_dir;
         config.sdk_dir = self.sdk_dir;
         config.keep_full_ip = self.keep_full_ip;
+        config.junk_ids = self.junk_ids;
         Ok((config, origin))
     }
 }

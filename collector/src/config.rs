@@ -74,6 +74,8 @@ pub struct Config {
     pub body_timeout: Duration,
     /// Keep whole client IPs instead of truncating them (IPv4 /24, IPv6 /48).
     pub keep_full_ip: bool,
+    /// Identifier values never linked, beyond the built-in junk list.
+    pub junk_ids: Vec<String>,
 }
 
 impl Config {
@@ -90,6 +92,7 @@ impl Config {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             keep_full_ip: false,
+            junk_ids: Vec::new(),
         }
     }
 

@@ -41,6 +41,16 @@ pub fn is_junk(id: &str, extra: &[String]) -> bool {
         || extra.iter().any(|j| id.eq_ignore_ascii_case(j.trim()))
 }
 
+/// The `profile_id` of a profile of users, from its canonical user ID.
+pub fn user_profile_id(canonical_user: &str) -> String {
+    format!("user:{canonical_user}")
+}
+
+/// The `profile_id` of a device never linked to a user.
+pub fn device_profile_id(anonymous_id: &str) -> String {
+    format!("anon:{anonymous_id}")
+}
+
 /// A device seen logged in as a user.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Link {
@@ -179,12 +189,12 @@ impl Graph {
         at: &str,
     ) -> Option<String> {
         if let Some(u) = user_id {
-            return Some(self.profile_of_user(u).to_owned());
+            return Some(user_profile_id(self.profile_of_user(u)));
         }
         let device = anonymous_id?;
         Some(match self.user_at(device, at) {
-            Some(u) => self.profile_of_user(u).to_owned(),
-            None => format!("anon:{device}"),
+            Some(u) => user_profile_id(self.profile_of_user(u)),
+            None => device_profile_id(device),
         })
     }
 }
@@ -247,19 +257,22 @@ mod tests {
         let at = |t: &str| g.profile_of_event(Some("d"), None, t);
         assert_eq!(
             at("2026-11-23T09:00:00.000Z").as_deref(),
-            Some("alice"),
+            Some("user:alice"),
             "browsed, then logged in"
         );
-        assert_eq!(at("2026-11-23T10:30:00.000Z").as_deref(), Some("bob"));
+        assert_eq!(at("2026-11-23T10:30:00.000Z").as_deref(), Some("user:bob"));
         assert_eq!(
             at("2026-11-23T11:00:00.000Z").as_deref(),
-            Some("bob"),
+            Some("user:bob"),
             "at the login itself"
         );
-        assert_eq!(at("2026-11-23T11:30:00.000Z").as_deref(), Some("alice"));
+        assert_eq!(
+            at("2026-11-23T11:30:00.000Z").as_deref(),
+            Some("user:alice")
+        );
         assert_eq!(
             at("2026-11-23T13:00:00.000Z").as_deref(),
-            Some("alice"),
+            Some("user:alice"),
             "after the last login"
         );
         assert_ne!(g.profile_of_user("alice"), g.profile_of_user("bob"));
@@ -285,7 +298,7 @@ mod tests {
         assert_eq!(
             g.profile_of_event(Some("d1"), None, "2026-11-23T09:00:00.000Z")
                 .as_deref(),
-            Some("amy")
+            Some("user:amy")
         );
     }
 

@@ -28,6 +28,7 @@ use weft_protocol::{Json, Message, MessageType};
 use crate::app::App;
 use crate::clock::{format_utc_millis, parse_rfc3339};
 use crate::error::{ApiError, Resp, json_response};
+use crate::identity::is_junk;
 use crate::metrics::Metrics;
 use crate::store::{AppendRequest, NewEvent, RejectedMessage};
 
@@ -103,8 +104,17 @@ pub async fn handle(
     };
     let mut errors = Vec::new();
     for (index, raw) in envelope.messages.iter().enumerate() {
-        match prepare(raw.get(), envelope.sent_at.as_deref(), received, &ip) {
-            Ok(event) => request.events.push(event),
+        match prepare(
+            raw.get(),
+            envelope.sent_at.as_deref(),
+            received,
+            &ip,
+            &app.config.junk_ids,
+        ) {
+            Ok(event) => {
+                Metrics::add(&app.metrics.junk_identifiers, u64::from(event.junk_ids));
+                request.events.push(event);
+            }
             Err(rejection) => {
                 app.metrics.events_rejected.add(rejection.code, 1);
                 errors.push(serde_json::json!({
@@ -291,6 +301,7 @@ pub fn prepare(
     batch_sent_at: Option<&str>,
     received: OffsetDateTime,
     ip: &Option<String>,
+    junk: &[String],
 ) -> Result<NewEvent, Rejection> {
     if raw.len() > MAX_MESSAGE_BYTES {
         return Err(Rejection::new(
@@ -364,8 +375,15 @@ pub fn prepare(
         message_id,
         kind: m.kind,
         event: m.event,
-        anonymous_id: m.anonymous_id.filter(|s| !s.is_empty()),
-        user_id: m.user_id.filter(|s| !s.is_empty()),
+        junk_ids: [&m.anonymous_id, &m.user_id, &m.previous_id]
+            .iter()
+            .filter(|id| id.as_deref().is_some_and(|id| is_junk(id, junk)))
+            .count() as u8,
+        anonymous_id: m.anonymous_id.filter(|id| !is_junk(id, junk)),
+        user_id: m.user_id.filter(|id| !is_junk(id, junk)),
+        previous_id: m
+            .previous_id
+            .filter(|id| m.kind == MessageType::Alias && !is_junk(id, junk)),
         timestamp: timestamp_text,
         received_at: received_text,
         ip: ip.clone(),
@@ -490,7 +508,7 @@ mod tests {
     const RECEIVED: OffsetDateTime = datetime!(2026-11-23 10:00:00 UTC);
 
     fn check_rejected(raw: &str, code: &str, reason_part: &str) {
-        let err = prepare(raw, None, RECEIVED, &None).expect_err(raw);
+        let err = prepare(raw, None, RECEIVED, &None, &[]).expect_err(raw);
         assert_eq!(err.code, code, "{raw}: {err:?}");
         assert!(err.reason.contains(reason_part), "{raw}: {err:?}");
     }
@@ -555,7 +573,7 @@ mod tests {
         // and the batch was sent at 11:00:00; the server received it at 10:00:00.
         let raw =
             r#"{"type":"track","event":"A","anonymousId":"a","timestamp":"2026-11-23T10:59:50Z"}"#;
-        let e = prepare(raw, Some("2026-11-23T11:00:00Z"), RECEIVED, &None).unwrap();
+        let e = prepare(raw, Some("2026-11-23T11:00:00Z"), RECEIVED, &None, &[]).unwrap();
         assert_eq!(e.timestamp, "2026-11-23T09:59:50.000Z");
         assert_eq!(e.received_at, "2026-11-23T10:00:00.000Z");
         let stored: serde_json::Value = serde_json::from_str(&e.body).unwrap();
@@ -564,18 +582,18 @@ mod tests {
 
         // originalTimestamp is the spec's other name; the message's own sentAt wins.
         let raw = r#"{"type":"page","anonymousId":"a","originalTimestamp":"2026-11-23T08:00:00Z","sentAt":"2026-11-23T08:00:10Z"}"#;
-        let e = prepare(raw, Some("2030-01-01T00:00:00Z"), RECEIVED, &None).unwrap();
+        let e = prepare(raw, Some("2030-01-01T00:00:00Z"), RECEIVED, &None, &[]).unwrap();
         assert_eq!(e.timestamp, "2026-11-23T09:59:50.000Z");
 
         // No sentAt: the client's time is kept; no time at all: receivedAt.
         let raw = r#"{"type":"page","anonymousId":"a","timestamp":"2026-11-23T08:00:00Z"}"#;
         assert_eq!(
-            prepare(raw, None, RECEIVED, &None).unwrap().timestamp,
+            prepare(raw, None, RECEIVED, &None, &[]).unwrap().timestamp,
             "2026-11-23T08:00:00.000Z"
         );
         let raw = r#"{"type":"page","anonymousId":"a"}"#;
         assert_eq!(
-            prepare(raw, None, RECEIVED, &None).unwrap().timestamp,
+            prepare(raw, None, RECEIVED, &None, &[]).unwrap().timestamp,
             "2026-11-23T10:00:00.000Z"
         );
     }
@@ -607,7 +625,7 @@ mod tests {
     fn stored_body_keeps_every_client_field_and_drops_the_write_key() {
         let raw = r#"{"type":"track","event":"E","userId":42,"writeKey":"wk_secret","channel":"server",
             "_metadata":{"nodeVersion":"20"},"properties":{"a":[1,2.5,null]},"timestamp":"2026-11-23T09:00:00Z"}"#;
-        let e = prepare(raw, None, RECEIVED, &None).unwrap();
+        let e = prepare(raw, None, RECEIVED, &None, &[]).unwrap();
         let stored: serde_json::Value = serde_json::from_str(&e.body).unwrap();
         assert_eq!(stored["channel"], "server");
         assert_eq!(stored["_metadata"]["nodeVersion"], "20");
@@ -625,11 +643,11 @@ mod tests {
     fn message_ids_are_kept_or_made() {
         let raw = r#"{"type":"identify","userId":"u","messageId":"m-1"}"#;
         assert_eq!(
-            prepare(raw, None, RECEIVED, &None).unwrap().message_id,
+            prepare(raw, None, RECEIVED, &None, &[]).unwrap().message_id,
             "m-1"
         );
         let raw = r#"{"type":"identify","userId":"u"}"#;
-        let made = prepare(raw, None, RECEIVED, &None).unwrap().message_id;
+        let made = prepare(raw, None, RECEIVED, &None, &[]).unwrap().message_id;
         assert!(made.starts_with("srv-") && made.len() == 36);
     }
 

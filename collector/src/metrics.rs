@@ -127,6 +127,8 @@ pub struct Metrics {
     pub events_rejected: LabeledCounter,
     /// Messages already stored (same source and messageId).
     pub events_deduplicated: AtomicU64,
+    /// Junk identifiers seen (`null`, `guest`, ...), never linked.
+    pub junk_identifiers: AtomicU64,
     /// Requests answered 4xx/5xx, by error code (`overloaded` is the 503 of
     /// a full write queue, `rate_limited` the 429 of a source's limit).
     pub requests_failed: LabeledCounter,
@@ -181,6 +183,12 @@ impl Metrics {
             "weft_events_deduplicated_total",
             "Messages already stored",
             load(&self.events_deduplicated),
+        );
+        counter(
+            &mut out,
+            "weft_junk_identifiers_total",
+            "Junk identifiers ignored for identity",
+            load(&self.junk_identifiers),
         );
         labeled(
             &mut out,

@@ -23,10 +23,14 @@ pub struct NewEvent {
     pub kind: MessageType,
     /// `track`: the event name.
     pub event: Option<String>,
-    /// The device identifier.
+    /// The device identifier (`None` when absent or junk).
     pub anonymous_id: Option<String>,
-    /// The login identifier.
+    /// The login identifier (`None` when absent or junk).
     pub user_id: Option<String>,
+    /// `alias`: the user ID joined to `user_id` (`None` when junk).
+    pub previous_id: Option<String>,
+    /// How many of the message's identifiers were junk (never linked).
+    pub junk_ids: u8,
     /// When it happened, skew-corrected, RFC 3339 UTC millis.
     pub timestamp: String,
     /// When the collector received it, RFC 3339 UTC millis.

@@ -14,7 +14,9 @@ use std::thread::JoinHandle;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
+use weft_protocol::MessageType;
 
+use crate::identity::{Alias, Graph, Link, device_profile_id, user_profile_id};
 use crate::metrics::WriterStats;
 
 use super::{AppendOutcome, AppendRequest, EventStore, Pending, ProfileSummary, StoreError};
@@ -23,8 +25,6 @@ use super::{AppendOutcome, AppendRequest, EventStore, Pending, ProfileSummary, S
 pub const DB_FILE: &str = "weft.sqlite";
 /// Most requests committed in one transaction.
 const MAX_GROUP: usize = 512;
-/// Most identifiers one profile lookup walks before stopping.
-const MAX_PROFILE_IDS: usize = 1000;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -51,6 +51,27 @@ CREATE TABLE IF NOT EXISTS rejected (
     reason      TEXT NOT NULL,
     raw         TEXT NOT NULL
 );
+-- Identity: a device seen as a user. Every identify is a row; other
+-- messages carrying both IDs add a row only for a pair not seen before.
+CREATE TABLE IF NOT EXISTS links (
+    anonymous_id TEXT NOT NULL,
+    user_id      TEXT NOT NULL,
+    at           TEXT NOT NULL,
+    message_id   TEXT NOT NULL,
+    source       TEXT NOT NULL,
+    PRIMARY KEY (anonymous_id, user_id, at)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS links_by_user ON links (user_id);
+-- Identity: two user IDs joined by alias(previousId, userId).
+CREATE TABLE IF NOT EXISTS aliases (
+    previous_id TEXT NOT NULL,
+    user_id     TEXT NOT NULL,
+    at          TEXT NOT NULL,
+    message_id  TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    PRIMARY KEY (previous_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS aliases_by_user ON aliases (user_id);
 PRAGMA user_version = 1;
 ";
 
@@ -154,6 +175,19 @@ fn commit_group(conn: &mut Connection, group: &[Job]) -> Result<Vec<AppendOutcom
              (source, message_id, type, event, anonymous_id, user_id, timestamp, received_at, ip, body)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
+        let mut insert_identify_link = tx.prepare_cached(
+            "INSERT OR IGNORE INTO links (anonymous_id, user_id, at, message_id, source)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        let mut insert_first_link = tx.prepare_cached(
+            "INSERT INTO links (anonymous_id, user_id, at, message_id, source)
+             SELECT ?1, ?2, ?3, ?4, ?5
+             WHERE NOT EXISTS (SELECT 1 FROM links WHERE anonymous_id = ?1 AND user_id = ?2)",
+        )?;
+        let mut insert_alias = tx.prepare_cached(
+            "INSERT OR IGNORE INTO aliases (previous_id, user_id, at, message_id, source)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
         let mut insert_rejected = tx.prepare_cached(
             "INSERT INTO rejected (source, received_at, code, reason, raw) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
@@ -173,10 +207,21 @@ fn commit_group(conn: &mut Connection, group: &[Job]) -> Result<Vec<AppendOutcom
                     e.ip,
                     e.body,
                 ])?;
-                if n == 1 {
-                    outcome.stored += 1;
-                } else {
+                if n == 0 {
                     outcome.duplicates += 1;
+                    continue;
+                }
+                outcome.stored += 1;
+                if let (Some(a), Some(u)) = (&e.anonymous_id, &e.user_id) {
+                    let link = params![a, u, e.timestamp, e.message_id, r.source];
+                    if e.kind == MessageType::Identify {
+                        insert_identify_link.execute(link)?;
+                    } else {
+                        insert_first_link.execute(link)?;
+                    }
+                }
+                if let (Some(p), Some(u)) = (&e.previous_id, &e.user_id) {
+                    insert_alias.execute(params![p, u, e.timestamp, e.message_id, r.source])?;
                 }
             }
             for b in &r.rejected {
@@ -256,99 +301,188 @@ impl Drop for SqliteStore {
     }
 }
 
-/// Walks the identifiers linked to `id` through events that carry both an
-/// anonymousId and a userId, and sums up their events.
-///
-/// This is the walking skeleton's identity resolution (any shared link
-/// joins); the identity graph replaces it.
-fn profile(conn: &Connection, id: &str) -> Result<Option<ProfileSummary>, StoreError> {
-    let mut anonymous: Vec<String> = Vec::new();
-    let mut users: Vec<String> = Vec::new();
-    let known_as_anonymous: bool = conn
-        .query_row(
-            "SELECT 1 FROM events WHERE anonymous_id = ?1 LIMIT 1",
-            [id],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some();
-    let known_as_user: bool = conn
-        .query_row(
-            "SELECT 1 FROM events WHERE user_id = ?1 LIMIT 1",
-            [id],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some();
-    if known_as_anonymous {
-        anonymous.push(id.to_owned());
-    }
-    if known_as_user {
-        users.push(id.to_owned());
-    }
-    if anonymous.is_empty() && users.is_empty() {
-        return Ok(None);
-    }
-    let mut users_of = conn.prepare_cached(
-        "SELECT DISTINCT user_id FROM events WHERE anonymous_id = ?1 AND user_id IS NOT NULL",
-    )?;
-    let mut anonymous_of = conn.prepare_cached(
-        "SELECT DISTINCT anonymous_id FROM events WHERE user_id = ?1 AND anonymous_id IS NOT NULL",
-    )?;
-    let (mut a_done, mut u_done) = (0, 0);
-    while (a_done < anonymous.len() || u_done < users.len())
-        && anonymous.len() + users.len() < MAX_PROFILE_IDS
-    {
-        while a_done < anonymous.len() {
-            let a = anonymous[a_done].clone();
-            a_done += 1;
-            for u in users_of.query_map([&a], |r| r.get::<_, String>(0))? {
-                let u = u?;
-                if !users.contains(&u) {
-                    users.push(u);
-                }
-            }
-        }
-        while u_done < users.len() {
-            let u = users[u_done].clone();
-            u_done += 1;
-            for a in anonymous_of.query_map([&u], |r| r.get::<_, String>(0))? {
-                let a = a?;
-                if !anonymous.contains(&a) {
-                    anonymous.push(a);
-                }
-            }
-        }
-    }
-    anonymous.sort();
-    users.sort();
+/// Most user IDs one alias component may hold before the walk stops.
+const MAX_COMPONENT: usize = 10_000;
 
-    // An event carrying a linked anonymousId and a linked userId is found
-    // twice; keying by seq counts it once.
-    let mut events = std::collections::HashMap::new();
-    let mut rows = conn.prepare_cached(
-        "SELECT seq, timestamp FROM events WHERE anonymous_id = ?1
-         UNION ALL SELECT seq, timestamp FROM events WHERE user_id = ?1",
-    )?;
-    for id in anonymous.iter().chain(users.iter()) {
-        for row in rows.query_map([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))? {
-            let (seq, ts) = row?;
-            events.insert(seq, ts);
+fn strings(conn: &Connection, sql: &str, arg: &str) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map([arg], |r| r.get::<_, String>(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn exists(conn: &Connection, sql: &str, arg: &str) -> Result<bool, StoreError> {
+    Ok(conn.query_row(sql, [arg], |_| Ok(())).optional()?.is_some())
+}
+
+/// The profile `id` (a userId or anonymousId) belongs to, resolved with
+/// [`crate::identity`]: the user's alias component and the devices linked to
+/// it, and the events attributed to them (a shared device's anonymous-only
+/// events go to the user logged in around their time).
+fn profile(conn: &Connection, id: &str) -> Result<Option<ProfileSummary>, StoreError> {
+    let start_user = if is_user(conn, id)? {
+        id.to_owned()
+    } else {
+        let graph = Graph::build(&device_links(conn, id)?, &[], &[]);
+        match graph.latest_user(id) {
+            Some(u) => u.to_owned(),
+            None => return device_profile(conn, id),
+        }
+    };
+
+    // The alias component of the user. An alias whose previousId is a
+    // device (Segment's `alias(userId, anonymousId)`) links that device
+    // instead of joining a user.
+    let mut users = vec![start_user];
+    let mut aliases = Vec::new();
+    let mut devices: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < users.len() && users.len() < MAX_COMPONENT {
+        let u = users[i].clone();
+        i += 1;
+        let mut stmt = conn.prepare_cached(
+            "SELECT previous_id, user_id, at, message_id FROM aliases
+             WHERE user_id = ?1 OR previous_id = ?1",
+        )?;
+        let rows: Vec<Alias> = stmt
+            .query_map([&u], |r| {
+                Ok(Alias {
+                    previous_id: r.get(0)?,
+                    user_id: r.get(1)?,
+                    at: r.get(2)?,
+                    message_id: r.get(3)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        for a in rows {
+            if a.user_id == u && !is_user(conn, &a.previous_id)? {
+                if !devices.contains(&a.previous_id) {
+                    devices.push(a.previous_id.clone());
+                }
+                continue;
+            }
+            for other in [&a.previous_id, &a.user_id] {
+                if !users.contains(other) {
+                    users.push(other.clone());
+                }
+            }
+            aliases.push(a);
         }
     }
-    let first = events.values().min().cloned().unwrap_or_default();
-    let last = events.values().max().cloned().unwrap_or_default();
-    let profile_id = users
-        .first()
-        .map(|u| format!("user:{u}"))
-        .unwrap_or_else(|| format!("anon:{}", anonymous[0]));
+    for u in &users {
+        for d in strings(
+            conn,
+            "SELECT DISTINCT anonymous_id FROM links WHERE user_id = ?1",
+            u,
+        )? {
+            if !devices.contains(&d) {
+                devices.push(d);
+            }
+        }
+    }
+    let mut links = Vec::new();
+    for d in &devices {
+        links.extend(device_links(conn, d)?);
+    }
+    let graph = Graph::build(&links, &aliases, &[]);
+    let canonical = graph.profile_of_user(&users[0]).to_owned();
+    let profile_id = user_profile_id(&canonical);
+
+    let mut times: Vec<String> = Vec::new();
+    let mut by_user = conn.prepare_cached("SELECT timestamp FROM events WHERE user_id = ?1")?;
+    for u in &users {
+        for t in by_user.query_map([u], |r| r.get::<_, String>(0))? {
+            times.push(t?);
+        }
+    }
+    let mut anonymous_only = conn.prepare_cached(
+        "SELECT timestamp FROM events WHERE anonymous_id = ?1 AND user_id IS NULL",
+    )?;
+    for d in &devices {
+        for t in anonymous_only.query_map([d], |r| r.get::<_, String>(0))? {
+            let t = t?;
+            if graph.profile_of_event(Some(d), None, &t).as_deref() == Some(profile_id.as_str()) {
+                times.push(t);
+            }
+        }
+    }
+    users.sort();
+    devices.sort();
     Ok(Some(ProfileSummary {
         profile_id,
+        first_seen: times.iter().min().cloned().unwrap_or_default(),
+        last_seen: times.iter().max().cloned().unwrap_or_default(),
+        event_count: times.len() as u64,
         user_ids: users,
-        anonymous_ids: anonymous,
-        first_seen: first,
-        last_seen: last,
-        event_count: events.len() as u64,
+        anonymous_ids: devices,
+    }))
+}
+
+/// Whether `id` is a user ID: seen as a `userId`, or as an alias's
+/// `previousId` while never seen as a device.
+fn is_user(conn: &Connection, id: &str) -> Result<bool, StoreError> {
+    let seen_as_user = exists(conn, "SELECT 1 FROM links WHERE user_id = ?1 LIMIT 1", id)?
+        || exists(conn, "SELECT 1 FROM events WHERE user_id = ?1 LIMIT 1", id)?
+        || exists(conn, "SELECT 1 FROM aliases WHERE user_id = ?1 LIMIT 1", id)?;
+    if seen_as_user {
+        return Ok(true);
+    }
+    let seen_as_device = exists(
+        conn,
+        "SELECT 1 FROM links WHERE anonymous_id = ?1 LIMIT 1",
+        id,
+    )? || exists(
+        conn,
+        "SELECT 1 FROM events WHERE anonymous_id = ?1 LIMIT 1",
+        id,
+    )?;
+    Ok(!seen_as_device
+        && exists(
+            conn,
+            "SELECT 1 FROM aliases WHERE previous_id = ?1 LIMIT 1",
+            id,
+        )?)
+}
+
+/// Every link of a device: the users seen on it, and aliases that named it
+/// as their `previousId`.
+fn device_links(conn: &Connection, device: &str) -> Result<Vec<Link>, StoreError> {
+    let mut out = Vec::new();
+    for sql in [
+        "SELECT anonymous_id, user_id, at, message_id FROM links WHERE anonymous_id = ?1",
+        "SELECT previous_id, user_id, at, message_id FROM aliases WHERE previous_id = ?1",
+    ] {
+        let mut stmt = conn.prepare_cached(sql)?;
+        for l in stmt.query_map([device], |r| {
+            Ok(Link {
+                anonymous_id: r.get(0)?,
+                user_id: r.get(1)?,
+                at: r.get(2)?,
+                message_id: r.get(3)?,
+            })
+        })? {
+            out.push(l?);
+        }
+    }
+    Ok(out)
+}
+
+/// A device never linked to a user: a profile of its own.
+fn device_profile(conn: &Connection, device: &str) -> Result<Option<ProfileSummary>, StoreError> {
+    let (count, first, last): (i64, Option<String>, Option<String>) = conn.query_row(
+        "SELECT count(*), min(timestamp), max(timestamp) FROM events WHERE anonymous_id = ?1",
+        [device],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    if count == 0 {
+        return Ok(None);
+    }
+    Ok(Some(ProfileSummary {
+        profile_id: device_profile_id(device),
+        user_ids: Vec::new(),
+        anonymous_ids: vec![device.to_owned()],
+        first_seen: first.unwrap_or_default(),
+        last_seen: last.unwrap_or_default(),
+        event_count: count as u64,
     }))
 }
 
@@ -368,6 +502,8 @@ mod tests {
                     event: Some("E".into()),
                     anonymous_id: Some(format!("a-{}", i % 50)),
                     user_id: None,
+                    previous_id: None,
+                    junk_ids: 0,
                     timestamp: "2026-11-23T10:00:00.000Z".into(),
                     received_at: "2026-11-23T10:00:00.000Z".into(),
                     ip: None,
