@@ -4,8 +4,11 @@ use hyper::body::Incoming;
 use hyper::header::AUTHORIZATION;
 use hyper::{Request, StatusCode};
 
+use std::sync::Arc;
+
 use crate::app::App;
 use crate::error::{ApiError, Resp, json_response};
+use crate::store::EventCursor;
 
 /// Checks `Authorization: Bearer <admin token>` in constant time.
 pub fn authorize(app: &App, req: &Request<Incoming>) -> Result<(), ApiError> {
@@ -31,7 +34,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// `GET /v1/profiles/{id}`: the profile that `id` (a userId or anonymousId)
 /// belongs to.
-pub async fn profile(app: std::sync::Arc<App>, id: String) -> Result<Resp, ApiError> {
+pub async fn profile(app: Arc<App>, id: String) -> Result<Resp, ApiError> {
     let store = app.store.clone();
     let found = tokio::task::spawn_blocking(move || store.profile(&id))
         .await
@@ -43,13 +46,77 @@ pub async fn profile(app: std::sync::Arc<App>, id: String) -> Result<Resp, ApiEr
             "profile_id": p.profile_id,
             "user_ids": p.user_ids,
             "anonymous_ids": p.anonymous_ids,
-            "traits": {},
-            "consent": {},
+            "traits": p.traits,
+            "consent": p.consent,
             "first_seen": p.first_seen,
             "last_seen": p.last_seen,
             "event_count": p.event_count,
         }),
     ))
+}
+
+/// Default and largest page size of `/events`.
+const DEFAULT_LIMIT: usize = 50;
+const MAX_LIMIT: usize = 1000;
+
+/// `GET /v1/profiles/{id}/events?limit=&before=`: newest first; the answer's
+/// `next_before` (when present) fetches the next page.
+pub async fn events(app: Arc<App>, id: String, query: Option<&str>) -> Result<Resp, ApiError> {
+    let mut limit = DEFAULT_LIMIT;
+    let mut before = None;
+    for (key, value) in query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+    {
+        let value = percent_decode(&value.replace('+', " "))
+            .ok_or_else(|| ApiError::BadRequest(format!("{key}: bad escape")))?;
+        match key {
+            "limit" => {
+                limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!("limit must be 1..={MAX_LIMIT}"))
+                    })?;
+            }
+            "before" => {
+                before = Some(EventCursor::decode(&value).ok_or_else(|| {
+                    ApiError::BadRequest(
+                        "before must be a next_before value or an RFC 3339 time".into(),
+                    )
+                })?);
+            }
+            _ => {}
+        }
+    }
+    let store = app.store.clone();
+    let page =
+        tokio::task::spawn_blocking(move || store.profile_events(&id, limit, before.as_ref()))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??
+            .ok_or(ApiError::NotFound("profile"))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "profile_id": page.profile_id,
+            "events": page.events,
+            "next_before": page.next.map(|c| c.encode()),
+        }),
+    ))
+}
+
+/// `GET /v1/profiles/{id}/graph`: the identifiers and the edges between
+/// them, each with the message that made it.
+pub async fn graph(app: Arc<App>, id: String) -> Result<Resp, ApiError> {
+    let store = app.store.clone();
+    let graph = tokio::task::spawn_blocking(move || store.profile_graph(&id))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??
+        .ok_or(ApiError::NotFound("profile"))?;
+    let body = serde_json::to_value(&graph).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 /// Decodes `%XX` escapes in a path segment; `None` if they are malformed

@@ -19,6 +19,8 @@ pub type Resp = Response<Full<Bytes>>;
 pub enum ApiError {
     /// The body is not the JSON the endpoint expects.
     MalformedJson(String),
+    /// A query parameter or path part is not valid.
+    BadRequest(String),
     /// The body claims or looks like gzip but does not decompress.
     BadEncoding(String),
     /// A `Content-Encoding` other than gzip or identity.
@@ -56,7 +58,9 @@ impl ApiError {
     /// The HTTP status of the error.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::MalformedJson(_) | ApiError::BadEncoding(_) => StatusCode::BAD_REQUEST,
+            ApiError::MalformedJson(_) | ApiError::BadEncoding(_) | ApiError::BadRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MissingWriteKey | ApiError::UnknownWriteKey | ApiError::Unauthorized => {
                 StatusCode::UNAUTHORIZED
@@ -76,6 +80,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::BadRequest(_) => "bad_request",
             ApiError::BadEncoding(_) => "bad_encoding",
             ApiError::UnsupportedEncoding(_) => "unsupported_encoding",
             ApiError::MissingWriteKey => "missing_write_key",
@@ -98,6 +103,7 @@ impl ApiError {
         match self {
             ApiError::MalformedJson(e) => format!("body is not valid JSON for this endpoint: {e}"),
             ApiError::BadEncoding(e) => format!("body could not be decompressed: {e}"),
+            ApiError::BadRequest(e) => e.clone(),
             ApiError::UnsupportedEncoding(e) => {
                 format!("Content-Encoding {e:?} is not supported; use gzip or none")
             }

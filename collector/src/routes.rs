@@ -61,11 +61,17 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resu
             return Err(ApiError::MethodNotAllowed);
         }
         admin::authorize(app, &req)?;
-        if rest.is_empty() || rest.contains('/') {
+        let (raw_id, sub) = rest.split_once('/').unwrap_or((rest, ""));
+        if raw_id.is_empty() {
             return Err(ApiError::NotFound("route"));
         }
-        let id = admin::percent_decode(rest).ok_or(ApiError::NotFound("profile"))?;
-        return admin::profile(app.clone(), id).await;
+        let id = admin::percent_decode(raw_id).ok_or(ApiError::NotFound("profile"))?;
+        return match sub {
+            "" => admin::profile(app.clone(), id).await,
+            "events" => admin::events(app.clone(), id, req.uri().query()).await,
+            "graph" => admin::graph(app.clone(), id).await,
+            _ => Err(ApiError::NotFound("route")),
+        };
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Err(ApiError::MethodNotAllowed);

@@ -94,6 +94,82 @@ pub struct ProfileSummary {
     pub last_seen: String,
     /// Events stored for the profile.
     pub event_count: u64,
+    /// Traits merged from identify calls; per trait, the latest wins.
+    pub traits: serde_json::Value,
+    /// The latest `context.consent.categoryPreferences` seen.
+    pub consent: serde_json::Value,
+}
+
+/// Where a page of events ends: the last event's timestamp and sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventCursor {
+    /// The event's timestamp.
+    pub timestamp: String,
+    /// Its storage sequence number (breaks timestamp ties).
+    pub seq: i64,
+}
+
+impl EventCursor {
+    /// The cursor as an opaque `before=` value.
+    pub fn encode(&self) -> String {
+        format!("{}~{}", self.timestamp, self.seq)
+    }
+
+    /// Reads a `before=` value: a cursor, or a bare RFC 3339 time.
+    pub fn decode(text: &str) -> Option<Self> {
+        match text.rsplit_once('~') {
+            Some((t, seq)) => Some(EventCursor {
+                timestamp: t.to_owned(),
+                seq: seq.parse().ok()?,
+            }),
+            None => {
+                let t = crate::clock::parse_rfc3339(text)?;
+                Some(EventCursor {
+                    timestamp: crate::clock::format_utc_millis(t),
+                    seq: 0,
+                })
+            }
+        }
+    }
+}
+
+/// A page of a profile's events, newest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventsPage {
+    /// The profile.
+    pub profile_id: String,
+    /// Stored messages as JSON, each with its `messageId`.
+    pub events: Vec<serde_json::Value>,
+    /// Where the next page starts, if there is one.
+    pub next: Option<EventCursor>,
+}
+
+/// An edge of the identity graph, with the message that made it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct GraphEdge {
+    /// `link` (a device seen as a user) or `alias` (two IDs joined).
+    pub kind: &'static str,
+    /// The device, or the alias's previousId.
+    pub from: String,
+    /// The user.
+    pub to: String,
+    /// When.
+    pub at: String,
+    /// The message that created the edge.
+    pub message_id: String,
+}
+
+/// A profile's identifiers and the edges between them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct IdentityGraph {
+    /// The profile.
+    pub profile_id: String,
+    /// Its user IDs.
+    pub user_ids: Vec<String>,
+    /// Its devices.
+    pub anonymous_ids: Vec<String>,
+    /// Why they are one profile.
+    pub edges: Vec<GraphEdge>,
 }
 
 /// Errors of the store.
@@ -107,6 +183,8 @@ pub enum StoreError {
     Sqlite(rusqlite::Error),
     /// The file system said no.
     Io(std::io::Error),
+    /// Stored data could not be read back.
+    Corrupt(String),
 }
 
 impl std::fmt::Display for StoreError {
@@ -116,6 +194,7 @@ impl std::fmt::Display for StoreError {
             StoreError::Closed => f.write_str("store closed"),
             StoreError::Sqlite(e) => write!(f, "sqlite: {e}"),
             StoreError::Io(e) => write!(f, "io: {e}"),
+            StoreError::Corrupt(e) => write!(f, "stored data unreadable: {e}"),
         }
     }
 }
@@ -144,6 +223,17 @@ pub trait EventStore: Send + Sync + 'static {
     /// The profile that `id` (a userId or anonymousId) belongs to. Blocking:
     /// call from a blocking context.
     fn profile(&self, id: &str) -> Result<Option<ProfileSummary>, StoreError>;
+
+    /// A page of the profile's events, newest first. Blocking.
+    fn profile_events(
+        &self,
+        id: &str,
+        limit: usize,
+        before: Option<&EventCursor>,
+    ) -> Result<Option<EventsPage>, StoreError>;
+
+    /// The profile's identifiers and the edges that joined them. Blocking.
+    fn profile_graph(&self, id: &str) -> Result<Option<IdentityGraph>, StoreError>;
 
     /// Whether the store can take writes now. Blocking.
     fn check_ready(&self) -> Result<(), StoreError>;

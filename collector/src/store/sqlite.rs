@@ -19,7 +19,10 @@ use weft_protocol::MessageType;
 use crate::identity::{Alias, Graph, Link, device_profile_id, user_profile_id};
 use crate::metrics::WriterStats;
 
-use super::{AppendOutcome, AppendRequest, EventStore, Pending, ProfileSummary, StoreError};
+use super::{
+    AppendOutcome, AppendRequest, EventCursor, EventStore, EventsPage, GraphEdge, IdentityGraph,
+    Pending, ProfileSummary, StoreError,
+};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "weft.sqlite";
@@ -256,8 +259,20 @@ impl EventStore for SqliteStore {
     }
 
     fn profile(&self, id: &str) -> Result<Option<ProfileSummary>, StoreError> {
-        let conn = self.reader();
-        profile(&conn, id)
+        profile(&self.reader(), id)
+    }
+
+    fn profile_events(
+        &self,
+        id: &str,
+        limit: usize,
+        before: Option<&EventCursor>,
+    ) -> Result<Option<EventsPage>, StoreError> {
+        profile_events(&self.reader(), id, limit, before)
+    }
+
+    fn profile_graph(&self, id: &str) -> Result<Option<IdentityGraph>, StoreError> {
+        profile_graph(&self.reader(), id)
     }
 
     fn check_ready(&self) -> Result<(), StoreError> {
@@ -314,18 +329,30 @@ fn exists(conn: &Connection, sql: &str, arg: &str) -> Result<bool, StoreError> {
     Ok(conn.query_row(sql, [arg], |_| Ok(())).optional()?.is_some())
 }
 
+/// A profile resolved from the identity tables: who it is, how its
+/// identifiers are joined, and which events are its.
+struct Resolved {
+    profile_id: String,
+    users: Vec<String>,
+    devices: Vec<String>,
+    links: Vec<Link>,
+    aliases: Vec<Alias>,
+    /// (timestamp, seq), unsorted.
+    events: Vec<(String, i64)>,
+}
+
 /// The profile `id` (a userId or anonymousId) belongs to, resolved with
 /// [`crate::identity`]: the user's alias component and the devices linked to
 /// it, and the events attributed to them (a shared device's anonymous-only
 /// events go to the user logged in around their time).
-fn profile(conn: &Connection, id: &str) -> Result<Option<ProfileSummary>, StoreError> {
+fn resolve(conn: &Connection, id: &str) -> Result<Option<Resolved>, StoreError> {
     let start_user = if is_user(conn, id)? {
         id.to_owned()
     } else {
         let graph = Graph::build(&device_links(conn, id)?, &[], &[]);
         match graph.latest_user(id) {
             Some(u) => u.to_owned(),
-            None => return device_profile(conn, id),
+            None => return resolve_device(conn, id),
         }
     };
 
@@ -365,7 +392,9 @@ fn profile(conn: &Connection, id: &str) -> Result<Option<ProfileSummary>, StoreE
                     users.push(other.clone());
                 }
             }
-            aliases.push(a);
+            if !aliases.contains(&a) {
+                aliases.push(a);
+            }
         }
     }
     for u in &users {
@@ -384,36 +413,174 @@ fn profile(conn: &Connection, id: &str) -> Result<Option<ProfileSummary>, StoreE
         links.extend(device_links(conn, d)?);
     }
     let graph = Graph::build(&links, &aliases, &[]);
-    let canonical = graph.profile_of_user(&users[0]).to_owned();
-    let profile_id = user_profile_id(&canonical);
+    let profile_id = user_profile_id(graph.profile_of_user(&users[0]));
 
-    let mut times: Vec<String> = Vec::new();
-    let mut by_user = conn.prepare_cached("SELECT timestamp FROM events WHERE user_id = ?1")?;
+    let mut events = Vec::new();
+    let mut by_user =
+        conn.prepare_cached("SELECT timestamp, seq FROM events WHERE user_id = ?1")?;
     for u in &users {
-        for t in by_user.query_map([u], |r| r.get::<_, String>(0))? {
-            times.push(t?);
+        for row in by_user.query_map([u], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+            events.push(row?);
         }
     }
     let mut anonymous_only = conn.prepare_cached(
-        "SELECT timestamp FROM events WHERE anonymous_id = ?1 AND user_id IS NULL",
+        "SELECT timestamp, seq FROM events WHERE anonymous_id = ?1 AND user_id IS NULL",
     )?;
     for d in &devices {
-        for t in anonymous_only.query_map([d], |r| r.get::<_, String>(0))? {
-            let t = t?;
+        for row in
+            anonymous_only.query_map([d], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+        {
+            let (t, seq) = row?;
             if graph.profile_of_event(Some(d), None, &t).as_deref() == Some(profile_id.as_str()) {
-                times.push(t);
+                events.push((t, seq));
             }
         }
     }
+    // Links of other users on shared devices explain attribution but are
+    // not this profile's edges.
+    links.retain(|l| users.contains(&l.user_id));
     users.sort();
     devices.sort();
-    Ok(Some(ProfileSummary {
+    Ok(Some(Resolved {
         profile_id,
-        first_seen: times.iter().min().cloned().unwrap_or_default(),
-        last_seen: times.iter().max().cloned().unwrap_or_default(),
-        event_count: times.len() as u64,
-        user_ids: users,
-        anonymous_ids: devices,
+        users,
+        devices,
+        links,
+        aliases,
+        events,
+    }))
+}
+
+/// A device never linked to a user: a profile of its own.
+fn resolve_device(conn: &Connection, device: &str) -> Result<Option<Resolved>, StoreError> {
+    let events: Vec<(String, i64)> = conn
+        .prepare_cached("SELECT timestamp, seq FROM events WHERE anonymous_id = ?1")?
+        .query_map([device], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    if events.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Resolved {
+        profile_id: device_profile_id(device),
+        users: Vec::new(),
+        devices: vec![device.to_owned()],
+        links: Vec::new(),
+        aliases: Vec::new(),
+        events,
+    }))
+}
+
+fn event_body(conn: &Connection, seq: i64) -> Result<serde_json::Value, StoreError> {
+    let text: String = conn.query_row("SELECT body FROM events WHERE seq = ?1", [seq], |r| {
+        r.get(0)
+    })?;
+    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// The summary: identifiers, first/last seen, count, traits merged from
+/// identify calls (per trait, the latest timestamp wins) and the latest
+/// consent preferences.
+fn profile(conn: &Connection, id: &str) -> Result<Option<ProfileSummary>, StoreError> {
+    let Some(mut p) = resolve(conn, id)? else {
+        return Ok(None);
+    };
+    p.events.sort();
+    let mut traits = serde_json::Map::new();
+    let mut consent = serde_json::Value::Object(Default::default());
+    let mut kind_of = conn.prepare_cached("SELECT type FROM events WHERE seq = ?1")?;
+    for (_, seq) in &p.events {
+        let kind: String = kind_of.query_row([seq], |r| r.get(0))?;
+        if kind == "identify" {
+            if let serde_json::Value::Object(t) = &event_body(conn, *seq)?["traits"] {
+                traits.extend(t.clone());
+            }
+        }
+    }
+    for (_, seq) in p.events.iter().rev() {
+        let prefs = &event_body(conn, *seq)?["context"]["consent"]["categoryPreferences"];
+        if prefs.is_object() {
+            consent = prefs.clone();
+            break;
+        }
+    }
+    Ok(Some(ProfileSummary {
+        profile_id: p.profile_id,
+        first_seen: p.events.first().map(|e| e.0.clone()).unwrap_or_default(),
+        last_seen: p.events.last().map(|e| e.0.clone()).unwrap_or_default(),
+        event_count: p.events.len() as u64,
+        user_ids: p.users,
+        anonymous_ids: p.devices,
+        traits: serde_json::Value::Object(traits),
+        consent,
+    }))
+}
+
+/// A page of a profile's events, newest first, strictly before `before`.
+fn profile_events(
+    conn: &Connection,
+    id: &str,
+    limit: usize,
+    before: Option<&EventCursor>,
+) -> Result<Option<EventsPage>, StoreError> {
+    let Some(mut p) = resolve(conn, id)? else {
+        return Ok(None);
+    };
+    p.events.sort_by(|a, b| b.cmp(a));
+    let start = match before {
+        Some(c) => p
+            .events
+            .partition_point(|(t, seq)| (t.as_str(), *seq) >= (c.timestamp.as_str(), c.seq)),
+        None => 0,
+    };
+    let page: Vec<&(String, i64)> = p.events[start..].iter().take(limit).collect();
+    let mut events = Vec::with_capacity(page.len());
+    for (_, seq) in &page {
+        events.push(event_body(conn, *seq)?);
+    }
+    let next = (start + page.len() < p.events.len())
+        .then(|| page.last())
+        .flatten()
+        .map(|(t, seq)| EventCursor {
+            timestamp: t.clone(),
+            seq: *seq,
+        });
+    Ok(Some(EventsPage {
+        profile_id: p.profile_id,
+        events,
+        next,
+    }))
+}
+
+/// The identifiers of a profile and the edges that joined them.
+fn profile_graph(conn: &Connection, id: &str) -> Result<Option<IdentityGraph>, StoreError> {
+    let Some(p) = resolve(conn, id)? else {
+        return Ok(None);
+    };
+    let mut edges = Vec::new();
+    for l in &p.links {
+        edges.push(GraphEdge {
+            kind: "link",
+            from: l.anonymous_id.clone(),
+            to: l.user_id.clone(),
+            at: l.at.clone(),
+            message_id: l.message_id.clone(),
+        });
+    }
+    for a in &p.aliases {
+        edges.push(GraphEdge {
+            kind: "alias",
+            from: a.previous_id.clone(),
+            to: a.user_id.clone(),
+            at: a.at.clone(),
+            message_id: a.message_id.clone(),
+        });
+    }
+    edges.sort_by(|a, b| (&a.at, &a.message_id).cmp(&(&b.at, &b.message_id)));
+    Ok(Some(IdentityGraph {
+        profile_id: p.profile_id,
+        user_ids: p.users,
+        anonymous_ids: p.devices,
+        edges,
     }))
 }
 
@@ -464,26 +631,6 @@ fn device_links(conn: &Connection, device: &str) -> Result<Vec<Link>, StoreError
         }
     }
     Ok(out)
-}
-
-/// A device never linked to a user: a profile of its own.
-fn device_profile(conn: &Connection, device: &str) -> Result<Option<ProfileSummary>, StoreError> {
-    let (count, first, last): (i64, Option<String>, Option<String>) = conn.query_row(
-        "SELECT count(*), min(timestamp), max(timestamp) FROM events WHERE anonymous_id = ?1",
-        [device],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
-    if count == 0 {
-        return Ok(None);
-    }
-    Ok(Some(ProfileSummary {
-        profile_id: device_profile_id(device),
-        user_ids: Vec::new(),
-        anonymous_ids: vec![device.to_owned()],
-        first_seen: first.unwrap_or_default(),
-        last_seen: last.unwrap_or_default(),
-        event_count: count as u64,
-    }))
 }
 
 #[cfg(test)]

@@ -159,3 +159,124 @@ async fn junk_identifiers_link_nothing_and_are_counted() {
     let m = String::from_utf8(c.send(Request::get("/metrics")).await.body).unwrap();
     assert!(m.contains("weft_junk_identifiers_total 4"), "{m}");
 }
+
+#[tokio::test]
+async fn traits_merge_with_the_latest_timestamp_winning_whatever_the_arrival_order() {
+    let c = TestCollector::start().await;
+    let identify = |at: &str, traits: Value| json!({"type": "identify", "userId": "fay", "timestamp": at, "traits": traits});
+    // The newer identify arrives first.
+    send(
+        &c,
+        json!([identify(
+            "2026-11-23T12:00:00Z",
+            json!({"plan": "pro", "city": "Oslo"})
+        )]),
+    )
+    .await;
+    send(
+        &c,
+        json!([identify(
+            "2026-11-23T09:00:00Z",
+            json!({"plan": "free", "email": "fay@example.com"})
+        )]),
+    )
+    .await;
+    let consented = json!({"type": "track", "userId": "fay", "event": "E", "timestamp": "2026-11-23T13:00:00Z",
+        "context": {"consent": {"categoryPreferences": {"analytics": true, "marketing": false}}}});
+    send(&c, json!([consented])).await;
+    let p = c.profile("fay").await.json();
+    assert_eq!(
+        p["traits"],
+        json!({"plan": "pro", "city": "Oslo", "email": "fay@example.com"})
+    );
+    assert_eq!(p["consent"], json!({"analytics": true, "marketing": false}));
+}
+
+#[tokio::test]
+async fn events_are_paged_newest_first_with_their_message_ids() {
+    let c = TestCollector::start().await;
+    let messages: Vec<Value> = (0..7)
+        .map(|i| {
+            json!({"type": "track", "event": format!("E{i}"), "userId": "gus",
+                   "messageId": format!("gus-{i}"), "timestamp": format!("2026-11-23T10:0{i}:00Z")})
+        })
+        .collect();
+    send(&c, Value::from(messages)).await;
+    let get = |q: String| {
+        c.send(
+            Request::get(&format!("/v1/profiles/gus/events{q}"))
+                .bearer(weft_e2e::harness::ADMIN_TOKEN),
+        )
+    };
+    let first = get("?limit=3".into()).await.json();
+    let ids = |page: &Value| -> Vec<String> {
+        page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["messageId"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&first), ["gus-6", "gus-5", "gus-4"]);
+    let cursor = first["next_before"].as_str().unwrap().to_owned();
+    let second = get(format!("?limit=3&before={cursor}")).await.json();
+    assert_eq!(ids(&second), ["gus-3", "gus-2", "gus-1"]);
+    let third = get(format!(
+        "?limit=3&before={}",
+        second["next_before"].as_str().unwrap()
+    ))
+    .await
+    .json();
+    assert_eq!(ids(&third), ["gus-0"]);
+    assert!(third["next_before"].is_null());
+    // A plain time works as `before` too.
+    let by_time = get("?before=2026-11-23T10:02:00Z".into()).await.json();
+    assert_eq!(ids(&by_time), ["gus-1", "gus-0"]);
+    for bad in [
+        "?limit=0",
+        "?limit=abc",
+        "?limit=100000",
+        "?before=yesterday",
+    ] {
+        let r = get(bad.into()).await;
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (400, Some("bad_request")),
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        c.send(Request::get("/v1/profiles/nobody/events").bearer(weft_e2e::harness::ADMIN_TOKEN))
+            .await
+            .status,
+        404
+    );
+}
+
+#[tokio::test]
+async fn the_graph_says_which_message_joined_which_identifiers() {
+    let c = TestCollector::start().await;
+    send(
+        &c,
+        json!([
+            {"type": "identify", "anonymousId": "tablet", "userId": "hal", "messageId": "login-1", "timestamp": "2026-11-23T09:00:00Z"},
+            {"type": "alias", "previousId": "hal", "userId": "hal@example.com", "messageId": "alias-1", "timestamp": "2026-11-23T09:05:00Z"},
+            // Another person on the same tablet: not in hal's graph.
+            {"type": "identify", "anonymousId": "tablet", "userId": "ida", "messageId": "login-2", "timestamp": "2026-11-23T10:00:00Z"},
+        ]),
+    )
+    .await;
+    let g = c
+        .send(Request::get("/v1/profiles/hal/graph").bearer(weft_e2e::harness::ADMIN_TOKEN))
+        .await
+        .json();
+    assert_eq!(g["user_ids"], json!(["hal", "hal@example.com"]));
+    assert_eq!(g["anonymous_ids"], json!(["tablet"]));
+    assert_eq!(
+        g["edges"],
+        json!([
+            {"kind": "link", "from": "tablet", "to": "hal", "at": "2026-11-23T09:00:00.000Z", "message_id": "login-1"},
+            {"kind": "alias", "from": "hal", "to": "hal@example.com", "at": "2026-11-23T09:05:00.000Z", "message_id": "alias-1"},
+        ])
+    );
+}
