@@ -36,6 +36,8 @@ pub mod error;
 #[cfg(test)]
 mod fuzz;
 pub mod identity;
+#[cfg(test)]
+mod identity_truth;
 pub mod ingest;
 pub mod metrics;
 pub mod ratelimit;
