@@ -8,10 +8,13 @@
 //!   integration, end-to-end in headless Chromium) and the SDK's
 //!   wasm-bindgen tests in Chromium.
 //! - `cargo xtask sdk`: build the SDK into `target/sdk` and report its size.
+//! - `cargo xtask bench collector [--seconds S] [--connections N]`: ingest
+//!   throughput of the collector against a bare hyper server ([`bench`]).
 //!
 //! Layout: [`tools`] finds or installs external tools, [`sdk`] builds the
 //! SDK bundle, [`cmd`] runs commands and reports failures.
 
+mod bench;
 mod cmd;
 mod sdk;
 mod tools;
@@ -29,9 +32,10 @@ fn main() -> ExitCode {
         Some("run") => run(&root, &args[1..]),
         Some("test") => test(&root),
         Some("sdk") => tools::ensure_sdk_tools(&root).and_then(|t| sdk::build(&root, &t).map(drop)),
+        Some("bench") => bench::run(&root, &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  run [-- FLAGS]  build the SDK and run the collector with the demo site\n  test            run every check and test (what CI runs)\n  sdk             build the SDK into target/sdk and report its size"
+                "usage: cargo xtask <command>\n\n  run [-- FLAGS]  build the SDK and run the collector with the demo site\n  test            run every check and test (what CI runs)\n  sdk             build the SDK into target/sdk and report its size\n  bench collector [--seconds S] [--connections N]\n                  ingest throughput: collector vs a bare hyper server"
             );
             return ExitCode::from(2);
         }

@@ -1,0 +1,500 @@
+//! `cargo xtask bench collector`: ingest throughput of the collector with
+//! durable storage, as a fraction of a bare hyper server's on the same
+//! machine in the same run.
+//!
+//! Each target is started as a child process on `127.0.0.1:0`, loaded by
+//! `weft-loadgen` (20-message batches of about 10 KB on keep-alive
+//! connections), its peak RSS and CPU time read from `/proc/<pid>` and then
+//! stopped with SIGTERM. The figures come back as the load generator's JSON
+//! line, read here with a few lines of string search so xtask keeps its
+//! small dependency list.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::cmd::{Step, cargo, output};
+
+/// The ratio of collector to bare-server events/s the project aims for.
+const TARGET_RATIO: f64 = 0.6;
+/// How long a server may take to print its address.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a server may take to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+const WRITE_KEY: &str = "wk_bench";
+
+/// What the bench is asked for.
+struct Options {
+    seconds: u64,
+    connections: u64,
+    warmup: u64,
+}
+
+/// `cargo xtask bench collector [--seconds S] [--connections N] [--warmup S]`.
+pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
+    match args.first().map(String::as_str) {
+        Some("collector") => {}
+        other => {
+            return Err(format!(
+                "unknown bench {other:?}; usage: cargo xtask bench collector \
+                 [--seconds S] [--connections N] [--warmup S]"
+            ));
+        }
+    }
+    let options = parse_options(&args[1..])?;
+    Step::new("build the collector and the load tools (release)").run(cargo(root).args([
+        "build",
+        "--release",
+        "-p",
+        "weft-collector",
+        "-p",
+        "weft-e2e",
+        "--bins",
+    ]))?;
+    let release = root.join("target/release");
+    let loadgen = release.join("weft-loadgen");
+
+    let bare = Target {
+        label: "bare hyper",
+        command: {
+            let mut c = Command::new(release.join("weft-bare-hyper"));
+            c.args(["--listen", "127.0.0.1:0"]);
+            c
+        },
+        address_prefix: "listening on ",
+    };
+    let bare_row = measure(bare, &loadgen, &options)?;
+
+    let data_dir = TempDir::create(root)?;
+    let weft = Target {
+        label: "weft (durable)",
+        command: {
+            let mut c = Command::new(release.join("weft-collector"));
+            // Only the flags below configure it: no `WEFT_*` variables from
+            // the caller's shell, no `./weft.toml` from the caller's directory.
+            for (name, _) in std::env::vars_os() {
+                if name.to_string_lossy().starts_with("WEFT_") {
+                    c.env_remove(name);
+                }
+            }
+            c.current_dir(&data_dir.0)
+                .args(["--listen", "127.0.0.1:0", "--data-dir"])
+                .arg(&data_dir.0)
+                .args(["--write-key", WRITE_KEY, "--admin-token", "bench"])
+                .env("WEFT_LOG", "warn");
+            c
+        },
+        address_prefix: "weft collector listening on http://",
+    };
+    let weft_row = measure(weft, &loadgen, &options)?;
+    drop(data_dir);
+
+    print_report(&options, &weft_row, &bare_row);
+    Ok(())
+}
+
+fn parse_options(args: &[String]) -> Result<Options, String> {
+    let mut options = Options {
+        seconds: 10,
+        connections: 32,
+        warmup: 2,
+    };
+    let mut rest = args.iter();
+    while let Some(flag) = rest.next() {
+        let slot = match flag.as_str() {
+            "--seconds" => &mut options.seconds,
+            "--connections" => &mut options.connections,
+            "--warmup" => &mut options.warmup,
+            other => return Err(format!("bench collector: unknown flag {other}")),
+        };
+        let value = rest
+            .next()
+            .ok_or_else(|| format!("bench collector: {flag} needs a value"))?;
+        *slot = value
+            .parse()
+            .map_err(|e| format!("bench collector: {flag} {value}: {e}"))?;
+    }
+    if !(1..=120).contains(&options.seconds) {
+        return Err("bench collector: --seconds must be 1..=120".into());
+    }
+    Ok(options)
+}
+
+/// A server to measure: how to start it and how its address line begins.
+struct Target {
+    label: &'static str,
+    command: Command,
+    address_prefix: &'static str,
+}
+
+/// The figures of one target.
+struct Row {
+    label: &'static str,
+    events_per_s: f64,
+    requests_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    peak_rss_mb: f64,
+    non_200: u64,
+    /// Server CPU over the load generator's run, in cores (1.0 = one core).
+    server_cores: f64,
+    /// The load generator's CPU over its run, in cores.
+    loadgen_cores: f64,
+    errors: String,
+}
+
+/// Starts `target`, loads it, reads its peak RSS and stops it.
+fn measure(target: Target, loadgen: &Path, options: &Options) -> Result<Row, String> {
+    eprintln!("\n==> bench: {}", target.label);
+    let mut server = Server::start(target.command, target.label, target.address_prefix)?;
+    let cpu_before = cpu_seconds(server.pid());
+    let started = Instant::now();
+    let figures = run_loadgen(loadgen, &server.address, options);
+    let wall = started.elapsed().as_secs_f64();
+    let cpu_after = cpu_seconds(server.pid());
+    let peak_rss_kb = peak_rss_kb(server.pid());
+    server.stop()?;
+    let figures = figures?;
+    let peak_rss_kb = peak_rss_kb.ok_or_else(|| {
+        format!(
+            "{}: cannot read VmHWM from /proc/<pid>/status",
+            target.label
+        )
+    })?;
+    let server_cores = match (cpu_before, cpu_after) {
+        (Some(a), Some(b)) if wall > 0.0 => (b - a) / wall,
+        _ => f64::NAN,
+    };
+    let field = |name: &str| {
+        json_number(&figures, name).ok_or_else(|| {
+            format!(
+                "{}: no `{name}` in the load generator's summary",
+                target.label
+            )
+        })
+    };
+    Ok(Row {
+        label: target.label,
+        events_per_s: field("events_per_s")?,
+        requests_per_s: field("requests_per_s")?,
+        p50_ms: field("p50_ms")?,
+        p99_ms: field("p99_ms")?,
+        peak_rss_mb: peak_rss_kb as f64 / 1024.0,
+        non_200: field("non_200")? as u64,
+        server_cores,
+        loadgen_cores: json_number(&figures, "cpu_s").map_or(f64::NAN, |cpu| cpu / wall),
+        errors: json_object(&figures, "errors").unwrap_or_default(),
+    })
+}
+
+/// Runs the load generator against `address`; returns its JSON line.
+fn run_loadgen(loadgen: &Path, address: &str, options: &Options) -> Result<String, String> {
+    let mut command = Command::new(loadgen);
+    command
+        .arg(address)
+        .args(["--seconds", &options.seconds.to_string()])
+        .args(["--connections", &options.connections.to_string()])
+        .args(["--warmup", &options.warmup.to_string()])
+        .args(["--write-key", WRITE_KEY])
+        .stderr(Stdio::inherit());
+    let out = command
+        .output()
+        .map_err(|e| format!("cannot start {}: {e}", loadgen.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "the load generator failed ({}): {stdout}",
+            out.status
+        ));
+    }
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .ok_or_else(|| format!("the load generator printed no summary: {stdout:?}"))?;
+    eprintln!("loadgen: {line}");
+    Ok(line.to_owned())
+}
+
+// ---------------------------------------------------------------------------
+// The server child process
+
+/// A server child process; stopped (and, failing that, killed) when dropped.
+struct Server {
+    child: Option<Child>,
+    label: &'static str,
+    address: String,
+}
+
+impl Server {
+    /// Starts `command` with stdout piped and waits for its address line.
+    fn start(
+        mut command: Command,
+        label: &'static str,
+        address_prefix: &str,
+    ) -> Result<Self, String> {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("{label}: cannot start {:?}: {e}", command.get_program()))?;
+        let stdout = child.stdout.take();
+        // Own the child from here on, so an early return still stops it.
+        let mut server = Server {
+            child: Some(child),
+            label,
+            address: String::new(),
+        };
+        let stdout = stdout.ok_or_else(|| format!("{label}: no stdout pipe"))?;
+        let first_line = first_line_then_drain(stdout)
+            .recv_timeout(START_TIMEOUT)
+            .map_err(|_| format!("{label}: printed no address line within {START_TIMEOUT:?}"))?;
+        server.address = first_line
+            .trim()
+            .strip_prefix(address_prefix)
+            .ok_or_else(|| {
+                format!("{label}: first line {first_line:?} does not start with {address_prefix:?}")
+            })?
+            .trim_end_matches('/')
+            .to_owned();
+        eprintln!("{label}: pid {} on {}", server.pid(), server.address);
+        Ok(server)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends SIGTERM to this child and waits; kills it after
+    /// [`STOP_TIMEOUT`].
+    fn stop(&mut self) -> Result<(), String> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let pid = child.id().to_string();
+        let term = Command::new("kill").args(["-TERM", &pid]).status();
+        if !term.is_ok_and(|s| s.success()) {
+            eprintln!("{}: `kill -TERM {pid}` failed", self.label);
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    if !status.success() {
+                        eprintln!("{}: exited with {status}", self.label);
+                    }
+                    return Ok(());
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Ok(None) => break,
+                Err(e) => return Err(format!("{}: cannot wait for pid {pid}: {e}", self.label)),
+            }
+        }
+        eprintln!(
+            "{}: still running {STOP_TIMEOUT:?} after SIGTERM; killing pid {pid}",
+            self.label
+        );
+        child
+            .kill()
+            .and_then(|()| child.wait())
+            .map(drop)
+            .map_err(|e| format!("{}: cannot kill pid {pid}: {e}", self.label))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            eprintln!("{e}");
+        }
+    }
+}
+
+/// Sends the first line of `stdout` on the returned channel and keeps
+/// reading the rest in the background, so the server never writes into a
+/// full or closed pipe.
+fn first_line_then_drain(stdout: std::process::ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for _ in lines.map_while(Result::ok) {}
+    });
+    rx
+}
+
+// ---------------------------------------------------------------------------
+// /proc readers
+
+/// Peak resident set size (`VmHWM`) of `pid`, in kB.
+fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// User + system CPU time of `pid` (all threads), in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); the first after the name is field 3.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / clock_ticks_per_second())
+}
+
+fn clock_ticks_per_second() -> f64 {
+    output(Command::new("getconf").arg("CLK_TCK"))
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+// ---------------------------------------------------------------------------
+// Reading the summary line
+
+/// The number after `"name":` in a flat JSON text.
+fn json_number(json: &str, name: &str) -> Option<f64> {
+    let key = format!("\"{name}\":");
+    let start = json.find(&key)? + key.len();
+    let rest = json[start..].trim_start();
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || matches!(c, '.' | '-' | '+' | 'e' | 'E')))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// The `{...}` text after `"name":` (no nested objects).
+fn json_object(json: &str, name: &str) -> Option<String> {
+    let key = format!("\"{name}\":");
+    let start = json.find(&key)? + key.len();
+    let rest = json[start..].trim_start();
+    let end = rest.find('}')?;
+    rest.starts_with('{').then(|| rest[..=end].to_owned())
+}
+
+// ---------------------------------------------------------------------------
+// Report
+
+fn print_report(options: &Options, weft: &Row, bare: &Row) {
+    println!(
+        "\nbench collector: {} s measured after {} s warm-up, {} connections, \
+         20 events (~10 KB) per request, loopback, {} cores shared with the load generator\n",
+        options.seconds,
+        options.warmup,
+        options.connections,
+        std::thread::available_parallelism().map_or(0, usize::from),
+    );
+    println!(
+        "{:<16} {:>10} {:>9} {:>8} {:>8} {:>13} {:>8} {:>11} {:>12}",
+        "target",
+        "events/s",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "peak RSS MB",
+        "non-200",
+        "server CPU",
+        "loadgen CPU"
+    );
+    for row in [weft, bare] {
+        println!(
+            "{:<16} {:>10.0} {:>9.0} {:>8.2} {:>8.2} {:>13.1} {:>8} {:>10.0}% {:>11.0}%",
+            row.label,
+            row.events_per_s,
+            row.requests_per_s,
+            row.p50_ms,
+            row.p99_ms,
+            row.peak_rss_mb,
+            row.non_200,
+            row.server_cores * 100.0,
+            row.loadgen_cores * 100.0,
+        );
+    }
+    for row in [weft, bare] {
+        if row.non_200 > 0 {
+            println!("{}: non-200 by kind: {}", row.label, row.errors);
+        }
+    }
+    let ratio = if bare.events_per_s > 0.0 {
+        weft.events_per_s / bare.events_per_s
+    } else {
+        f64::NAN
+    };
+    let verdict = if ratio >= TARGET_RATIO {
+        "meets"
+    } else {
+        "below"
+    };
+    println!(
+        "\nratio events/s weft / bare hyper: {ratio:.2} (target >= {TARGET_RATIO}: {verdict})\n\
+         CPU is % of one core over the load generator's run (warm-up included)."
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Temporary data directory
+
+/// A fresh directory under `target/`, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn create(root: &Path) -> Result<Self, String> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir = root
+            .join("target")
+            .join(format!("bench-data-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            eprintln!("cannot remove {}: {e}", self.0.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_summary_line() {
+        let line = r#"{"events_per_s":1234.5,"non_200":3,"errors":{"503":2,"io":1},"p99_ms":12.0}"#;
+        assert_eq!(json_number(line, "events_per_s"), Some(1234.5));
+        assert_eq!(json_number(line, "non_200"), Some(3.0));
+        assert_eq!(json_number(line, "p99_ms"), Some(12.0));
+        assert_eq!(json_number(line, "missing"), None);
+        assert_eq!(
+            json_object(line, "errors").as_deref(),
+            Some(r#"{"503":2,"io":1}"#)
+        );
+    }
+
+    #[test]
+    fn options_have_defaults_and_bounds() {
+        let o = parse_options(&[]).unwrap();
+        assert_eq!((o.seconds, o.connections, o.warmup), (10, 32, 2));
+        let args: Vec<String> = ["--seconds", "5", "--connections", "8"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let o = parse_options(&args).unwrap();
+        assert_eq!((o.seconds, o.connections), (5, 8));
+        assert!(parse_options(&["--seconds".into(), "500".into()]).is_err());
+        assert!(parse_options(&["--nope".into()]).is_err());
+    }
+}
