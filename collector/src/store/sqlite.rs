@@ -26,6 +26,8 @@ use super::{
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "weft.sqlite";
+/// SQLite page size for a new database, in bytes.
+const PAGE_SIZE: i64 = 4096;
 /// Most requests committed in one transaction.
 const MAX_GROUP: usize = 512;
 
@@ -44,8 +46,9 @@ CREATE TABLE IF NOT EXISTS events (
     body         TEXT NOT NULL,
     UNIQUE (source, message_id)
 );
-CREATE INDEX IF NOT EXISTS events_by_anonymous_id ON events (anonymous_id, timestamp);
-CREATE INDEX IF NOT EXISTS events_by_user_id ON events (user_id, timestamp);
+CREATE INDEX IF NOT EXISTS events_by_anonymous_id ON events (anonymous_id)
+    WHERE anonymous_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_by_user_id ON events (user_id) WHERE user_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS rejected (
     seq         INTEGER PRIMARY KEY,
     source      TEXT NOT NULL,
@@ -93,9 +96,22 @@ pub struct SqliteStore {
 
 fn open(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
+    // Small pages: a random insert into an index dirties one page, and every
+    // dirty page is written to the WAL at commit, so the page size is the
+    // write amplification of the dedup and identifier indexes. Takes effect
+    // only when the database is created.
+    conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // FULL: a commit returns only after the WAL is synced.
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // Index pages stay in memory: inserts with random messageIds touch
+    // pages all over the dedup index (16 MB of cache per connection; 64 MB
+    // measured no faster).
+    conn.pragma_update(None, "cache_size", -16384)?;
+    // Checkpoint less often: each checkpoint copies the WAL into the
+    // database and syncs it, inside a commit (64 MB of WAL between them).
+    conn.pragma_update(None, "wal_autocheckpoint", 16384)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(conn)
 }
