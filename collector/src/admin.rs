@@ -107,6 +107,24 @@ pub async fn events(app: Arc<App>, id: String, query: Option<&str>) -> Result<Re
     ))
 }
 
+/// `DELETE /v1/profiles/{id}`: erase the profile and suppress its
+/// identifiers (GDPR art. 17, PIPL art. 47). Answers what was removed.
+pub async fn erase(app: Arc<App>, id: String) -> Result<Resp, ApiError> {
+    let store = app.store.clone();
+    let report = tokio::task::spawn_blocking(move || store.erase(&id))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??
+        .ok_or(ApiError::NotFound("profile"))?;
+    tracing::info!(
+        events = report.events,
+        identity_edges = report.identity_edges,
+        suppressed = report.suppressed_identifiers,
+        "profile erased"
+    );
+    let body = serde_json::to_value(&report).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(json_response(StatusCode::OK, &body))
+}
+
 /// `GET /v1/profiles/{id}/graph`: the identifiers and the edges between
 /// them, each with the message that made it.
 pub async fn graph(app: Arc<App>, id: String) -> Result<Resp, ApiError> {

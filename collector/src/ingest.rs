@@ -137,6 +137,7 @@ pub async fn handle(
     let outcome = pending.await.map_err(|_| ApiError::Unavailable)??;
     Metrics::add(&app.metrics.events_accepted, outcome.stored as u64);
     Metrics::add(&app.metrics.events_deduplicated, outcome.duplicates as u64);
+    Metrics::add(&app.metrics.events_suppressed, outcome.suppressed as u64);
 
     Ok(json_response(
         StatusCode::OK,
@@ -145,6 +146,7 @@ pub async fn handle(
             "accepted": outcome.stored,
             "duplicates": outcome.duplicates,
             "rejected": outcome.rejected,
+            "suppressed": outcome.suppressed,
             "errors": errors,
         }),
     ))

@@ -127,6 +127,8 @@ pub struct Metrics {
     pub events_rejected: LabeledCounter,
     /// Messages already stored (same source and messageId).
     pub events_deduplicated: AtomicU64,
+    /// Events dropped because they carry an erased (suppressed) identifier.
+    pub events_suppressed: AtomicU64,
     /// Junk identifiers seen (`null`, `guest`, ...), never linked.
     pub junk_identifiers: AtomicU64,
     /// Requests answered 4xx/5xx, by error code (`overloaded` is the 503 of
@@ -183,6 +185,12 @@ impl Metrics {
             "weft_events_deduplicated_total",
             "Messages already stored",
             load(&self.events_deduplicated),
+        );
+        counter(
+            &mut out,
+            "weft_events_suppressed_total",
+            "Messages dropped for carrying an erased identifier",
+            load(&self.events_suppressed),
         );
         counter(
             &mut out,

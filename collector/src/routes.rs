@@ -57,7 +57,8 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resu
         };
     }
     if let Some(rest) = path.strip_prefix("/v1/profiles/") {
-        if req.method() != Method::GET {
+        let method = req.method().clone();
+        if method != Method::GET && method != Method::DELETE {
             return Err(ApiError::MethodNotAllowed);
         }
         admin::authorize(app, &req)?;
@@ -66,10 +67,12 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resu
             return Err(ApiError::NotFound("route"));
         }
         let id = admin::percent_decode(raw_id).ok_or(ApiError::NotFound("profile"))?;
-        return match sub {
-            "" => admin::profile(app.clone(), id).await,
-            "events" => admin::events(app.clone(), id, req.uri().query()).await,
-            "graph" => admin::graph(app.clone(), id).await,
+        return match (method, sub) {
+            (Method::DELETE, "") => admin::erase(app.clone(), id).await,
+            (Method::DELETE, _) => Err(ApiError::MethodNotAllowed),
+            (_, "") => admin::profile(app.clone(), id).await,
+            (_, "events") => admin::events(app.clone(), id, req.uri().query()).await,
+            (_, "graph") => admin::graph(app.clone(), id).await,
             _ => Err(ApiError::NotFound("route")),
         };
     }

@@ -10,6 +10,7 @@
 //! stays bounded and the client is told to retry.
 
 pub mod sqlite;
+pub mod suppression;
 
 use tokio::sync::oneshot;
 use weft_protocol::MessageType;
@@ -74,6 +75,23 @@ pub struct AppendOutcome {
     pub duplicates: usize,
     /// Rejected messages kept.
     pub rejected: usize,
+    /// Events dropped because an identifier of theirs was erased.
+    pub suppressed: usize,
+}
+
+/// What an erasure removed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ErasureReport {
+    /// The profile that was erased.
+    pub profile_id: String,
+    /// Events deleted.
+    pub events: usize,
+    /// Identity links and aliases deleted.
+    pub identity_edges: usize,
+    /// Rejected messages deleted because they named an identifier.
+    pub rejected: usize,
+    /// Identifiers added to the suppression list (as salted hashes).
+    pub suppressed_identifiers: usize,
 }
 
 /// A pending append: resolves when the group holding it is committed.
@@ -234,6 +252,13 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// The profile's identifiers and the edges that joined them. Blocking.
     fn profile_graph(&self, id: &str) -> Result<Option<IdentityGraph>, StoreError>;
+
+    /// Erases the profile `id` belongs to: its events, identity edges and
+    /// the rejected messages naming its identifiers; suppresses its
+    /// identifiers (those of devices shared with other people excepted) so
+    /// later messages carrying them are dropped. `None` if unknown.
+    /// Blocking.
+    fn erase(&self, id: &str) -> Result<Option<ErasureReport>, StoreError>;
 
     /// Whether the store can take writes now. Blocking.
     fn check_ready(&self) -> Result<(), StoreError>;

@@ -280,3 +280,116 @@ async fn the_graph_says_which_message_joined_which_identifiers() {
         ])
     );
 }
+
+/// Every file under `dir`, as bytes.
+fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push((path.clone(), std::fs::read(&path).unwrap()));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn erasure_removes_a_person_everywhere_and_suppresses_their_identifiers() {
+    let c = TestCollector::start().await;
+    let secrets = ["zoe-4711", "zoe-phone", "zoe.erasable@example.com"];
+    send(
+        &c,
+        json!([
+            msg("page", "2026-11-23T09:00:00Z", Some("zoe-phone"), None),
+            {"type": "identify", "anonymousId": "zoe-phone", "userId": "zoe-4711", "timestamp": "2026-11-23T09:01:00Z",
+             "traits": {"email": "zoe.erasable@example.com"}},
+            msg("track", "2026-11-23T09:02:00Z", None, Some("zoe-4711")),
+            // A kiosk used by Zoe, then Bob: Bob keeps it.
+            msg("page", "2026-11-23T10:00:00Z", Some("kiosk"), None),
+            msg("identify", "2026-11-23T10:01:00Z", Some("kiosk"), Some("zoe-4711")),
+            msg("page", "2026-11-23T11:00:00Z", Some("kiosk"), None),
+            msg("identify", "2026-11-23T11:01:00Z", Some("kiosk"), Some("bob-1")),
+        ]),
+    )
+    .await;
+    // A bad row naming Zoe.
+    let bad = json!({"writeKey": WRITE_KEY, "batch": [{"type": "track", "userId": "zoe-4711"}]});
+    assert_eq!(
+        c.send(Request::post("/v1/batch", bad.to_string()))
+            .await
+            .json()["rejected"],
+        1
+    );
+    let bob_before = c.profile("bob-1").await.json();
+
+    let admin = weft_e2e::harness::ADMIN_TOKEN;
+    let erased = c
+        .send(Request::new("DELETE", "/v1/profiles/zoe-phone").bearer(admin))
+        .await;
+    assert_eq!(erased.status, 200);
+    let report = erased.json();
+    assert_eq!(report["profile_id"], "user:zoe-4711");
+    assert_eq!(report["events"], 5, "{report}");
+    assert_eq!(report["rejected"], 1, "{report}");
+    assert_eq!(
+        report["suppressed_identifiers"], 2,
+        "the user and the phone, not the kiosk: {report}"
+    );
+    assert_eq!(c.profile("zoe-4711").await.status, 404);
+    assert_eq!(c.profile("zoe-phone").await.status, 404);
+    assert_eq!(
+        c.send(Request::new("DELETE", "/v1/profiles/zoe-4711").bearer(admin))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        c.profile("bob-1").await.json(),
+        bob_before,
+        "Bob's profile is untouched"
+    );
+
+    // Later messages carrying Zoe's identifiers are dropped and counted.
+    let later = json!({"writeKey": WRITE_KEY, "batch": [
+        msg("track", "2026-11-24T09:00:00Z", None, Some("zoe-4711")),
+        msg("page", "2026-11-24T09:00:00Z", Some("zoe-phone"), None),
+        msg("page", "2026-11-24T09:00:00Z", Some("kiosk"), None),
+    ]});
+    let r = c
+        .send(Request::post("/v1/batch", later.to_string()))
+        .await
+        .json();
+    assert_eq!(
+        (r["accepted"].as_u64(), r["suppressed"].as_u64()),
+        (Some(1), Some(2)),
+        "{r}"
+    );
+    let m = String::from_utf8(c.send(Request::get("/metrics")).await.body).unwrap();
+    assert!(m.contains("weft_events_suppressed_total 2"), "{m}");
+
+    // Nothing in the data directory names Zoe in clear.
+    let data_dir = c.stop().await;
+    for (path, bytes) in files_under(data_dir.path()) {
+        for secret in secrets {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret} found in {path:?}"
+            );
+        }
+    }
+    // The suppression survives a restart.
+    let config = weft_collector::Config::new(
+        data_dir.path(),
+        vec![weft_collector::Source::any_origin(WRITE_KEY)],
+        admin.to_owned(),
+    );
+    let again = TestCollector::start_config(config, data_dir).await;
+    let retry = json!({"writeKey": WRITE_KEY, "batch": [msg("track", "2026-11-25T09:00:00Z", None, Some("zoe-4711"))]});
+    let r = again
+        .send(Request::post("/v1/batch", retry.to_string()))
+        .await
+        .json();
+    assert_eq!(r["suppressed"], 1, "{r}");
+}
