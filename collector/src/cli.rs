@@ -52,6 +52,10 @@ pub struct Cli {
     /// the built-in list (`null`, `undefined`, `guest`, `0`, ...).
     #[arg(long = "junk-id", env = "WEFT_JUNK_ID", value_delimiter = ',')]
     pub junk_ids: Vec<String>,
+    /// Delete events older than this many days (by receipt). Without it,
+    /// events are kept.
+    #[arg(long, env = "WEFT_RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub retention_days: Option<u32>,
     /// Sources file (TOML, `[[source]]` tables). Without it, `./weft.toml`
     /// is read if present.
     #[arg(long, env = "WEFT_CONFIG")]
@@ -190,6 +194,9 @@ impl Cli {
         config.sdk_dir = self.sdk_dir;
         config.keep_full_ip = self.keep_full_ip;
         config.junk_ids = self.junk_ids;
+        config.retention = self
+            .retention_days
+            .map(|d| std::time::Duration::from_secs(u64::from(d) * 86_400));
         Ok((config, origin))
     }
 }

@@ -29,6 +29,29 @@ impl Clock for FixedClock {
     }
 }
 
+/// A clock that tests move by hand.
+#[derive(Debug)]
+pub struct ManualClock(std::sync::Mutex<OffsetDateTime>);
+
+impl ManualClock {
+    /// A clock showing `start`.
+    pub fn new(start: OffsetDateTime) -> Self {
+        ManualClock(std::sync::Mutex::new(start))
+    }
+
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: time::Duration) {
+        let mut now = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *now += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> OffsetDateTime {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// RFC 3339 in UTC with milliseconds, the form every stored time takes
 /// (`2026-11-23T10:00:00.000Z`), so stored times sort as text.
 pub fn format_utc_millis(t: OffsetDateTime) -> String {

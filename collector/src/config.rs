@@ -76,6 +76,11 @@ pub struct Config {
     pub keep_full_ip: bool,
     /// Identifier values never linked, beyond the built-in junk list.
     pub junk_ids: Vec<String>,
+    /// Events (and rejected messages) older than this, by receipt, are
+    /// deleted; `None` keeps them forever.
+    pub retention: Option<Duration>,
+    /// How often the retention sweep runs.
+    pub retention_sweep_every: Duration,
 }
 
 impl Config {
@@ -93,6 +98,8 @@ impl Config {
             body_timeout: Duration::from_secs(30),
             keep_full_ip: false,
             junk_ids: Vec::new(),
+            retention: None,
+            retention_sweep_every: Duration::from_secs(3600),
         }
     }
 

@@ -127,6 +127,8 @@ pub struct Metrics {
     pub events_rejected: LabeledCounter,
     /// Messages already stored (same source and messageId).
     pub events_deduplicated: AtomicU64,
+    /// Events deleted by the retention sweep.
+    pub events_expired: AtomicU64,
     /// Events dropped because they carry an erased (suppressed) identifier.
     pub events_suppressed: AtomicU64,
     /// Junk identifiers seen (`null`, `guest`, ...), never linked.
@@ -185,6 +187,12 @@ impl Metrics {
             "weft_events_deduplicated_total",
             "Messages already stored",
             load(&self.events_deduplicated),
+        );
+        counter(
+            &mut out,
+            "weft_events_expired_total",
+            "Messages deleted by retention",
+            load(&self.events_expired),
         );
         counter(
             &mut out,

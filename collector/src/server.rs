@@ -84,6 +84,10 @@ pub async fn serve_with_clock(
         limiter: RateLimiter::default(),
     });
     let graceful = GracefulShutdown::new();
+    let sweeper = app
+        .config
+        .retention
+        .map(|keep| tokio::spawn(retention_sweeper(app.clone(), keep)));
     tokio::pin!(shutdown);
 
     loop {
@@ -121,6 +125,9 @@ pub async fn serve_with_clock(
     }
 
     drop(listener);
+    if let Some(s) = sweeper {
+        s.abort();
+    }
     tracing::info!("shutting down: draining connections");
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
@@ -133,6 +140,38 @@ pub async fn serve_with_clock(
         .ok();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Deletes events older than `keep`, now and every
+/// `config.retention_sweep_every`, in batches so ingest is never held up
+/// for long.
+async fn retention_sweeper(app: Arc<App>, keep: Duration) {
+    const BATCH: usize = 10_000;
+    let mut tick = tokio::time::interval(app.config.retention_sweep_every);
+    loop {
+        tick.tick().await;
+        let Ok(keep) = time::Duration::try_from(keep) else {
+            return;
+        };
+        let before = crate::clock::format_utc_millis(app.clock.now() - keep);
+        loop {
+            let store = app.store.clone();
+            let cutoff = before.clone();
+            match tokio::task::spawn_blocking(move || store.expire(&cutoff, BATCH)).await {
+                Ok(Ok(n)) => {
+                    Metrics::add(&app.metrics.events_expired, n as u64);
+                    if n < BATCH {
+                        break;
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "retention sweep failed");
+                    break;
+                }
+                Err(_) => return,
+            }
+        }
+    }
 }
 
 fn log_connection_error(_peer: SocketAddr, e: &hyper::Error) {

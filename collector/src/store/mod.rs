@@ -260,6 +260,11 @@ pub trait EventStore: Send + Sync + 'static {
     /// Blocking.
     fn erase(&self, id: &str) -> Result<Option<ErasureReport>, StoreError>;
 
+    /// Deletes events and rejected messages received before `before` (RFC
+    /// 3339 UTC millis), at most `limit` events per call; answers how many
+    /// events went. Blocking.
+    fn expire(&self, before: &str, limit: usize) -> Result<usize, StoreError>;
+
     /// Whether the store can take writes now. Blocking.
     fn check_ready(&self) -> Result<(), StoreError>;
 

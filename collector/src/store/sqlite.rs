@@ -50,6 +50,8 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_anonymous_id ON events (anonymous_id)
     WHERE anonymous_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_by_user_id ON events (user_id) WHERE user_id IS NOT NULL;
+-- Retention sweeps by receipt time; appends at the right edge, cheap.
+CREATE INDEX IF NOT EXISTS events_by_received_at ON events (received_at);
 CREATE TABLE IF NOT EXISTS rejected (
     seq         INTEGER PRIMARY KEY,
     source      TEXT NOT NULL,
@@ -102,6 +104,12 @@ enum Job {
     Erase {
         id: String,
         reply: oneshot::Sender<Result<Option<ErasureReport>, StoreError>>,
+    },
+    /// Delete what was received before a time.
+    Expire {
+        before: String,
+        limit: usize,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
     },
 }
 
@@ -191,6 +199,14 @@ fn writer_loop(
                 let _ = reply.send(erase(conn, &id, suppression));
                 continue;
             }
+            Job::Expire {
+                before,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(expire(conn, &before, limit));
+                continue;
+            }
             Job::Append { request, reply } => (request, reply),
         };
         group.push((request, reply));
@@ -199,8 +215,8 @@ fn writer_loop(
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
                 Ok(Job::Append { request, reply }) => group.push((request, reply)),
-                Ok(erase @ Job::Erase { .. }) => {
-                    next = Some(erase);
+                Ok(other) => {
+                    next = Some(other);
                     break;
                 }
                 Err(_) => break,
@@ -365,6 +381,24 @@ impl EventStore for SqliteStore {
         sender
             .blocking_send(Job::Erase {
                 id: id.to_owned(),
+                reply,
+            })
+            .map_err(|_| StoreError::Closed)?;
+        done.blocking_recv().map_err(|_| StoreError::Closed)?
+    }
+
+    fn expire(&self, before: &str, limit: usize) -> Result<usize, StoreError> {
+        let (reply, done) = oneshot::channel();
+        let sender = self
+            .sender
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        sender
+            .blocking_send(Job::Expire {
+                before: before.to_owned(),
+                limit,
                 reply,
             })
             .map_err(|_| StoreError::Closed)?;
@@ -727,6 +761,20 @@ fn device_links(conn: &Connection, device: &str) -> Result<Vec<Link>, StoreError
         }
     }
     Ok(out)
+}
+
+/// Deletes up to `limit` events, and all rejected messages, received
+/// before `before`.
+fn expire(conn: &mut Connection, before: &str, limit: usize) -> Result<usize, StoreError> {
+    let tx = conn.transaction()?;
+    let n = tx.execute(
+        "DELETE FROM events WHERE seq IN
+           (SELECT seq FROM events WHERE received_at < ?1 ORDER BY received_at LIMIT ?2)",
+        params![before, limit as i64],
+    )?;
+    tx.execute("DELETE FROM rejected WHERE received_at < ?1", [before])?;
+    tx.commit()?;
+    Ok(n)
 }
 
 /// Reads the salt (creating it on first use) and the suppressed hashes.

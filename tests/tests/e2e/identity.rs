@@ -393,3 +393,55 @@ async fn erasure_removes_a_person_everywhere_and_suppresses_their_identifiers() 
         .json();
     assert_eq!(r["suppressed"], 1, "{r}");
 }
+
+#[tokio::test]
+async fn retention_deletes_old_events_and_the_profiles_left_empty() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    let clock = Arc::new(weft_collector::clock::ManualClock::new(
+        time::macros::datetime!(2026-09-01 10:00:00 UTC),
+    ));
+    let c = TestCollector::start_with_clock(
+        |config| {
+            config.retention = Some(Duration::from_secs(30 * 86_400));
+            config.retention_sweep_every = Duration::from_millis(100);
+        },
+        clock.clone(),
+    )
+    .await;
+    send(
+        &c,
+        json!([
+            msg("page", "2026-09-01T09:00:00Z", Some("old-visitor"), None),
+            msg(
+                "identify",
+                "2026-09-01T09:00:00Z",
+                Some("old-laptop"),
+                Some("ivy")
+            ),
+        ]),
+    )
+    .await;
+    clock.advance(time::Duration::days(40));
+    send(
+        &c,
+        json!([msg("track", "2026-10-11T09:00:00Z", None, Some("ivy"))]),
+    )
+    .await;
+    weft_e2e::eventually(Duration::from_secs(10), "the sweep", || async {
+        (c.profile("old-visitor").await.status == 404).then_some(())
+    })
+    .await;
+    let ivy = c.profile("ivy").await.json();
+    assert_eq!(
+        ivy["event_count"], 1,
+        "only the recent event is left: {ivy}"
+    );
+    assert_eq!(
+        ivy["anonymous_ids"],
+        json!(["old-laptop"]),
+        "a user keeps their link"
+    );
+    let m = String::from_utf8(c.send(Request::get("/metrics")).await.body).unwrap();
+    assert!(m.contains("weft_events_expired_total 2"), "{m}");
+}
