@@ -125,6 +125,26 @@ pub async fn erase(app: Arc<App>, id: String) -> Result<Resp, ApiError> {
     Ok(json_response(StatusCode::OK, &body))
 }
 
+/// `GET /v1/profiles/{id}/consent`: the consent decisions, oldest first
+/// (proof of consent).
+pub async fn consent(app: Arc<App>, id: String) -> Result<Resp, ApiError> {
+    let store = app.store.clone();
+    let (profile_id, history) = tokio::task::spawn_blocking(move || {
+        let history = store.consent_history(&id)?;
+        let profile = store.profile(&id)?;
+        Ok::<_, crate::store::StoreError>((profile.map(|p| p.profile_id), history))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let (Some(profile_id), Some(history)) = (profile_id, history) else {
+        return Err(ApiError::NotFound("profile"));
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({"profile_id": profile_id, "consent": history}),
+    ))
+}
+
 /// `GET /v1/profiles/{id}/graph`: the identifiers and the edges between
 /// them, each with the message that made it.
 pub async fn graph(app: Arc<App>, id: String) -> Result<Resp, ApiError> {

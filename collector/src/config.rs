@@ -21,6 +21,10 @@ pub struct Source {
     /// Requests per second this source may send; beyond it, 429.
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
+    /// What messages without consent context mean: `assumed` (default, for
+    /// server SDKs) or `required` (dropped).
+    #[serde(default)]
+    pub consent: crate::consent::MissingConsent,
 }
 
 /// A token bucket: `requests_per_second` on average, bursts of `burst`.
@@ -42,6 +46,7 @@ impl Source {
             write_key,
             allowed_origins: Vec::new(),
             rate_limit: None,
+            consent: Default::default(),
         }
     }
 

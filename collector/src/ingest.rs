@@ -27,6 +27,7 @@ use weft_protocol::{Json, Message, MessageType};
 
 use crate::app::App;
 use crate::clock::{format_utc_millis, parse_rfc3339};
+use crate::consent;
 use crate::error::{ApiError, Resp, json_response};
 use crate::identity::is_junk;
 use crate::metrics::Metrics;
@@ -103,6 +104,7 @@ pub async fn handle(
         ..Default::default()
     };
     let mut errors = Vec::new();
+    let mut dropped = 0usize;
     for (index, raw) in envelope.messages.iter().enumerate() {
         match prepare(
             raw.get(),
@@ -111,10 +113,17 @@ pub async fn handle(
             &ip,
             &app.config.junk_ids,
         ) {
-            Ok(event) => {
-                Metrics::add(&app.metrics.junk_identifiers, u64::from(event.junk_ids));
-                request.events.push(event);
-            }
+            Ok(mut event) => match consent::check(raw.get(), source.consent) {
+                Ok(record) => {
+                    Metrics::add(&app.metrics.junk_identifiers, u64::from(event.junk_ids));
+                    event.consent_record = record;
+                    request.events.push(event);
+                }
+                Err(drop) => {
+                    app.metrics.events_dropped.add(drop.code(), 1);
+                    dropped += 1;
+                }
+            },
             Err(rejection) => {
                 app.metrics.events_rejected.add(rejection.code, 1);
                 errors.push(serde_json::json!({
@@ -147,6 +156,7 @@ pub async fn handle(
             "duplicates": outcome.duplicates,
             "rejected": outcome.rejected,
             "suppressed": outcome.suppressed,
+            "dropped_for_consent": dropped,
             "errors": errors,
         }),
     ))
@@ -377,6 +387,7 @@ pub fn prepare(
         message_id,
         kind: m.kind,
         event: m.event,
+        consent_record: None,
         junk_ids: [&m.anonymous_id, &m.user_id, &m.previous_id]
             .iter()
             .filter(|id| id.as_deref().is_some_and(|id| is_junk(id, junk)))

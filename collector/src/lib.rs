@@ -11,6 +11,7 @@
 //! - [`ingest`]: `/v1/batch` and the single-message endpoints: body limits,
 //!   gzip, write-key auth, per-message validation and enrichment (receivedAt,
 //!   clock-skew correction, truncated IP).
+//! - [`consent`]: server-side consent enforcement and consent records.
 //! - [`admin`]: the bearer-token admin API (`/v1/profiles/{id}`).
 //! - [`app`]: the state handlers share (config, store, clock, metrics).
 //! - [`assets`]: the SDK files and the demo site, precompressed when built so.
@@ -32,6 +33,7 @@ pub mod assets;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod consent;
 pub mod error;
 #[cfg(test)]
 mod fuzz;

@@ -127,6 +127,9 @@ pub struct Metrics {
     pub events_rejected: LabeledCounter,
     /// Messages already stored (same source and messageId).
     pub events_deduplicated: AtomicU64,
+    /// Events dropped for consent, by reason (`consent_denied`,
+    /// `consent_missing`); never stored.
+    pub events_dropped: LabeledCounter,
     /// Events deleted by the retention sweep.
     pub events_expired: AtomicU64,
     /// Events dropped because they carry an erased (suppressed) identifier.
@@ -187,6 +190,13 @@ impl Metrics {
             "weft_events_deduplicated_total",
             "Messages already stored",
             load(&self.events_deduplicated),
+        );
+        labeled(
+            &mut out,
+            "weft_events_dropped_total",
+            "Messages dropped for consent, never stored",
+            "reason",
+            &self.events_dropped,
         );
         counter(
             &mut out,

@@ -73,6 +73,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resu
             (_, "") => admin::profile(app.clone(), id).await,
             (_, "events") => admin::events(app.clone(), id, req.uri().query()).await,
             (_, "graph") => admin::graph(app.clone(), id).await,
+            (_, "consent") => admin::consent(app.clone(), id).await,
             _ => Err(ApiError::NotFound("route")),
         };
     }

@@ -32,6 +32,8 @@ pub struct NewEvent {
     pub previous_id: Option<String>,
     /// How many of the message's identifiers were junk (never linked).
     pub junk_ids: u8,
+    /// For a "Consent Updated" event: the decision for the audit log.
+    pub consent_record: Option<crate::consent::ConsentRecord>,
     /// When it happened, skew-corrected, RFC 3339 UTC millis.
     pub timestamp: String,
     /// When the collector received it, RFC 3339 UTC millis.
@@ -90,6 +92,8 @@ pub struct ErasureReport {
     pub identity_edges: usize,
     /// Rejected messages deleted because they named an identifier.
     pub rejected: usize,
+    /// Consent audit-log entries deleted.
+    pub consent_records: usize,
     /// Identifiers added to the suppression list (as salted hashes).
     pub suppressed_identifiers: usize,
 }
@@ -177,6 +181,27 @@ pub struct GraphEdge {
     pub message_id: String,
 }
 
+/// One entry of the consent audit log.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ConsentEntry {
+    /// When the decision was made (the event's time).
+    pub at: String,
+    /// When the collector received it.
+    pub received_at: String,
+    /// The device it was made on.
+    pub anonymous_id: Option<String>,
+    /// The user, if logged in.
+    pub user_id: Option<String>,
+    /// The categories and whether each was granted.
+    pub preferences: serde_json::Value,
+    /// `opt-in` or `opt-out`.
+    pub policy: Option<String>,
+    /// The site's policy version.
+    pub policy_version: Option<String>,
+    /// The consent event's messageId.
+    pub message_id: String,
+}
+
 /// A profile's identifiers and the edges between them.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct IdentityGraph {
@@ -252,6 +277,10 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// The profile's identifiers and the edges that joined them. Blocking.
     fn profile_graph(&self, id: &str) -> Result<Option<IdentityGraph>, StoreError>;
+
+    /// The consent decisions of the profile `id` belongs to, oldest first.
+    /// Blocking.
+    fn consent_history(&self, id: &str) -> Result<Option<Vec<ConsentEntry>>, StoreError>;
 
     /// Erases the profile `id` belongs to: its events, identity edges and
     /// the rejected messages naming its identifiers; suppresses its

@@ -7,6 +7,7 @@
 //! are the requests answered. Reads use a separate connection; WAL lets them
 //! run beside the writer.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
@@ -21,8 +22,8 @@ use crate::metrics::WriterStats;
 
 use super::suppression::{IdHash, Suppression};
 use super::{
-    AppendOutcome, AppendRequest, ErasureReport, EventCursor, EventStore, EventsPage, GraphEdge,
-    IdentityGraph, Pending, ProfileSummary, StoreError,
+    AppendOutcome, AppendRequest, ConsentEntry, ErasureReport, EventCursor, EventStore, EventsPage,
+    GraphEdge, IdentityGraph, Pending, ProfileSummary, StoreError,
 };
 
 /// The database file inside the data directory.
@@ -81,6 +82,22 @@ CREATE TABLE IF NOT EXISTS aliases (
     PRIMARY KEY (previous_id, user_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS aliases_by_user ON aliases (user_id);
+-- The consent audit log: append-only, untouched by retention; rows go only
+-- with an explicit erasure of the person.
+CREATE TABLE IF NOT EXISTS consent_log (
+    seq            INTEGER PRIMARY KEY,
+    source         TEXT NOT NULL,
+    anonymous_id   TEXT,
+    user_id        TEXT,
+    at             TEXT NOT NULL,
+    received_at    TEXT NOT NULL,
+    preferences    TEXT NOT NULL,
+    policy         TEXT,
+    policy_version TEXT,
+    message_id     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS consent_by_anonymous_id ON consent_log (anonymous_id);
+CREATE INDEX IF NOT EXISTS consent_by_user_id ON consent_log (user_id);
 -- Erased identifiers, as salted SHA-256 hashes only.
 CREATE TABLE IF NOT EXISTS suppressed (
     hash BLOB PRIMARY KEY,
@@ -275,6 +292,11 @@ fn commit_group(
             "INSERT OR IGNORE INTO aliases (previous_id, user_id, at, message_id, source)
              VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
+        let mut insert_consent = tx.prepare_cached(
+            "INSERT INTO consent_log (source, anonymous_id, user_id, at, received_at,
+                                      preferences, policy, policy_version, message_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
         let mut insert_rejected = tx.prepare_cached(
             "INSERT INTO rejected (source, received_at, code, reason, raw) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
@@ -319,6 +341,19 @@ fn commit_group(
                 }
                 if let (Some(p), Some(u)) = (&e.previous_id, &e.user_id) {
                     insert_alias.execute(params![p, u, e.timestamp, e.message_id, r.source])?;
+                }
+                if let Some(c) = &e.consent_record {
+                    insert_consent.execute(params![
+                        r.source,
+                        e.anonymous_id,
+                        e.user_id,
+                        e.timestamp,
+                        e.received_at,
+                        c.preferences,
+                        c.policy,
+                        c.policy_version,
+                        e.message_id,
+                    ])?;
                 }
             }
             for b in &r.rejected {
@@ -367,6 +402,10 @@ impl EventStore for SqliteStore {
 
     fn profile_graph(&self, id: &str) -> Result<Option<IdentityGraph>, StoreError> {
         profile_graph(&self.reader(), id)
+    }
+
+    fn consent_history(&self, id: &str) -> Result<Option<Vec<ConsentEntry>>, StoreError> {
+        consent_history(&self.reader(), id)
     }
 
     fn erase(&self, id: &str) -> Result<Option<ErasureReport>, StoreError> {
@@ -587,7 +626,15 @@ fn resolve_device(conn: &Connection, device: &str) -> Result<Option<Resolved>, S
         .prepare_cached("SELECT timestamp, seq FROM events WHERE anonymous_id = ?1")?
         .query_map([device], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
-    if events.is_empty() {
+    // A device whose events are gone (retention) still answers while its
+    // consent records, proof of consent, are kept.
+    if events.is_empty()
+        && !exists(
+            conn,
+            "SELECT 1 FROM consent_log WHERE anonymous_id = ?1 LIMIT 1",
+            device,
+        )?
+    {
         return Ok(None);
     }
     Ok(Some(Resolved {
@@ -679,6 +726,42 @@ fn profile_events(
         events,
         next,
     }))
+}
+
+/// The consent decisions made on the profile's devices or by its users.
+fn consent_history(conn: &Connection, id: &str) -> Result<Option<Vec<ConsentEntry>>, StoreError> {
+    let Some(p) = resolve(conn, id)? else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, at, received_at, anonymous_id, user_id, preferences, policy, policy_version, message_id
+         FROM consent_log WHERE user_id = ?1 OR anonymous_id = ?1",
+    )?;
+    let mut rows: BTreeMap<i64, ConsentEntry> = BTreeMap::new();
+    for ident in p.users.iter().chain(&p.devices) {
+        for row in stmt.query_map([ident], |r| {
+            let prefs: String = r.get(5)?;
+            Ok((
+                r.get::<_, i64>(0)?,
+                ConsentEntry {
+                    at: r.get(1)?,
+                    received_at: r.get(2)?,
+                    anonymous_id: r.get(3)?,
+                    user_id: r.get(4)?,
+                    preferences: serde_json::from_str(&prefs).unwrap_or_default(),
+                    policy: r.get(6)?,
+                    policy_version: r.get(7)?,
+                    message_id: r.get(8)?,
+                },
+            ))
+        })? {
+            let (seq, entry) = row?;
+            rows.insert(seq, entry);
+        }
+    }
+    let mut entries: Vec<ConsentEntry> = rows.into_values().collect();
+    entries.sort_by(|a, b| (&a.at, &a.received_at).cmp(&(&b.at, &b.received_at)));
+    Ok(Some(entries))
 }
 
 /// The identifiers of a profile and the edges that joined them.
@@ -832,6 +915,7 @@ fn erase(
         events: 0,
         identity_edges: 0,
         rejected: 0,
+        consent_records: 0,
         suppressed_identifiers: identifiers.len(),
     };
     {
@@ -845,6 +929,8 @@ fn erase(
             tx.prepare_cached("DELETE FROM aliases WHERE user_id = ?1 OR previous_id = ?1")?;
         let mut delete_rejected =
             tx.prepare_cached("DELETE FROM rejected WHERE instr(raw, ?1) > 0")?;
+        let mut delete_consent =
+            tx.prepare_cached("DELETE FROM consent_log WHERE user_id = ?1 OR anonymous_id = ?1")?;
         let mut suppress = tx.prepare_cached(
             "INSERT OR IGNORE INTO suppressed (hash, at) VALUES (?1, datetime('now'))",
         )?;
@@ -860,6 +946,7 @@ fn erase(
             let quoted =
                 serde_json::to_string(ident).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             report.rejected += delete_rejected.execute([quoted])?;
+            report.consent_records += delete_consent.execute([ident])?;
             suppress.execute([suppression.hash(ident).to_vec()])?;
         }
     }
@@ -887,6 +974,7 @@ mod tests {
                     user_id: None,
                     previous_id: None,
                     junk_ids: 0,
+                    consent_record: None,
                     timestamp: "2026-11-23T10:00:00.000Z".into(),
                     received_at: "2026-11-23T10:00:00.000Z".into(),
                     ip: None,

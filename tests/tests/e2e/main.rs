@@ -3,12 +3,14 @@
 //!
 //! - `browser`: the script tag in real headless Chromium against a real
 //!   collector.
+//! - `consent`: server-side consent enforcement and the consent audit log.
 //! - `identity`: profiles from devices, logins and aliases, over HTTP.
 //! - `ingest`: the collector's HTTP API with a real store on disk.
 //! - `segment_client`: Segment's own Node SDK sending to a real collector.
 //! - `serving`: the SDK files and the demo site as the collector serves them.
 
 mod browser;
+mod consent;
 mod identity;
 mod ingest;
 mod segment_client;
