@@ -65,16 +65,7 @@ impl TestCollector {
 
     /// Like [`TestCollector::start`], after `edit` adjusts the config.
     pub async fn start_with(edit: impl FnOnce(&mut Config)) -> Self {
-        let data_dir = tempfile::tempdir().expect("temp dir");
-        let mut config = Config::new(
-            data_dir.path(),
-            vec![Source::any_origin(WRITE_KEY)],
-            ADMIN_TOKEN.to_owned(),
-        );
-        config.www_dir = Some(www_dir());
-        config.sdk_dir = Some(sdk_dir());
-        edit(&mut config);
-        Self::start_config(config, data_dir).await
+        Self::start_with_clock(edit, Arc::new(SystemClock)).await
     }
 
     /// Like [`TestCollector::start_with`], reading time from `clock`.

@@ -188,6 +188,25 @@ impl SqliteStore {
         })
     }
 
+    /// Hands a maintenance job to the writer and waits for its answer.
+    /// Waits for room in the queue: maintenance is never refused for load.
+    fn run_blocking<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
+    ) -> Result<T, StoreError> {
+        let (reply, done) = oneshot::channel();
+        let sender = self
+            .sender
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        sender
+            .blocking_send(job(reply))
+            .map_err(|_| StoreError::Closed)?;
+        done.blocking_recv().map_err(|_| StoreError::Closed)?
+    }
+
     fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave the connection in a
         // state worse than SQLite's own rollback; keep serving.
@@ -409,39 +428,17 @@ impl EventStore for SqliteStore {
     }
 
     fn erase(&self, id: &str) -> Result<Option<ErasureReport>, StoreError> {
-        let (reply, done) = oneshot::channel();
-        let sender = self
-            .sender
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or(StoreError::Closed)?;
-        // Waits for room in the queue: an erasure is never refused for load.
-        sender
-            .blocking_send(Job::Erase {
-                id: id.to_owned(),
-                reply,
-            })
-            .map_err(|_| StoreError::Closed)?;
-        done.blocking_recv().map_err(|_| StoreError::Closed)?
+        let id = id.to_owned();
+        self.run_blocking(|reply| Job::Erase { id, reply })
     }
 
     fn expire(&self, before: &str, limit: usize) -> Result<usize, StoreError> {
-        let (reply, done) = oneshot::channel();
-        let sender = self
-            .sender
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or(StoreError::Closed)?;
-        sender
-            .blocking_send(Job::Expire {
-                before: before.to_owned(),
-                limit,
-                reply,
-            })
-            .map_err(|_| StoreError::Closed)?;
-        done.blocking_recv().map_err(|_| StoreError::Closed)?
+        let before = before.to_owned();
+        self.run_blocking(|reply| Job::Expire {
+            before,
+            limit,
+            reply,
+        })
     }
 
     fn check_ready(&self) -> Result<(), StoreError> {
