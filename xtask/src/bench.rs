@@ -2,6 +2,14 @@
 //! durable storage, as a fraction of a bare hyper server's on the same
 //! machine in the same run.
 //!
+//! `cargo xtask bench identity [--people N]`: identity stitching at scale.
+//! `weft-loadgen identity` ingests a generated history (by default 100,000
+//! people, about a million messages, shared devices, aliases, junk IDs,
+//! delivered out of order) through the full write path, then times
+//! `GET /v1/profiles/{id}` of random IDs and checks a sample of profiles
+//! against the history's truth; the collector's peak RSS and its data
+//! directory's size come from here.
+//!
 //! Each target is started as a child process on `127.0.0.1:0`, loaded by
 //! `weft-loadgen` (20-message batches of about 10 KB on keep-alive
 //! connections), its peak RSS and CPU time read from `/proc/<pid>` and then
@@ -24,6 +32,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a server may take to exit after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_KEY: &str = "wk_bench";
+const ADMIN_TOKEN: &str = "bench";
 
 /// What the bench is asked for.
 struct Options {
@@ -32,18 +41,23 @@ struct Options {
     warmup: u64,
 }
 
-/// `cargo xtask bench collector [--seconds S] [--connections N] [--warmup S]`.
+/// `cargo xtask bench collector [--seconds S] [--connections N] [--warmup S]`
+/// or `cargo xtask bench identity [--people N] [--seed S] [--connections N]
+/// [--lookups N]`.
 pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
-        Some("collector") => {}
-        other => {
-            return Err(format!(
-                "unknown bench {other:?}; usage: cargo xtask bench collector \
-                 [--seconds S] [--connections N] [--warmup S]"
-            ));
-        }
+        Some("collector") => collector(root, &args[1..]),
+        Some("identity") => identity(root, &args[1..]),
+        other => Err(format!(
+            "unknown bench {other:?}; usage: cargo xtask bench collector \
+             [--seconds S] [--connections N] [--warmup S] | cargo xtask bench identity \
+             [--people N] [--seed S] [--connections N] [--lookups N]"
+        )),
     }
-    let options = parse_options(&args[1..])?;
+}
+
+/// Builds the collector and the load tools (release).
+fn build(root: &Path) -> Result<(), String> {
     Step::new("build the collector and the load tools (release)").run(cargo(root).args([
         "build",
         "--release",
@@ -52,7 +66,34 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
         "-p",
         "weft-e2e",
         "--bins",
-    ]))?;
+    ]))
+}
+
+/// The release collector on `127.0.0.1:0` over `data_dir`, write key
+/// [`WRITE_KEY`] and admin token [`ADMIN_TOKEN`].
+fn collector_command(release: &Path, data_dir: &Path) -> Command {
+    let mut c = Command::new(release.join("weft-collector"));
+    // Only the flags below configure it: no `WEFT_*` variables from
+    // the caller's shell, no `./weft.toml` from the caller's directory.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("WEFT_") {
+            c.env_remove(name);
+        }
+    }
+    c.current_dir(data_dir)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(["--write-key", WRITE_KEY, "--admin-token", ADMIN_TOKEN])
+        .env("WEFT_LOG", "warn");
+    c
+}
+
+/// How the collector's first stdout line begins.
+const COLLECTOR_ADDRESS_PREFIX: &str = "weft collector listening on http://";
+
+fn collector(root: &Path, args: &[String]) -> Result<(), String> {
+    let options = parse_options(args)?;
+    build(root)?;
     let release = root.join("target/release");
     let loadgen = release.join("weft-loadgen");
 
@@ -70,23 +111,8 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
     let data_dir = TempDir::create(root)?;
     let weft = Target {
         label: "weft (durable)",
-        command: {
-            let mut c = Command::new(release.join("weft-collector"));
-            // Only the flags below configure it: no `WEFT_*` variables from
-            // the caller's shell, no `./weft.toml` from the caller's directory.
-            for (name, _) in std::env::vars_os() {
-                if name.to_string_lossy().starts_with("WEFT_") {
-                    c.env_remove(name);
-                }
-            }
-            c.current_dir(&data_dir.0)
-                .args(["--listen", "127.0.0.1:0", "--data-dir"])
-                .arg(&data_dir.0)
-                .args(["--write-key", WRITE_KEY, "--admin-token", "bench"])
-                .env("WEFT_LOG", "warn");
-            c
-        },
-        address_prefix: "weft collector listening on http://",
+        command: collector_command(&release, &data_dir.0),
+        address_prefix: COLLECTOR_ADDRESS_PREFIX,
     };
     let weft_row = measure(weft, &loadgen, &options)?;
     drop(data_dir);
@@ -199,6 +225,12 @@ fn run_loadgen(loadgen: &Path, address: &str, options: &Options) -> Result<Strin
         .args(["--warmup", &options.warmup.to_string()])
         .args(["--write-key", WRITE_KEY])
         .stderr(Stdio::inherit());
+    summary_line(command, loadgen)
+}
+
+/// Runs the load generator `command` (`loadgen` is its path) and returns
+/// the JSON summary line it printed last.
+fn summary_line(mut command: Command, loadgen: &Path) -> Result<String, String> {
     let out = command
         .output()
         .map_err(|e| format!("cannot start {}: {e}", loadgen.display()))?;
@@ -440,6 +472,225 @@ fn print_report(options: &Options, weft: &Row, bare: &Row) {
 }
 
 // ---------------------------------------------------------------------------
+// bench identity
+
+/// What `bench identity` is asked for.
+struct IdentityOptions {
+    people: u64,
+    seed: u64,
+    connections: u64,
+    lookups: u64,
+}
+
+fn parse_identity_options(args: &[String]) -> Result<IdentityOptions, String> {
+    let mut options = IdentityOptions {
+        people: 100_000,
+        seed: 1,
+        connections: 32,
+        lookups: 20_000,
+    };
+    let mut rest = args.iter();
+    while let Some(flag) = rest.next() {
+        let slot = match flag.as_str() {
+            "--people" => &mut options.people,
+            "--seed" => &mut options.seed,
+            "--connections" => &mut options.connections,
+            "--lookups" => &mut options.lookups,
+            other => return Err(format!("bench identity: unknown flag {other}")),
+        };
+        let value = rest
+            .next()
+            .ok_or_else(|| format!("bench identity: {flag} needs a value"))?;
+        *slot = value
+            .parse()
+            .map_err(|e| format!("bench identity: {flag} {value}: {e}"))?;
+    }
+    if !(1..=2_000_000).contains(&options.people) {
+        return Err("bench identity: --people must be 1..=2000000".into());
+    }
+    if !(1..=1024).contains(&options.connections) {
+        return Err("bench identity: --connections must be 1..=1024".into());
+    }
+    if !(1..=10_000_000).contains(&options.lookups) {
+        return Err("bench identity: --lookups must be 1..=10000000".into());
+    }
+    Ok(options)
+}
+
+/// `cargo xtask bench identity`: one collector, loaded by
+/// `weft-loadgen identity`.
+fn identity(root: &Path, args: &[String]) -> Result<(), String> {
+    let options = parse_identity_options(args)?;
+    build(root)?;
+    let release = root.join("target/release");
+    let loadgen = release.join("weft-loadgen");
+    let data_dir = TempDir::create(root)?;
+    eprintln!("\n==> bench identity: {} people", options.people);
+    let mut server = Server::start(
+        collector_command(&release, &data_dir.0),
+        "weft (durable)",
+        COLLECTOR_ADDRESS_PREFIX,
+    )?;
+    let started = Instant::now();
+    let mut command = Command::new(&loadgen);
+    command
+        .arg("identity")
+        .arg(&server.address)
+        .args(["--people", &options.people.to_string()])
+        .args(["--seed", &options.seed.to_string()])
+        .args(["--connections", &options.connections.to_string()])
+        .args(["--lookups", &options.lookups.to_string()])
+        .args(["--write-key", WRITE_KEY, "--admin-token", ADMIN_TOKEN])
+        .args(["--server-pid", &server.pid().to_string()])
+        .stderr(Stdio::inherit());
+    let figures = summary_line(command, &loadgen);
+    let wall = started.elapsed();
+    let peak_rss_kb = peak_rss_kb(server.pid());
+    let size_running = dir_size(&data_dir.0);
+    server.stop()?;
+    let size_stopped = dir_size(&data_dir.0);
+    drop(data_dir);
+    let figures = figures?;
+    let peak_rss_kb =
+        peak_rss_kb.ok_or("weft (durable): cannot read VmHWM from /proc/<pid>/status")?;
+    let field = |name: &str| {
+        json_number(&figures, name)
+            .ok_or_else(|| format!("no `{name}` in the load generator's summary"))
+    };
+    let messages = field("messages")?;
+    let checks = field("spot_checks")?;
+    let checks_passed = field("spot_checks_passed")?;
+    let checks_planned = field("spot_checks_planned")?;
+    let lost = field("lost_messages")?;
+    let ingest_non_200 = field("non_200")?;
+    let query_non_200 = field("query_non_200")?;
+    let rejected = field("rejected")?;
+    let mb = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+
+    println!(
+        "\nbench identity: {} people (seed {}): {messages:.0} messages ({:.0} own + {:.0} shared \
+         devices, {:.0} people aliased), {:.0} per batch over {} connections, delivered out of \
+         order; then profile lookups of random IDs over {:.0} connections; loopback, {} cores \
+         shared with the load generator; {:.0} s in all\n",
+        options.people,
+        options.seed,
+        field("own_devices")?,
+        field("shared_devices")?,
+        field("aliased_people")?,
+        field("batch_size")?,
+        options.connections,
+        field("query_connections")?,
+        std::thread::available_parallelism().map_or(0, usize::from),
+        wall.as_secs_f64(),
+    );
+    println!(
+        "{:>9} {:>9} {:>13} {:>13} {:>8} {:>9} {:>8} {:>8} {:>14} {:>12} {:>12} {:>12}",
+        "messages",
+        "ingest s",
+        "ingest msg/s",
+        "batch p99 ms",
+        "lookups",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "non-200 in/q",
+        "spot checks",
+        "peak RSS MB",
+        "data dir MB",
+    );
+    println!(
+        "{:>9.0} {:>9.1} {:>13.0} {:>13.2} {:>8.0} {:>9.2} {:>8.2} {:>8.2} {:>14} {:>12} {:>12.1} {:>12.1}",
+        messages,
+        field("ingest_s")?,
+        field("messages_per_s")?,
+        field("batch_p99_ms")?,
+        field("lookups")?,
+        field("p50_ms")?,
+        field("p99_ms")?,
+        field("max_ms")?,
+        format!("{ingest_non_200:.0}/{query_non_200:.0}"),
+        format!("{checks_passed:.0}/{checks_planned:.0}"),
+        peak_rss_kb as f64 / 1024.0,
+        mb(size_stopped.allocated),
+    );
+    let percent = |name: &str| {
+        json_number(&figures, name)
+            .map_or_else(|| "n/a".to_owned(), |c| format!("{:.0}%", c * 100.0))
+    };
+    println!(
+        "\nlatencies: profile p50/p99/max are of GET /v1/profiles/{{id}} ({:.0} lookups/s, {:.1} s); \
+         batch p99 is of POST /v1/batch (20 messages, durable before the answer).\n\
+         CPU (% of one core): collector {} while ingesting, {} while looking up; \
+         load generator {} / {}.\n\
+         data dir: {:.1} MB on disk ({:.1} MB of content) after the collector stopped, \
+         {:.1} MB while it ran (WAL included).",
+        field("lookups_per_s")?,
+        field("query_s")?,
+        percent("ingest_server_cores"),
+        percent("query_server_cores"),
+        percent("ingest_loadgen_cores"),
+        percent("query_loadgen_cores"),
+        mb(size_stopped.allocated),
+        mb(size_stopped.apparent),
+        mb(size_running.allocated),
+    );
+    if ingest_non_200 > 0.0 {
+        println!(
+            "ingest non-200 by kind: {}",
+            json_object(&figures, "errors").unwrap_or_default()
+        );
+    }
+    if query_non_200 > 0.0 {
+        println!(
+            "lookup non-200 by kind: {}",
+            json_object(&figures, "query_errors").unwrap_or_default()
+        );
+    }
+    if rejected > 0.0 {
+        println!("{rejected:.0} messages were rejected by validation");
+    }
+    if lost > 0.0 || checks_passed < checks || checks < checks_planned {
+        return Err(format!(
+            "bench identity: {lost:.0} messages never acknowledged; spot checks {checks_passed:.0} \
+             passed of {checks:.0} run ({checks_planned:.0} planned); see the load generator's \
+             stderr above"
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes of the files under a directory: their lengths and the disk
+/// blocks allocated to them.
+#[derive(Default)]
+struct DirSize {
+    apparent: u64,
+    allocated: u64,
+}
+
+fn dir_size(dir: &Path) -> DirSize {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut size = DirSize::default();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else {
+                size.apparent += meta.len();
+                size.allocated += meta.blocks() * 512;
+            }
+        }
+    }
+    size
+}
+
+// ---------------------------------------------------------------------------
 // Temporary data directory
 
 /// A fresh directory under `target/`, removed when dropped.
@@ -482,6 +733,20 @@ mod tests {
             json_object(line, "errors").as_deref(),
             Some(r#"{"503":2,"io":1}"#)
         );
+    }
+
+    #[test]
+    fn identity_options_have_defaults_and_bounds() {
+        let o = parse_identity_options(&[]).unwrap();
+        assert_eq!(
+            (o.people, o.seed, o.connections, o.lookups),
+            (100_000, 1, 32, 20_000)
+        );
+        let o = parse_identity_options(&["--people".into(), "5000".into()]).unwrap();
+        assert_eq!(o.people, 5_000);
+        assert!(parse_identity_options(&["--people".into(), "0".into()]).is_err());
+        assert!(parse_identity_options(&["--people".into()]).is_err());
+        assert!(parse_identity_options(&["--seconds".into(), "5".into()]).is_err());
     }
 
     #[test]

@@ -10,6 +10,9 @@
 //! - `cargo xtask sdk`: build the SDK into `target/sdk` and report its size.
 //! - `cargo xtask bench collector [--seconds S] [--connections N]`: ingest
 //!   throughput of the collector against a bare hyper server ([`bench`]).
+//! - `cargo xtask bench identity [--people N]`: identity stitching at scale:
+//!   ingest of a generated history (1M messages by default), then
+//!   `GET /v1/profiles/{id}` latency and a check against the truth.
 //!
 //! Layout: [`tools`] finds or installs external tools, [`sdk`] builds the
 //! SDK bundle, [`cmd`] runs commands and reports failures.
@@ -35,7 +38,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&root, &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  run [-- FLAGS]  build the SDK and run the collector with the demo site\n  test            run every check and test (what CI runs)\n  sdk             build the SDK into target/sdk and report its size\n  bench collector [--seconds S] [--connections N]\n                  ingest throughput: collector vs a bare hyper server"
+                "usage: cargo xtask <command>\n\n  run [-- FLAGS]  build the SDK and run the collector with the demo site\n  test            run every check and test (what CI runs)\n  sdk             build the SDK into target/sdk and report its size\n  bench collector [--seconds S] [--connections N]\n                  ingest throughput: collector vs a bare hyper server\n  bench identity [--people N] [--seed S] [--connections N] [--lookups N]\n                  identity at scale: ingest msg/s of a generated history, profile p50/p99"
             );
             return ExitCode::from(2);
         }
