@@ -30,6 +30,8 @@ use super::{
 pub const DB_FILE: &str = "weft.sqlite";
 /// SQLite page size for a new database, in bytes.
 const PAGE_SIZE: i64 = 4096;
+/// Read connections for the admin API.
+const READERS: usize = 4;
 /// Most requests committed in one transaction.
 const MAX_GROUP: usize = 512;
 
@@ -135,7 +137,8 @@ pub struct SqliteStore {
     sender: RwLock<Option<mpsc::Sender<Job>>>,
     capacity: usize,
     writer: Mutex<Option<JoinHandle<()>>>,
-    reader: Mutex<Connection>,
+    /// Read connections; WAL lets them run beside the writer and each other.
+    readers: Vec<Mutex<Connection>>,
 }
 
 fn open(path: &Path) -> Result<Connection, StoreError> {
@@ -175,7 +178,9 @@ impl SqliteStore {
         let mut writer_conn = open(&path)?;
         writer_conn.execute_batch(SCHEMA)?;
         let suppression = load_suppression(&writer_conn)?;
-        let reader = open(&path)?;
+        let readers = (0..READERS)
+            .map(|_| open(&path).map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()?;
         let (tx, rx) = mpsc::channel(queue_capacity.max(1));
         let writer = std::thread::Builder::new()
             .name("weft-writer".into())
@@ -184,7 +189,7 @@ impl SqliteStore {
             sender: RwLock::new(Some(tx)),
             capacity: queue_capacity.max(1),
             writer: Mutex::new(Some(writer)),
-            reader: Mutex::new(reader),
+            readers,
         })
     }
 
@@ -207,10 +212,16 @@ impl SqliteStore {
         done.blocking_recv().map_err(|_| StoreError::Closed)?
     }
 
+    /// A free read connection, or (all busy) the first one to free up.
     fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave the connection in a
-        // state worse than SQLite's own rollback; keep serving.
-        self.reader.lock().unwrap_or_else(|e| e.into_inner())
+        // A panic while holding a lock cannot leave a connection in a state
+        // worse than SQLite's own rollback; keep serving.
+        for r in &self.readers {
+            if let Ok(conn) = r.try_lock() {
+                return conn;
+            }
+        }
+        self.readers[0].lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -661,20 +672,37 @@ fn profile(conn: &Connection, id: &str) -> Result<Option<ProfileSummary>, StoreE
     p.events.sort();
     let mut traits = serde_json::Map::new();
     let mut consent = serde_json::Value::Object(Default::default());
-    let mut kind_of = conn.prepare_cached("SELECT type FROM events WHERE seq = ?1")?;
+    // Only bodies that can matter are read and parsed: identify calls for
+    // traits, and (newest first, until one is found) bodies that mention
+    // consent preferences.
+    let mut identify_body =
+        conn.prepare_cached("SELECT body FROM events WHERE seq = ?1 AND type = 'identify'")?;
+    let mut consent_body = conn.prepare_cached(
+        "SELECT body FROM events WHERE seq = ?1 AND instr(body, '\"categoryPreferences\"') > 0",
+    )?;
+    let parse = |text: String| {
+        serde_json::from_str::<serde_json::Value>(&text)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
+    };
     for (_, seq) in &p.events {
-        let kind: String = kind_of.query_row([seq], |r| r.get(0))?;
-        if kind == "identify" {
-            if let serde_json::Value::Object(t) = &event_body(conn, *seq)?["traits"] {
-                traits.extend(t.clone());
-            }
+        if let Some(text) = identify_body
+            .query_row([seq], |r| r.get::<_, String>(0))
+            .optional()?
+            && let serde_json::Value::Object(t) = &parse(text)?["traits"]
+        {
+            traits.extend(t.clone());
         }
     }
     for (_, seq) in p.events.iter().rev() {
-        let prefs = &event_body(conn, *seq)?["context"]["consent"]["categoryPreferences"];
-        if prefs.is_object() {
-            consent = prefs.clone();
-            break;
+        if let Some(text) = consent_body
+            .query_row([seq], |r| r.get::<_, String>(0))
+            .optional()?
+        {
+            let prefs = &parse(text)?["context"]["consent"]["categoryPreferences"];
+            if prefs.is_object() {
+                consent = prefs.clone();
+                break;
+            }
         }
     }
     Ok(Some(ProfileSummary {
