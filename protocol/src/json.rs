@@ -16,13 +16,17 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 ///
 /// Built either by deserialising (the text is then valid JSON) or with
 /// [`Json::from_trusted`] from text a JSON serialiser produced.
+///
+/// A `String` rather than a `Box<str>`: the SDK makes these from `String`s,
+/// and boxing one shrinks its allocation, code that every visitor would
+/// download.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Json(Box<str>);
+pub struct Json(String);
 
 impl Json {
     /// Wraps text that is known to be JSON, such as the output of
     /// `JSON.stringify`. Nothing is checked.
-    pub fn from_trusted(text: impl Into<Box<str>>) -> Self {
+    pub fn from_trusted(text: impl Into<String>) -> Self {
         Json(text.into())
     }
 
@@ -41,7 +45,7 @@ impl Serialize for Json {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         // Invalid text cannot reach here through deserialisation; a trusted
         // value that is not JSON fails serialisation instead of corrupting it.
-        let raw = serde_json::value::RawValue::from_string(self.0.to_string())
+        let raw = serde_json::value::RawValue::from_string(self.0.clone())
             .map_err(serde::ser::Error::custom)?;
         raw.serialize(serializer)
     }

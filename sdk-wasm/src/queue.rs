@@ -12,7 +12,8 @@
 /// A bounded FIFO of encoded messages.
 #[derive(Debug, Default)]
 pub struct Queue {
-    items: std::collections::VecDeque<String>,
+    /// Oldest first; the first `in_flight` are in the request in flight.
+    items: Vec<String>,
     bytes: usize,
     cap_bytes: usize,
     /// How many items at the front are in a request that has not answered.
@@ -47,16 +48,25 @@ impl Queue {
             self.dropped += 1;
             return;
         }
-        while self.bytes + message.len() > self.cap_bytes && self.items.len() > self.in_flight {
-            let old = self
-                .items
-                .remove(self.in_flight)
-                .expect("index below len was checked");
-            self.bytes -= old.len();
-            self.dropped += 1;
+        let mut over = (self.bytes + message.len()).saturating_sub(self.cap_bytes);
+        if over > 0 {
+            // `retain` rather than `remove(i)`: no index that could panic.
+            let mut index = 0;
+            let in_flight = self.in_flight;
+            let (bytes, dropped) = (&mut self.bytes, &mut self.dropped);
+            self.items.retain(|old| {
+                let drop = index >= in_flight && over > 0;
+                index += 1;
+                if drop {
+                    over = over.saturating_sub(old.len());
+                    *bytes -= old.len();
+                    *dropped += 1;
+                }
+                !drop
+            });
         }
         self.bytes += message.len();
-        self.items.push_back(message);
+        self.items.push(message);
     }
 
     /// Marks up to `max_count` messages, at most `max_bytes` in all, as in
@@ -81,11 +91,16 @@ impl Queue {
 
     /// The request in flight was accepted: forget its messages.
     pub fn ack(&mut self) {
-        for _ in 0..self.in_flight {
-            if let Some(item) = self.items.pop_front() {
-                self.bytes -= item.len();
+        let mut index = 0;
+        let (in_flight, bytes) = (self.in_flight, &mut self.bytes);
+        self.items.retain(|item| {
+            let sent = index < in_flight;
+            index += 1;
+            if sent {
+                *bytes -= item.len();
             }
-        }
+            !sent
+        });
         self.in_flight = 0;
     }
 
@@ -172,6 +187,20 @@ mod tests {
         assert_eq!(q.take_batch(5, 100), ["ccc"]);
         q.push("way too large".into());
         assert_eq!(q.dropped, 2);
+    }
+
+    #[test]
+    fn a_large_push_drops_as_many_of_the_oldest_as_it_needs() {
+        let mut q = queue_of(10, &["aaa", "bbb", "ccc"]);
+        assert_eq!(q.take_batch(1, 100), ["aaa"]);
+        q.push("dddddd".into());
+        assert_eq!(q.dropped, 2, "bbb and ccc, never aaa in flight");
+        assert_eq!(q.serialize(), "aaa\ndddddd");
+        q.ack();
+        assert_eq!(q.len(), 1);
+        q.push("eeee".into());
+        assert_eq!(q.dropped, 2, "6 + 4 bytes fit in 10");
+        assert_eq!(q.take_batch(5, 100), ["dddddd", "eeee"]);
     }
 
     #[test]

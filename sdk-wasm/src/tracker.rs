@@ -98,20 +98,27 @@ impl ClickedElement {
 /// Collapses white space and keeps at most [`MAX_CLICK_TEXT_CHARS`]
 /// characters.
 pub fn short_text(text: &str) -> String {
+    // Built char by char rather than cut with a slice: no slicing, so no
+    // panic path (and its formatting code) in the shipped wasm.
     let mut out = String::new();
-    for (n, word) in text.split_ascii_whitespace().enumerate() {
-        if n > 0 {
+    let mut chars = 0;
+    for word in text.split_ascii_whitespace() {
+        if chars > 0 {
+            if chars == MAX_CLICK_TEXT_CHARS {
+                break;
+            }
             out.push(' ');
+            chars += 1;
         }
-        out.push_str(word);
-        if out.len() > MAX_CLICK_TEXT_CHARS * 4 {
-            break;
+        for c in word.chars() {
+            if chars == MAX_CLICK_TEXT_CHARS {
+                return out;
+            }
+            out.push(c);
+            chars += 1;
         }
     }
-    match out.char_indices().nth(MAX_CLICK_TEXT_CHARS) {
-        Some((cut, _)) => out[..cut].to_owned(),
-        None => out,
-    }
+    out
 }
 
 /// The SDK's state for one page.
@@ -384,6 +391,34 @@ mod tests {
             MAX_CLICK_TEXT_CHARS
         );
         assert_eq!(short_text("   "), "");
+    }
+
+    #[test]
+    fn short_text_is_the_collapsed_text_cut_at_the_limit() {
+        // The definition, with the slicing the shipped code avoids.
+        fn by_slicing(text: &str) -> String {
+            let joined = text.split_ascii_whitespace().collect::<Vec<_>>().join(" ");
+            match joined.char_indices().nth(MAX_CLICK_TEXT_CHARS) {
+                Some((cut, _)) => joined[..cut].to_owned(),
+                None => joined,
+            }
+        }
+        let mut inputs = vec![
+            String::new(),
+            " \t\n ".into(),
+            "one".into(),
+            "  a  b\tc\nd  ".into(),
+        ];
+        // Words ending just before, at and after the limit, a space landing
+        // on it, multi-byte characters across it.
+        for len in MAX_CLICK_TEXT_CHARS - 2..=MAX_CLICK_TEXT_CHARS + 2 {
+            inputs.push("x".repeat(len));
+            inputs.push(format!("{} yz", "x".repeat(len)));
+            inputs.push(format!("{}  \n  é€😀 tail", "é".repeat(len)));
+        }
+        for text in &inputs {
+            assert_eq!(short_text(text), by_slicing(text), "{text:?}");
+        }
     }
 
     #[test]

@@ -1,9 +1,19 @@
 //! Building the SDK bundle the script tag downloads, and measuring it.
 //!
 //! Pipeline: cargo (wasm32, `wasm-release` profile) -> wasm-bindgen
-//! (`--target no-modules`) -> wasm-opt `-Oz` -> one `weft.js` made of the
-//! glue and `sdk-wasm/js/loader.js` in a single function scope, minified by
-//! terser -> `.gz` and `.br` twins that the collector serves.
+//! (`--target no-modules`) -> wasm-opt `-Oz` -> wasm-opt renaming the
+//! module's imports and exports to one or two letters -> one `weft.js` made
+//! of the glue (with the same names) and `sdk-wasm/js/loader.js` in a single
+//! function scope, minified by terser -> `.gz` and `.br` twins that the
+//! collector serves.
+//!
+//! The renaming matters: wasm-bindgen names each import after its JS name
+//! plus a 16-hex-digit hash, and each name is in both files, where it
+//! compresses badly (about 1.4 KB gzip in all). wasm-opt's
+//! `--minify-imports-and-exports-and-modules` prints the old and new names;
+//! [`rename_in_glue`] applies them to the glue and fails the build if the
+//! glue does not have exactly the names it expects, so a wasm-bindgen
+//! upgrade that changes the glue's shape cannot ship a broken bundle.
 
 use std::path::Path;
 use std::process::Command;
@@ -13,12 +23,21 @@ use crate::tools::Tools;
 
 /// Where the built SDK goes (relative to the workspace root).
 pub const OUT_DIR: &str = "target/sdk";
-/// The script tag's total download, gzip -9, above which the build fails.
-///
-/// A ratchet, not the goal: it sits just above what the walking skeleton
-/// measures (33.3 KB), so any growth fails CI. The SDK issue's limit is
-/// 25 KB and its goal 15 KB; lower this as the SDK shrinks.
-pub const BUDGET_GZIP_BYTES: usize = 34 * 1024;
+/// The script tag's total download, gzip -9, above which the build fails
+/// (the SDK issue's hard limit).
+pub const BUDGET_GZIP_BYTES: usize = 25 * 1024;
+/// The total the SDK aims for, gzip -9; reported, not enforced.
+pub const GOAL_GZIP_BYTES: usize = 15 * 1024;
+
+/// wasm-opt's feature flags: what rustc enables for wasm32 today.
+const WASM_FEATURES: [&str; 6] = [
+    "--enable-bulk-memory",
+    "--enable-nontrapping-float-to-int",
+    "--enable-sign-ext",
+    "--enable-mutable-globals",
+    "--enable-reference-types",
+    "--enable-multivalue",
+];
 
 /// Sizes of one shipped file.
 pub struct FileSize {
@@ -51,13 +70,18 @@ impl SizeReport {
                 f.name, f.raw, f.gzip, f.brotli
             ));
         }
+        let gzip = self.total(|f| f.gzip);
         out.push_str(&format!(
-            "  {:<12} {:>9} {:>9} {:>9}   (budget: {} gzip)\n",
+            "  {:<12} {:>9} {:>9} {:>9}\n",
             "total",
             self.total(|f| f.raw),
-            self.total(|f| f.gzip),
+            gzip,
             self.total(|f| f.brotli),
-            BUDGET_GZIP_BYTES
+        ));
+        out.push_str(&format!(
+            "  gzip total {gzip}: budget {BUDGET_GZIP_BYTES} ({}), goal {GOAL_GZIP_BYTES} ({})\n",
+            against(gzip, BUDGET_GZIP_BYTES),
+            against(gzip, GOAL_GZIP_BYTES),
         ));
         out
     }
@@ -92,31 +116,74 @@ pub fn build(root: &Path, tools: &Tools) -> Result<SizeReport, String> {
     for dir in [&stage, &out] {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {dir:?}: {e}"))?;
     }
+    // `--omit-default-module-path`: the loader always passes the wasm's URL.
+    // `--encode-into always`: every browser with the wasm features used here
+    // has `TextEncoder#encodeInto`, so its fallback is dead code.
     Step::new("wasm-bindgen (no-modules glue)").run(
         Command::new(&tools.wasm_bindgen)
-            .args(["--target", "no-modules", "--no-typescript", "--out-dir"])
+            .args([
+                "--target",
+                "no-modules",
+                "--no-typescript",
+                "--omit-default-module-path",
+                "--encode-into",
+                "always",
+                "--out-dir",
+            ])
             .arg(&stage)
             .arg(&wasm),
     )?;
+    // `--converge` repeats -Oz while it still shrinks the module.
+    // `--low-memory-unused` lets it fold constant offsets into loads and
+    // stores: true of Rust's wasm32 layout, where the stack takes the first
+    // 1 MiB and grows down from its top, so the low 1 KiB is never used. The
+    // target features section is only read by the tools, so it goes too.
+    let optimized = stage.join("weft_sdk_opt.wasm");
     Step::new("wasm-opt -Oz").run(
         Command::new(&tools.wasm_opt)
-            .arg("-Oz")
+            .args(["-Oz", "--converge", "--low-memory-unused"])
+            .args(WASM_FEATURES)
             .args([
-                "--enable-bulk-memory",
-                "--enable-nontrapping-float-to-int",
-                "--enable-sign-ext",
-                "--enable-mutable-globals",
-                "--enable-reference-types",
-                "--enable-multivalue",
                 "--strip-debug",
                 "--strip-producers",
+                "--strip-target-features",
             ])
             .arg(stage.join("weft_sdk_bg.wasm"))
             .arg("-o")
-            .arg(out.join("weft.wasm")),
+            .arg(&optimized),
+    )?;
+    // A separate run: the renaming must happen exactly once, and it prints
+    // the old and new names on stdout.
+    let names_path = stage.join("wasm-names.json");
+    let names_file = std::fs::File::create(&names_path)
+        .map_err(|e| format!("cannot create {names_path:?}: {e}"))?;
+    Step::new("wasm-opt: short import and export names").run(
+        Command::new(&tools.wasm_opt)
+            .arg("--minify-imports-and-exports-and-modules")
+            .args(WASM_FEATURES)
+            .arg(&optimized)
+            .arg("-o")
+            .arg(stage.join("weft.wasm"))
+            .stdout(names_file),
     )?;
 
-    let glue = read(&stage.join("weft_sdk.js"))?;
+    let wasm_out = std::fs::read(stage.join("weft.wasm"))
+        .map_err(|e| format!("cannot read the renamed wasm: {e}"))?;
+    let glue = import_module(&wasm_out)
+        .and_then(|module| {
+            rename_in_glue(
+                &read(&stage.join("weft_sdk.js"))?,
+                &read(&names_path)?,
+                &module,
+            )
+        })
+        .map_err(|e| format!("renaming the glue's wasm imports and exports: {e}"))?;
+    // The loader never calls `initSync`; unexported, terser drops it.
+    let glue = replace_once(
+        &glue,
+        "Object.assign(__wbg_init, { initSync }, exports)",
+        "Object.assign(__wbg_init, exports)",
+    )?;
     let loader = read(&root.join("sdk-wasm/js/loader.js"))?;
     let bundle = format!("(function(){{\"use strict\";\n{glue}\n{loader}\n}})();\n");
     let unminified = stage.join("weft.bundle.js");
@@ -132,13 +199,16 @@ pub fn build(root: &Path, tools: &Tools) -> Result<SizeReport, String> {
                 "2017",
                 "--output",
             ])
-            .arg(out.join("weft.js")),
+            .arg(stage.join("weft.js")),
     )?;
 
+    // Only now, with both built, do they replace the served pair: the wasm's
+    // names and the glue's must match.
     let mut files = Vec::new();
     for name in ["weft.js", "weft.wasm"] {
-        let path = out.join(name);
+        let path = stage.join(name);
         let data = std::fs::read(&path).map_err(|e| format!("cannot read {path:?}: {e}"))?;
+        write(&out.join(name), &data)?;
         let gz = gzip(&data);
         let br = brotli(&data);
         write(&out.join(format!("{name}.gz")), &gz)?;
@@ -153,6 +223,163 @@ pub fn build(root: &Path, tools: &Tools) -> Result<SizeReport, String> {
     let report = SizeReport { files };
     eprintln!("\n{}", report.summary());
     Ok(report)
+}
+
+/// `text` with its one occurrence of `from` replaced; an error if `from`
+/// is not there exactly once (the glue changed shape).
+fn replace_once(text: &str, from: &str, to: &str) -> Result<String, String> {
+    match text.matches(from).count() {
+        1 => Ok(text.replacen(from, to, 1)),
+        n => Err(format!(
+            "expected `{from}` once in the glue, found it {n} times"
+        )),
+    }
+}
+
+/// "under by N" or "over by N", for the summary.
+fn against(total: usize, limit: usize) -> String {
+    if total <= limit {
+        format!("under by {}", limit - total)
+    } else {
+        format!("OVER by {}", total - limit)
+    }
+}
+
+/// Applies wasm-opt's renaming (`names`, the JSON it prints) to the
+/// wasm-bindgen glue: the keys of the imports object, the module name they
+/// are given under (`module`, read from the renamed wasm) and every
+/// `wasm.<export>`.
+///
+/// Fails unless each import name is an imports-object key exactly once,
+/// there is one module, and every `wasm.<name>` in the glue is a renamed
+/// export.
+fn rename_in_glue(glue: &str, names: &str, module: &str) -> Result<String, String> {
+    let mut imports = Vec::new();
+    let mut exports = std::collections::HashMap::new();
+    for line in names.lines() {
+        // Lines are `["module", "old", "new"],` (imports) or
+        // `["old", "new"],` (exports); names have no quotes or escapes.
+        if !line.trim_start().starts_with('[') {
+            continue;
+        }
+        let quoted: Vec<&str> = line.split('"').skip(1).step_by(2).collect();
+        match quoted[..] {
+            [old_module, old, new] => imports.push((old_module, old, new)),
+            [old, new] => {
+                exports.insert(old, new);
+            }
+            _ => return Err(format!("unexpected line in wasm-opt's names: {line}")),
+        }
+    }
+    let Some(&(old_module, _, _)) = imports.first() else {
+        return Err("wasm-opt renamed no imports".into());
+    };
+    if imports.iter().any(|(m, _, _)| *m != old_module) {
+        return Err("imports from more than one module".into());
+    }
+
+    let mut glue = glue.to_owned();
+    for (_, old, new) in &imports {
+        glue = replace_once(&glue, &format!("{old}:"), &format!("{new}:"))?;
+    }
+    glue = replace_once(
+        &glue,
+        &format!("\"{old_module}\":"),
+        &format!("\"{module}\":"),
+    )?;
+
+    // Every `wasm.<identifier>`, where `wasm` is a whole identifier.
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '$';
+    let mut out = String::with_capacity(glue.len());
+    let mut rest = glue.as_str();
+    while let Some(at) = rest.find("wasm.") {
+        let (before, after) = rest.split_at(at);
+        out.push_str(before);
+        let after = &after["wasm.".len()..];
+        let whole = !out.ends_with(is_ident);
+        let len = after.find(|c: char| !is_ident(c)).unwrap_or(after.len());
+        let (name, tail) = after.split_at(len);
+        out.push_str("wasm.");
+        if whole {
+            let Some(new) = exports.get(name) else {
+                return Err(format!(
+                    "the glue uses export `{name}`, which was not renamed"
+                ));
+            };
+            out.push_str(new);
+        } else {
+            out.push_str(name);
+        }
+        rest = tail;
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The module name of the wasm's imports (all of them, checked), read from
+/// its import section.
+fn import_module(wasm: &[u8]) -> Result<String, String> {
+    struct Reader<'a>(&'a [u8]);
+    impl<'a> Reader<'a> {
+        fn byte(&mut self) -> Result<u8, String> {
+            let (&b, rest) = self.0.split_first().ok_or("truncated wasm")?;
+            self.0 = rest;
+            Ok(b)
+        }
+        fn leb(&mut self) -> Result<usize, String> {
+            let mut value = 0usize;
+            for shift in (0..35).step_by(7) {
+                let b = self.byte()?;
+                value |= usize::from(b & 0x7f) << shift;
+                if b & 0x80 == 0 {
+                    return Ok(value);
+                }
+            }
+            Err("bad LEB128 in wasm".into())
+        }
+        fn bytes(&mut self, n: usize) -> Result<&'a [u8], String> {
+            if n > self.0.len() {
+                return Err("truncated wasm".into());
+            }
+            let (head, rest) = self.0.split_at(n);
+            self.0 = rest;
+            Ok(head)
+        }
+        fn name(&mut self) -> Result<&'a str, String> {
+            let n = self.leb()?;
+            std::str::from_utf8(self.bytes(n)?).map_err(|_| "non-UTF-8 name in wasm".to_string())
+        }
+    }
+
+    let mut r = Reader(wasm);
+    if r.bytes(8)? != b"\0asm\x01\0\0\0" {
+        return Err("not a wasm module".into());
+    }
+    while !r.0.is_empty() {
+        let id = r.byte()?;
+        let size = r.leb()?;
+        let mut section = Reader(r.bytes(size)?);
+        if id != 2 {
+            continue;
+        }
+        let mut module = None;
+        for _ in 0..section.leb()? {
+            let m = section.name()?;
+            section.name()?;
+            // Only function imports (kind 0, then a type index) are expected.
+            if section.byte()? != 0 {
+                return Err("an import that is not a function".into());
+            }
+            section.leb()?;
+            match module {
+                None => module = Some(m),
+                Some(first) if first != m => return Err("imports from two modules".into()),
+                Some(_) => {}
+            }
+        }
+        return module.map(str::to_owned).ok_or_else(|| "no imports".into());
+    }
+    Err("no import section".into())
 }
 
 fn read(path: &Path) -> Result<String, String> {
@@ -179,4 +406,65 @@ fn brotli(data: &[u8]) -> Vec<u8> {
     };
     brotli::BrotliCompress(&mut &data[..], &mut out, &params).expect("compressing in memory");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NAMES: &str = r#"{
+ "imports": [
+  ["./weft_sdk_bg.js", "__wbg_fetch_21015a0a4570ab44", "a"],
+  ["./weft_sdk_bg.js", "__wbindgen_init_externref_table", "b"]
+ ],
+"exports": [
+  ["memory", "A"],
+  ["start", "B"]
+ ]
+}"#;
+
+    const GLUE: &str = r#"function start(k) { wasm.start(k); }
+const import0 = {
+    __wbg_fetch_21015a0a4570ab44: function(a) { return fetch(a); },
+    __wbindgen_init_externref_table: function() {},
+};
+return { "./weft_sdk_bg.js": import0 };
+new DataView(wasm.memory.buffer); wasmModule = 1;"#;
+
+    #[test]
+    fn glue_gets_the_wasms_new_names() {
+        let glue = rename_in_glue(GLUE, NAMES, "m").unwrap();
+        assert!(glue.contains("function start(k) { wasm.B(k); }"), "{glue}");
+        assert!(glue.contains("    a: function(a) { return fetch(a); },"));
+        assert!(glue.contains("    b: function() {},"));
+        assert!(glue.contains(r#"return { "m": import0 };"#));
+        assert!(glue.contains("new DataView(wasm.A.buffer); wasmModule = 1;"));
+    }
+
+    #[test]
+    fn glue_of_another_shape_fails_the_build() {
+        let unknown_export = GLUE.replace("wasm.start(k)", "wasm.stop(k)");
+        assert!(rename_in_glue(&unknown_export, NAMES, "m").is_err());
+        let missing_import = GLUE.replace("__wbg_fetch_21015a0a4570ab44:", "fetch:");
+        assert!(rename_in_glue(&missing_import, NAMES, "m").is_err());
+        let quoted_keys = GLUE.replace("__wbindgen_init_externref_table:", "\"x\":");
+        assert!(rename_in_glue(&quoted_keys, NAMES, "m").is_err());
+    }
+
+    #[test]
+    fn import_module_is_read_from_the_import_section() {
+        // A type section with `() -> ()`, then two function imports.
+        let mut wasm = b"\0asm\x01\0\0\0\x01\x04\x01\x60\0\0".to_vec();
+        wasm.extend([0x02, 0x0d, 0x02]);
+        wasm.extend([1, b'a', 1, b'f', 0, 0]);
+        wasm.extend([1, b'a', 1, b'g', 0, 0]);
+        assert_eq!(import_module(&wasm).unwrap(), "a");
+
+        let mut two_modules = wasm.clone();
+        let last_module = two_modules.len() - 5;
+        two_modules[last_module] = b'b';
+        assert!(import_module(&two_modules).is_err());
+        assert!(import_module(b"\0asm\x01\0\0\0").is_err());
+        assert!(import_module(b"not wasm").is_err());
+    }
 }
