@@ -9,7 +9,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
-    ACCESS_CONTROL_MAX_AGE, CONTENT_TYPE, HeaderValue, ORIGIN, VARY,
+    ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, CONTENT_TYPE, HeaderValue, ORIGIN, VARY,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use weft_protocol::MessageType;
@@ -137,6 +137,11 @@ fn allow_origin(app: &App, resp: &mut Resp, origin: HeaderValue) {
     h.append(VARY, HeaderValue::from_static("Origin"));
     if allowed {
         h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        // The SDK waits as long as an overloaded collector asks.
+        h.insert(
+            ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("Retry-After"),
+        );
     }
 }
 

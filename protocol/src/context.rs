@@ -28,6 +28,97 @@ pub struct Context {
     /// The IANA time zone of the browser.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
+    /// The campaign of the page's URL (`utm_*` parameters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<Campaign>,
+    /// The screen of the device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screen: Option<Screen>,
+    /// The session: its start, in milliseconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<u64>,
+    /// The consent the message was made under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent: Option<ConsentContext>,
+}
+
+/// `context.campaign`, from the `utm_*` query parameters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Campaign {
+    /// `utm_campaign`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `utm_source`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// `utm_medium`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub medium: Option<String>,
+    /// `utm_term`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<String>,
+    /// `utm_content`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+impl Campaign {
+    /// `true` when no parameter is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Campaign::default()
+    }
+}
+
+/// `context.screen`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Screen {
+    /// CSS pixels.
+    pub width: u32,
+    /// CSS pixels.
+    pub height: u32,
+    /// Device pixels per CSS pixel.
+    pub density: f64,
+}
+
+/// `context.consent`: the category the message needs and the preferences
+/// in force when it was made.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsentContext {
+    /// `necessary`, `analytics`, `marketing` or `personalization`.
+    pub category: String,
+    /// Each category and whether it is granted.
+    pub category_preferences: CategoryPreferences,
+}
+
+/// Whether each consent category is granted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CategoryPreferences {
+    /// Always `true`: storing the consent choice itself.
+    pub necessary: bool,
+    /// Measurement: page views, clicks, events.
+    pub analytics: bool,
+    /// Advertising.
+    pub marketing: bool,
+    /// Personalisation.
+    pub personalization: bool,
+}
+
+impl CategoryPreferences {
+    /// Writes the preferences as a JSON object.
+    pub fn write_json(&self, w: &mut Writer) {
+        w.object_start();
+        for (name, on) in [
+            ("necessary", self.necessary),
+            ("analytics", self.analytics),
+            ("marketing", self.marketing),
+            ("personalization", self.personalization),
+        ] {
+            w.key(name);
+            w.bool(on);
+        }
+        w.object_end();
+    }
 }
 
 /// `context.page`.
@@ -84,6 +175,40 @@ impl Context {
         w.opt_string("userAgent", self.user_agent.as_deref());
         w.opt_string("locale", self.locale.as_deref());
         w.opt_string("timezone", self.timezone.as_deref());
+        if let Some(c) = &self.campaign {
+            w.key("campaign");
+            w.object_start();
+            w.opt_string("name", c.name.as_deref());
+            w.opt_string("source", c.source.as_deref());
+            w.opt_string("medium", c.medium.as_deref());
+            w.opt_string("term", c.term.as_deref());
+            w.opt_string("content", c.content.as_deref());
+            w.object_end();
+        }
+        if let Some(s) = &self.screen {
+            w.key("screen");
+            w.object_start();
+            w.key("width");
+            w.uint(s.width.into());
+            w.key("height");
+            w.uint(s.height.into());
+            w.key("density");
+            w.decimal(s.density);
+            w.object_end();
+        }
+        if let Some(id) = self.session_id {
+            w.key("sessionId");
+            w.uint(id);
+        }
+        if let Some(c) = &self.consent {
+            w.key("consent");
+            w.object_start();
+            w.key("category");
+            w.string(&c.category);
+            w.key("categoryPreferences");
+            c.category_preferences.write_json(&mut w);
+            w.object_end();
+        }
         w.object_end();
         Json::from_trusted(w.finish())
     }
@@ -110,9 +235,39 @@ mod tests {
             user_agent: Some("Mozilla/5.0".into()),
             locale: Some("en-GB".into()),
             timezone: Some("Europe/London".into()),
+            campaign: Some(Campaign {
+                name: Some("spring".into()),
+                source: Some("news letter".into()),
+                ..Campaign::default()
+            }),
+            screen: Some(Screen {
+                width: 1280,
+                height: 720,
+                density: 1.5,
+            }),
+            session_id: Some(1_795_000_000_000),
+            consent: Some(ConsentContext {
+                category: "marketing".into(),
+                category_preferences: CategoryPreferences {
+                    necessary: true,
+                    analytics: true,
+                    ..CategoryPreferences::default()
+                },
+            }),
         };
         for ctx in [full, Context::default()] {
             assert_eq!(ctx.to_json().as_str(), serde_json::to_string(&ctx).unwrap());
         }
+        // Whole-number densities are written as integers: the same number.
+        let ctx = Context {
+            screen: Some(Screen {
+                width: 1,
+                height: 2,
+                density: 2.0,
+            }),
+            ..Context::default()
+        };
+        let back: Context = serde_json::from_str(ctx.to_json().as_str()).unwrap();
+        assert_eq!(back, ctx);
     }
 }

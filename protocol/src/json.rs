@@ -135,6 +135,26 @@ impl Writer {
         self.needs_comma = true;
     }
 
+    /// A non-negative decimal with at most three decimals (`1.5`, `2`);
+    /// negative and non-finite values are written as `0`.
+    pub fn decimal(&mut self, value: f64) {
+        self.comma();
+        // `as` saturates: negative and NaN give 0.
+        let thousandths = (value * 1000.0 + 0.5) as u64;
+        push_u64(&mut self.out, thousandths / 1000);
+        let mut frac = thousandths % 1000;
+        if frac > 0 {
+            self.out.push('.');
+            let mut unit = 100;
+            while frac > 0 {
+                self.out.push((b'0' + (frac / unit) as u8) as char);
+                frac %= unit;
+                unit /= 10;
+            }
+        }
+        self.needs_comma = true;
+    }
+
     /// A boolean value.
     pub fn bool(&mut self, value: bool) {
         self.comma();
@@ -196,17 +216,19 @@ pub fn push_escaped(out: &mut String, s: &str) {
 
 /// Appends the decimal digits of `v`.
 pub fn push_u64(out: &mut String, mut v: u64) {
+    // Iterators rather than indexing: no bounds check, so no panic path
+    // (and its formatting code) in the SDK's wasm.
     let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
+    let mut n = 0;
+    for slot in digits.iter_mut() {
+        *slot = b'0' + (v % 10) as u8;
         v /= 10;
+        n += 1;
         if v == 0 {
             break;
         }
     }
-    for &d in &digits[i..] {
+    for &d in digits.iter().take(n).rev() {
         out.push(d as char);
     }
 }
@@ -220,6 +242,26 @@ mod tests {
         push_escaped(&mut out, input);
         let back: String = serde_json::from_str(&out).expect("writer output is JSON");
         assert_eq!(back, input, "round trip of {out}");
+    }
+
+    #[test]
+    fn decimals_are_json_numbers_rounded_to_thousandths() {
+        for (v, text) in [
+            (0.0, "0"),
+            (1.0, "1"),
+            (1.5, "1.5"),
+            (2.625, "2.625"),
+            (1.05, "1.05"),
+            (0.001, "0.001"),
+            (1.9996, "2"),
+            (3.33333, "3.333"),
+            (-1.0, "0"),
+            (f64::NAN, "0"),
+        ] {
+            let mut w = Writer::new();
+            w.decimal(v);
+            assert_eq!(w.finish(), text, "{v}");
+        }
     }
 
     #[test]

@@ -17,7 +17,9 @@ pub mod context;
 pub mod json;
 pub mod message;
 
-pub use context::{Context, LibraryContext, PageContext};
+pub use context::{
+    Campaign, CategoryPreferences, ConsentContext, Context, LibraryContext, PageContext, Screen,
+};
 pub use json::Json;
 pub use message::{Batch, Message, MessageType};
 

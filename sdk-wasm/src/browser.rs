@@ -14,10 +14,14 @@
 //! minimal types, cast (not checked) from values whose type is known from
 //! where they came.
 
+use std::cell::Cell;
+
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
-use weft_protocol::{Context, PageContext};
+use weft_protocol::Json;
 
+use crate::consent::{NAMES, Prefs, Signals};
+use crate::delivery::Outcome;
 use crate::env::{Clock, Random, Storage};
 use crate::tracker::{ClickedElement, keys};
 
@@ -58,34 +62,43 @@ mod js {
         #[wasm_bindgen(js_namespace = Math)]
         pub fn random() -> f64;
 
-        /// `fetch(url, init)`
-        #[wasm_bindgen]
-        pub fn fetch(url: &str, init: &JsValue) -> Promise;
+        /// `fetch(url, init)`; throws on a malformed URL or init.
+        #[wasm_bindgen(catch)]
+        pub fn fetch(url: &str, init: &JsValue) -> Result<Promise, JsValue>;
 
-        /// `setInterval(f, ms)`
-        #[wasm_bindgen(catch, js_name = setInterval)]
-        pub fn set_interval(f: &JsValue, ms: i32) -> Result<i32, JsValue>;
+        /// `setTimeout(f, ms)`
+        #[wasm_bindgen(catch, js_name = setTimeout)]
+        pub fn set_timeout(f: &JsValue, ms: f64) -> Result<JsValue, JsValue>;
 
-        /// `clearInterval(id)`
-        #[wasm_bindgen(js_name = clearInterval)]
-        pub fn clear_interval(id: i32);
-
-        /// `Intl.DateTimeFormat()` (callable without `new`).
-        #[wasm_bindgen(js_namespace = Intl, js_name = DateTimeFormat)]
-        pub fn date_time_format() -> DateTimeFormat;
-
-        pub type DateTimeFormat;
-        /// `resolvedOptions()`
-        #[wasm_bindgen(method, js_name = resolvedOptions)]
-        pub fn resolved_options(this: &DateTimeFormat) -> JsValue;
+        pub type Function;
+        /// `call(thisArg, arg)`
+        #[wasm_bindgen(catch, method, js_name = call)]
+        pub fn call1(
+            this: &Function,
+            this_arg: &JsValue,
+            arg: &JsValue,
+        ) -> Result<JsValue, JsValue>;
 
         pub type Date;
         /// `new Date()`
         #[wasm_bindgen(constructor)]
         pub fn new() -> Date;
+        /// `Date.now()`
+        #[wasm_bindgen(static_method_of = Date)]
+        pub fn now() -> f64;
         /// `toISOString()`
         #[wasm_bindgen(method, js_name = toISOString)]
         pub fn to_iso_string(this: &Date) -> JsValue;
+
+        pub type Navigator;
+        /// `sendBeacon(url, body)`: whether the browser queued it.
+        #[wasm_bindgen(catch, method, js_name = sendBeacon)]
+        pub fn send_beacon(this: &Navigator, url: &str, body: &str) -> Result<bool, JsValue>;
+
+        pub type Headers;
+        /// `get(name)`: a string or `null`.
+        #[wasm_bindgen(catch, method)]
+        pub fn get(this: &Headers, name: &str) -> Result<JsValue, JsValue>;
 
         pub type Promise;
         /// `then(onFulfilled, onRejected)`
@@ -116,6 +129,9 @@ mod js {
         /// `getAttribute(name)`: a string or `null`.
         #[wasm_bindgen(method, js_name = getAttribute)]
         pub fn get_attribute(this: &Element, name: &str) -> JsValue;
+        /// `querySelector(selectors)`: the element or `null`.
+        #[wasm_bindgen(catch, method, js_name = querySelector)]
+        pub fn query_selector(this: &Element, selectors: &str) -> Result<JsValue, JsValue>;
 
         pub type EventTarget;
         /// `addEventListener(type, listener, capture)`
@@ -167,29 +183,140 @@ fn document() -> Option<JsValue> {
     prop_object(&window(), "document")
 }
 
+/// A script tag option (`dataset[key]`) when it is a string.
+pub fn option(options: &JsValue, key: &str) -> Option<String> {
+    prop_string(options, key)
+}
+
+/// `location.href`
+pub fn location_href() -> Option<String> {
+    prop_string(&prop(&window(), "location"), "href")
+}
+
+/// `Date.now()`
+pub fn now_ms() -> f64 {
+    js::Date::now()
+}
+
+/// The privacy signals of the browser: Global Privacy Control, and Do Not
+/// Track when the site honours it.
+pub fn signals(honour_dnt: bool) -> Signals {
+    let nav = prop(&window(), "navigator");
+    Signals {
+        gpc: prop(&nav, "globalPrivacyControl").as_bool() == Some(true),
+        dnt: honour_dnt && prop_string(&nav, "doNotTrack").as_deref() == Some("1"),
+    }
+}
+
+/// Reads `consent.set`'s argument: for each of [`NAMES`], `true`/`false`
+/// or Google Consent Mode's `"granted"`/`"denied"`; anything else is
+/// "not given".
+pub fn consent_values(prefs: &JsValue) -> [Option<bool>; NAMES.len()] {
+    NAMES.map(|(name, _)| {
+        let v = prop(prefs, name);
+        v.as_bool().or_else(|| match v.as_string().as_deref() {
+            Some("granted") => Some(true),
+            Some("denied") => Some(false),
+            _ => None,
+        })
+    })
+}
+
+/// `consent.get()`'s answer: `{necessary, analytics, marketing,
+/// personalization}`.
+pub fn prefs_object(prefs: Prefs) -> JsValue {
+    let obj = js::object();
+    for (key, on) in [
+        ("necessary", true),
+        ("analytics", prefs.analytics),
+        ("marketing", prefs.marketing),
+        ("personalization", prefs.personalization),
+    ] {
+        set_prop(&obj, key, &JsValue::from_bool(on));
+    }
+    obj
+}
+
+/// Sends `body` with `navigator.sendBeacon`; `true` when the browser took
+/// it.
+pub fn beacon(url: &str, body: &str) -> bool {
+    let nav: js::Navigator = prop(&window(), "navigator").unchecked_into();
+    nav.send_beacon(url, body).unwrap_or(false)
+}
+
 /// The browser as the tracker's [`crate::env::Env`]: localStorage, a
 /// first-party cookie mirroring the anonymous ID, `Date` and
 /// `crypto.getRandomValues`.
 pub struct BrowserEnv {
     storage: Option<js::Storage>,
+    /// The cookie's `domain` attribute: the site's registrable domain, found
+    /// on first use (inner `None`: a host-only cookie). A `Cell` rather
+    /// than a `OnceCell`, whose re-entrancy check is a formatted panic.
+    cookie_domain: Cell<Option<Option<String>>>,
 }
 
 impl BrowserEnv {
     /// Opens localStorage if the page allows it (reading `localStorage`
-    /// throws when storage is disabled).
-    pub fn new() -> Self {
+    /// throws when storage is disabled). `cookie_domain` overrides the
+    /// registrable-domain detection.
+    pub fn new(cookie_domain: Option<String>) -> Self {
         let storage = prop_object(&window(), "localStorage").map(JsCast::unchecked_into);
-        BrowserEnv { storage }
+        BrowserEnv {
+            storage,
+            cookie_domain: Cell::new(cookie_domain.map(Some)),
+        }
+    }
+
+    fn cookie_domain(&self) -> Option<String> {
+        let domain = self.cookie_domain.take().unwrap_or_else(registrable_domain);
+        self.cookie_domain.set(Some(domain.clone()));
+        domain
     }
 }
 
 impl Default for BrowserEnv {
     fn default() -> Self {
-        Self::new()
+        Self::new(None)
     }
 }
 
 const COOKIE_ANONYMOUS_ID: &str = "weft_aid";
+const COOKIE_PROBE: &str = "weft_probe";
+
+/// The registrable domain of the page (`shop.example` for
+/// `www.shop.example`, `example.co.uk` for `a.example.co.uk`), so every
+/// subdomain shares the cookie. Found without a public-suffix list the way
+/// the browser itself decides: the shortest parent domain that accepts a
+/// cookie. `None` for IP addresses and single-label hosts (`localhost`).
+#[expect(
+    clippy::manual_pattern_char_comparison,
+    reason = "a `char` pattern links in a panicking slice path"
+)]
+fn registrable_domain() -> Option<String> {
+    let host = prop_string(&prop(&window(), "location"), "hostname")?;
+    let is_ip =
+        host.contains(|c| c == ':') || host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    if is_ip {
+        return None;
+    }
+    let mut suffix = String::new();
+    for label in host.rsplit(|c| c == '.') {
+        let dotted = !suffix.is_empty();
+        if dotted {
+            suffix.insert(0, '.');
+        }
+        suffix.insert_str(0, label);
+        if !dotted {
+            continue;
+        }
+        write_cookie(COOKIE_PROBE, "1", "10", Some(&suffix));
+        if read_cookie(COOKIE_PROBE).is_some() {
+            write_cookie(COOKIE_PROBE, "", "0", Some(&suffix));
+            return Some(suffix);
+        }
+    }
+    None
+}
 
 #[expect(
     clippy::manual_pattern_char_comparison,
@@ -207,7 +334,7 @@ fn read_cookie(name: &str) -> Option<String> {
     })
 }
 
-fn write_cookie(name: &str, value: &str, max_age_secs: &str) {
+fn write_cookie(name: &str, value: &str, max_age_secs: &str, domain: Option<&str>) {
     if let Some(doc) = document() {
         let mut c = String::new();
         c.push_str(name);
@@ -216,6 +343,13 @@ fn write_cookie(name: &str, value: &str, max_age_secs: &str) {
         c.push_str("; path=/; max-age=");
         c.push_str(max_age_secs);
         c.push_str("; SameSite=Lax");
+        if let Some(d) = domain {
+            c.push_str("; domain=");
+            c.push_str(d);
+        }
+        if prop_string(&prop(&window(), "location"), "protocol").as_deref() == Some("https:") {
+            c.push_str("; Secure");
+        }
         set_prop(&doc, "cookie", &JsValue::from_str(&c));
     }
 }
@@ -237,8 +371,14 @@ impl Storage for BrowserEnv {
             let _ = s.set_item(key, value);
         }
         if key == keys::ANONYMOUS_ID {
-            // One year; the cookie lets the ID survive a cleared localStorage.
-            write_cookie(COOKIE_ANONYMOUS_ID, value, "31536000");
+            // One year; the cookie lets the ID survive a cleared localStorage
+            // and reach the site's other subdomains.
+            write_cookie(
+                COOKIE_ANONYMOUS_ID,
+                value,
+                "31536000",
+                self.cookie_domain().as_deref(),
+            );
         }
     }
 
@@ -246,8 +386,15 @@ impl Storage for BrowserEnv {
         if let Some(s) = &self.storage {
             let _ = s.remove_item(key);
         }
-        if key == keys::ANONYMOUS_ID {
-            write_cookie(COOKIE_ANONYMOUS_ID, "", "0");
+        if key == keys::ANONYMOUS_ID && read_cookie(COOKIE_ANONYMOUS_ID).is_some() {
+            write_cookie(
+                COOKIE_ANONYMOUS_ID,
+                "",
+                "0",
+                self.cookie_domain().as_deref(),
+            );
+            // And a host-only one, from before the domain was known.
+            write_cookie(COOKIE_ANONYMOUS_ID, "", "0", None);
         }
     }
 }
@@ -258,6 +405,10 @@ impl Clock for BrowserEnv {
             .to_iso_string()
             .as_string()
             .unwrap_or_default()
+    }
+
+    fn now_ms(&self) -> f64 {
+        js::Date::now()
     }
 }
 
@@ -275,40 +426,30 @@ impl Random for BrowserEnv {
     }
 }
 
-/// The page context of right now: URL, referrer, title, browser and locale.
-pub fn context() -> Context {
-    let w = window();
-    let loc = prop(&w, "location");
-    let doc = prop(&w, "document");
-    let nav = prop(&w, "navigator");
-    Context {
-        page: Some(PageContext {
-            url: prop_string(&loc, "href"),
-            path: prop_string(&loc, "pathname"),
-            search: prop_string(&loc, "search"),
-            referrer: prop_string(&doc, "referrer"),
-            title: prop_string(&doc, "title"),
-        }),
-        library: None,
-        user_agent: prop_string(&nav, "userAgent"),
-        locale: prop_string(&nav, "language"),
-        timezone: time_zone(),
-    }
-}
-
-/// `Intl.DateTimeFormat().resolvedOptions().timeZone`
-fn time_zone() -> Option<String> {
-    prop_string(&js::date_time_format().resolved_options(), "timeZone")
+/// The page's context of right now, as JSON: what `describe` (the
+/// loader's `context` function: URL, referrer, title, campaign, browser,
+/// screen, locale) returns for `referrer` (a single-page app's previous
+/// route, else `undefined` for `document.referrer`). Gathered in
+/// JavaScript, where `URLSearchParams` and object literals cost a fraction
+/// of their Rust equivalents in the download; `{}` if it fails.
+pub fn context(describe: &JsValue, referrer: Option<&str>) -> Json {
+    let referrer = referrer.map_or(JsValue::UNDEFINED, JsValue::from_str);
+    let f: &js::Function = describe.unchecked_ref();
+    f.call1(&JsValue::NULL, &referrer)
+        .ok()
+        .and_then(|v| object_to_json(&v))
+        .unwrap_or_else(|| Json::from_trusted("{}"))
 }
 
 /// `JSON.stringify` of a plain object argument; `None` for anything else or
 /// for objects that cannot be serialised (cycles, BigInt).
-pub fn object_to_json(value: &JsValue) -> Option<weft_protocol::Json> {
+pub fn object_to_json(value: &JsValue) -> Option<Json> {
     if !value.is_object() {
         return None;
     }
     let text = js::stringify(value).ok()?.as_string()?;
-    Some(weft_protocol::Json::from_trusted(text))
+    // Objects only: not arrays, nor what a `toJSON` turned into a scalar.
+    text.starts_with("{").then(|| Json::from_trusted(text))
 }
 
 /// Delivers batch bodies with `fetch`, and reports each outcome to the
@@ -323,29 +464,64 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// A sender to `url` that calls `on_done` with whether the collector
-    /// accepted each request.
-    pub fn new(url: String, mut on_done: impl FnMut(bool) + 'static) -> Self {
+    /// A sender to `url` that calls `on_done` with the outcome of each
+    /// request.
+    pub fn new(url: String, mut on_done: impl FnMut(Outcome) + 'static) -> Self {
         let done = Closure::<dyn FnMut(JsValue)>::new(move |answer: JsValue| {
-            // Fulfilled: a Response, accepted when `ok`. Rejected: an error,
-            // which has no `ok`.
-            on_done(prop(&answer, "ok").as_bool() == Some(true));
+            // Fulfilled: a Response with a status. Rejected: an error (a
+            // network failure), which has none.
+            let status = prop(&answer, "status").as_f64().map(|s| s as u16);
+            let headers: js::Headers = prop(&answer, "headers").unchecked_into();
+            let retry_after = headers.get("Retry-After").ok().and_then(|v| v.as_string());
+            on_done(Outcome::of(status, retry_after.as_deref()));
         });
         Sender { url, done }
     }
 
-    /// POSTs `body`; the handler is called with the outcome.
+    /// The collector's batch endpoint.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// POSTs `body`; the handler is called with the outcome. `false` when
+    /// the request could not even start (the handler is not called).
     ///
     /// The body is sent as `text/plain` with no custom headers, so the
     /// browser makes a simple CORS request (no preflight round trip), and
     /// with `keepalive` so it survives the page being closed.
-    pub fn send(&self, body: &str) {
+    pub fn send(&self, body: &str) -> bool {
         let init = js::object();
         set_prop(&init, "method", &JsValue::from_str("POST"));
         set_prop(&init, "body", &JsValue::from_str(body));
         set_prop(&init, "keepalive", &JsValue::TRUE);
         let done = self.done.as_ref();
-        js::fetch(&self.url, &init).then(done, done);
+        match js::fetch(&self.url, &init) {
+            Ok(p) => {
+                p.then(done, done);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// A one-shot timer that can be started again and again with one closure.
+pub struct Timer {
+    closure: Closure<dyn FnMut(JsValue)>,
+}
+
+impl Timer {
+    /// A timer that calls `f` each time it fires.
+    pub fn new(mut f: impl FnMut() + 'static) -> Self {
+        // The same closure type as the listeners' (the timer passes no
+        // argument): one kind of closure less in the wasm and the glue.
+        let closure = Closure::<dyn FnMut(JsValue)>::new(move |_| f());
+        Timer { closure }
+    }
+
+    /// Fires once after `ms` milliseconds; `false` if it could not be set.
+    pub fn start(&self, ms: f64) -> bool {
+        js::set_timeout(self.closure.as_ref(), ms).is_ok()
     }
 }
 
@@ -387,34 +563,14 @@ impl Drop for Listener {
     }
 }
 
-/// A repeating timer that is cleared when dropped.
-pub struct Interval {
-    id: i32,
-    _closure: Closure<dyn FnMut(JsValue)>,
-}
+/// What a click is recorded on: the closest of these to the click's target.
+const CLICKABLE: &str = "a,button,[role=button],input[type=submit],input[type=button],[data-weft-click],[data-weft-event]";
+/// Elements whose text is never recorded, nor that of elements inside
+/// them or containing them.
+const SENSITIVE: &str = "[data-weft-mask],input[type=password],[autocomplete^=cc-]";
 
-impl Interval {
-    /// Calls `f` every `ms` milliseconds.
-    pub fn new(ms: i32, mut f: impl FnMut() + 'static) -> Option<Self> {
-        // The same closure type as the listeners' (the timer passes no
-        // argument): one kind of closure less in the wasm and the glue.
-        let closure = Closure::<dyn FnMut(JsValue)>::new(move |_| f());
-        let id = js::set_interval(closure.as_ref(), ms).ok()?;
-        Some(Interval {
-            id,
-            _closure: closure,
-        })
-    }
-}
-
-impl Drop for Interval {
-    fn drop(&mut self) {
-        js::clear_interval(self.id);
-    }
-}
-
-/// Calls `handler` with the clicked link, button or `data-weft-click`
-/// element for every click on the page.
+/// Calls `handler` with the clicked link, button or `data-weft-*` element
+/// for every click on the page, except inside `[data-weft-ignore]`.
 pub fn on_click(mut handler: impl FnMut(ClickedElement) + 'static) -> Option<Listener> {
     Listener::new(document()?, "click", true, move |event| {
         if let Some(el) = clicked_element(&event) {
@@ -427,22 +583,34 @@ fn clicked_element(event: &JsValue) -> Option<ClickedElement> {
     // The target is not checked to be an Element: on anything else
     // `closest` is not a function, which the binding catches as an error.
     let target: js::Element = prop_object(event, "target")?.unchecked_into();
-    let el = Some(target.closest("a,button,[data-weft-click]").ok()?).filter(JsValue::is_object)?;
-    let attribute = |name| {
-        el.unchecked_ref::<js::Element>()
-            .get_attribute(name)
-            .as_string()
-    };
+    let found = |el: &js::Element, selectors| el.closest(selectors).is_ok_and(|e| e.is_object());
+    if found(&target, "[data-weft-ignore]") {
+        return None;
+    }
+    let el: js::Element = Some(target.closest(CLICKABLE).ok()?)
+        .filter(JsValue::is_object)?
+        .unchecked_into();
+    let attribute = |name| el.get_attribute(name).as_string();
+    let tag = prop_string(&el, "tagName")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    // Input values are never read: an input button's label is its value.
+    let masked = tag == "input"
+        || found(&el, SENSITIVE)
+        || el.query_selector(SENSITIVE).is_ok_and(|e| e.is_object());
     Some(ClickedElement {
-        tag: prop_string(&el, "tagName")
-            .unwrap_or_default()
-            .to_ascii_lowercase(),
         id: prop_string(&el, "id").filter(|s| !s.is_empty()),
         // The attribute, not `className`, which is an object on SVG
         // elements (an SVG link is matched too).
         classes: attribute("class").filter(|s| !s.is_empty()),
         href: attribute("href"),
-        text: prop_string(&el, "textContent").unwrap_or_default(),
+        text: if masked {
+            String::new()
+        } else {
+            prop_string(&el, "textContent").unwrap_or_default()
+        },
+        event: attribute("data-weft-event").filter(|s| !s.is_empty()),
+        tag,
     })
 }
 

@@ -1,6 +1,6 @@
 //! The seams between the tracker and the page it runs in.
 //!
-//! The browser module implements these with web-sys; native tests implement
+//! The browser module implements these with its own imports; native tests implement
 //! them with plain data. Each is a few methods so a fake is a few lines.
 
 /// Key-value storage that survives a reload (localStorage in a browser).
@@ -18,6 +18,8 @@ pub trait Storage {
 pub trait Clock {
     /// Now, as ISO-8601 UTC text with milliseconds (`Date#toISOString`).
     fn now_iso(&self) -> String;
+    /// Now, in milliseconds since the epoch (`Date.now()`).
+    fn now_ms(&self) -> f64;
 }
 
 /// A source of unpredictable bytes (`crypto.getRandomValues`).

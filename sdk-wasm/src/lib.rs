@@ -9,9 +9,13 @@
 //! - [`browser`]: the only module that touches the browser (through its
 //!   own wasm-bindgen imports, not web-sys, for size): storage, cookies,
 //!   fetch, listeners, timers, page context.
-//! - [`tracker`]: the state machine: identity, message building, the queue
-//!   and what to send next. Plain Rust over the [`env`](crate::env) traits, tested
-//!   natively.
+//! - [`tracker`]: the state machine: identity, consent gating, message
+//!   building, the queue and what to send next. Plain Rust over the
+//!   [`env`](crate::env) traits, tested natively.
+//! - [`consent`]: policies, categories, the stored decision, Google Consent
+//!   Mode names, GPC and Do Not Track.
+//! - [`delivery`]: what a response means (retry or drop) and the backoff.
+//! - [`url`]: single-page-app routes.
 //! - [`queue`]: the bounded queue of encoded messages and its persistence
 //!   format.
 //! - [`ids`]: UUIDs from random bytes.
@@ -34,10 +38,13 @@ static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_all
 
 pub mod api;
 pub mod browser;
+pub mod consent;
+pub mod delivery;
 pub mod env;
 pub mod ids;
 pub mod queue;
 pub mod tracker;
+pub mod url;
 
 /// The library name sent in `context.library.name`.
 pub const LIBRARY_NAME: &str = "weft.js";

@@ -89,6 +89,37 @@ impl Queue {
         self.items.iter().take(n).map(String::as_str).collect()
     }
 
+    /// The messages not in flight, at most `max_bytes` in all (oldest first,
+    /// stopping at the first that does not fit), for a last request as the
+    /// page goes away. Nothing changes until [`Queue::drop_unsent`].
+    pub fn peek_unsent(&self, max_bytes: usize) -> Vec<&str> {
+        let mut bytes = 0;
+        self.items
+            .iter()
+            .skip(self.in_flight)
+            .take_while(|item| {
+                bytes += item.len();
+                bytes <= max_bytes
+            })
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// Forgets the first `n` messages after those in flight (sent by
+    /// [`Queue::peek_unsent`]'s caller).
+    pub fn drop_unsent(&mut self, n: usize) {
+        let mut index = 0;
+        let (start, bytes) = (self.in_flight, &mut self.bytes);
+        self.items.retain(|item| {
+            let sent = index >= start && index < start + n;
+            index += 1;
+            if sent {
+                *bytes -= item.len();
+            }
+            !sent
+        });
+    }
+
     /// The request in flight was accepted: forget its messages.
     pub fn ack(&mut self) {
         let mut index = 0;
@@ -201,6 +232,22 @@ mod tests {
         q.push("eeee".into());
         assert_eq!(q.dropped, 2, "6 + 4 bytes fit in 10");
         assert_eq!(q.take_batch(5, 100), ["dddddd", "eeee"]);
+    }
+
+    #[test]
+    fn the_last_request_takes_what_is_not_in_flight() {
+        let mut q = queue_of(1000, &["aa", "bb", "cc", "dd"]);
+        assert_eq!(q.take_batch(1, 100), ["aa"]);
+        assert_eq!(q.peek_unsent(4), ["bb", "cc"]);
+        assert_eq!(q.peek_unsent(5), ["bb", "cc"]);
+        assert_eq!(q.peek_unsent(1), Vec::<&str>::new());
+        q.drop_unsent(2);
+        assert_eq!(q.serialize(), "aa\ndd");
+        q.ack();
+        assert_eq!(q.take_batch(5, 100), ["dd"]);
+        q.ack();
+        assert!(q.is_empty());
+        assert_eq!(q.bytes, 0);
     }
 
     #[test]

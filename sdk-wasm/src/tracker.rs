@@ -1,14 +1,24 @@
-//! The tracker: turns calls into messages, keeps identity and the queue, and
-//! decides what to send.
+//! The tracker: turns calls into messages, keeps identity, consent and the
+//! queue, and decides what to send.
 //!
-//! It does no I/O of its own beyond the [`Env`] seams: the browser module
-//! asks it for the next batch body, sends it, and reports the outcome with
-//! [`Tracker::delivered`]. That keeps delivery logic testable natively.
+//! It does no I/O of its own beyond the [`Env`] seams: the API module asks
+//! it for the next batch body, sends it, and reports the outcome with
+//! [`Tracker::delivered`]. That keeps delivery and consent logic testable
+//! natively.
+//!
+//! Invariants (DESIGN.md §7):
+//! - Under opt-in with no decision, nothing is written to storage and
+//!   nothing is queued: calls are held in memory (at most [`MAX_HELD`]).
+//! - Identifiers, session and queue are stored only while `analytics` is
+//!   granted; revoking it deletes them at once.
+//! - A message whose category is not granted is never queued.
 
 use weft_protocol::json::Writer;
 use weft_protocol::message::write_batch;
-use weft_protocol::{Context, Json, LibraryContext, Message, MessageType};
+use weft_protocol::{Json, Message, MessageType};
 
+use crate::consent::{self, Category, Policy, Prefs, Signals};
+use crate::delivery::{Outcome, backoff_ms};
 use crate::env::Env;
 use crate::ids::uuid_v4;
 use crate::queue::Queue;
@@ -21,7 +31,20 @@ pub mod keys {
     pub const USER_ID: &str = "weft.uid";
     /// The persisted queue.
     pub const QUEUE: &str = "weft.queue";
+    /// The session: `start.last` in milliseconds since the epoch.
+    pub const SESSION: &str = "weft.session";
+    /// The consent decision (necessary: kept after a denial).
+    pub const CONSENT: &str = "weft.consent";
+    /// Every key that exists only with `analytics` consent.
+    pub const IDENTITY: [&str; 4] = [ANONYMOUS_ID, USER_ID, SESSION, QUEUE];
 }
+
+/// Calls held before an opt-in decision; later ones are dropped and counted.
+pub const MAX_HELD: usize = 100;
+/// Inactivity after which the next event starts a new session.
+pub const SESSION_TIMEOUT_MS: f64 = 30.0 * 60.0 * 1000.0;
+/// The `track` event name of a consent record.
+pub const CONSENT_EVENT: &str = "Consent Updated";
 
 /// Settings read from the script tag.
 #[derive(Debug, Clone)]
@@ -34,17 +57,27 @@ pub struct Config {
     pub batch_bytes: usize,
     /// Cap of the queue, in bytes of encoded messages.
     pub queue_bytes: usize,
+    /// How long a partial batch waits, in milliseconds.
+    pub flush_interval_ms: f64,
+    /// The site's consent policy.
+    pub policy: Policy,
+    /// The site's privacy policy version, sent in consent records; a stored
+    /// decision made under another version is asked again.
+    pub policy_version: String,
 }
 
 impl Config {
     /// Defaults for a write key: 20 messages, bodies under the keepalive
-    /// budget, a 256 KB queue.
+    /// budget, a 256 KB queue, 5 s interval, opt-in.
     pub fn new(write_key: String) -> Self {
         Config {
             write_key,
             batch_count: 20,
             batch_bytes: weft_protocol::limits::KEEPALIVE_BUDGET_BYTES - 1024,
             queue_bytes: 256 * 1024,
+            flush_interval_ms: 5_000.0,
+            policy: Policy::OptIn,
+            policy_version: String::new(),
         }
     }
 }
@@ -69,15 +102,19 @@ pub struct ClickedElement {
     pub classes: Option<String>,
     /// The `href` attribute (links).
     pub href: Option<String>,
-    /// The element's text; trimmed and shortened when encoded.
+    /// The element's text; trimmed and shortened when encoded, empty when
+    /// masked.
     pub text: String,
+    /// `data-weft-event`: the event name to record instead of
+    /// `Element Clicked`.
+    pub event: Option<String>,
 }
 
 /// Longest element text recorded, in characters.
 pub const MAX_CLICK_TEXT_CHARS: usize = 64;
 
 impl ClickedElement {
-    /// The `properties` of the `Element Clicked` event.
+    /// The `properties` of the click event.
     pub fn to_properties(&self) -> Json {
         let mut w = Writer::new();
         w.object_start();
@@ -88,11 +125,33 @@ impl ClickedElement {
         let text = short_text(&self.text);
         w.opt_string(
             "text",
-            Some(&text).filter(|t| !t.is_empty()).map(|t| t.as_str()),
+            Some(&text)
+                .filter(|t| !t.is_empty() && !looks_like_card_number(t))
+                .map(|t| t.as_str()),
         );
         w.object_end();
         Json::from_trusted(w.finish())
     }
+}
+
+/// `true` when `text` holds a run of 13 to 19 digits (spaces and dashes
+/// allowed between them), the shape of a payment card number: such text is
+/// never recorded, whatever element it is on.
+pub fn looks_like_card_number(text: &str) -> bool {
+    let mut digits = 0;
+    for b in text.bytes() {
+        match b {
+            b'0'..=b'9' => {
+                digits += 1;
+                if digits >= 13 {
+                    return true;
+                }
+            }
+            b' ' | b'-' => {}
+            _ => digits = 0,
+        }
+    }
+    false
 }
 
 /// Collapses white space and keeps at most [`MAX_CLICK_TEXT_CHARS`]
@@ -121,39 +180,70 @@ pub fn short_text(text: &str) -> String {
     out
 }
 
+/// A message waiting for an opt-in decision, with what it was made under.
+struct Held {
+    message: Message,
+    category: Category,
+    context: Json,
+}
+
 /// The SDK's state for one page.
 pub struct Tracker<E: Env> {
     env: E,
     config: Config,
-    anonymous_id: String,
+    prefs: Prefs,
+    undecided: bool,
+    anonymous_id: Option<String>,
     user_id: Option<String>,
+    /// Session start and last activity, milliseconds since the epoch.
+    session: Option<(f64, f64)>,
+    held: Vec<Held>,
+    /// Calls dropped because [`MAX_HELD`] were already held.
+    pub held_dropped: u32,
     queue: Queue,
+    /// Failed attempts in a row, and no retry before `retry_at` (ms).
+    failures: u32,
+    retry_at: f64,
+    /// Batches the collector refused for good.
+    pub refused: u32,
 }
 
 impl<E: Env> Tracker<E> {
-    /// Starts a tracker: reads or creates the anonymous ID and restores the
-    /// persisted queue.
-    pub fn new(env: E, config: Config) -> Self {
-        let anonymous_id = match env.get(keys::ANONYMOUS_ID) {
-            Some(id) if !id.is_empty() => id,
-            _ => {
-                let id = uuid_v4(&env);
-                env.set(keys::ANONYMOUS_ID, &id);
-                id
-            }
-        };
-        let user_id = env.get(keys::USER_ID).filter(|u| !u.is_empty());
-        let mut queue = Queue::new(config.queue_bytes);
-        if let Some(saved) = env.get(keys::QUEUE) {
-            queue.restore(&saved);
-        }
-        Tracker {
+    /// Starts a tracker: works out consent, and with `analytics` granted
+    /// reads or creates the identity and restores the persisted queue.
+    /// Under opt-in with no decision it writes nothing.
+    pub fn new(env: E, config: Config, signals: Signals) -> Self {
+        let stored = env
+            .get(keys::CONSENT)
+            .and_then(|s| Prefs::decode(&s, &config.policy_version));
+        let start = consent::at_start(config.policy, stored, signals);
+        let mut t = Tracker {
+            queue: Queue::new(config.queue_bytes),
             env,
             config,
-            anonymous_id,
-            user_id,
-            queue,
+            prefs: start.prefs,
+            undecided: start.undecided,
+            anonymous_id: None,
+            user_id: None,
+            session: None,
+            held: Vec::new(),
+            held_dropped: 0,
+            failures: 0,
+            retry_at: 0.0,
+            refused: 0,
+        };
+        if t.prefs.analytics {
+            t.user_id = t.env.get(keys::USER_ID).filter(|u| !u.is_empty());
+            t.session = t.env.get(keys::SESSION).and_then(|s| parse_session(&s));
+            if let Some(saved) = t.env.get(keys::QUEUE) {
+                t.queue.restore(&saved);
+            }
+            t.ensure_identity();
+        } else if !t.undecided {
+            // Decided without analytics: leftovers of an earlier consent go.
+            t.forget();
         }
+        t
     }
 
     /// The host environment.
@@ -161,9 +251,10 @@ impl<E: Env> Tracker<E> {
         &self.env
     }
 
-    /// The anonymous ID of this browser.
-    pub fn anonymous_id(&self) -> &str {
-        &self.anonymous_id
+    /// The anonymous ID of this browser; `None` without `analytics`
+    /// consent.
+    pub fn anonymous_id(&self) -> Option<&str> {
+        self.anonymous_id.as_deref()
     }
 
     /// The identified user, if any.
@@ -171,57 +262,277 @@ impl<E: Env> Tracker<E> {
         self.user_id.as_deref()
     }
 
-    /// Number of messages waiting.
+    /// The consent preferences in force.
+    pub fn prefs(&self) -> Prefs {
+        self.prefs
+    }
+
+    /// `true` under opt-in before any decision.
+    pub fn undecided(&self) -> bool {
+        self.undecided
+    }
+
+    /// Number of messages queued (in flight or not).
     pub fn queued(&self) -> usize {
         self.queue.len()
     }
 
+    /// Number of calls held for a decision.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Messages dropped because the queue was full.
+    pub fn queue_dropped(&self) -> u32 {
+        self.queue.dropped
+    }
+
     /// Records a page view.
-    pub fn page(&mut self, call: Call, context: Context) {
+    pub fn page(&mut self, call: Call, context: Json) {
         let mut m = Message::new(MessageType::Page);
         m.name = call.name;
         m.properties = call.data;
-        self.enqueue(m, context);
+        self.record(m, Category::Analytics, context);
     }
 
-    /// Records a named event.
-    pub fn track(&mut self, event: String, properties: Option<Json>, context: Context) {
+    /// Records a named event that needs `category`.
+    pub fn track(
+        &mut self,
+        event: String,
+        properties: Option<Json>,
+        category: Category,
+        context: Json,
+    ) {
         let mut m = Message::new(MessageType::Track);
         m.event = Some(event);
         m.properties = properties;
-        self.enqueue(m, context);
+        self.record(m, category, context);
     }
 
     /// Ties this browser to `user_id` and remembers it for later messages.
-    pub fn identify(&mut self, user_id: String, traits: Option<Json>, context: Context) {
-        self.env.set(keys::USER_ID, &user_id);
+    pub fn identify(&mut self, user_id: String, traits: Option<Json>, context: Json) {
+        if self.anonymous_id.is_some() {
+            self.env.set(keys::USER_ID, &user_id);
+        }
         self.user_id = Some(user_id);
         let mut m = Message::new(MessageType::Identify);
         m.traits = traits;
-        self.enqueue(m, context);
+        self.record(m, Category::Analytics, context);
+    }
+
+    /// Joins `previous_id` (default: the current user, else this browser's
+    /// anonymous ID) to `user_id`.
+    pub fn alias(&mut self, user_id: String, previous_id: Option<String>, context: Json) {
+        let mut m = Message::new(MessageType::Alias);
+        m.previous_id = previous_id.or_else(|| self.user_id.clone());
+        m.user_id = Some(user_id);
+        self.record(m, Category::Analytics, context);
+    }
+
+    /// Associates the user with a group (company, team, account).
+    pub fn group(&mut self, group_id: String, traits: Option<Json>, context: Json) {
+        let mut m = Message::new(MessageType::Group);
+        m.group_id = Some(group_id);
+        m.traits = traits;
+        self.record(m, Category::Analytics, context);
     }
 
     /// Records an auto-captured click.
-    pub fn click(&mut self, element: &ClickedElement, context: Context) {
+    pub fn click(&mut self, element: &ClickedElement, context: Json) {
+        let event = element
+            .event
+            .clone()
+            .unwrap_or_else(|| "Element Clicked".into());
         self.track(
-            "Element Clicked".into(),
+            event,
             Some(element.to_properties()),
+            Category::Analytics,
             context,
         );
     }
 
-    fn enqueue(&mut self, mut m: Message, mut context: Context) {
-        m.message_id = Some(uuid_v4(&self.env));
-        m.anonymous_id = Some(self.anonymous_id.clone());
-        m.user_id = self.user_id.clone();
-        m.timestamp = Some(self.env.now_iso());
-        context.library = Some(LibraryContext {
-            name: crate::LIBRARY_NAME.into(),
-            version: crate::LIBRARY_VERSION.into(),
+    /// Forgets the user (logout, next person on a shared device): a new
+    /// anonymous ID, no user ID, a new session. Queued messages keep the
+    /// identity they were made with.
+    pub fn reset(&mut self) {
+        self.user_id = None;
+        self.session = None;
+        if self.anonymous_id.take().is_some() {
+            for key in [keys::ANONYMOUS_ID, keys::USER_ID, keys::SESSION] {
+                self.env.remove(key);
+            }
+            self.ensure_identity();
+        }
+    }
+
+    /// Applies a consent decision. Returns a batch body to send at once,
+    /// without the queue (which is gone): the record of a withdrawal, made
+    /// with the identity that is being deleted.
+    pub fn set_consent(&mut self, prefs: Prefs, context: Json) -> Option<String> {
+        let stored = prefs.encode(&self.config.policy_version);
+        let changed = self.undecided || self.env.get(keys::CONSENT).as_deref() != Some(&stored);
+        self.prefs = prefs;
+        self.undecided = false;
+        if !changed {
+            return None;
+        }
+        self.env.set(keys::CONSENT, &stored);
+        let record = self.consent_record(prefs);
+        let held = core::mem::take(&mut self.held);
+        if prefs.analytics {
+            self.ensure_identity();
+            self.record(record, Category::Necessary, context);
+            for h in held {
+                self.admit(h.message, h.category, h.context);
+            }
+            return None;
+        }
+        let body = self.anonymous_id.clone().map(|_| {
+            let mut record = record;
+            record.user_id = self.user_id.clone();
+            record.timestamp = Some(self.env.now_iso());
+            let encoded = self.finish(record, Category::Necessary, context);
+            write_batch(
+                [encoded.as_str()],
+                &self.env.now_iso(),
+                &self.config.write_key,
+            )
         });
-        m.context = Some(context.to_json());
-        self.queue.push(m.to_json());
+        self.forget();
+        body
+    }
+
+    fn consent_record(&self, prefs: Prefs) -> Message {
+        let mut w = Writer::new();
+        w.object_start();
+        w.key("categoryPreferences");
+        prefs.to_wire().write_json(&mut w);
+        w.opt_string("policy", Some(self.config.policy.as_str()));
+        w.opt_string(
+            "policyVersion",
+            Some(self.config.policy_version.as_str()).filter(|v| !v.is_empty()),
+        );
+        w.object_end();
+        let mut m = Message::new(MessageType::Track);
+        m.event = Some(CONSENT_EVENT.into());
+        m.properties = Some(Json::from_trusted(w.finish()));
+        m
+    }
+
+    /// Deletes every identifier, the session and the queue, in storage and
+    /// in memory.
+    fn forget(&mut self) {
+        for key in keys::IDENTITY {
+            self.env.remove(key);
+        }
+        self.anonymous_id = None;
+        self.user_id = None;
+        self.session = None;
+        self.queue.clear();
+        self.held.clear();
+    }
+
+    /// Reads or creates the anonymous ID (with `analytics` granted only).
+    fn ensure_identity(&mut self) {
+        if self.anonymous_id.is_some() || !self.prefs.analytics {
+            return;
+        }
+        let id = match self.env.get(keys::ANONYMOUS_ID) {
+            Some(id) if !id.is_empty() => id,
+            _ => uuid_v4(&self.env),
+        };
+        // Written even when read: refreshes the cookie's expiry and mirrors
+        // a cookie-only ID into localStorage.
+        self.env.set(keys::ANONYMOUS_ID, &id);
+        if let Some(user) = &self.user_id {
+            self.env.set(keys::USER_ID, user);
+        }
+        self.anonymous_id = Some(id);
+    }
+
+    /// Stamps a call with the user and time of now, then holds, queues or
+    /// drops it by consent.
+    fn record(&mut self, mut m: Message, category: Category, context: Json) {
+        if m.user_id.is_none() {
+            m.user_id = self.user_id.clone();
+        }
+        m.timestamp = Some(self.env.now_iso());
+        if self.undecided {
+            if self.held.len() < MAX_HELD {
+                self.held.push(Held {
+                    message: m,
+                    category,
+                    context,
+                });
+            } else {
+                self.held_dropped += 1;
+            }
+            return;
+        }
+        self.admit(m, category, context);
+    }
+
+    /// Queues a message if its category is granted (and `analytics`, which
+    /// every stored identity needs).
+    fn admit(&mut self, m: Message, category: Category, context: Json) {
+        if !(self.prefs.analytics && self.prefs.allows(category)) {
+            return;
+        }
+        self.ensure_identity();
+        let encoded = self.finish(m, category, context);
+        self.queue.push(encoded);
         self.persist();
+    }
+
+    /// Adds identity, and the library, session and consent to the page's
+    /// context, and encodes.
+    fn finish(&mut self, mut m: Message, category: Category, context: Json) -> String {
+        m.message_id = Some(uuid_v4(&self.env));
+        m.anonymous_id = self.anonymous_id.clone();
+        if m.kind == MessageType::Alias && m.previous_id.is_none() {
+            m.previous_id = self.anonymous_id.clone();
+        }
+        let mut w = Writer::new();
+        w.object_start();
+        w.key("library");
+        w.object_start();
+        w.opt_string("name", Some(crate::LIBRARY_NAME));
+        w.opt_string("version", Some(crate::LIBRARY_VERSION));
+        w.object_end();
+        if let Some(id) = self.session_id() {
+            w.key("sessionId");
+            w.uint(id);
+        }
+        w.key("consent");
+        w.object_start();
+        w.opt_string("category", Some(category.as_str()));
+        w.key("categoryPreferences");
+        self.prefs.to_wire().write_json(&mut w);
+        w.object_end();
+        w.object_end();
+        m.context = Some(Json::from_trusted(merge_objects(
+            context.as_str(),
+            &w.finish(),
+        )));
+        m.to_json()
+    }
+
+    /// The current session's ID (its start), starting a new one after
+    /// [`SESSION_TIMEOUT_MS`] without events; `None` without an identity.
+    fn session_id(&mut self) -> Option<u64> {
+        self.anonymous_id.as_ref()?;
+        let now = self.env.now_ms();
+        let start = match self.session {
+            Some((start, last)) if now - last < SESSION_TIMEOUT_MS && now >= last => start,
+            _ => now,
+        };
+        self.session = Some((start, now));
+        let mut text = String::new();
+        weft_protocol::json::push_u64(&mut text, start as u64);
+        text.push('.');
+        weft_protocol::json::push_u64(&mut text, now as u64);
+        self.env.set(keys::SESSION, &text);
+        Some(start as u64)
     }
 
     /// `true` when a full batch is waiting and should go now rather than at
@@ -230,10 +541,26 @@ impl<E: Env> Tracker<E> {
         self.queue.len() >= self.config.batch_count
     }
 
-    /// The body of the next request, or `None` when nothing is queued or a
-    /// request is already in flight. The caller must answer with
-    /// [`Tracker::delivered`].
-    pub fn next_batch(&mut self) -> Option<String> {
+    /// How long until the next request should go, in milliseconds: `None`
+    /// when nothing waits or a request is in flight.
+    pub fn send_delay(&self) -> Option<f64> {
+        if self.queue.is_empty() {
+            return None;
+        }
+        if self.failures > 0 {
+            return Some((self.retry_at - self.env.now_ms()).max(0.0));
+        }
+        Some(self.config.flush_interval_ms)
+    }
+
+    /// The body of the next request, or `None` when nothing is queued, a
+    /// request is already in flight, or a retry is not due yet (`force`
+    /// overrides that: the page is going away). The caller must answer
+    /// with [`Tracker::delivered`].
+    pub fn next_batch(&mut self, force: bool) -> Option<String> {
+        if !force && self.failures > 0 && self.env.now_ms() < self.retry_at {
+            return None;
+        }
         let sent_at = self.env.now_iso();
         let messages = self
             .queue
@@ -244,24 +571,85 @@ impl<E: Env> Tracker<E> {
         Some(write_batch(messages, &sent_at, &self.config.write_key))
     }
 
-    /// The outcome of the request from [`Tracker::next_batch`]: `true` when
-    /// the collector accepted it, `false` to send it again later.
-    pub fn delivered(&mut self, ok: bool) {
-        if ok {
-            self.queue.ack();
-            self.persist();
-        } else {
-            self.queue.nack();
+    /// The outcome of the request from [`Tracker::next_batch`].
+    pub fn delivered(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Accepted | Outcome::Refused => {
+                if outcome == Outcome::Refused {
+                    self.refused += 1;
+                }
+                self.queue.ack();
+                self.failures = 0;
+                self.persist();
+            }
+            Outcome::Retry(after) => {
+                self.queue.nack();
+                self.failures = self.failures.saturating_add(1);
+                let mut r = [0u8; 1];
+                self.env.fill(&mut r);
+                let delay =
+                    after.unwrap_or_else(|| backoff_ms(self.failures, f64::from(r[0]) / 256.0));
+                self.retry_at = self.env.now_ms() + delay;
+            }
         }
     }
 
+    /// The body of a last request as the page goes away: the messages not
+    /// in flight, within `max_bytes` of messages. Answer with
+    /// [`Tracker::beacon_sent`] once the browser has taken it.
+    pub fn beacon_batch(&self, max_bytes: usize) -> Option<(String, usize)> {
+        let messages = self.queue.peek_unsent(max_bytes);
+        let n = messages.len();
+        (n > 0).then(|| {
+            let body = write_batch(messages, &self.env.now_iso(), &self.config.write_key);
+            (body, n)
+        })
+    }
+
+    /// The browser queued the beacon of `n` messages: they are gone.
+    pub fn beacon_sent(&mut self, n: usize) {
+        self.queue.drop_unsent(n);
+        self.persist();
+    }
+
     fn persist(&self) {
+        if self.anonymous_id.is_none() {
+            return;
+        }
         if self.queue.is_empty() {
             self.env.remove(keys::QUEUE);
         } else {
             self.env.set(keys::QUEUE, &self.queue.serialize());
         }
     }
+}
+
+/// The members of two JSON objects in one (`{"a":1}` + `{"b":2}` ->
+/// `{"a":1,"b":2}`); `extra` alone when `base` is not an object.
+pub fn merge_objects(base: &str, extra: &str) -> String {
+    let head = base.trim_ascii().strip_suffix("}");
+    let (Some(head), Some(tail)) = (head, extra.strip_prefix("{")) else {
+        return extra.to_owned();
+    };
+    let mut out = String::with_capacity(head.len() + tail.len() + 1);
+    out.push_str(head);
+    if !head.trim_ascii_end().ends_with("{") && tail != "}" {
+        out.push(',');
+    }
+    out.push_str(tail);
+    out
+}
+
+/// Reads the stored session, `start.last`.
+#[expect(
+    clippy::manual_pattern_char_comparison,
+    reason = "a `char` pattern links in a panicking slice path"
+)]
+fn parse_session(text: &str) -> Option<(f64, f64)> {
+    let (start, last) = text.split_once(|c: char| c == '.')?;
+    let start: u64 = start.parse().ok()?;
+    let last: u64 = last.parse().ok()?;
+    Some((start as f64, last as f64))
 }
 
 #[cfg(test)]
@@ -273,11 +661,25 @@ mod tests {
     use std::rc::Rc;
 
     /// An in-memory host: shared storage (so a second tracker sees what the
-    /// first stored, like a reload), a fixed clock and counting randomness.
+    /// first stored, like a reload) that counts writes, a clock the test
+    /// moves, and counting randomness.
     #[derive(Clone, Default)]
     struct FakeEnv {
         storage: Rc<RefCell<HashMap<String, String>>>,
+        writes: Rc<Cell<u32>>,
+        now: Rc<Cell<f64>>,
         counter: Rc<Cell<u8>>,
+    }
+
+    impl FakeEnv {
+        fn keys(&self) -> Vec<String> {
+            let mut k: Vec<String> = self.storage.borrow().keys().cloned().collect();
+            k.sort();
+            k
+        }
+        fn advance(&self, ms: f64) {
+            self.now.set(self.now.get() + ms);
+        }
     }
 
     impl Storage for FakeEnv {
@@ -285,22 +687,46 @@ mod tests {
             self.storage.borrow().get(key).cloned()
         }
         fn set(&self, key: &str, value: &str) {
+            self.writes.set(self.writes.get() + 1);
             self.storage.borrow_mut().insert(key.into(), value.into());
         }
         fn remove(&self, key: &str) {
-            self.storage.borrow_mut().remove(key);
+            if self.storage.borrow_mut().remove(key).is_some() {
+                self.writes.set(self.writes.get() + 1);
+            }
         }
     }
     impl Clock for FakeEnv {
         fn now_iso(&self) -> String {
             "2026-11-23T10:00:00.000Z".into()
         }
+        fn now_ms(&self) -> f64 {
+            1_795_000_000_000.0 + self.now.get()
+        }
     }
     impl Random for FakeEnv {
         fn fill(&self, buf: &mut [u8]) {
-            self.counter.set(self.counter.get() + 1);
+            self.counter.set(self.counter.get().wrapping_add(1));
             buf.fill(self.counter.get());
         }
+    }
+
+    fn ctx() -> Json {
+        Json::from_trusted(r#"{"page":{"path":"/"}}"#)
+    }
+
+    #[test]
+    fn contexts_merge_as_objects() {
+        assert_eq!(
+            merge_objects(r#"{"a":1}"#, r#"{"b":2}"#),
+            r#"{"a":1,"b":2}"#
+        );
+        assert_eq!(merge_objects("{ }", r#"{"b":2}"#), r#"{ "b":2}"#);
+        assert_eq!(merge_objects(r#"{"a":1}"#, "{}"), r#"{"a":1}"#);
+        assert_eq!(merge_objects("null", r#"{"b":2}"#), r#"{"b":2}"#);
+        let merged = merge_objects(r#" {"a":{"x":[1]}} "#, r#"{"b":{}}"#);
+        let v: serde_json::Value = serde_json::from_str(&merged).unwrap();
+        assert_eq!(v, serde_json::json!({"a":{"x":[1]},"b":{}}));
     }
 
     fn body_messages(body: &str) -> Vec<Message> {
@@ -310,31 +736,60 @@ mod tests {
         batch.batch
     }
 
+    fn context_of(m: &Message) -> serde_json::Value {
+        serde_json::from_str(m.context.as_ref().unwrap().as_str()).unwrap()
+    }
+
+    fn config(policy: Policy) -> Config {
+        Config {
+            policy,
+            policy_version: "v1".into(),
+            ..Config::new("wk_test".into())
+        }
+    }
+
+    /// An opt-out tracker: everything granted, as the older tests assume.
     fn tracker(env: &FakeEnv) -> Tracker<FakeEnv> {
-        Tracker::new(env.clone(), Config::new("wk_test".into()))
+        Tracker::new(env.clone(), config(Policy::OptOut), Signals::default())
+    }
+
+    fn opt_in(env: &FakeEnv) -> Tracker<FakeEnv> {
+        Tracker::new(env.clone(), config(Policy::OptIn), Signals::default())
+    }
+
+    fn track(t: &mut Tracker<FakeEnv>, event: &str) {
+        t.track(event.into(), None, Category::Analytics, ctx());
+    }
+
+    fn sent(t: &mut Tracker<FakeEnv>) -> Vec<Message> {
+        let msgs = body_messages(&t.next_batch(false).expect("a batch"));
+        t.delivered(Outcome::Accepted);
+        msgs
     }
 
     #[test]
     fn anonymous_id_is_created_once_and_survives_a_reload() {
         let env = FakeEnv::default();
-        let first = tracker(&env).anonymous_id().to_owned();
+        let first = tracker(&env).anonymous_id().unwrap().to_owned();
         assert_eq!(first.len(), 36);
-        assert_eq!(tracker(&env).anonymous_id(), first);
+        assert_eq!(tracker(&env).anonymous_id(), Some(first.as_str()));
     }
 
     #[test]
-    fn messages_carry_identity_timing_and_context() {
+    fn messages_carry_identity_timing_session_and_consent_context() {
         let env = FakeEnv::default();
         let mut t = tracker(&env);
-        t.page(Call::default(), Context::default());
+        t.page(Call::default(), ctx());
         t.identify(
             "user-1".into(),
             Some(Json::from_trusted(r#"{"plan":"pro"}"#)),
-            Context::default(),
+            ctx(),
         );
-        t.track("Bought".into(), None, Context::default());
-        let msgs = body_messages(&t.next_batch().unwrap());
-        assert_eq!(msgs.len(), 3);
+        track(&mut t, "Bought");
+        t.alias("user-2".into(), None, ctx());
+        t.group("acme".into(), None, ctx());
+        let msgs = sent(&mut t);
+        assert_eq!(msgs.len(), 5);
         assert_eq!(msgs[0].kind, MessageType::Page);
         assert_eq!(msgs[0].user_id, None);
         assert_eq!(msgs[1].kind, MessageType::Identify);
@@ -343,54 +798,358 @@ mod tests {
             r#"{"plan":"pro"}"#
         );
         assert_eq!(msgs[2].event.as_deref(), Some("Bought"));
-        for m in &msgs {
-            assert_eq!(m.anonymous_id.as_deref(), Some(t.anonymous_id()));
-            assert!(m.message_id.is_some());
-            assert!(m.context.as_ref().unwrap().as_str().contains("weft.js"));
-        }
         assert_eq!(msgs[2].user_id.as_deref(), Some("user-1"));
-        // Distinct message IDs.
+        assert_eq!(msgs[3].kind, MessageType::Alias);
+        assert_eq!(msgs[3].previous_id.as_deref(), Some("user-1"));
+        assert_eq!(msgs[3].user_id.as_deref(), Some("user-2"));
+        assert_eq!(msgs[4].group_id.as_deref(), Some("acme"));
+        for m in &msgs {
+            assert_eq!(m.anonymous_id.as_deref(), t.anonymous_id());
+            assert!(m.message_id.is_some());
+            let ctx = context_of(m);
+            assert_eq!(ctx["page"]["path"], "/");
+            assert_eq!(ctx["library"]["name"], "weft.js");
+            assert_eq!(ctx["sessionId"], 1_795_000_000_000u64);
+            assert_eq!(ctx["consent"]["category"], "analytics");
+            assert_eq!(
+                ctx["consent"]["categoryPreferences"],
+                serde_json::json!({"necessary": true, "analytics": true, "marketing": true, "personalization": true})
+            );
+        }
         assert_ne!(msgs[0].message_id, msgs[1].message_id);
+        assert_eq!(env.get(keys::USER_ID).as_deref(), Some("user-1"));
+    }
+
+    #[test]
+    fn alias_defaults_to_the_anonymous_id_without_a_user() {
+        let env = FakeEnv::default();
+        let mut t = tracker(&env);
+        t.alias("user-9".into(), None, ctx());
+        let m = &sent(&mut t)[0];
+        assert_eq!(m.previous_id.as_deref(), t.anonymous_id());
+        assert_eq!(m.user_id.as_deref(), Some("user-9"));
+    }
+
+    #[test]
+    fn sessions_end_after_thirty_idle_minutes() {
+        let env = FakeEnv::default();
+        let mut t = tracker(&env);
+        track(&mut t, "A");
+        env.advance(29.0 * 60_000.0);
+        track(&mut t, "B");
+        env.advance(29.0 * 60_000.0);
+        // A reload keeps the session.
+        let mut t = tracker(&env);
+        track(&mut t, "C");
+        env.advance(31.0 * 60_000.0);
+        track(&mut t, "D");
+        let sessions: Vec<u64> = sent(&mut t)
+            .iter()
+            .map(|m| context_of(m)["sessionId"].as_u64().unwrap())
+            .collect();
+        let start = 1_795_000_000_000;
+        let later = start + 3 * 29 * 60_000 + 2 * 60_000;
+        assert_eq!(sessions, [start, start, start, later]);
+    }
+
+    #[test]
+    fn reset_starts_a_new_identity_and_keeps_queued_messages_as_they_were() {
+        let env = FakeEnv::default();
+        let mut t = tracker(&env);
+        t.identify("alice".into(), None, ctx());
+        let before = t.anonymous_id().unwrap().to_owned();
+        t.reset();
+        let after = t.anonymous_id().unwrap().to_owned();
+        assert_ne!(before, after);
+        assert_eq!(t.user_id(), None);
+        assert_eq!(env.get(keys::USER_ID), None);
+        assert_eq!(env.get(keys::ANONYMOUS_ID), Some(after.clone()));
+        track(&mut t, "Next person");
+        let msgs = sent(&mut t);
+        assert_eq!(msgs[0].user_id.as_deref(), Some("alice"));
+        assert_eq!(msgs[0].anonymous_id.as_deref(), Some(before.as_str()));
+        assert_eq!(msgs[1].user_id, None);
+        assert_eq!(msgs[1].anonymous_id.as_deref(), Some(after.as_str()));
+        assert_eq!(tracker(&env).user_id(), None, "a reload stays reset");
+    }
+
+    #[test]
+    fn opt_in_before_a_decision_writes_nothing_and_queues_nothing() {
+        let env = FakeEnv::default();
+        let mut t = opt_in(&env);
+        t.page(Call::default(), ctx());
+        track(&mut t, "A");
+        t.identify("u".into(), None, ctx());
+        assert!(t.undecided());
+        assert_eq!(t.anonymous_id(), None);
+        assert_eq!(t.held(), 3);
+        assert_eq!(t.queued(), 0);
+        assert!(t.next_batch(true).is_none());
+        assert_eq!(env.writes.get(), 0, "no storage write before a decision");
+        for _ in 0..MAX_HELD {
+            track(&mut t, "more");
+        }
+        assert_eq!(t.held(), MAX_HELD);
+        assert_eq!(t.held_dropped, 3);
+        assert_eq!(env.writes.get(), 0);
+    }
+
+    #[test]
+    fn a_grant_sends_the_held_calls_once_with_the_new_identity() {
+        let env = FakeEnv::default();
+        let mut t = opt_in(&env);
+        t.page(Call::default(), ctx());
+        t.identify("u".into(), None, ctx());
+        t.track("Ad".into(), None, Category::Marketing, ctx());
+        t.set_consent(
+            Prefs {
+                analytics: true,
+                ..Prefs::default()
+            },
+            ctx(),
+        );
+        let aid = t.anonymous_id().unwrap().to_owned();
+        let msgs = sent(&mut t);
+        let names: Vec<_> = msgs.iter().map(|m| (m.kind, m.event.clone())).collect();
+        assert_eq!(
+            names,
+            [
+                (MessageType::Track, Some(CONSENT_EVENT.to_owned())),
+                (MessageType::Page, None),
+                (MessageType::Identify, None),
+            ],
+            "the marketing event is not granted and never queued"
+        );
+        for m in &msgs {
+            assert_eq!(m.anonymous_id.as_deref(), Some(aid.as_str()));
+            assert_eq!(
+                context_of(m)["consent"]["categoryPreferences"]["analytics"],
+                true
+            );
+        }
+        assert_eq!(context_of(&msgs[0])["consent"]["category"], "necessary");
+        let record: serde_json::Value =
+            serde_json::from_str(msgs[0].properties.as_ref().unwrap().as_str()).unwrap();
+        assert_eq!(record["policy"], "opt-in");
+        assert_eq!(record["policyVersion"], "v1");
+        assert_eq!(record["categoryPreferences"]["marketing"], false);
+        assert_eq!(env.get(keys::CONSENT).as_deref(), Some("100:v1"));
+        assert_eq!(env.get(keys::USER_ID).as_deref(), Some("u"));
+        assert_eq!(t.held(), 0);
+        // The decision survives a reload; the same decision again is not a
+        // new record.
+        let mut again = opt_in(&env);
+        assert!(!again.undecided());
+        assert_eq!(again.anonymous_id(), Some(aid.as_str()));
+        assert!(again.set_consent(again.prefs(), ctx()).is_none());
+        assert_eq!(again.queued(), 0);
+    }
+
+    #[test]
+    fn a_first_denial_sends_nothing_and_keeps_only_the_decision() {
+        let env = FakeEnv::default();
+        let mut t = opt_in(&env);
+        track(&mut t, "A");
+        assert!(t.set_consent(Prefs::default(), ctx()).is_none());
+        track(&mut t, "B");
+        assert!(t.next_batch(true).is_none());
+        assert_eq!(env.keys(), [keys::CONSENT]);
+        let t = opt_in(&env);
+        assert!(!t.undecided());
+        assert_eq!(t.anonymous_id(), None);
+    }
+
+    #[test]
+    fn withdrawal_deletes_identity_and_queue_and_returns_its_record() {
+        let env = FakeEnv::default();
+        let mut t = opt_in(&env);
+        t.set_consent(Prefs::ALL, ctx());
+        t.identify("u".into(), None, ctx());
+        track(&mut t, "queued, never sent");
+        let old = t.anonymous_id().unwrap().to_owned();
+        let body = t
+            .set_consent(
+                Prefs {
+                    marketing: true,
+                    ..Prefs::default()
+                },
+                ctx(),
+            )
+            .expect("the withdrawal's record");
+        let record = &body_messages(&body)[0];
+        assert_eq!(record.event.as_deref(), Some(CONSENT_EVENT));
+        assert_eq!(record.anonymous_id.as_deref(), Some(old.as_str()));
+        assert_eq!(record.user_id.as_deref(), Some("u"));
+        assert_eq!(env.keys(), [keys::CONSENT]);
+        assert_eq!(t.anonymous_id(), None);
+        assert_eq!(t.queued(), 0);
+        t.track("M".into(), None, Category::Marketing, ctx());
+        assert!(t.next_batch(true).is_none(), "nothing without analytics");
+        // Granting again starts a new identity.
+        t.set_consent(Prefs::ALL, ctx());
+        assert_ne!(t.anonymous_id(), Some(old.as_str()));
+        assert_eq!(t.user_id(), None);
+    }
+
+    #[test]
+    fn opt_out_follows_gpc_and_a_new_policy_version_asks_again() {
+        let env = FakeEnv::default();
+        let gpc = Signals {
+            gpc: true,
+            dnt: false,
+        };
+        let mut t = Tracker::new(env.clone(), config(Policy::OptOut), gpc);
+        t.track("Ad".into(), None, Category::Marketing, ctx());
+        track(&mut t, "Seen");
+        let msgs = sent(&mut t);
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(msgs[0].event.as_deref(), Some("Seen"));
+        assert_eq!(
+            context_of(&msgs[0])["consent"]["categoryPreferences"]["marketing"],
+            false
+        );
+
+        let env = FakeEnv::default();
+        opt_in(&env).set_consent(Prefs::ALL, ctx());
+        let v2 = Config {
+            policy_version: "v2".into(),
+            ..config(Policy::OptIn)
+        };
+        assert!(Tracker::new(env.clone(), v2, Signals::default()).undecided());
     }
 
     #[test]
     fn failed_delivery_resends_the_same_messages_and_queue_survives_reload() {
         let env = FakeEnv::default();
         let mut t = tracker(&env);
-        t.track("A".into(), None, Context::default());
-        let first = body_messages(&t.next_batch().unwrap());
-        assert!(t.next_batch().is_none(), "one request in flight at a time");
-        t.delivered(false);
+        track(&mut t, "A");
+        let first = body_messages(&t.next_batch(false).unwrap());
+        assert!(
+            t.next_batch(false).is_none(),
+            "one request in flight at a time"
+        );
+        t.delivered(Outcome::Retry(None));
 
         // A reload before the retry: the queue comes back from storage.
         let mut t2 = tracker(&env);
-        let again = body_messages(&t2.next_batch().unwrap());
+        let again = body_messages(&t2.next_batch(false).unwrap());
         assert_eq!(first, again, "same messageIds on retry");
-        t2.delivered(true);
+        t2.delivered(Outcome::Accepted);
         assert_eq!(t2.queued(), 0);
         assert!(env.get(keys::QUEUE).is_none());
     }
 
     #[test]
-    fn click_properties_are_short_and_never_empty_keys() {
+    fn retries_back_off_honour_retry_after_and_refusals_drop() {
+        let env = FakeEnv::default();
+        let mut t = tracker(&env);
+        track(&mut t, "A");
+        assert_eq!(t.send_delay(), Some(5_000.0), "a partial batch waits");
+        let body = t.next_batch(false).unwrap();
+        assert_eq!(t.send_delay(), Some(5_000.0));
+        t.delivered(Outcome::Retry(Some(7_000.0)));
+        assert_eq!(t.send_delay(), Some(7_000.0));
+        assert!(t.next_batch(false).is_none(), "not before Retry-After");
+        env.advance(7_000.0);
+        assert_eq!(t.next_batch(false).unwrap(), body);
+        t.delivered(Outcome::Retry(None));
+        // The second failure in a row: 1 s doubled, with jitter.
+        let second = t.send_delay().unwrap();
+        assert!((1000.0..2000.0).contains(&second), "{second}");
+        env.advance(second);
+        t.next_batch(false).unwrap();
+        t.delivered(Outcome::Retry(None));
+        let third = t.send_delay().unwrap();
+        assert!((2000.0..4000.0).contains(&third), "{third}");
+        // The page going away does not wait.
+        assert_eq!(t.next_batch(true).unwrap(), body);
+        t.delivered(Outcome::Refused);
+        assert_eq!(t.refused, 1);
+        assert_eq!(t.queued(), 0);
+        assert_eq!(t.send_delay(), None);
+    }
+
+    #[test]
+    fn the_beacon_carries_what_is_not_in_flight() {
+        let env = FakeEnv::default();
+        let mut t = Tracker::new(
+            env.clone(),
+            Config {
+                batch_count: 1,
+                ..config(Policy::OptOut)
+            },
+            Signals::default(),
+        );
+        for e in ["A", "B", "C"] {
+            track(&mut t, e);
+        }
+        let in_flight = body_messages(&t.next_batch(false).unwrap());
+        let (body, n) = t.beacon_batch(60_000).unwrap();
+        assert_eq!(n, 2);
+        let beaconed = body_messages(&body);
+        assert_eq!(
+            beaconed
+                .iter()
+                .map(|m| m.event.as_deref())
+                .collect::<Vec<_>>(),
+            [Some("B"), Some("C")]
+        );
+        t.beacon_sent(n);
+        assert_eq!(t.queued(), 1);
+        t.delivered(Outcome::Accepted);
+        assert_eq!(t.queued(), 0);
+        assert_eq!(in_flight[0].event.as_deref(), Some("A"));
+        assert!(t.beacon_batch(60_000).is_none());
+    }
+
+    #[test]
+    fn click_properties_are_short_masked_and_never_empty_keys() {
         let el = ClickedElement {
             tag: "button".into(),
             id: Some("buy".into()),
-            classes: None,
-            href: None,
             text: "  Buy\n   now  ".into(),
+            ..ClickedElement::default()
         };
         let v: serde_json::Value = serde_json::from_str(el.to_properties().as_str()).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"tag":"button","id":"buy","text":"Buy now"})
         );
+        let card = ClickedElement {
+            tag: "div".into(),
+            text: "Pay with 4111 1111-1111 1111".into(),
+            ..ClickedElement::default()
+        };
+        let v: serde_json::Value = serde_json::from_str(card.to_properties().as_str()).unwrap();
+        assert_eq!(v, serde_json::json!({"tag":"div"}));
+        assert!(!looks_like_card_number("Order 2026-11-23, 12:00"));
 
         assert_eq!(
             short_text(&"é".repeat(100)).chars().count(),
             MAX_CLICK_TEXT_CHARS
         );
         assert_eq!(short_text("   "), "");
+    }
+
+    #[test]
+    fn named_clicks_use_their_event_name() {
+        let env = FakeEnv::default();
+        let mut t = tracker(&env);
+        let el = ClickedElement {
+            tag: "div".into(),
+            event: Some("Signup".into()),
+            ..ClickedElement::default()
+        };
+        t.click(&el, ctx());
+        t.click(&ClickedElement::default(), ctx());
+        let events: Vec<_> = sent(&mut t).into_iter().map(|m| m.event).collect();
+        assert_eq!(
+            events,
+            [
+                Some("Signup".to_owned()),
+                Some("Element Clicked".to_owned())
+            ]
+        );
     }
 
     #[test]
@@ -428,13 +1187,14 @@ mod tests {
             env.clone(),
             Config {
                 batch_count: 2,
-                ..Config::new("wk_test".into())
+                ..config(Policy::OptOut)
             },
+            Signals::default(),
         );
-        t.track("A".into(), None, Context::default());
+        track(&mut t, "A");
         assert!(!t.batch_ready());
-        t.track("B".into(), None, Context::default());
+        track(&mut t, "B");
         assert!(t.batch_ready());
-        assert_eq!(body_messages(&t.next_batch().unwrap()).len(), 2);
+        assert_eq!(body_messages(&t.next_batch(false).unwrap()).len(), 2);
     }
 }

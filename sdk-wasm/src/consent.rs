@@ -1,0 +1,318 @@
+//! Consent in the browser (DESIGN.md §7): the policy, the categories, what
+//! counts as a decision and how it is remembered.
+//!
+//! The tracker asks one question of this module before it stores or sends
+//! anything: is this category granted now? Under `opt-in` nothing is granted
+//! until the visitor decides; under `opt-out` everything is, except what
+//! the browser's own signals deny (Global Privacy Control: marketing; Do Not
+//! Track when the site opts into honouring it: everything but necessary).
+
+use weft_protocol::CategoryPreferences;
+
+/// The site's consent policy (`data-consent`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// Nothing before a decision (GDPR, PIPL). The default.
+    #[default]
+    OptIn,
+    /// Everything until the visitor objects (CCPA-style).
+    OptOut,
+}
+
+impl Policy {
+    /// `data-consent`'s value: `opt-out` is opt-out, anything else opt-in.
+    pub fn parse(text: Option<&str>) -> Self {
+        if text == Some("opt-out") {
+            Policy::OptOut
+        } else {
+            Policy::OptIn
+        }
+    }
+
+    /// The name sent in consent records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::OptIn => "opt-in",
+            Policy::OptOut => "opt-out",
+        }
+    }
+}
+
+/// A consent category.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Category {
+    /// Always granted: storing the consent choice itself.
+    Necessary,
+    /// The default for every event.
+    #[default]
+    Analytics,
+    /// Advertising.
+    Marketing,
+    /// Personalisation.
+    Personalization,
+}
+
+impl Category {
+    /// A category by name; unknown names are `analytics`, the strictest
+    /// choice that still lets the event through with ordinary consent.
+    pub fn parse(name: &str) -> Self {
+        match name {
+            "necessary" => Category::Necessary,
+            "marketing" => Category::Marketing,
+            "personalization" => Category::Personalization,
+            _ => Category::Analytics,
+        }
+    }
+
+    /// The category's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Necessary => "necessary",
+            Category::Analytics => "analytics",
+            Category::Marketing => "marketing",
+            Category::Personalization => "personalization",
+        }
+    }
+}
+
+/// Whether each category is granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Prefs {
+    /// `analytics`
+    pub analytics: bool,
+    /// `marketing`
+    pub marketing: bool,
+    /// `personalization`
+    pub personalization: bool,
+}
+
+impl Prefs {
+    /// Everything granted.
+    pub const ALL: Prefs = Prefs {
+        analytics: true,
+        marketing: true,
+        personalization: true,
+    };
+
+    /// Whether `category` is granted.
+    pub fn allows(self, category: Category) -> bool {
+        match category {
+            Category::Necessary => true,
+            Category::Analytics => self.analytics,
+            Category::Marketing => self.marketing,
+            Category::Personalization => self.personalization,
+        }
+    }
+
+    /// The wire form, with `necessary` always granted.
+    pub fn to_wire(self) -> CategoryPreferences {
+        CategoryPreferences {
+            necessary: true,
+            analytics: self.analytics,
+            marketing: self.marketing,
+            personalization: self.personalization,
+        }
+    }
+
+    /// The stored form: one `0`/`1` per category, then `:` and the policy
+    /// version the decision was made under (`"100:2026-01"`).
+    pub fn encode(self, version: &str) -> String {
+        let mut out = String::with_capacity(4 + version.len());
+        for on in [self.analytics, self.marketing, self.personalization] {
+            out.push(if on { '1' } else { '0' });
+        }
+        out.push(':');
+        out.push_str(version);
+        out
+    }
+
+    /// Reads [`Prefs::encode`] output; `None` when it is malformed or was
+    /// made under another policy version (the visitor is asked again).
+    #[expect(
+        clippy::manual_pattern_char_comparison,
+        reason = "a `char` pattern links in a panicking slice path"
+    )]
+    pub fn decode(stored: &str, version: &str) -> Option<Prefs> {
+        let (flags, stored_version) = stored.split_once(|c: char| c == ':')?;
+        if stored_version != version {
+            return None;
+        }
+        let mut bits = [false; 3];
+        let mut n = 0;
+        for b in flags.bytes() {
+            *bits.get_mut(n)? = match b {
+                b'1' => true,
+                b'0' => false,
+                _ => return None,
+            };
+            n += 1;
+        }
+        (n == 3).then_some(Prefs {
+            analytics: bits[0],
+            marketing: bits[1],
+            personalization: bits[2],
+        })
+    }
+}
+
+/// The names `consent.set` understands and the category each feeds: weft's
+/// own, then Google Consent Mode v2's. Several names feeding one category
+/// (`ad_storage`, `ad_user_data`, `ad_personalization`) grant it only if all
+/// of those given grant it.
+pub const NAMES: [(&str, Category); 8] = [
+    ("analytics", Category::Analytics),
+    ("marketing", Category::Marketing),
+    ("personalization", Category::Personalization),
+    ("analytics_storage", Category::Analytics),
+    ("ad_storage", Category::Marketing),
+    ("ad_user_data", Category::Marketing),
+    ("ad_personalization", Category::Marketing),
+    ("personalization_storage", Category::Personalization),
+];
+
+/// Applies `consent.set` values to `current`: `values` gives, for each of
+/// [`NAMES`] in order, the value found (`None` when the name was not
+/// given). Categories not named keep their current value.
+pub fn apply(current: Prefs, values: [Option<bool>; NAMES.len()]) -> Prefs {
+    let mut seen = [None::<bool>; 3];
+    for ((_, category), value) in NAMES.iter().zip(values) {
+        let Some(value) = value else { continue };
+        let slot = match category {
+            Category::Analytics => &mut seen[0],
+            Category::Marketing => &mut seen[1],
+            _ => &mut seen[2],
+        };
+        *slot = Some(slot.unwrap_or(true) && value);
+    }
+    Prefs {
+        analytics: seen[0].unwrap_or(current.analytics),
+        marketing: seen[1].unwrap_or(current.marketing),
+        personalization: seen[2].unwrap_or(current.personalization),
+    }
+}
+
+/// The browser's privacy signals, read once at start.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Signals {
+    /// `navigator.globalPrivacyControl === true`
+    pub gpc: bool,
+    /// `navigator.doNotTrack === "1"` on a site that honours it
+    /// (`data-dnt="true"`).
+    pub dnt: bool,
+}
+
+/// Where consent stands when the page starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Start {
+    /// The preferences in force.
+    pub prefs: Prefs,
+    /// `true` under opt-in with no decision yet: calls are held in memory.
+    pub undecided: bool,
+}
+
+/// The preferences at start: a stored decision wins, then Do Not Track,
+/// then the policy's default (with GPC under opt-out).
+pub fn at_start(policy: Policy, stored: Option<Prefs>, signals: Signals) -> Start {
+    let decided = |prefs| Start {
+        prefs,
+        undecided: false,
+    };
+    match (stored, policy) {
+        (Some(prefs), _) => decided(prefs),
+        _ if signals.dnt => decided(Prefs::default()),
+        (None, Policy::OptOut) => decided(Prefs {
+            marketing: !signals.gpc,
+            ..Prefs::ALL
+        }),
+        (None, Policy::OptIn) => Start {
+            prefs: Prefs::default(),
+            undecided: true,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_decisions_round_trip_and_expire_with_the_policy_version() {
+        let p = Prefs {
+            analytics: true,
+            marketing: false,
+            personalization: true,
+        };
+        assert_eq!(p.encode("v2"), "101:v2");
+        assert_eq!(Prefs::decode("101:v2", "v2"), Some(p));
+        assert_eq!(Prefs::decode("101:", ""), Some(p));
+        assert_eq!(Prefs::decode("101:v1", "v2"), None, "new policy version");
+        for bad in ["", "10:v", "1011:v", "1x1:v", "101", ":v"] {
+            assert_eq!(Prefs::decode(bad, "v"), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn consent_mode_names_map_onto_categories() {
+        let none = [None; NAMES.len()];
+        let mut v = none;
+        v[3] = Some(true); // analytics_storage
+        v[4] = Some(false); // ad_storage
+        let p = apply(Prefs::default(), v);
+        assert_eq!(
+            p,
+            Prefs {
+                analytics: true,
+                marketing: false,
+                personalization: false
+            }
+        );
+        // Marketing needs every advertising name that is given.
+        let mut v = none;
+        v[4] = Some(true);
+        v[5] = Some(true);
+        assert!(apply(Prefs::default(), v).marketing);
+        v[6] = Some(false);
+        assert!(!apply(Prefs::ALL, v).marketing);
+        // Names not given keep their value.
+        let mut v = none;
+        v[2] = Some(false);
+        assert_eq!(
+            apply(Prefs::ALL, v),
+            Prefs {
+                personalization: false,
+                ..Prefs::ALL
+            }
+        );
+    }
+
+    #[test]
+    fn start_follows_decision_then_dnt_then_policy() {
+        let none = Signals::default();
+        let gpc = Signals {
+            gpc: true,
+            dnt: false,
+        };
+        let dnt = Signals {
+            gpc: false,
+            dnt: true,
+        };
+        let opt_in = at_start(Policy::OptIn, None, none);
+        assert!(opt_in.undecided);
+        assert_eq!(opt_in.prefs, Prefs::default());
+        let opt_out = at_start(Policy::OptOut, None, gpc);
+        assert!(!opt_out.undecided);
+        assert!(opt_out.prefs.analytics && !opt_out.prefs.marketing);
+        assert_eq!(at_start(Policy::OptOut, None, none).prefs, Prefs::ALL);
+        assert_eq!(at_start(Policy::OptOut, None, dnt).prefs, Prefs::default());
+        assert!(!at_start(Policy::OptIn, None, dnt).undecided);
+        // An explicit decision beats the signals.
+        assert_eq!(
+            at_start(Policy::OptOut, Some(Prefs::ALL), gpc).prefs,
+            Prefs::ALL
+        );
+        assert!(Prefs::default().allows(Category::Necessary));
+        assert_eq!(Category::parse("bogus"), Category::Analytics);
+        assert_eq!(Policy::parse(Some("opt-out")), Policy::OptOut);
+        assert_eq!(Policy::parse(Some("nonsense")), Policy::OptIn);
+    }
+}
