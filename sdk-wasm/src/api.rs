@@ -278,9 +278,11 @@ fn route_changed() {
             return None;
         }
         s.route = Some(route);
-        s.url.replace(url)
+        Some(s.url.replace(url))
     });
-    if let Some(referrer) = change {
+    // Outer `Option`s: the SDK is there, the route changed; inner: the
+    // previous URL.
+    if let Some(Some(referrer)) = change {
         record(Record::Page(Call::default(), referrer));
     }
 }

@@ -206,6 +206,8 @@ pub struct Tracker<E: Env> {
     retry_at: f64,
     /// Batches the collector refused for good.
     pub refused: u32,
+    /// Messages dropped for being over the collector's 32 KB limit.
+    pub too_large: u32,
 }
 
 impl<E: Env> Tracker<E> {
@@ -231,6 +233,7 @@ impl<E: Env> Tracker<E> {
             failures: 0,
             retry_at: 0.0,
             refused: 0,
+            too_large: 0,
         };
         if t.prefs.analytics {
             t.user_id = t.env.get(keys::USER_ID).filter(|u| !u.is_empty());
@@ -480,6 +483,12 @@ impl<E: Env> Tracker<E> {
         }
         self.ensure_identity();
         let encoded = self.finish(m, category, context);
+        // The collector refuses messages over 32 KB; one would also block
+        // the queue behind it, retried for ever.
+        if encoded.len() > weft_protocol::limits::MAX_MESSAGE_BYTES {
+            self.too_large += 1;
+            return;
+        }
         self.queue.push(encoded);
         self.persist();
     }
@@ -1178,6 +1187,24 @@ mod tests {
         for text in &inputs {
             assert_eq!(short_text(text), by_slicing(text), "{text:?}");
         }
+    }
+
+    #[test]
+    fn a_message_over_the_collectors_limit_is_dropped_not_queued() {
+        let env = FakeEnv::default();
+        let mut t = tracker(&env);
+        let huge = format!(r#"{{"x":"{}"}}"#, "x".repeat(40_000));
+        t.track(
+            "Huge".into(),
+            Some(Json::from_trusted(huge)),
+            Category::Analytics,
+            ctx(),
+        );
+        track(&mut t, "Behind");
+        assert_eq!(t.too_large, 1);
+        let msgs = sent(&mut t);
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(msgs[0].event.as_deref(), Some("Behind"));
     }
 
     #[test]

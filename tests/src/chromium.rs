@@ -34,6 +34,20 @@ struct Cdp {
 
 impl Cdp {
     async fn call(&self, session: Option<&str>, method: &str, params: Value) -> Value {
+        match self.call_fallible(session, method, params).await {
+            Ok(v) => v,
+            Err(e) => panic!("CDP {method} failed: {e}"),
+        }
+    }
+
+    /// Like [`Cdp::call`], handing back the browser's error instead of
+    /// panicking on it.
+    async fn call_fallible(
+        &self,
+        session: Option<&str>,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, Value> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending.lock().unwrap().insert(id, tx);
@@ -43,8 +57,7 @@ impl Cdp {
         }
         self.out.send(msg.to_string()).expect("CDP connection open");
         match tokio::time::timeout(Duration::from_secs(30), rx).await {
-            Ok(Ok(Ok(v))) => v,
-            Ok(Ok(Err(e))) => panic!("CDP {method} failed: {e}"),
+            Ok(Ok(reply)) => reply,
             Ok(Err(_)) => panic!("CDP connection closed during {method}"),
             Err(_) => panic!("CDP {method} got no answer in 30 s"),
         }
@@ -78,9 +91,21 @@ pub fn chromium_path() -> PathBuf {
     );
 }
 
+/// Chromium's flag mapping every `*.weft.test` host name to loopback, so a
+/// test can serve pages from `http://shop.weft.test:PORT` and
+/// `http://blog.weft.test:PORT` (two sites under one registrable domain)
+/// without DNS.
+pub const WEFT_TEST_HOSTS: &str = "--host-resolver-rules=MAP *.weft.test 127.0.0.1";
+
 impl Chromium {
     /// Starts Chromium and connects to it.
     pub async fn launch() -> Chromium {
+        Self::launch_with(&[]).await
+    }
+
+    /// Starts Chromium with `extra` command-line flags (e.g.
+    /// [`WEFT_TEST_HOSTS`]) and connects to it.
+    pub async fn launch_with(extra: &[&str]) -> Chromium {
         let profile = tempfile::tempdir().expect("profile dir");
         let mut child = Command::new(chromium_path())
             .args([
@@ -98,6 +123,7 @@ impl Chromium {
                 "--remote-debugging-port=0",
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
             .arg("about:blank")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -194,6 +220,29 @@ impl Chromium {
         }
         page
     }
+}
+
+impl Chromium {
+    /// Every cookie of the browser (all sites), read by the browser itself.
+    pub async fn cookies(&self) -> Vec<Value> {
+        let r = self.cdp.call(None, "Storage.getCookies", json!({})).await;
+        r["cookies"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// A request the page sent, as the browser's network layer saw it.
+#[derive(Debug, Clone)]
+pub struct SentRequest {
+    /// CDP's request id (for `Network.getRequestPostData`).
+    pub id: String,
+    /// `GET`, `POST`...
+    pub method: String,
+    /// The full URL.
+    pub url: String,
+    /// The body, when the browser reported it with the request.
+    pub post_data: Option<String>,
+    /// What started it (`fetch`, `beacon`, `script`...), from CDP's `type`.
+    pub kind: String,
 }
 
 /// One tab.
@@ -293,4 +342,165 @@ impl Page {
             })
             .collect()
     }
+
+    /// Every request the page has sent so far, in order, with its body when
+    /// the browser reported one.
+    pub fn sent_requests(&self) -> Vec<SentRequest> {
+        self.events("Network.requestWillBeSent")
+            .into_iter()
+            .map(|e| SentRequest {
+                id: e["requestId"].as_str().unwrap_or("").to_owned(),
+                method: e["request"]["method"].as_str().unwrap_or("").to_owned(),
+                url: e["request"]["url"].as_str().unwrap_or("").to_owned(),
+                post_data: post_data_of(&e["request"]),
+                kind: e["type"].as_str().unwrap_or("").to_owned(),
+            })
+            .collect()
+    }
+
+    /// The body of a request the page sent: from the request event when
+    /// the browser put it there, else asked for (`None` when the browser no
+    /// longer has it).
+    pub async fn request_body(&self, request: &SentRequest) -> Option<String> {
+        if let Some(body) = &request.post_data {
+            return Some(body.clone());
+        }
+        let r = self
+            .cdp
+            .call_fallible(
+                Some(&self.session),
+                "Network.getRequestPostData",
+                json!({"requestId": request.id}),
+            )
+            .await
+            .ok()?;
+        r["postData"].as_str().map(str::to_owned)
+    }
+
+    /// Requests sent to a URL whose path ends with `path_suffix` (query and
+    /// fragment ignored).
+    pub fn requests_to(&self, path_suffix: &str) -> Vec<SentRequest> {
+        self.sent_requests()
+            .into_iter()
+            .filter(|r| {
+                let path = r.url.split(['?', '#']).next().unwrap_or("");
+                path.ends_with(path_suffix)
+            })
+            .collect()
+    }
+
+    /// Reloads and waits for the load event.
+    pub async fn reload(&self) {
+        let before = self.events("Page.loadEventFired").len();
+        self.call("Page.reload", json!({"ignoreCache": false}))
+            .await;
+        crate::eventually(
+            Duration::from_secs(20),
+            "the page load event after reload",
+            || async { (self.events("Page.loadEventFired").len() > before).then_some(()) },
+        )
+        .await;
+    }
+
+    /// Runs `source` in every document this tab loads from now on, before
+    /// the page's own scripts (e.g. to fake `navigator.globalPrivacyControl`).
+    pub async fn add_init_script(&self, source: &str) {
+        self.call(
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({"source": source}),
+        )
+        .await;
+    }
+
+    /// Takes the tab's network offline (requests fail as with no
+    /// connection, `navigator.onLine` is false) or back online.
+    pub async fn set_offline(&self, offline: bool) {
+        self.call(
+            "Network.emulateNetworkConditions",
+            json!({"offline": offline, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1}),
+        )
+        .await;
+    }
+
+    /// Types `text` into the focused element, as an input method would.
+    pub async fn insert_text(&self, text: &str) {
+        self.call("Input.insertText", json!({"text": text})).await;
+    }
+
+    /// `localStorage` of `origin` (`http://host:port`), read by the browser
+    /// rather than by the page, sorted by key.
+    pub async fn local_storage(&self, origin: &str) -> Vec<(String, String)> {
+        self.dom_storage(origin, true).await
+    }
+
+    /// `sessionStorage` of `origin`, like [`Page::local_storage`].
+    pub async fn session_storage(&self, origin: &str) -> Vec<(String, String)> {
+        self.dom_storage(origin, false).await
+    }
+
+    async fn dom_storage(&self, origin: &str, local: bool) -> Vec<(String, String)> {
+        let r = self
+            .call(
+                "DOMStorage.getDOMStorageItems",
+                json!({"storageId": {"securityOrigin": origin, "isLocalStorage": local}}),
+            )
+            .await;
+        let mut items: Vec<(String, String)> = r["entries"]
+            .as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .filter_map(|kv| Some((kv[0].as_str()?.to_owned(), kv[1].as_str()?.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        items.sort();
+        items
+    }
+
+    /// The names of `origin`'s IndexedDB databases, read by the browser.
+    pub async fn indexed_db_names(&self, origin: &str) -> Vec<String> {
+        let r = self
+            .call(
+                "IndexedDB.requestDatabaseNames",
+                json!({"securityOrigin": origin}),
+            )
+            .await;
+        r["databaseNames"]
+            .as_array()
+            .map(|names| {
+                names
+                    .iter()
+                    .filter_map(|n| n.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits until `expression` evaluates to something truthy in the page
+    /// and returns it; exceptions while polling count as "not yet".
+    pub async fn wait_for(&self, timeout: Duration, expression: &str) -> Value {
+        let wrapped = format!(
+            "(() => {{ try {{ return ({expression}) || null; }} catch (_) {{ return null; }} }})()"
+        );
+        crate::eventually(timeout, expression, || async {
+            let v = self.eval(&wrapped).await;
+            (!v.is_null()).then_some(v)
+        })
+        .await
+    }
+}
+
+fn post_data_of(request: &Value) -> Option<String> {
+    if let Some(s) = request["postData"].as_str() {
+        return Some(s.to_owned());
+    }
+    // Newer Chromium reports bodies as base64 entries.
+    let entries = request["postDataEntries"].as_array()?;
+    let mut body = Vec::new();
+    for e in entries {
+        let b64 = e["bytes"].as_str()?;
+        body.extend(base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).ok()?);
+    }
+    String::from_utf8(body).ok()
 }

@@ -139,6 +139,32 @@ impl TestCollector {
         .expect("open store read-only")
     }
 
+    /// Every stored event, in the order the collector stored them.
+    pub fn rows(&self) -> Vec<StoredEvent> {
+        let db = self.db();
+        let mut stmt = db
+            .prepare(
+                "SELECT type, event, anonymous_id, user_id, message_id, body \
+                 FROM events ORDER BY seq",
+            )
+            .expect("prepare the events query");
+        stmt.query_map([], |r| {
+            let raw: String = r.get(5)?;
+            Ok(StoredEvent {
+                kind: r.get(0)?,
+                event: r.get(1)?,
+                anonymous_id: r.get(2)?,
+                user_id: r.get(3)?,
+                message_id: r.get(4)?,
+                body: serde_json::from_str(&raw).expect("stored bodies are JSON"),
+                raw,
+            })
+        })
+        .expect("query events")
+        .map(|r| r.expect("read an event row"))
+        .collect()
+    }
+
     /// Stops the collector gracefully, waits until it has, and hands back
     /// its data directory for inspection.
     pub async fn stop(mut self) -> TempDir {
@@ -150,6 +176,32 @@ impl TestCollector {
         }
         let placeholder = tempfile::tempdir().expect("temp dir");
         std::mem::replace(&mut self.data_dir, placeholder)
+    }
+}
+
+/// One row of the `events` table.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// `page`, `track`, `identify`...
+    pub kind: String,
+    /// The event name of a `track`.
+    pub event: Option<String>,
+    /// `anonymousId`.
+    pub anonymous_id: Option<String>,
+    /// `userId`.
+    pub user_id: Option<String>,
+    /// `messageId`.
+    pub message_id: String,
+    /// The stored body, parsed.
+    pub body: serde_json::Value,
+    /// The stored body as text, exactly as on disk.
+    pub raw: String,
+}
+
+impl StoredEvent {
+    /// `true` for a `track` called `name`.
+    pub fn is_track(&self, name: &str) -> bool {
+        self.kind == "track" && self.event.as_deref() == Some(name)
     }
 }
 

@@ -7,10 +7,13 @@
 //!   exactly the bytes they mean (including malformed ones).
 //! - [`chromium`]: real headless Chromium driven over the DevTools protocol,
 //!   observed from outside the page.
+//! - [`site`]: the SDK fixture pages and a flaky proxy that fails batches
+//!   before letting them through to a collector.
 
 pub mod chromium;
 pub mod harness;
 pub mod http;
+pub mod site;
 
 use std::time::{Duration, Instant};
 

@@ -11,7 +11,9 @@
 
 mod browser;
 mod consent;
+mod consent_browser;
 mod identity;
 mod ingest;
+mod sdk;
 mod segment_client;
 mod serving;

@@ -1,0 +1,327 @@
+//! Pages and network conditions for the browser SDK tests.
+//!
+//! - [`fixtures_dir`]: the fixture pages in `tests/fixtures/sdk/`, which a
+//!   test collector serves at `/` in place of the demo site
+//!   (`config.www_dir`), with `%WEFT_WRITE_KEY%` filled in.
+//! - [`fixtures_with`]: a copy of those pages with more placeholders filled
+//!   in, for values only known once the test runs (a proxy's address).
+//! - [`FlakyProxy`]: a loopback HTTP proxy in front of a collector that
+//!   answers the first N `POST /v1/batch` with 503 and forwards everything
+//!   else, recording which messages each batch carried and what it answered.
+//!   It is what a collector behind a load balancer looks like during a
+//!   deploy, without mocking the SDK or the collector.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::chromium::Page;
+use crate::harness::workspace_root;
+
+/// `tests/fixtures/sdk/`: the SDK fixture pages.
+pub fn fixtures_dir() -> PathBuf {
+    workspace_root().join("tests/fixtures/sdk")
+}
+
+/// A temporary copy of the fixture pages with each `(placeholder, value)`
+/// replaced in every HTML file (`%WEFT_WRITE_KEY%` is left for the
+/// collector).
+pub fn fixtures_with(replacements: &[(&str, &str)]) -> TempDir {
+    let dir = tempfile::tempdir().expect("temp dir for fixtures");
+    write_fixtures(dir.path(), replacements);
+    dir
+}
+
+/// Writes the fixture pages into `dir` like [`fixtures_with`]; for a
+/// collector already serving `dir` (the pages can name its address).
+pub fn write_fixtures(dir: &Path, replacements: &[(&str, &str)]) {
+    for entry in std::fs::read_dir(fixtures_dir()).expect("read tests/fixtures/sdk") {
+        let entry = entry.expect("fixture entry");
+        let path = entry.path();
+        if !path.is_file() {
+            continue;
+        }
+        let target = dir.join(entry.file_name());
+        if path.extension().is_some_and(|e| e == "html") {
+            let mut text = std::fs::read_to_string(&path).expect("read fixture page");
+            for (from, to) in replacements {
+                text = text.replace(from, to);
+            }
+            std::fs::write(&target, text).expect("write fixture page");
+        } else {
+            std::fs::copy(&path, &target).expect("copy fixture file");
+        }
+    }
+}
+
+/// Waits until the SDK on `page` has loaded: `weft.ready(cb)` has called
+/// back (15 s at most).
+pub async fn sdk_ready(page: &Page) {
+    page.wait_for(
+        Duration::from_secs(15),
+        "window.weft && typeof weft.ready === 'function'",
+    )
+    .await;
+    let ok = page
+        .eval(
+            "new Promise(r => { try { weft.ready(() => r(true)); } catch (e) { r('ready threw: ' + e); } \
+             setTimeout(() => r('weft.ready did not call back in 15 s'), 15000); })",
+        )
+        .await;
+    assert_eq!(ok, true, "the SDK loaded on {}", page_url(page).await);
+}
+
+async fn page_url(page: &Page) -> String {
+    page.eval("location.href")
+        .await
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Asks the SDK to send what it holds, then waits long enough for any
+/// further batch (fixture pages flush every 500 ms) to have arrived: after
+/// this, counts of stored events are final.
+pub async fn flush_and_settle(page: &Page) {
+    page.eval("weft.flush()").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    page.eval("weft.flush()").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+}
+
+/// One `POST /v1/batch` as the proxy saw it.
+#[derive(Debug, Clone)]
+pub struct SeenBatch {
+    /// What the proxy answered (503 while failing, else the collector's
+    /// status).
+    pub status: u16,
+    /// The `messageId`s of the batch, in order (empty if the body was not
+    /// a JSON batch).
+    pub message_ids: Vec<String>,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+/// An HTTP proxy on loopback that fails the first N batches with 503.
+pub struct FlakyProxy {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<SeenBatch>>>,
+    healed: Arc<AtomicBool>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+struct ProxyState {
+    upstream: SocketAddr,
+    fail_first: usize,
+    retry_after: Option<u32>,
+    seen: Arc<Mutex<Vec<SeenBatch>>>,
+    healed: Arc<AtomicBool>,
+}
+
+impl FlakyProxy {
+    /// Listens on `127.0.0.1:0`, answers the first `fail_first`
+    /// `POST /v1/batch` with 503 (with CORS headers, so the page can read
+    /// the status) and forwards every other request to `upstream`.
+    /// `usize::MAX` fails every batch until [`FlakyProxy::heal`].
+    pub async fn start(upstream: SocketAddr, fail_first: usize) -> FlakyProxy {
+        Self::start_with_retry_after(upstream, fail_first, None).await
+    }
+
+    /// Like [`FlakyProxy::start`], the 503s carrying `Retry-After: secs`
+    /// (exposed to the page by CORS) when `retry_after` is given.
+    pub async fn start_with_retry_after(
+        upstream: SocketAddr,
+        fail_first: usize,
+        retry_after: Option<u32>,
+    ) -> FlakyProxy {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let healed = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(ProxyState {
+            upstream,
+            fail_first,
+            retry_after,
+            seen: seen.clone(),
+            healed: healed.clone(),
+        });
+        let (tx, mut rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok(a) => a,
+                        Err(_) => continue,
+                    },
+                    _ = &mut rx => break,
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(handle(&state, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        FlakyProxy {
+            addr,
+            seen,
+            healed,
+            shutdown: Some(tx),
+        }
+    }
+
+    /// From now on every request goes through, however many have failed.
+    pub fn heal(&self) {
+        self.healed.store(true, Ordering::SeqCst);
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Every batch posted so far, in arrival order.
+    pub fn seen(&self) -> Vec<SeenBatch> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FlakyProxy {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+async fn handle(state: &ProxyState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let method = req.method().as_str().to_owned();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".to_owned());
+    let origin = header(&req, "origin");
+    let content_type = header(&req, "content-type");
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let is_batch = method == "POST" && path.split('?').next() == Some("/v1/batch");
+
+    // Which entry of `seen` this batch is, and whether it is failed.
+    let mut slot = None;
+    let mut fail = false;
+    if is_batch {
+        let message_ids = message_ids(&body);
+        let mut seen = state.seen.lock().unwrap();
+        fail = !state.healed.load(Ordering::SeqCst)
+            && seen.iter().filter(|b| b.status == 503).count() < state.fail_first;
+        slot = Some(seen.len());
+        seen.push(SeenBatch {
+            status: if fail { 503 } else { 0 },
+            message_ids,
+            at: Instant::now(),
+        });
+    }
+    if fail {
+        let mut resp = Response::new(Full::new(Bytes::from_static(
+            b"{\"error\":\"unavailable\",\"message\":\"flaky proxy: try again\"}",
+        )));
+        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        if let Some(o) = &origin
+            && let Ok(v) = HeaderValue::from_str(o)
+        {
+            resp.headers_mut().insert("access-control-allow-origin", v);
+        }
+        resp.headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/json"));
+        if let Some(secs) = state.retry_after {
+            let h = resp.headers_mut();
+            h.insert("retry-after", HeaderValue::from(secs));
+            h.insert(
+                "access-control-expose-headers",
+                HeaderValue::from_static("Retry-After"),
+            );
+        }
+        return resp;
+    }
+
+    // Only POSTs carry a body here (the SDK's batches).
+    let mut forward = if method == "POST" {
+        crate::http::Request::post(&path, body.to_vec())
+    } else {
+        crate::http::Request::new(&method, &path)
+    };
+    if let Some(o) = &origin {
+        forward = forward.header("Origin", o);
+    }
+    if let Some(ct) = &content_type {
+        forward = forward.header("Content-Type", ct);
+    }
+    let upstream = forward.send(state.upstream).await;
+    if let Some(i) = slot {
+        state.seen.lock().unwrap()[i].status = upstream.status;
+    }
+    let mut resp = Response::new(Full::new(Bytes::from(upstream.body.clone())));
+    *resp.status_mut() = StatusCode::from_u16(upstream.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    for (name, value) in &upstream.headers {
+        if matches!(
+            name.as_str(),
+            "connection" | "content-length" | "transfer-encoding" | "keep-alive"
+        ) {
+            continue;
+        }
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            resp.headers_mut().append(n, v);
+        }
+    }
+    resp
+}
+
+fn header(req: &Request<Incoming>, name: &str) -> Option<String> {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+fn message_ids(body: &[u8]) -> Vec<String> {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Vec::new();
+    };
+    v["batch"]
+        .as_array()
+        .map(|batch| {
+            batch
+                .iter()
+                .filter_map(|m| m["messageId"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
