@@ -15,13 +15,14 @@
 //! glue does not have exactly the names it expects, so a wasm-bindgen
 //! upgrade that changes the glue's shape cannot ship a broken bundle.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::cmd::{Step, cargo};
 use crate::tools::Tools;
 
-/// Where the built SDK goes (relative to the workspace root).
+/// Where the built SDK goes by default (relative to the workspace root);
+/// `WEFT_SDK_DIR` overrides it (see [`out_dir`]).
 pub const OUT_DIR: &str = "target/sdk";
 /// The script tag's total download, gzip -9, above which the build fails
 /// (the SDK issue's hard limit).
@@ -99,7 +100,34 @@ impl SizeReport {
     }
 }
 
-/// Builds the SDK into [`OUT_DIR`] and reports its size.
+/// Where the built SDK goes: `WEFT_SDK_DIR` (relative to `root` unless
+/// absolute), else [`OUT_DIR`]. The build stages its files in a sibling
+/// directory (`<dir>-stage`), so builds into different directories, run at
+/// the same time, never share a file.
+pub fn out_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("WEFT_SDK_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => root.join(dir),
+        None => root.join(OUT_DIR),
+    }
+}
+
+/// The stage directory of the build into `out`: `<out>-stage`.
+fn stage_dir(out: &Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_owned();
+    name.push("-stage");
+    out.with_file_name(name)
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` (relative to `root` unless
+/// absolute), else `root/target`.
+fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    }
+}
+
+/// Builds the SDK into [`out_dir`] and reports its size.
 pub fn build(root: &Path, tools: &Tools) -> Result<SizeReport, String> {
     Step::new("build the SDK (wasm32, size profile)").run(cargo(root).args([
         "build",
@@ -110,9 +138,9 @@ pub fn build(root: &Path, tools: &Tools) -> Result<SizeReport, String> {
         "--profile",
         "wasm-release",
     ]))?;
-    let wasm = root.join("target/wasm32-unknown-unknown/wasm-release/weft_sdk.wasm");
-    let stage = root.join("target/sdk-stage");
-    let out = root.join(OUT_DIR);
+    let wasm = target_dir(root).join("wasm32-unknown-unknown/wasm-release/weft_sdk.wasm");
+    let out = out_dir(root);
+    let stage = stage_dir(&out);
     for dir in [&stage, &out] {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {dir:?}: {e}"))?;
     }
@@ -466,5 +494,14 @@ new DataView(wasm.memory.buffer); wasmModule = 1;"#;
         assert!(import_module(&two_modules).is_err());
         assert!(import_module(b"\0asm\x01\0\0\0").is_err());
         assert!(import_module(b"not wasm").is_err());
+    }
+
+    #[test]
+    fn the_stage_is_next_to_the_output() {
+        assert_eq!(
+            stage_dir(Path::new("/w/target/sdk")),
+            Path::new("/w/target/sdk-stage")
+        );
+        assert_eq!(stage_dir(Path::new("/tmp/b/")), Path::new("/tmp/b-stage"));
     }
 }
