@@ -7,6 +7,12 @@
 //! function scope, minified by terser -> `.gz` and `.br` twins that the
 //! collector serves.
 //!
+//! `weft-fallback.js`, for pages whose Content-Security-Policy refuses to
+//! compile wasm, is binaryen's `wasm2js` translation of the same final
+//! `weft.wasm` (see [`fallback`]), with the same imports and exports, so one
+//! glue drives either. Only strict-CSP pages download it, so it is reported
+//! on its own line and not counted in the budget.
+//!
 //! The renaming matters: wasm-bindgen names each import after its JS name
 //! plus a 16-hex-digit hash, and each name is in both files, where it
 //! compresses badly (about 1.4 KB gzip in all). wasm-opt's
@@ -48,9 +54,11 @@ pub struct FileSize {
     brotli: usize,
 }
 
-/// Sizes of everything the script tag downloads.
+/// Sizes of everything the script tag downloads, and of the strict-CSP
+/// fallback (downloaded instead of `weft.wasm` on such pages only).
 pub struct SizeReport {
     files: Vec<FileSize>,
+    fallback: FileSize,
 }
 
 impl SizeReport {
@@ -62,18 +70,18 @@ impl SizeReport {
     pub fn summary(&self) -> String {
         let mut out = String::from("SDK download (what the script tag fetches):\n");
         out.push_str(&format!(
-            "  {:<12} {:>9} {:>9} {:>9}\n",
+            "  {:<16} {:>9} {:>9} {:>9}\n",
             "file", "raw", "gzip -9", "brotli"
         ));
         for f in &self.files {
             out.push_str(&format!(
-                "  {:<12} {:>9} {:>9} {:>9}\n",
+                "  {:<16} {:>9} {:>9} {:>9}\n",
                 f.name, f.raw, f.gzip, f.brotli
             ));
         }
         let gzip = self.total(|f| f.gzip);
         out.push_str(&format!(
-            "  {:<12} {:>9} {:>9} {:>9}\n",
+            "  {:<16} {:>9} {:>9} {:>9}\n",
             "total",
             self.total(|f| f.raw),
             gzip,
@@ -83,6 +91,11 @@ impl SizeReport {
             "  gzip total {gzip}: budget {BUDGET_GZIP_BYTES} ({}), goal {GOAL_GZIP_BYTES} ({})\n",
             against(gzip, BUDGET_GZIP_BYTES),
             against(gzip, GOAL_GZIP_BYTES),
+        ));
+        let f = &self.fallback;
+        out.push_str(&format!(
+            "  {:<16} {:>9} {:>9} {:>9}  (strict-CSP pages only, instead of weft.wasm; not in the budget)\n",
+            f.name, f.raw, f.gzip, f.brotli
         ));
         out
     }
@@ -197,14 +210,14 @@ pub fn build(root: &Path, tools: &Tools) -> Result<SizeReport, String> {
 
     let wasm_out = std::fs::read(stage.join("weft.wasm"))
         .map_err(|e| format!("cannot read the renamed wasm: {e}"))?;
+    // wasm2js's memory grows by swapping in a bigger ArrayBuffer without
+    // detaching the old one, so the glue's cached views must be checked
+    // against the current buffer (before renaming: `wasm.memory` is renamed
+    // with the other exports).
+    let glue = fresh_memory_views(&read(&stage.join("weft_sdk.js"))?)
+        .map_err(|e| format!("the glue's memory views: {e}"))?;
     let glue = import_module(&wasm_out)
-        .and_then(|module| {
-            rename_in_glue(
-                &read(&stage.join("weft_sdk.js"))?,
-                &read(&names_path)?,
-                &module,
-            )
-        })
+        .and_then(|module| rename_in_glue(&glue, &read(&names_path)?, &module))
         .map_err(|e| format!("renaming the glue's wasm imports and exports: {e}"))?;
     // The loader never calls `initSync`; unexported, terser drops it.
     let glue = replace_once(
@@ -230,10 +243,12 @@ pub fn build(root: &Path, tools: &Tools) -> Result<SizeReport, String> {
             .arg(stage.join("weft.js")),
     )?;
 
-    // Only now, with both built, do they replace the served pair: the wasm's
-    // names and the glue's must match.
+    fallback::build(&stage, tools)?;
+
+    // Only now, with all three built, do they replace the served files: the
+    // names in the wasm, the fallback and the glue must match.
     let mut files = Vec::new();
-    for name in ["weft.js", "weft.wasm"] {
+    for name in ["weft.js", "weft.wasm", "weft-fallback.js"] {
         let path = stage.join(name);
         let data = std::fs::read(&path).map_err(|e| format!("cannot read {path:?}: {e}"))?;
         write(&out.join(name), &data)?;
@@ -248,7 +263,8 @@ pub fn build(root: &Path, tools: &Tools) -> Result<SizeReport, String> {
             brotli: br.len(),
         });
     }
-    let report = SizeReport { files };
+    let fallback = files.pop().expect("three files");
+    let report = SizeReport { files, fallback };
     eprintln!("\n{}", report.summary());
     Ok(report)
 }
@@ -262,6 +278,50 @@ fn replace_once(text: &str, from: &str, to: &str) -> Result<String, String> {
             "expected `{from}` once in the glue, found it {n} times"
         )),
     }
+}
+
+/// The glue with every cached view of wasm memory (`cachedXMemory0`)
+/// renewed whenever `wasm.memory.buffer` is another buffer.
+///
+/// wasm-bindgen renews a view when its buffer was detached (`byteLength`
+/// 0, or `buffer.detached`), which is what growing real wasm memory does.
+/// wasm2js's memory grows by replacing its ArrayBuffer and leaves the old one
+/// attached, so such a view would go on reading and writing the old copy.
+/// Comparing buffers is right for both. Fails if a view's check has a shape
+/// this does not know (a wasm-bindgen upgrade), rather than ship a stale one.
+fn fresh_memory_views(glue: &str) -> Result<String, String> {
+    let mut glue = glue.to_owned();
+    let mut views = 0;
+    for decl in glue.clone().split("let cached").skip(1) {
+        let len = decl
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(decl.len());
+        let (suffix, rest) = decl.split_at(len);
+        if !suffix.ends_with("Memory0") || !rest.starts_with(" = null;") {
+            continue;
+        }
+        let name = format!("cached{suffix}");
+        views += 1;
+        let fresh = format!("{name} === null || {name}.buffer !== wasm.memory.buffer");
+        let known = [
+            format!("{name} === null || {name}.byteLength === 0"),
+            format!(
+                "{name} === null || {name}.buffer.detached === true || \
+                 ({name}.buffer.detached === undefined && {name}.buffer !== wasm.memory.buffer)"
+            ),
+        ];
+        let Some(check) = known.iter().find(|k| glue.matches(k.as_str()).count() == 1) else {
+            return Err(format!(
+                "`{name}` is not renewed by a check of a known shape; \
+                 see how the glue renews it and extend `fresh_memory_views`"
+            ));
+        };
+        glue = replace_once(&glue, check, &fresh)?;
+    }
+    if views == 0 {
+        return Err("no cached memory views (`let cachedXMemory0 = null;`) found".into());
+    }
+    Ok(glue)
 }
 
 /// "under by N" or "over by N", for the summary.
@@ -436,6 +496,390 @@ fn brotli(data: &[u8]) -> Vec<u8> {
     out
 }
 
+mod fallback {
+    //! The strict-CSP fallback, `weft-fallback.js`: the final `weft.wasm`
+    //! made plain JavaScript by binaryen's `wasm2js`.
+    //!
+    //! Why this is more than one `wasm2js` call: wasm2js translates one
+    //! funcref table and no other, and its saturating float-to-int
+    //! conversions are wrong out of range. Rust's wasm has both, so the
+    //! module is lowered first, in its text form (binaryen's printer is
+    //! pinned with binaryen, and every rewrite checks that it found what it
+    //! expects, so a changed module fails the build instead of shipping a
+    //! broken fallback):
+    //!
+    //! - wasm-bindgen's externref table (the JS values Rust holds) becomes
+    //!   four imports, `table.get/set/grow/size`, backed by a JS array in
+    //!   `weft-fallback.js`, which also hands the glue a Table-like object
+    //!   under the table's export name;
+    //! - `i32.trunc_sat_*` (Rust's `as` from floats) become calls of small
+    //!   wasm functions with the same saturating results, and wasm2js runs
+    //!   with that feature disabled, so one left behind fails validation.
+    //!
+    //! What wasm2js translates itself was checked against real wasm in Node
+    //! (random and edge inputs): sign extension, `memory.copy`,
+    //! `memory.fill` and `memory.grow`; and the conversions below.
+    //!
+    //! wasm2js then writes an ES module; [`wrap`] turns it into a classic
+    //! script that defines no global: it hands its instantiate function to
+    //! `document.currentScript.weft`, which `sdk-wasm/js/wasm-shim.js` set.
+
+    use std::path::Path;
+    use std::process::Command;
+
+    use super::{read, write};
+    use crate::cmd::Step;
+    use crate::tools::Tools;
+
+    /// The import module of the lowered externref table.
+    const TABLE_MODULE: &str = "table";
+    /// What the lowered module still needs from wasm2js: everything rustc
+    /// enables but the saturating conversions, which [`lower`] removes.
+    const FEATURES: [&str; 6] = [
+        "--enable-bulk-memory",
+        "--disable-nontrapping-float-to-int",
+        "--enable-sign-ext",
+        "--enable-mutable-globals",
+        "--enable-reference-types",
+        "--enable-multivalue",
+    ];
+    /// V8's limit on a table's length, used when the table states no maximum.
+    const TABLE_LIMIT: u32 = 10_000_000;
+
+    /// Builds `stage/weft-fallback.js` from `stage/weft.wasm`.
+    pub fn build(stage: &Path, tools: &Tools) -> Result<(), String> {
+        let printed = stage.join("weft.wat");
+        Step::new("wasm-dis: weft.wasm as text (for the fallback)").run(
+            Command::new(&tools.wasm_dis)
+                .arg(stage.join("weft.wasm"))
+                .arg("-o")
+                .arg(&printed),
+        )?;
+        let lowered =
+            lower(&read(&printed)?).map_err(|e| format!("lowering weft.wasm for wasm2js: {e}"))?;
+        let wat = stage.join("weft-fallback.wat");
+        write(&wat, lowered.wat.as_bytes())?;
+        let module = stage.join("weft-fallback.mjs");
+        Step::new("wasm2js -Oz (strict-CSP fallback)").run(
+            Command::new(&tools.wasm2js)
+                .arg(&wat)
+                .args(FEATURES)
+                .arg("-Oz")
+                .arg("-o")
+                .arg(&module),
+        )?;
+        let script = wrap(&read(&module)?, lowered.table.as_ref())
+            .map_err(|e| format!("wrapping wasm2js's output: {e}"))?;
+        let unminified = stage.join("weft-fallback.bundle.js");
+        write(&unminified, script.as_bytes())?;
+        Step::new("terser (minify weft-fallback.js)").run(
+            Command::new(&tools.terser)
+                .arg(&unminified)
+                .args([
+                    "--compress",
+                    "passes=2",
+                    "--mangle",
+                    "--ecma",
+                    "2017",
+                    "--output",
+                ])
+                .arg(stage.join("weft-fallback.js")),
+        )
+    }
+
+    /// The module, lowered for wasm2js.
+    pub struct Lowered {
+        /// Its text.
+        pub wat: String,
+        /// The externref table that became imports, if it had one.
+        pub table: Option<ExternrefTable>,
+    }
+
+    /// An externref table replaced by imports.
+    #[derive(Debug, PartialEq)]
+    pub struct ExternrefTable {
+        /// Its initial length.
+        pub initial: u32,
+        /// Its maximum length, if stated.
+        pub max: Option<u32>,
+        /// The name it was exported under, if it was.
+        pub export: Option<String>,
+    }
+
+    /// Lowers binaryen's text of a module for wasm2js (see the module docs).
+    pub fn lower(wat: &str) -> Result<Lowered, String> {
+        if wat.contains("$weft_") {
+            return Err("the module already has `$weft_` names".into());
+        }
+        let (wat, table) = lower_externref_table(wat)?;
+        let wat = lower_trunc_sat(&wat)?;
+        Ok(Lowered { wat, table })
+    }
+
+    /// Replaces the one externref table, if any, by imported functions.
+    fn lower_externref_table(wat: &str) -> Result<(String, Option<ExternrefTable>), String> {
+        let mut found = None;
+        for line in wat.lines() {
+            let Some(decl) = line
+                .strip_prefix(" (table ")
+                .and_then(|d| d.strip_suffix(" externref)"))
+            else {
+                continue;
+            };
+            if found.is_some() {
+                return Err("more than one externref table".into());
+            }
+            let parts: Vec<&str> = decl.split(' ').collect();
+            let number = |s: &str| {
+                s.parse::<u32>()
+                    .map_err(|_| format!("unexpected table declaration `{line}`"))
+            };
+            let (name, initial, max) = match parts[..] {
+                [name, initial] => (name, number(initial)?, None),
+                [name, initial, max] => (name, number(initial)?, Some(number(max)?)),
+                _ => return Err(format!("unexpected table declaration `{line}`")),
+            };
+            if !name.starts_with('$') {
+                return Err(format!("unexpected table declaration `{line}`"));
+            }
+            found = Some((line, name, initial, max));
+        }
+        let Some((decl, name, initial, max)) = found else {
+            return Ok((wat.to_owned(), None));
+        };
+        if wat.contains(&format!(" (import \"{TABLE_MODULE}\" ")) {
+            return Err(format!("the module already imports from `{TABLE_MODULE}`"));
+        }
+
+        let mut export = None;
+        let export_suffix = format!(" (table {name}))");
+        let mut out = String::with_capacity(wat.len());
+        let mut imports_end = None;
+        for line in wat.lines() {
+            if line == decl {
+                continue;
+            }
+            if let Some(export_name) = line
+                .strip_prefix(" (export \"")
+                .and_then(|l| l.strip_suffix(&export_suffix))
+                .and_then(|l| l.strip_suffix('"'))
+            {
+                export = Some(export_name.to_owned());
+                continue;
+            }
+            out.push_str(line);
+            out.push('\n');
+            if line.starts_with(" (import ") {
+                imports_end = Some(out.len());
+            }
+        }
+        let imports_end = imports_end.ok_or("the module has no imports to add the table's to")?;
+        out.insert_str(
+            imports_end,
+            &format!(
+                " (import \"{TABLE_MODULE}\" \"get\" (func $weft_table_get (param i32) (result externref)))\n \
+                 (import \"{TABLE_MODULE}\" \"set\" (func $weft_table_set (param i32 externref)))\n \
+                 (import \"{TABLE_MODULE}\" \"grow\" (func $weft_table_grow (param externref i32) (result i32)))\n \
+                 (import \"{TABLE_MODULE}\" \"size\" (func $weft_table_size (result i32)))\n"
+            ),
+        );
+        for op in ["get", "set", "grow", "size"] {
+            out = replace_instruction(
+                &out,
+                &format!("(table.{op} {name}"),
+                &format!("(call $weft_table_{op}"),
+            );
+        }
+        // Anything else naming the table (table.fill, table.copy, an elem
+        // segment) has no lowering here.
+        for (at, _) in out.match_indices(name) {
+            let before = &out[..at];
+            // The instruction or keyword before the name.
+            let word = before.trim_end().rsplit(['(', ' ', '\n']).next();
+            let after = out[at + name.len()..].chars().next();
+            let whole = matches!(after, None | Some(' ' | ')' | '\n'));
+            if whole && word.is_some_and(|w| w.starts_with("table")) {
+                let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+                let line_end = out[at..].find('\n').map_or(out.len(), |i| at + i);
+                return Err(format!(
+                    "the externref table is used in a way with no lowering: `{}`",
+                    out[line_start..line_end].trim()
+                ));
+            }
+        }
+        Ok((
+            out,
+            Some(ExternrefTable {
+                initial,
+                max,
+                export,
+            }),
+        ))
+    }
+
+    /// Saturating conversions and their replacements: out of range gives the
+    /// nearest bound, NaN gives 0, as in wasm (and Rust's `as`).
+    const TRUNC_SAT: [(&str, &str); 4] = [
+        (
+            "i32.trunc_sat_f64_u",
+            "(func $weft_i32_trunc_sat_f64_u (param $x f64) (result i32)
+  (if (result i32) (f64.ge (local.get $x) (f64.const 4294967295))
+   (then (i32.const -1))
+   (else (if (result i32) (f64.gt (local.get $x) (f64.const -1))
+    (then (i32.trunc_f64_u (local.get $x)))
+    (else (i32.const 0))))))",
+        ),
+        (
+            "i32.trunc_sat_f64_s",
+            "(func $weft_i32_trunc_sat_f64_s (param $x f64) (result i32)
+  (if (result i32) (f64.ge (local.get $x) (f64.const 2147483647))
+   (then (i32.const 2147483647))
+   (else (if (result i32) (f64.gt (local.get $x) (f64.const -2147483649))
+    (then (i32.trunc_f64_s (local.get $x)))
+    (else (if (result i32) (f64.eq (local.get $x) (local.get $x))
+     (then (i32.const -2147483648))
+     (else (i32.const 0))))))))",
+        ),
+        (
+            "i32.trunc_sat_f32_u",
+            "(func $weft_i32_trunc_sat_f32_u (param $x f32) (result i32)
+  (if (result i32) (f32.ge (local.get $x) (f32.const 4294967296))
+   (then (i32.const -1))
+   (else (if (result i32) (f32.gt (local.get $x) (f32.const -1))
+    (then (i32.trunc_f32_u (local.get $x)))
+    (else (i32.const 0))))))",
+        ),
+        (
+            "i32.trunc_sat_f32_s",
+            "(func $weft_i32_trunc_sat_f32_s (param $x f32) (result i32)
+  (if (result i32) (f32.ge (local.get $x) (f32.const 2147483648))
+   (then (i32.const 2147483647))
+   (else (if (result i32) (f32.ge (local.get $x) (f32.const -2147483648))
+    (then (i32.trunc_f32_s (local.get $x)))
+    (else (if (result i32) (f32.eq (local.get $x) (local.get $x))
+     (then (i32.const -2147483648))
+     (else (i32.const 0))))))))",
+        ),
+    ];
+
+    /// Replaces each `i32.trunc_sat_*` by a call of an equivalent function.
+    fn lower_trunc_sat(wat: &str) -> Result<String, String> {
+        let mut out = wat.to_owned();
+        let mut helpers = String::new();
+        for (op, helper) in TRUNC_SAT {
+            let call = format!("(call $weft_{}", op.replace('.', "_"));
+            let replaced = replace_instruction(&out, &format!("({op}"), &call);
+            if replaced != out {
+                out = replaced;
+                helpers.push(' ');
+                helpers.push_str(helper);
+                helpers.push('\n');
+            }
+        }
+        if let Some(at) = out.find(".trunc_sat_") {
+            let end = out[at..]
+                .find(['\n', ' ', ')'])
+                .map_or(out.len(), |i| at + i);
+            return Err(format!("`{}` has no lowering here", &out[at..end]));
+        }
+        // Before the module's closing parenthesis.
+        let end = out
+            .trim_end()
+            .strip_suffix(')')
+            .ok_or("the module text does not end with `)`")?
+            .len();
+        out.insert_str(end, &helpers);
+        Ok(out)
+    }
+
+    /// `text` with every instruction `from` (followed by a space, a newline or
+    /// `)`, so `$1` is not `$10`) replaced by `to`.
+    fn replace_instruction(text: &str, from: &str, to: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(at) = rest.find(from) {
+            let after = &rest[at + from.len()..];
+            out.push_str(&rest[..at]);
+            if matches!(after.chars().next(), None | Some(' ' | ')' | '\n')) {
+                out.push_str(to);
+            } else {
+                out.push_str(from);
+            }
+            rest = after;
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// wasm2js's ES module as a classic script that defines no global: it
+    /// passes `make(imports) -> exports` to `document.currentScript.weft`.
+    pub fn wrap(module: &str, table: Option<&ExternrefTable>) -> Result<String, String> {
+        let (head, tail) = module
+            .split_once("\nvar retasmFunc = asmFunc(")
+            .ok_or("no `var retasmFunc = asmFunc(`")?;
+        // After the module's own instantiation, only its exports.
+        for line in tail.lines().skip(1) {
+            let known = line.is_empty()
+                || line == "});"
+                || (line.starts_with("  \"") && line.ends_with(','))
+                || line.starts_with("export var ");
+            if !known {
+                return Err(format!("unexpected line after asmFunc: `{line}`"));
+            }
+        }
+        let mut body = String::with_capacity(head.len());
+        for line in head.lines() {
+            if line.starts_with("import * as ") {
+                continue;
+            }
+            if line.starts_with("import ") || line.starts_with("export ") {
+                return Err(format!("unexpected module syntax: `{line}`"));
+            }
+            body.push_str(line);
+            body.push('\n');
+        }
+        if !body.contains("\nfunction asmFunc(imports) {") {
+            return Err("no `function asmFunc(imports)`".into());
+        }
+        let make = match table {
+            None => "return asmFunc(imports);".to_owned(),
+            Some(t) => {
+                let limit = t.max.unwrap_or(TABLE_LIMIT);
+                let export = t.export.as_ref().map_or(String::new(), |name| {
+                    format!(
+                        "exports[{name:?}] = {{ get: get, set: set, \
+                         grow: function (n, v) {{ return grow(v, n); }}, \
+                         get length() {{ return t.length; }} }};\n"
+                    )
+                });
+                format!(
+                    "var t = [], n = {initial};
+while (n--) t.push(null);
+var get = function (i) {{ return t[i]; }};
+var set = function (i, v) {{ t[i] = v; }};
+var grow = function (v, n) {{
+  var old = t.length;
+  n >>>= 0;
+  if (old + n > {limit}) return -1;
+  while (n--) t.push(v);
+  return old;
+}};
+var size = function () {{ return t.length; }};
+var exports = asmFunc(Object.assign({{ {TABLE_MODULE}: {{ get: get, set: set, grow: grow, size: size }} }}, imports));
+{export}return exports;",
+                    initial = t.initial
+                )
+            }
+        };
+        Ok(format!(
+            "(function () {{\n\"use strict\";\n{body}\
+             var script = document.currentScript;\n\
+             if (script && script.weft) script.weft(function (imports) {{\n{make}\n}});\n\
+             }})();\n"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -494,6 +938,197 @@ new DataView(wasm.memory.buffer); wasmModule = 1;"#;
         assert!(import_module(&two_modules).is_err());
         assert!(import_module(b"\0asm\x01\0\0\0").is_err());
         assert!(import_module(b"not wasm").is_err());
+    }
+
+    const VIEWS: &str = r#"let cachedDataViewMemory0 = null;
+function getDataViewMemory0() {
+    if (cachedDataViewMemory0 === null || cachedDataViewMemory0.buffer.detached === true || (cachedDataViewMemory0.buffer.detached === undefined && cachedDataViewMemory0.buffer !== wasm.memory.buffer)) {
+        cachedDataViewMemory0 = new DataView(wasm.memory.buffer);
+    }
+}
+let cachedTextDecoder = new TextDecoder();
+let cachedUint8ArrayMemory0 = null;
+function getUint8ArrayMemory0() {
+    if (cachedUint8ArrayMemory0 === null || cachedUint8ArrayMemory0.byteLength === 0) {
+        cachedUint8ArrayMemory0 = new Uint8Array(wasm.memory.buffer);
+    }
+}
+cachedDataViewMemory0 = null;"#;
+
+    #[test]
+    fn memory_views_are_renewed_when_the_buffer_changes() {
+        let glue = fresh_memory_views(VIEWS).unwrap();
+        for view in ["cachedDataViewMemory0", "cachedUint8ArrayMemory0"] {
+            assert!(
+                glue.contains(&format!(
+                    "if ({view} === null || {view}.buffer !== wasm.memory.buffer) {{"
+                )),
+                "{glue}"
+            );
+        }
+        assert!(!glue.contains("byteLength") && !glue.contains("detached"));
+    }
+
+    #[test]
+    fn a_memory_view_of_unknown_shape_fails_the_build() {
+        let unknown = VIEWS.replace(
+            "cachedUint8ArrayMemory0.byteLength === 0",
+            "cachedUint8ArrayMemory0.length === 0",
+        );
+        assert!(fresh_memory_views(&unknown).is_err());
+        assert!(fresh_memory_views("let wasm;").is_err());
+    }
+
+    const WAT: &str = r#"(module
+ (type $0 (func (param i32) (result i32)))
+ (import "a" "a" (func $fimport$0 (param externref)))
+ (import "a" "b" (func $fimport$1 (result f64)))
+ (table $0 2 2 funcref)
+ (table $1 1028 externref)
+ (elem $0 (table $0) (i32.const 0) func $1 $10)
+ (export "T" (table $1))
+ (export "f" (func $1))
+ (func $1 (param $0 i32) (result i32)
+  (table.set $1
+   (local.get $0)
+   (table.get $1
+    (i32.const 1)
+   )
+  )
+  (drop
+   (table.grow $1
+    (ref.null noextern)
+    (i32.const 1)
+   )
+  )
+  (call $10
+   (i32.trunc_sat_f64_u
+    (call $fimport$1)
+   )
+  )
+ )
+ (func $10 (param $0 i32) (result i32)
+  (i32.add
+   (table.size $1)
+   (call $1
+    (local.get $0)
+   )
+  )
+ )
+)
+"#;
+
+    #[test]
+    fn the_externref_table_becomes_imports() {
+        let lowered = fallback::lower(WAT).unwrap();
+        assert_eq!(
+            lowered.table,
+            Some(fallback::ExternrefTable {
+                initial: 1028,
+                max: None,
+                export: Some("T".into()),
+            })
+        );
+        let wat = &lowered.wat;
+        assert!(
+            !wat.contains("externref)\n") && !wat.contains("(table $1"),
+            "{wat}"
+        );
+        assert!(
+            !wat.contains("table.") && !wat.contains("(export \"T\""),
+            "{wat}"
+        );
+        // The new imports follow the old ones; calls replace the instructions.
+        let imports = wat.find("(import \"table\" \"get\"").unwrap();
+        assert!(imports > wat.find("(import \"a\" \"b\"").unwrap());
+        assert!(imports < wat.find("(table $0 2 2 funcref)").unwrap());
+        for op in ["get", "set", "grow", "size"] {
+            assert!(
+                wat.contains(&format!("(call $weft_table_{op}")),
+                "{op}: {wat}"
+            );
+        }
+        // Functions and the funcref table named like the externref table
+        // are left alone.
+        assert!(wat.contains("(call $1\n") && wat.contains("(call $10\n"));
+        assert!(wat.contains("(elem $0 (table $0) (i32.const 0) func $1 $10)"));
+    }
+
+    #[test]
+    fn saturating_conversions_become_calls_of_added_functions() {
+        let wat = fallback::lower(WAT).unwrap().wat;
+        assert!(!wat.contains(".trunc_sat"), "{wat}");
+        assert!(wat.contains("(call $weft_i32_trunc_sat_f64_u\n"));
+        assert!(
+            wat.trim_end().ends_with("(else (i32.const 0))))))\n)"),
+            "{wat}"
+        );
+        assert_eq!(
+            wat.matches("(func $weft_i32_trunc").count(),
+            1,
+            "only what is used"
+        );
+
+        let i64_sat = WAT.replace("i32.trunc_sat_f64_u", "i64.trunc_sat_f64_u");
+        assert!(fallback::lower(&i64_sat).is_err());
+    }
+
+    #[test]
+    fn table_uses_without_lowering_fail_the_build() {
+        let fill = WAT.replace(
+            "(table.size $1)",
+            "(table.fill $1 (i32.const 0) (ref.null noextern) (i32.const 1))",
+        );
+        assert!(fallback::lower(&fill).is_err());
+        let two = WAT.replace(" (table $0 2 2 funcref)", " (table $0 2 2 externref)");
+        assert!(fallback::lower(&two).is_err());
+        let no_imports = WAT
+            .replace(
+                " (import \"a\" \"a\" (func $fimport$0 (param externref)))\n",
+                "",
+            )
+            .replace(" (import \"a\" \"b\" (func $fimport$1 (result f64)))\n", "");
+        assert!(fallback::lower(&no_imports).is_err());
+    }
+
+    const MODULE: &str = r#"import * as a from 'a';
+import * as table from 'table';
+
+  var bufferView;
+function asmFunc(imports) {
+ var a = imports.a;
+ return { "E": 1 };
+}
+
+var retasmFunc = asmFunc({
+  "a": a,
+  "table": table,
+});
+export var E = retasmFunc.E;
+"#;
+
+    #[test]
+    fn the_fallback_defines_no_global_and_hands_over_its_exports() {
+        let table = fallback::ExternrefTable {
+            initial: 4,
+            max: Some(8),
+            export: Some("T".into()),
+        };
+        let js = fallback::wrap(MODULE, Some(&table)).unwrap();
+        assert!(js.starts_with("(function () {\n\"use strict\";\n"), "{js}");
+        assert!(js.ends_with("});\n})();\n"), "{js}");
+        assert!(!js.contains("import ") && !js.contains("export ") && !js.contains("retasmFunc"));
+        assert!(js.contains("script.weft(function (imports) {"));
+        assert!(js.contains("var t = [], n = 4;") && js.contains("if (old + n > 8) return -1;"));
+        assert!(js.contains("asmFunc(Object.assign({ table: { get: get, set: set, grow: grow, size: size } }, imports))"));
+        assert!(js.contains("exports[\"T\"] = { get: get, set: set,"));
+
+        let plain = fallback::wrap(MODULE, None).unwrap();
+        assert!(plain.contains("return asmFunc(imports);") && !plain.contains("var t ="));
+
+        let extra = format!("{MODULE}console.log(1);\n");
+        assert!(fallback::wrap(&extra, None).is_err());
+        assert!(fallback::wrap(&MODULE.replace("var retasmFunc", "var r"), None).is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | wasm32 target | rustup | the SDK's target |
 //! | wasm-bindgen, wasm-bindgen-test-runner | `cargo install wasm-bindgen-cli` at the crate's pinned version | JS glue; browser tests |
-//! | wasm-opt (binaryen), terser | npm | Debian's binaryen is too old for today's rustc; minified JS |
+//! | wasm-opt, wasm-dis and wasm2js (binaryen), terser | npm | Debian's binaryen is too old for today's rustc; the strict-CSP fallback; minified JS |
 //! | @segment/analytics-node | npm | a real Segment server SDK, sent to the collector in the e2e tests |
 //! | chromium, chromedriver | apt | browser tests |
 
@@ -32,6 +32,11 @@ pub struct Tools {
     pub wasm_bindgen_test_runner: PathBuf,
     /// binaryen's optimiser.
     pub wasm_opt: PathBuf,
+    /// binaryen's wasm-to-JavaScript translator (the strict-CSP fallback);
+    /// from the same npm package as `wasm_opt`.
+    pub wasm2js: PathBuf,
+    /// binaryen's disassembler (wasm to text), from the same package.
+    pub wasm_dis: PathBuf,
     /// The JS minifier.
     pub terser: PathBuf,
 }
@@ -107,6 +112,8 @@ pub fn ensure_sdk_tools(root: &Path) -> Result<Tools, String> {
         wasm_bindgen,
         wasm_bindgen_test_runner: bin.join("wasm-bindgen-test-runner"),
         wasm_opt: node_bin.join("wasm-opt"),
+        wasm2js: node_bin.join("wasm2js"),
+        wasm_dis: node_bin.join("wasm-dis"),
         terser: node_bin.join("terser"),
     })
 }
