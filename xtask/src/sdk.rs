@@ -7,11 +7,13 @@
 //! function scope, minified by terser -> `.gz` and `.br` twins that the
 //! collector serves.
 //!
-//! `weft-fallback.js`, for pages whose Content-Security-Policy refuses to
-//! compile wasm, is binaryen's `wasm2js` translation of the same final
-//! `weft.wasm` (see [`fallback`]), with the same imports and exports, so one
-//! glue drives either. Only strict-CSP pages download it, so it is reported
-//! on its own line and not counted in the budget.
+//! `sdk-wasm/js/wasm-shim.js` goes first in that scope: a local
+//! `WebAssembly` that tries the real one and, when a page's
+//! Content-Security-Policy refuses to compile wasm, loads
+//! `weft-fallback.js` instead: binaryen's `wasm2js` translation of the same
+//! final `weft.wasm` (see [`fallback`]), with the same imports and exports,
+//! so one glue drives either. Only strict-CSP pages download it, so it is
+//! reported on its own line and not counted in the budget.
 //!
 //! The renaming matters: wasm-bindgen names each import after its JS name
 //! plus a 16-hex-digit hash, and each name is in both files, where it
@@ -216,6 +218,7 @@ pub fn build(root: &Path, tools: &Tools) -> Result<SizeReport, String> {
     // with the other exports).
     let glue = fresh_memory_views(&read(&stage.join("weft_sdk.js"))?)
         .map_err(|e| format!("the glue's memory views: {e}"))?;
+    let glue = streaming_only(&glue)?;
     let glue = import_module(&wasm_out)
         .and_then(|module| rename_in_glue(&glue, &read(&names_path)?, &module))
         .map_err(|e| format!("renaming the glue's wasm imports and exports: {e}"))?;
@@ -225,8 +228,9 @@ pub fn build(root: &Path, tools: &Tools) -> Result<SizeReport, String> {
         "Object.assign(__wbg_init, { initSync }, exports)",
         "Object.assign(__wbg_init, exports)",
     )?;
+    let shim = read(&root.join("sdk-wasm/js/wasm-shim.js"))?;
     let loader = read(&root.join("sdk-wasm/js/loader.js"))?;
-    let bundle = format!("(function(){{\"use strict\";\n{glue}\n{loader}\n}})();\n");
+    let bundle = format!("(function(){{\"use strict\";\n{shim}\n{glue}\n{loader}\n}})();\n");
     let unminified = stage.join("weft.bundle.js");
     write(&unminified, bundle.as_bytes())?;
     Step::new("terser (minify weft.js)").run(
@@ -322,6 +326,47 @@ fn fresh_memory_views(glue: &str) -> Result<String, String> {
         return Err("no cached memory views (`let cachedXMemory0 = null;`) found".into());
     }
     Ok(glue)
+}
+
+/// The glue's `__wbg_load` reduced to `instantiateStreaming`, the one call
+/// `sdk-wasm/js/wasm-shim.js` provides.
+///
+/// wasm-bindgen's version retries a failed `instantiateStreaming` with
+/// `arrayBuffer()` and `instantiate` when the wasm was served without the
+/// `application/wasm` type (logging a long warning, which costs about 200
+/// bytes gzip). With the shim, `instantiateStreaming` fails only when the
+/// JS fallback failed too: whatever made streaming fail, the shim has
+/// already loaded the same code in JS, so the retry is dead weight.
+fn streaming_only(glue: &str) -> Result<String, String> {
+    const FROM: &str = "if (typeof WebAssembly.instantiateStreaming === 'function') {";
+    const TO: &str = "return await WebAssembly.instantiate(bytes, imports);";
+    const KEEP: &str = "return await WebAssembly.instantiateStreaming(module, imports);";
+    let (Ok(start), Ok(end)) = (find_once(glue, FROM), find_once(glue, TO)) else {
+        return Err(format!(
+            "expected `{FROM}` ... `{TO}` once each in the glue's __wbg_load"
+        ));
+    };
+    let retry = glue.get(start..end + TO.len()).unwrap_or_default();
+    if !retry.contains(KEEP) || retry.len() > 1000 {
+        return Err(format!(
+            "the glue's __wbg_load has changed shape: {retry:?}"
+        ));
+    }
+    Ok(format!(
+        "{}{KEEP}{}",
+        &glue[..start],
+        &glue[end + TO.len()..]
+    ))
+}
+
+/// Where `what` is in `text`, if it is there exactly once.
+fn find_once(text: &str, what: &str) -> Result<usize, String> {
+    match (text.find(what), text.matches(what).count()) {
+        (Some(at), 1) => Ok(at),
+        (_, n) => Err(format!(
+            "expected `{what}` once in the glue, found it {n} times"
+        )),
+    }
 }
 
 /// "under by N" or "over by N", for the summary.
@@ -977,6 +1022,30 @@ cachedDataViewMemory0 = null;"#;
         );
         assert!(fresh_memory_views(&unknown).is_err());
         assert!(fresh_memory_views("let wasm;").is_err());
+    }
+
+    const LOAD: &str = r#"if (module instanceof Response) {
+    if (typeof WebAssembly.instantiateStreaming === 'function') {
+        try {
+            return await WebAssembly.instantiateStreaming(module, imports);
+        } catch (e) {
+            console.warn("MIME", e);
+        }
+    }
+    const bytes = await module.arrayBuffer();
+    return await WebAssembly.instantiate(bytes, imports);
+} else {"#;
+
+    #[test]
+    fn the_streaming_retry_goes() {
+        assert_eq!(
+            streaming_only(LOAD).unwrap(),
+            "if (module instanceof Response) {\n    \
+             return await WebAssembly.instantiateStreaming(module, imports);\n} else {"
+        );
+        let no_streaming = LOAD.replace("instantiateStreaming(module", "instantiate(module");
+        assert!(streaming_only(&no_streaming).is_err());
+        assert!(streaming_only(&LOAD.replace("bytes, imports", "b, imports")).is_err());
     }
 
     const WAT: &str = r#"(module

@@ -1,0 +1,41 @@
+// weft.js strict-CSP fallback. The build puts this file first in weft.js's
+// function scope, so the `WebAssembly` below is the one the wasm-bindgen glue
+// sees; the page's `window.WebAssembly` is never touched.
+//
+// The glue is given the wasm's URL, fetches it and passes the Response to
+// `instantiateStreaming`, the only member it uses on that path. The real one
+// is tried first. If it fails (a Content-Security-Policy without
+// 'wasm-unsafe-eval' refuses to compile, WebAssembly or streaming is missing,
+// or the engine lacks a wasm feature the build uses), `weft-fallback.js` from
+// the directory weft.js came from is loaded with a <script> element:
+// binaryen's wasm2js translation of the same weft.wasm. It defines no global;
+// it calls `document.currentScript.weft(make)`, and `make(imports)` returns
+// the exports the glue expects. `base` (weft.js's directory URL) and `report`
+// (the debug logger) are the loader's, read only when needed.
+var WebAssembly = (function (real, current) {
+  // Copied to the fallback's <script> for pages whose CSP names a nonce.
+  var nonce = current && current.nonce;
+  return {
+    instantiateStreaming: function (response, imports) {
+      return new Promise(function (ok) {
+        ok(real.instantiateStreaming(response, imports));
+      }).catch(function (e) {
+        report(e);
+        return new Promise(function (ok, fail) {
+          var s = document.createElement("script");
+          s.weft = ok;
+          // After the script ran: `fail` is a no-op if it called `ok`.
+          s.onload = s.onerror = function (e) {
+            s.remove();
+            fail(e);
+          };
+          s.nonce = nonce;
+          s.src = base + "weft-fallback.js";
+          document.head.appendChild(s);
+        }).then(function (make) {
+          return { instance: { exports: make(imports) } };
+        });
+      });
+    },
+  };
+})(window.WebAssembly, document.currentScript);
