@@ -12,6 +12,7 @@
 mod browser;
 mod consent;
 mod consent_browser;
+mod csp;
 mod identity;
 mod ingest;
 mod sdk;
