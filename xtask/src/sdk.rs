@@ -656,9 +656,56 @@ mod fallback {
         if wat.contains("$weft_") {
             return Err("the module already has `$weft_` names".into());
         }
+        check_no_i64_at_the_boundary(wat)?;
         let (wat, table) = lower_externref_table(wat)?;
         let wat = lower_trunc_sat(&wat)?;
         Ok(Lowered { wat, table })
+    }
+
+    /// Fails if an imported or exported function takes or returns an i64
+    /// (a BigInt in JS): wasm2js splits those into two i32s, so its exports
+    /// would no longer match what the glue passes.
+    fn check_no_i64_at_the_boundary(wat: &str) -> Result<(), String> {
+        let lines: Vec<&str> = wat.lines().collect();
+        // A signature given as `(type $N)` is the type's declaration.
+        let signature = |line: &str| -> String {
+            let mut sig = line.to_owned();
+            if let Some(at) = line.find("(type $") {
+                let name = &line[at + "(type ".len()..];
+                let name = &name[..name.find(')').unwrap_or(name.len())];
+                let decl = format!(" (type {name} ");
+                if let Some(t) = lines.iter().find(|l| l.starts_with(&decl)) {
+                    sig.push_str(t);
+                }
+            }
+            sig
+        };
+        let has_i64 = |text: &str| text.split([' ', '(', ')']).any(|token| token == "i64");
+        for line in &lines {
+            let boundary = if line.starts_with(" (import ") && line.contains("(func ") {
+                Some(signature(line))
+            } else if let Some(name) = line
+                .strip_prefix(" (export \"")
+                .and_then(|l| l.split_once("\" (func "))
+                .and_then(|(_, f)| f.strip_suffix("))"))
+            {
+                let decl = format!(" (func {name} ");
+                let bare = format!(" (func {name}");
+                lines
+                    .iter()
+                    .find(|l| l.starts_with(&decl) || **l == bare)
+                    .map(|l| signature(l))
+            } else {
+                None
+            };
+            if boundary.is_some_and(|sig| has_i64(&sig)) {
+                return Err(format!(
+                    "`{}` passes an i64 to or from JS, which wasm2js splits in two i32s",
+                    line.trim()
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Replaces the one externref table, if any, by imported functions.
@@ -1140,6 +1187,33 @@ cachedDataViewMemory0 = null;"#;
 
         let i64_sat = WAT.replace("i32.trunc_sat_f64_u", "i64.trunc_sat_f64_u");
         assert!(fallback::lower(&i64_sat).is_err());
+    }
+
+    #[test]
+    fn i64_between_wasm_and_js_fails_the_build() {
+        let import = WAT.replace(
+            "(func $fimport$1 (result f64))",
+            "(func $fimport$1 (result i64))",
+        );
+        assert!(fallback::lower(&import).is_err());
+        let export = WAT.replace(
+            " (func $1 (param $0 i32) (result i32)",
+            " (func $1 (param $0 i64) (result i32)",
+        );
+        assert!(fallback::lower(&export).is_err());
+        let by_type = WAT
+            .replace(
+                "(type $0 (func (param i32) (result i32)))",
+                "(type $0 (func (param i64)))",
+            )
+            .replace(
+                "(func $fimport$0 (param externref))",
+                "(func $fimport$0 (type $0))",
+            );
+        assert!(fallback::lower(&by_type).is_err());
+        // Inside the module, i64 is fine.
+        let inside = WAT.replace(" (func $10 (param $0 i32)", " (func $10 (param $0 i64)");
+        assert!(fallback::lower(&inside).is_ok());
     }
 
     #[test]
