@@ -557,13 +557,14 @@ mod fallback {
     //!   four imports, `table.get/set/grow/size`, backed by a JS array in
     //!   `weft-fallback.js`, which also hands the glue a Table-like object
     //!   under the table's export name;
-    //! - `i32.trunc_sat_*` (Rust's `as` from floats) become calls of small
+    //! - `trunc_sat` conversions (Rust's `as` from floats) become calls of small
     //!   wasm functions with the same saturating results, and wasm2js runs
     //!   with that feature disabled, so one left behind fails validation.
     //!
     //! What wasm2js translates itself was checked against real wasm in Node
     //! (random and edge inputs): sign extension, `memory.copy`,
-    //! `memory.fill` and `memory.grow`; and the conversions below.
+    //! `memory.fill` and `memory.grow`; and the eight conversions of
+    //! [`trunc_sat_helper`].
     //!
     //! wasm2js then writes an ES module; [`wrap`] turns it into a classic
     //! script that defines no global: it hands its instantiate function to
@@ -809,63 +810,68 @@ mod fallback {
         ))
     }
 
-    /// Saturating conversions and their replacements: out of range gives the
-    /// nearest bound, NaN gives 0, as in wasm (and Rust's `as`).
-    const TRUNC_SAT: [(&str, &str); 4] = [
-        (
-            "i32.trunc_sat_f64_u",
-            "(func $weft_i32_trunc_sat_f64_u (param $x f64) (result i32)
-  (if (result i32) (f64.ge (local.get $x) (f64.const 4294967295))
-   (then (i32.const -1))
-   (else (if (result i32) (f64.gt (local.get $x) (f64.const -1))
-    (then (i32.trunc_f64_u (local.get $x)))
-    (else (i32.const 0))))))",
-        ),
-        (
-            "i32.trunc_sat_f64_s",
-            "(func $weft_i32_trunc_sat_f64_s (param $x f64) (result i32)
-  (if (result i32) (f64.ge (local.get $x) (f64.const 2147483647))
-   (then (i32.const 2147483647))
-   (else (if (result i32) (f64.gt (local.get $x) (f64.const -2147483649))
-    (then (i32.trunc_f64_s (local.get $x)))
-    (else (if (result i32) (f64.eq (local.get $x) (local.get $x))
-     (then (i32.const -2147483648))
-     (else (i32.const 0))))))))",
-        ),
-        (
-            "i32.trunc_sat_f32_u",
-            "(func $weft_i32_trunc_sat_f32_u (param $x f32) (result i32)
-  (if (result i32) (f32.ge (local.get $x) (f32.const 4294967296))
-   (then (i32.const -1))
-   (else (if (result i32) (f32.gt (local.get $x) (f32.const -1))
-    (then (i32.trunc_f32_u (local.get $x)))
-    (else (i32.const 0))))))",
-        ),
-        (
-            "i32.trunc_sat_f32_s",
-            "(func $weft_i32_trunc_sat_f32_s (param $x f32) (result i32)
-  (if (result i32) (f32.ge (local.get $x) (f32.const 2147483648))
-   (then (i32.const 2147483647))
-   (else (if (result i32) (f32.ge (local.get $x) (f32.const -2147483648))
-    (then (i32.trunc_f32_s (local.get $x)))
-    (else (if (result i32) (f32.eq (local.get $x) (local.get $x))
-     (then (i32.const -2147483648))
-     (else (i32.const 0))))))))",
-        ),
-    ];
+    /// The wasm function replacing the saturating conversion `int.trunc_sat_
+    /// float_sign` (e.g. `i64.trunc_sat_f64_u`): out of range gives the
+    /// nearest bound, NaN gives 0, as in wasm (and Rust's `as`); in range it
+    /// is the trapping conversion, which wasm2js translates.
+    fn trunc_sat_helper(int: &str, float: &str, signed: bool) -> String {
+        let bits = if int == "i64" { 64 } else { 32 };
+        let sign = if signed { "s" } else { "u" };
+        // Bounds as hex floats: exact in f32 and f64.
+        let (upper, max, lower_test, otherwise) = if signed {
+            let (max, min) = if bits == 64 {
+                (i64::MAX.to_string(), i64::MIN.to_string())
+            } else {
+                (i32::MAX.to_string(), i32::MIN.to_string())
+            };
+            (
+                format!("0x1p{}", bits - 1),
+                max,
+                format!(
+                    "({float}.ge (local.get $x) ({float}.const -0x1p{}))",
+                    bits - 1
+                ),
+                format!(
+                    "(if (result {int}) ({float}.eq (local.get $x) (local.get $x)) \
+                     (then ({int}.const {min})) (else ({int}.const 0)))"
+                ),
+            )
+        } else {
+            (
+                format!("0x1p{bits}"),
+                "-1".to_owned(),
+                format!("({float}.gt (local.get $x) ({float}.const -1))"),
+                format!("({int}.const 0)"),
+            )
+        };
+        format!(
+            "(func $weft_{int}_trunc_sat_{float}_{sign} (param $x {float}) (result {int})
+  (if (result {int}) ({float}.ge (local.get $x) ({float}.const {upper}))
+   (then ({int}.const {max}))
+   (else (if (result {int}) {lower_test}
+    (then ({int}.trunc_{float}_{sign} (local.get $x)))
+    (else {otherwise})))))"
+        )
+    }
 
-    /// Replaces each `i32.trunc_sat_*` by a call of an equivalent function.
+    /// Replaces each scalar `trunc_sat` by a call of an equivalent function.
     fn lower_trunc_sat(wat: &str) -> Result<String, String> {
         let mut out = wat.to_owned();
         let mut helpers = String::new();
-        for (op, helper) in TRUNC_SAT {
-            let call = format!("(call $weft_{}", op.replace('.', "_"));
-            let replaced = replace_instruction(&out, &format!("({op}"), &call);
-            if replaced != out {
-                out = replaced;
-                helpers.push(' ');
-                helpers.push_str(helper);
-                helpers.push('\n');
+        for int in ["i32", "i64"] {
+            for float in ["f32", "f64"] {
+                for signed in [false, true] {
+                    let sign = if signed { "s" } else { "u" };
+                    let op = format!("{int}.trunc_sat_{float}_{sign}");
+                    let call = format!("(call $weft_{int}_trunc_sat_{float}_{sign}");
+                    let replaced = replace_instruction(&out, &format!("({op}"), &call);
+                    if replaced != out {
+                        out = replaced;
+                        helpers.push(' ');
+                        helpers.push_str(&trunc_sat_helper(int, float, signed));
+                        helpers.push('\n');
+                    }
+                }
             }
         }
         if let Some(at) = out.find(".trunc_sat_") {
@@ -1185,8 +1191,21 @@ cachedDataViewMemory0 = null;"#;
             "only what is used"
         );
 
-        let i64_sat = WAT.replace("i32.trunc_sat_f64_u", "i64.trunc_sat_f64_u");
-        assert!(fallback::lower(&i64_sat).is_err());
+        let i64_sat = WAT
+            .replace(
+                "(i32.trunc_sat_f64_u",
+                "(i32.wrap_i64\n(i64.trunc_sat_f64_s",
+            )
+            .replace("(call $fimport$1)\n", "(call $fimport$1))\n");
+        let wat = fallback::lower(&i64_sat).unwrap().wat;
+        assert!(wat.contains("(call $weft_i64_trunc_sat_f64_s\n"), "{wat}");
+        assert!(
+            wat.contains("(then (i64.const 9223372036854775807))"),
+            "{wat}"
+        );
+
+        let simd = WAT.replace("i32.trunc_sat_f64_u", "i32x4.trunc_sat_f32x4_s");
+        assert!(fallback::lower(&simd).is_err());
     }
 
     #[test]
