@@ -267,6 +267,10 @@ pub fn build(root: &Path, tools: &Tools) -> Result<SizeReport, String> {
             brotli: br.len(),
         });
     }
+    // The API's TypeScript declarations, served beside the SDK.
+    let types = root.join("sdk-wasm/js/weft.d.ts");
+    let types = std::fs::read(&types).map_err(|e| format!("cannot read {types:?}: {e}"))?;
+    write(&out.join("weft.d.ts"), &types)?;
     let fallback = files.pop().expect("three files");
     let report = SizeReport { files, fallback };
     eprintln!("\n{}", report.summary());

@@ -30,6 +30,13 @@ async fn sdk_files_have_their_types_and_compressed_twins() {
     std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz.body[..]), &mut text)
         .unwrap();
     assert!(text.contains("weft"), "weft.js decompresses to the SDK");
+
+    let types = c.send(Request::get("/weft.d.ts")).await;
+    assert_eq!(types.status, 200);
+    let types = String::from_utf8(types.body).unwrap();
+    for api in ["track(event: string", "consent: WeftConsent", "grantAll(): void"] {
+        assert!(types.contains(api), "weft.d.ts declares {api}");
+    }
 }
 
 #[tokio::test]
