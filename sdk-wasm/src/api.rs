@@ -65,6 +65,9 @@ struct Sdk {
     /// One timer for the next send; `timer_set` while it is pending.
     timer: Timer,
     timer_set: bool,
+    /// One timer to write the queue once per burst of calls.
+    saver: Timer,
+    saver_set: bool,
     /// Owned browser resources: dropping the SDK removes them.
     _listeners: Vec<Listener>,
 }
@@ -91,9 +94,9 @@ fn enabled(options: &JsValue, key: &str) -> bool {
 /// A positive number option, else `default`.
 fn number(options: &JsValue, key: &str, default: f64) -> f64 {
     browser::option(options, key)
-        .and_then(|s| s.trim_ascii().parse::<u32>().ok())
+        .and_then(|s| weft_protocol::json::parse_u64(s.trim_ascii()))
         .filter(|n| *n > 0)
-        .map_or(default, f64::from)
+        .map_or(default, |n| n.min(86_400_000) as f64)
 }
 
 /// Starts the SDK with the script tag's `dataset` as `options`: works out
@@ -141,6 +144,8 @@ pub fn start(options: JsValue, host: JsValue, describe: JsValue) {
         describe,
         timer: Timer::new(timer_fired),
         timer_set: false,
+        saver: Timer::new(save),
+        saver_set: false,
         _listeners: listeners,
     };
     let _ = SDK.try_with(|cell| {
@@ -307,7 +312,7 @@ fn set_consent(values: &JsValue) {
 fn flush(force: bool) {
     with_sdk(|s| {
         if let Some(body) = s.tracker.next_batch(force)
-            && !s.sender.send(&body)
+            && !s.sender.send(&body, force)
         {
             s.tracker.delivered(Outcome::Retry(None));
         }
@@ -315,14 +320,29 @@ fn flush(force: bool) {
     });
 }
 
-/// Makes sure the timer is set when something waits to be sent.
+/// Makes sure the timer is set when something waits to be sent, and the
+/// saver when the queue changed.
 fn schedule(s: &mut Sdk) {
+    if !s.saver_set && s.tracker.unsaved() {
+        s.saver_set = s.saver.start(0.0);
+        if !s.saver_set {
+            s.tracker.save();
+        }
+    }
     if s.timer_set {
         return;
     }
     if let Some(ms) = s.tracker.send_delay() {
         s.timer_set = s.timer.start(ms);
     }
+}
+
+/// Writes the queue after a burst of calls (one write, not one per call).
+fn save() {
+    with_sdk(|s| {
+        s.saver_set = false;
+        s.tracker.save();
+    });
 }
 
 fn timer_fired() {
@@ -351,10 +371,12 @@ fn sent(outcome: Outcome) {
 fn page_hidden() {
     flush(true);
     with_sdk(|s| {
+        s.tracker.save();
         if let Some((body, n)) = s.tracker.beacon_batch(BEACON_BYTES)
             && browser::beacon(s.sender.url(), &body)
         {
             s.tracker.beacon_sent(n);
+            s.tracker.save();
         }
     });
 }

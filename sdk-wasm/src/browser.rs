@@ -90,6 +90,11 @@ mod js {
         #[wasm_bindgen(method, js_name = toISOString)]
         pub fn to_iso_string(this: &Date) -> JsValue;
 
+        pub type AbortSignal;
+        /// `AbortSignal.timeout(ms)`; throws where it does not exist.
+        #[wasm_bindgen(catch, static_method_of = AbortSignal)]
+        pub fn timeout(ms: f64) -> Result<JsValue, JsValue>;
+
         pub type Navigator;
         /// `sendBeacon(url, body)`: whether the browser queued it.
         #[wasm_bindgen(catch, method, js_name = sendBeacon)]
@@ -487,13 +492,21 @@ impl Sender {
     /// the request could not even start (the handler is not called).
     ///
     /// The body is sent as `text/plain` with no custom headers, so the
-    /// browser makes a simple CORS request (no preflight round trip), and
-    /// with `keepalive` so it survives the page being closed.
-    pub fn send(&self, body: &str) -> bool {
+    /// browser makes a simple CORS request (no preflight round trip). Only
+    /// the page's last requests use `keepalive` (they outlive the page):
+    /// the browser counts unread keepalive responses against a 64 KB quota,
+    /// which ordinary traffic would exhaust. A request that has not
+    /// answered in 30 s is aborted and retried.
+    pub fn send(&self, body: &str, keepalive: bool) -> bool {
         let init = js::object();
         set_prop(&init, "method", &JsValue::from_str("POST"));
         set_prop(&init, "body", &JsValue::from_str(body));
-        set_prop(&init, "keepalive", &JsValue::TRUE);
+        if keepalive {
+            set_prop(&init, "keepalive", &JsValue::TRUE);
+        }
+        if let Ok(signal) = js::AbortSignal::timeout(30_000.0) {
+            set_prop(&init, "signal", &signal);
+        }
         let done = self.done.as_ref();
         match js::fetch(&self.url, &init) {
             Ok(p) => {

@@ -40,8 +40,8 @@ impl Outcome {
 /// `Retry-After` in delay-seconds form, as milliseconds (the HTTP-date form
 /// is not used by weft's collector and is ignored).
 fn retry_after_ms(text: &str) -> Option<f64> {
-    let secs: u32 = text.trim_ascii().parse().ok()?;
-    Some(f64::from(secs.min(3_600)) * 1000.0)
+    let secs = weft_protocol::json::parse_u64(text.trim_ascii())?;
+    Some(secs.min(3_600) as f64 * 1000.0)
 }
 
 /// The delay before attempt number `failures + 1` after `failures` failed

@@ -68,13 +68,13 @@ pub struct Config {
 
 impl Config {
     /// Defaults for a write key: 20 messages, bodies under the keepalive
-    /// budget, a 256 KB queue, 5 s interval, opt-in.
+    /// budget, a 512 KB queue, 5 s interval, opt-in.
     pub fn new(write_key: String) -> Self {
         Config {
             write_key,
             batch_count: 20,
             batch_bytes: weft_protocol::limits::KEEPALIVE_BUDGET_BYTES - 1024,
-            queue_bytes: 256 * 1024,
+            queue_bytes: 512 * 1024,
             flush_interval_ms: 5_000.0,
             policy: Policy::OptIn,
             policy_version: String::new(),
@@ -208,6 +208,8 @@ pub struct Tracker<E: Env> {
     pub refused: u32,
     /// Messages dropped for being over the collector's 32 KB limit.
     pub too_large: u32,
+    /// The queue changed since it was last written to storage.
+    dirty: bool,
 }
 
 impl<E: Env> Tracker<E> {
@@ -234,6 +236,7 @@ impl<E: Env> Tracker<E> {
             retry_at: 0.0,
             refused: 0,
             too_large: 0,
+            dirty: false,
         };
         if t.prefs.analytics {
             t.user_id = t.env.get(keys::USER_ID).filter(|u| !u.is_empty());
@@ -433,6 +436,7 @@ impl<E: Env> Tracker<E> {
         self.session = None;
         self.queue.clear();
         self.held.clear();
+        self.dirty = false;
     }
 
     /// Reads or creates the anonymous ID (with `analytics` granted only).
@@ -621,7 +625,23 @@ impl<E: Env> Tracker<E> {
         self.persist();
     }
 
-    fn persist(&self) {
+    /// Marks the queue as changed; [`Tracker::save`] writes it. A burst of
+    /// calls then costs one write of the queue, not one per call.
+    fn persist(&mut self) {
+        self.dirty = true;
+    }
+
+    /// `true` when the queue changed since it was last written.
+    pub fn unsaved(&self) -> bool {
+        self.dirty
+    }
+
+    /// Writes the queue to storage if it changed (and identity is allowed).
+    pub fn save(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
         if self.anonymous_id.is_none() {
             return;
         }
@@ -656,8 +676,8 @@ pub fn merge_objects(base: &str, extra: &str) -> String {
 )]
 fn parse_session(text: &str) -> Option<(f64, f64)> {
     let (start, last) = text.split_once(|c: char| c == '.')?;
-    let start: u64 = start.parse().ok()?;
-    let last: u64 = last.parse().ok()?;
+    let start = weft_protocol::json::parse_u64(start)?;
+    let last = weft_protocol::json::parse_u64(last)?;
     Some((start as f64, last as f64))
 }
 
@@ -846,8 +866,9 @@ mod tests {
         track(&mut t, "A");
         env.advance(29.0 * 60_000.0);
         track(&mut t, "B");
+        t.save();
         env.advance(29.0 * 60_000.0);
-        // A reload keeps the session.
+        // A reload keeps the session (and the queue, once saved).
         let mut t = tracker(&env);
         track(&mut t, "C");
         env.advance(31.0 * 60_000.0);
@@ -1038,6 +1059,9 @@ mod tests {
             "one request in flight at a time"
         );
         t.delivered(Outcome::Retry(None));
+        assert!(t.unsaved());
+        t.save();
+        assert!(!t.unsaved());
 
         // A reload before the retry: the queue comes back from storage.
         let mut t2 = tracker(&env);
@@ -1045,6 +1069,7 @@ mod tests {
         assert_eq!(first, again, "same messageIds on retry");
         t2.delivered(Outcome::Accepted);
         assert_eq!(t2.queued(), 0);
+        t2.save();
         assert!(env.get(keys::QUEUE).is_none());
     }
 

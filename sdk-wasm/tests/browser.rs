@@ -92,6 +92,7 @@ fn queue_survives_a_new_tracker_like_a_reload() {
     let mut t = tracker();
     t.track("A".into(), None, Category::Analytics, ctx());
     t.track("B".into(), None, Category::Analytics, ctx());
+    t.save();
     drop(t);
     let mut t = tracker();
     assert_eq!(t.queued(), 2);
@@ -103,6 +104,7 @@ fn queue_survives_a_new_tracker_like_a_reload() {
     let messages = |b: &str| b.split("\"sentAt\"").next().unwrap().to_owned();
     assert_eq!(messages(&t.next_batch(false).unwrap()), messages(&body));
     t.delivered(Outcome::Accepted);
+    t.save();
     assert_eq!(BrowserEnv::default().get(keys::QUEUE), None);
     clear();
 }
@@ -122,6 +124,7 @@ fn opt_in_touches_no_storage_or_cookie_until_granted_and_withdrawal_clears_them(
     assert!(!cookies().contains("weft_aid="));
 
     t.set_consent(Prefs::ALL, ctx());
+    t.save();
     let id = t.anonymous_id().unwrap().to_owned();
     assert!(cookies().contains(&format!("weft_aid={id}")));
     assert_eq!(

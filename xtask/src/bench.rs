@@ -10,6 +10,13 @@
 //! against the history's truth; the collector's peak RSS and its data
 //! directory's size come from here.
 //!
+//! `cargo xtask bench sdk [--rounds N] [--calls N]`: the browser SDK in
+//! headless Chromium (`weft-sdk-bench`): time from weft.js's start to
+//! `weft.ready` against a same-size no-op script, main-thread time per
+//! `track` call against an empty function call and `JSON.stringify` of the
+//! same properties, and request bytes per event. The SDK is built first, as
+//! `cargo xtask sdk` builds it.
+//!
 //! Each target is started as a child process on `127.0.0.1:0`, loaded by
 //! `weft-loadgen` (20-message batches of about 10 KB on keep-alive
 //! connections), its peak RSS and CPU time read from `/proc/<pid>` and then
@@ -41,19 +48,88 @@ struct Options {
     warmup: u64,
 }
 
-/// `cargo xtask bench collector [--seconds S] [--connections N] [--warmup S]`
-/// or `cargo xtask bench identity [--people N] [--seed S] [--connections N]
-/// [--lookups N]`.
+/// `cargo xtask bench collector [--seconds S] [--connections N] [--warmup S]`,
+/// `cargo xtask bench identity [--people N] [--seed S] [--connections N]
+/// [--lookups N]` or `cargo xtask bench sdk [--rounds N] [--calls N]`.
 pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("collector") => collector(root, &args[1..]),
         Some("identity") => identity(root, &args[1..]),
+        Some("sdk") => sdk(root, &args[1..]),
         other => Err(format!(
             "unknown bench {other:?}; usage: cargo xtask bench collector \
              [--seconds S] [--connections N] [--warmup S] | cargo xtask bench identity \
-             [--people N] [--seed S] [--connections N] [--lookups N]"
+             [--people N] [--seed S] [--connections N] [--lookups N] | cargo xtask bench sdk \
+             [--rounds N] [--calls N]"
         )),
     }
+}
+
+/// What `bench sdk` is asked for.
+#[derive(Debug, PartialEq)]
+struct SdkOptions {
+    /// Cold loads per script, and timing rounds per call kind.
+    rounds: u32,
+    /// Calls per timing round.
+    calls: u32,
+}
+
+fn parse_sdk_options(args: &[String]) -> Result<SdkOptions, String> {
+    let mut options = SdkOptions {
+        rounds: 20,
+        calls: 1000,
+    };
+    let mut rest = args.iter();
+    while let Some(flag) = rest.next() {
+        let slot = match flag.as_str() {
+            "--rounds" => &mut options.rounds,
+            "--calls" => &mut options.calls,
+            other => return Err(format!("bench sdk: unknown flag {other}")),
+        };
+        let value = rest
+            .next()
+            .ok_or_else(|| format!("bench sdk: {flag} needs a value"))?;
+        *slot = value
+            .parse()
+            .map_err(|e| format!("bench sdk: {flag} {value}: {e}"))?;
+    }
+    if !(3..=200).contains(&options.rounds) {
+        return Err("bench sdk: --rounds must be 3..=200".into());
+    }
+    if !(10..=100_000).contains(&options.calls) {
+        return Err("bench sdk: --calls must be 10..=100000".into());
+    }
+    Ok(options)
+}
+
+/// `cargo xtask bench sdk`: builds the SDK exactly as `cargo xtask sdk`
+/// does, then runs `weft-sdk-bench` (release) against it in the Chromium
+/// `cargo xtask test` uses. The table is the bench binary's stdout.
+fn sdk(root: &Path, args: &[String]) -> Result<(), String> {
+    let options = parse_sdk_options(args)?;
+    let tools = crate::tools::ensure_sdk_tools(root)?;
+    let browser = crate::tools::ensure_browser()?;
+    crate::sdk::build(root, &tools)?;
+    // `cargo run` rather than a path under `target/release`: it finds the
+    // binary wherever CARGO_TARGET_DIR puts it.
+    Step::new("weft-sdk-bench (release, headless Chromium)").run(
+        cargo(root)
+            .args([
+                "run",
+                "--release",
+                "-p",
+                "weft-e2e",
+                "--bin",
+                "weft-sdk-bench",
+                "--",
+                "--rounds",
+                &options.rounds.to_string(),
+                "--calls",
+                &options.calls.to_string(),
+            ])
+            .env("WEFT_SDK_DIR", crate::sdk::out_dir(root))
+            .env("WEFT_CHROMIUM", &browser.chromium),
+    )
 }
 
 /// Builds the collector and the load tools (release).
@@ -747,6 +823,23 @@ mod tests {
         assert!(parse_identity_options(&["--people".into(), "0".into()]).is_err());
         assert!(parse_identity_options(&["--people".into()]).is_err());
         assert!(parse_identity_options(&["--seconds".into(), "5".into()]).is_err());
+    }
+
+    #[test]
+    fn sdk_options_have_defaults_and_bounds() {
+        let o = parse_sdk_options(&[]).unwrap();
+        assert_eq!(
+            o,
+            SdkOptions {
+                rounds: 20,
+                calls: 1000
+            }
+        );
+        let o = parse_sdk_options(&["--rounds".into(), "5".into()]).unwrap();
+        assert_eq!((o.rounds, o.calls), (5, 1000));
+        assert!(parse_sdk_options(&["--rounds".into(), "1".into()]).is_err());
+        assert!(parse_sdk_options(&["--calls".into()]).is_err());
+        assert!(parse_sdk_options(&["--seconds".into(), "5".into()]).is_err());
     }
 
     #[test]

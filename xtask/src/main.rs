@@ -13,6 +13,9 @@
 //! - `cargo xtask bench identity [--people N]`: identity stitching at scale:
 //!   ingest of a generated history (1M messages by default), then
 //!   `GET /v1/profiles/{id}` latency and a check against the truth.
+//! - `cargo xtask bench sdk [--rounds N] [--calls N]`: the SDK in headless
+//!   Chromium: time to `weft.ready`, main-thread time per `track` call and
+//!   bytes per event, each against a baseline from the same run.
 //!
 //! Layout: [`tools`] finds or installs external tools, [`sdk`] builds the
 //! SDK bundle, [`cmd`] runs commands and reports failures.
@@ -38,7 +41,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&root, &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  run [-- FLAGS]  build the SDK and run the collector with the demo site\n  test            run every check and test (what CI runs)\n  sdk             build the SDK into target/sdk and report its size\n  bench collector [--seconds S] [--connections N]\n                  ingest throughput: collector vs a bare hyper server\n  bench identity [--people N] [--seed S] [--connections N] [--lookups N]\n                  identity at scale: ingest msg/s of a generated history, profile p50/p99"
+                "usage: cargo xtask <command>\n\n  run [-- FLAGS]  build the SDK and run the collector with the demo site\n  test            run every check and test (what CI runs)\n  sdk             build the SDK into target/sdk and report its size\n  bench collector [--seconds S] [--connections N]\n                  ingest throughput: collector vs a bare hyper server\n  bench identity [--people N] [--seed S] [--connections N] [--lookups N]\n                  identity at scale: ingest msg/s of a generated history, profile p50/p99\n  bench sdk [--rounds N] [--calls N]\n                  the SDK in headless Chromium: ready time, main thread per track, bytes/event"
             );
             return ExitCode::from(2);
         }
@@ -80,7 +83,7 @@ fn run(root: &Path, args: &[String]) -> Result<(), String> {
         .arg("--www-dir")
         .arg(root.join("www"))
         .arg("--sdk-dir")
-        .arg(root.join(sdk::OUT_DIR))
+        .arg(sdk::out_dir(root))
         .args(&flags);
     eprintln!("xtask: starting the collector (Ctrl-C stops it)");
     let status = command
@@ -125,7 +128,7 @@ fn test(root: &Path) -> Result<(), String> {
     Step::new("tests: unit, integration, end-to-end (headless Chromium)").run(
         cargo(root)
             .args(["test", "--workspace"])
-            .env("WEFT_SDK_DIR", root.join(sdk::OUT_DIR))
+            .env("WEFT_SDK_DIR", sdk::out_dir(root))
             .env("WEFT_CHROMIUM", &browser.chromium),
     )?;
     Step::new("SDK wasm-bindgen tests (headless Chromium)").run(
