@@ -214,6 +214,23 @@ pub fn push_escaped(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// Reads a decimal `u64` (ASCII digits only, at least one, no sign or
+/// space); `None` otherwise or on overflow. One small function instead of
+/// `str::parse`'s generic one per integer type, for the SDK's wasm.
+pub fn parse_u64(text: &str) -> Option<u64> {
+    if text.is_empty() {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for b in text.bytes() {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    Some(v)
+}
+
 /// Appends the decimal digits of `v`.
 pub fn push_u64(out: &mut String, mut v: u64) {
     // Iterators rather than indexing: no bounds check, so no panic path
@@ -242,6 +259,29 @@ mod tests {
         push_escaped(&mut out, input);
         let back: String = serde_json::from_str(&out).expect("writer output is JSON");
         assert_eq!(back, input, "round trip of {out}");
+    }
+
+    #[test]
+    fn unsigned_integers_parse_like_std() {
+        for text in [
+            "0",
+            "7",
+            "0042",
+            "18446744073709551615",
+            "18446744073709551616",
+            "",
+            "-1",
+            "+1",
+            " 1",
+            "1a",
+            "٣",
+        ] {
+            assert_eq!(
+                parse_u64(text),
+                text.parse::<u64>().ok().filter(|_| !text.starts_with('+')),
+                "{text:?}"
+            );
+        }
     }
 
     #[test]

@@ -34,7 +34,11 @@ async fn sdk_files_have_their_types_and_compressed_twins() {
     let types = c.send(Request::get("/weft.d.ts")).await;
     assert_eq!(types.status, 200);
     let types = String::from_utf8(types.body).unwrap();
-    for api in ["track(event: string", "consent: WeftConsent", "grantAll(): void"] {
+    for api in [
+        "track(event: string",
+        "consent: WeftConsent",
+        "grantAll(): void",
+    ] {
         assert!(types.contains(api), "weft.d.ts declares {api}");
     }
 }
