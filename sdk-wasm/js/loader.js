@@ -31,10 +31,13 @@ var GETTERS = { anonymousId: 1, userId: 1, "consent.get": 1 };
 // bytes than Rust; `src/browser.rs` calls it and adds identity, session and
 // consent. `referrer`: a single-page app's previous route.
 var UTM = { campaign: "name", source: "source", medium: "medium", term: "term", content: "content" };
+// The time zone once: building an Intl.DateTimeFormat costs a good part of
+// a millisecond.
+var tz;
+try { tz = Intl.DateTimeFormat().resolvedOptions().timeZone; } catch (e) {}
 var describe = function (referrer) {
-  var l = location, n = navigator, s = w.screen || {}, q = new URLSearchParams(l.search), c, k, v, tz;
+  var l = location, n = navigator, s = w.screen || {}, q = new URLSearchParams(l.search), c, k, v;
   for (k in UTM) if ((v = q.get("utm_" + k))) (c = c || {})[UTM[k]] = v;
-  try { tz = Intl.DateTimeFormat().resolvedOptions().timeZone; } catch (e) {}
   return {
     page: { url: l.href, path: l.pathname, search: l.search, referrer: referrer || document.referrer, title: document.title },
     campaign: c,

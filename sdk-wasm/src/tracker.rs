@@ -540,11 +540,8 @@ impl<E: Env> Tracker<E> {
             _ => now,
         };
         self.session = Some((start, now));
-        let mut text = String::new();
-        weft_protocol::json::push_u64(&mut text, start as u64);
-        text.push('.');
-        weft_protocol::json::push_u64(&mut text, now as u64);
-        self.env.set(keys::SESSION, &text);
+        // Written with the queue, once per burst.
+        self.dirty = true;
         Some(start as u64)
     }
 
@@ -644,6 +641,13 @@ impl<E: Env> Tracker<E> {
         self.dirty = false;
         if self.anonymous_id.is_none() {
             return;
+        }
+        if let Some((start, last)) = self.session {
+            let mut text = String::new();
+            weft_protocol::json::push_u64(&mut text, start as u64);
+            text.push('.');
+            weft_protocol::json::push_u64(&mut text, last as u64);
+            self.env.set(keys::SESSION, &text);
         }
         if self.queue.is_empty() {
             self.env.remove(keys::QUEUE);

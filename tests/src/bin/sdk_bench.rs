@@ -702,7 +702,7 @@ async fn run(args: &Args) -> Result<bool, String> {
         .count();
     notes.push(format!(
         "track: the collector stored {stored} of the {tracked} events tracked on the track page \
-         ({} not stored by the end: dropped at the queue's 256 KB cap, oldest first, or still queued)",
+         ({} not stored by the end: dropped at the queue's 512 KB cap, oldest first, or still queued)",
         tracked.saturating_sub(stored)
     ));
     let delivered = tracker.requests_to("/v1/batch").len();

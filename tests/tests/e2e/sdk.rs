@@ -1098,3 +1098,37 @@ async fn calls_made_through_the_stub_before_load_are_replayed_in_order() {
     );
     no_exceptions(&page);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_capture_can_be_turned_off_piece_by_piece() {
+    let c = fixture_collector().await;
+    let chromium = Chromium::launch().await;
+    let page = chromium.new_page().await;
+    page.goto(&c.url("/capture-off.html")).await;
+    sdk_ready(&page).await;
+    page.click("#buy").await;
+    page.click("#link").await;
+    page.eval("history.pushState({}, '', '/elsewhere'); history.pushState({}, '', '/#/route')")
+        .await;
+    page.eval("new Promise(r => setTimeout(r, 50))").await;
+    page.eval("weft.track('Marker')").await;
+    let rows = stored_when(&c, &page, "the marker event", |rows| {
+        !tracks(rows, "Marker").is_empty()
+    })
+    .await;
+    let kinds: Vec<(String, Option<String>)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.body["type"].as_str().unwrap_or("").to_owned(),
+                r.body["event"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [("track".to_owned(), Some("Marker".to_owned()))],
+        "no page view on load or route change, no click: {rows:?}"
+    );
+    no_exceptions(&page);
+}
