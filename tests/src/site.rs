@@ -30,7 +30,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::chromium::Page;
-use crate::harness::workspace_root;
+use crate::eventually;
+use crate::harness::{StoredEvent, TestCollector, workspace_root};
 
 /// `tests/fixtures/sdk/`: the SDK fixture pages.
 pub fn fixtures_dir() -> PathBuf {
@@ -324,4 +325,41 @@ fn message_ids(body: &[u8]) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A collector serving the fixture pages.
+pub async fn fixture_collector() -> TestCollector {
+    TestCollector::start_with(|c| c.www_dir = Some(fixtures_dir())).await
+}
+
+/// Waits until the stored events satisfy `done` (flushing the SDK while it
+/// waits, 20 s at most), then lets any further batch arrive and returns the
+/// final rows.
+pub async fn stored_when(
+    collector: &TestCollector,
+    page: &Page,
+    what: &str,
+    done: impl Fn(&[StoredEvent]) -> bool,
+) -> Vec<StoredEvent> {
+    eventually(Duration::from_secs(20), what, || async {
+        page.eval("weft.flush()").await;
+        done(&collector.rows()).then_some(())
+    })
+    .await;
+    flush_and_settle(page).await;
+    collector.rows()
+}
+
+/// The stored `track` events called `name`.
+pub fn tracks<'a>(rows: &'a [StoredEvent], name: &str) -> Vec<&'a StoredEvent> {
+    rows.iter().filter(|r| r.is_track(name)).collect()
+}
+
+/// Asserts the host page has thrown no uncaught error.
+pub fn no_exceptions(page: &Page) {
+    assert_eq!(
+        page.exceptions(),
+        Vec::<String>::new(),
+        "uncaught errors on the host page"
+    );
 }

@@ -13,26 +13,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use weft_e2e::chromium::{Chromium, Page};
-use weft_e2e::eventually;
 use weft_e2e::harness::{ADMIN_TOKEN, StoredEvent, TestCollector};
 use weft_e2e::http::Request;
-use weft_e2e::site::{fixtures_dir, flush_and_settle, sdk_ready};
-
-async fn fixture_collector() -> TestCollector {
-    TestCollector::start_with(|c| c.www_dir = Some(fixtures_dir())).await
-}
-
-fn tracks<'a>(rows: &'a [StoredEvent], name: &str) -> Vec<&'a StoredEvent> {
-    rows.iter().filter(|r| r.is_track(name)).collect()
-}
-
-fn no_exceptions(page: &Page) {
-    assert_eq!(
-        page.exceptions(),
-        Vec::<String>::new(),
-        "uncaught errors on the host page"
-    );
-}
+use weft_e2e::site::{
+    fixture_collector, flush_and_settle, no_exceptions, sdk_ready, stored_when, tracks,
+};
 
 /// Requests the page sent to the collector's API (anything under `/v1/`).
 fn api_requests(page: &Page) -> Vec<String> {
@@ -41,23 +26,6 @@ fn api_requests(page: &Page) -> Vec<String> {
         .filter(|r| r.url.contains("/v1/") || r.method != "GET")
         .map(|r| format!("{} {} ({})", r.method, r.url, r.kind))
         .collect()
-}
-
-/// Waits until the stored events satisfy `done`, then lets any further
-/// batch arrive and returns the final rows.
-async fn stored_when(
-    collector: &TestCollector,
-    page: &Page,
-    what: &str,
-    done: impl Fn(&[StoredEvent]) -> bool,
-) -> Vec<StoredEvent> {
-    eventually(Duration::from_secs(20), what, || async {
-        page.eval("weft.flush()").await;
-        done(&collector.rows()).then_some(())
-    })
-    .await;
-    flush_and_settle(page).await;
-    collector.rows()
 }
 
 fn keys(items: &[(String, String)]) -> Vec<&str> {

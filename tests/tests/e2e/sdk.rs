@@ -13,44 +13,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use weft_e2e::chromium::{Chromium, Page, WEFT_TEST_HOSTS};
+use weft_e2e::chromium::{Chromium, WEFT_TEST_HOSTS};
 use weft_e2e::eventually;
 use weft_e2e::harness::{StoredEvent, TestCollector};
-use weft_e2e::site::{FlakyProxy, fixtures_dir, flush_and_settle, sdk_ready, write_fixtures};
-
-/// A collector serving the fixture pages.
-async fn fixture_collector() -> TestCollector {
-    TestCollector::start_with(|c| c.www_dir = Some(fixtures_dir())).await
-}
-
-/// Waits until the stored events satisfy `done`, then lets any further
-/// batch arrive and returns the final rows.
-async fn stored_when(
-    collector: &TestCollector,
-    page: &Page,
-    what: &str,
-    done: impl Fn(&[StoredEvent]) -> bool,
-) -> Vec<StoredEvent> {
-    eventually(Duration::from_secs(20), what, || async {
-        page.eval("weft.flush()").await;
-        done(&collector.rows()).then_some(())
-    })
-    .await;
-    flush_and_settle(page).await;
-    collector.rows()
-}
-
-fn tracks<'a>(rows: &'a [StoredEvent], name: &str) -> Vec<&'a StoredEvent> {
-    rows.iter().filter(|r| r.is_track(name)).collect()
-}
-
-fn no_exceptions(page: &Page) {
-    assert_eq!(
-        page.exceptions(),
-        Vec::<String>::new(),
-        "uncaught errors on the host page"
-    );
-}
+use weft_e2e::site::{
+    FlakyProxy, fixture_collector, no_exceptions, sdk_ready, stored_when, tracks, write_fixtures,
+};
 
 /// `classes` as a list, whether the SDK sends the attribute string or an
 /// array (the contract names the property, not its shape).
