@@ -134,11 +134,7 @@ try {
       wasm_bindgen.start(data, host, describe);
       sdk = wasm_bindgen;
       queue.splice(0).forEach(function (c) {
-        try {
-          invoke(c[0], c[1] || []);
-        } catch (e) {
-          report(e);
-        }
+        safely(function () { invoke(c[0], c[1] || []); });
       });
       readyCallbacks.splice(0).forEach(function (cb) { safely(cb, weft); });
     })

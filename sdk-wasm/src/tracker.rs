@@ -288,11 +288,6 @@ impl<E: Env> Tracker<E> {
         self.held.len()
     }
 
-    /// Messages dropped because the queue was full.
-    pub fn queue_dropped(&self) -> u32 {
-        self.queue.dropped
-    }
-
     /// Records a page view.
     pub fn page(&mut self, call: Call, context: Json) {
         let mut m = Message::new(MessageType::Page);
@@ -541,7 +536,7 @@ impl<E: Env> Tracker<E> {
         };
         self.session = Some((start, now));
         // Written with the queue, once per burst.
-        self.dirty = true;
+        self.persist();
         Some(start as u64)
     }
 
@@ -622,8 +617,8 @@ impl<E: Env> Tracker<E> {
         self.persist();
     }
 
-    /// Marks the queue as changed; [`Tracker::save`] writes it. A burst of
-    /// calls then costs one write of the queue, not one per call.
+    /// Marks the queue and session as changed; [`Tracker::save`] writes
+    /// them. A burst of calls then costs one write, not one per call.
     fn persist(&mut self) {
         self.dirty = true;
     }
