@@ -21,6 +21,15 @@ use crate::error::{ApiError, Resp};
 /// Files of the SDK build that the collector serves from its SDK directory.
 const SDK_FILES: [&str; 4] = ["weft.js", "weft.wasm", "weft.d.ts", "weft-fallback.js"];
 
+/// Whether `path` names one of the SDK's files (`/weft.wasm`, or a copy
+/// under a folder of the site directory such as `/v2/weft.wasm`), which
+/// pages of any origin may read (see [`crate::routes`]).
+pub fn is_sdk_path(path: &str) -> bool {
+    path.rsplit('/')
+        .next()
+        .is_some_and(|name| SDK_FILES.contains(&name))
+}
+
 /// Serves `path` (a GET) from the SDK or www directory.
 pub async fn serve(app: &App, path: &str, headers: &HeaderMap) -> Result<Resp, ApiError> {
     let not_found = ApiError::NotFound("file");

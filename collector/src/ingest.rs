@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use bytes::BytesMut;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, ORIGIN};
+use hyper::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, EXPECT, ORIGIN};
 use hyper::{Request, StatusCode};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -65,17 +66,23 @@ pub async fn handle(
     single: Option<MessageType>,
 ) -> Result<Resp, ApiError> {
     let header_key = basic_auth_user(&req);
-    if let Some(key) = &header_key
-        && app.config.source(key).is_none()
-    {
-        return Err(ApiError::UnknownWriteKey);
-    }
+    let early = match &header_key {
+        Some(key) if app.config.source(key).is_none() => Err(ApiError::UnknownWriteKey),
+        _ => content_encoding_is_gzip(&req),
+    };
     let origin = req
         .headers()
         .get(ORIGIN)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let gzip_header = content_encoding_is_gzip(&req)?;
+    let gzip_header = match early {
+        Ok(gzip) => gzip,
+        Err(e) => {
+            // Read what the client is sending anyway, so it gets the answer.
+            let _ = read_body(req, app.config.body_timeout).await;
+            return Err(e);
+        }
+    };
     let body = read_body(req, app.config.body_timeout).await?;
     let body = decode_body(body, gzip_header)?;
     let received = app.clock.now();
@@ -179,6 +186,12 @@ pub struct Envelope<'a> {
 /// Whole-request errors only; message errors come later, per message.
 pub fn parse_envelope(body: &[u8], single: Option<MessageType>) -> Result<Envelope<'_>, ApiError> {
     let malformed = |e: serde_json::Error| ApiError::MalformedJson(e.to_string());
+    // serde would read a struct from a JSON array too (`[[...]]`).
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::MalformedJson(
+            "the body must be a JSON object".to_owned(),
+        ));
+    }
     match single {
         None => {
             let b: RawBatch<'_> = serde_json::from_slice(body).map_err(malformed)?;
@@ -231,27 +244,77 @@ fn content_encoding_is_gzip(req: &Request<Incoming>) -> Result<bool, ApiError> {
     }
 }
 
-/// Reads the body within the size limit and the body timeout.
+/// How much of an oversize body is read and thrown away so that the
+/// client, which may be writing its whole body before it reads anything,
+/// receives the 413 instead of a connection reset (a reset looks like a
+/// network error, which server SDKs retry for ever). Past this the
+/// connection is closed.
+const MAX_DRAINED_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Reads the body within the size limit and the body timeout. An oversize
+/// body is drained (up to [`MAX_DRAINED_BYTES`], within the same timeout)
+/// before the 413, unless the client waits for `100 Continue` and so has
+/// not sent it.
 async fn read_body(req: Request<Incoming>, timeout: Duration) -> Result<Bytes, ApiError> {
-    let too_large = ApiError::PayloadTooLarge {
-        limit: MAX_REQUEST_BYTES,
-    };
-    if let Some(len) = req
+    let declared = req
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        && len > MAX_REQUEST_BYTES as u64
-    {
+        .and_then(|v| v.parse::<u64>().ok());
+    let expects_continue = req
+        .headers()
+        .get(EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let mut body = req.into_body();
+    let too_large = ApiError::PayloadTooLarge {
+        limit: MAX_REQUEST_BYTES,
+    };
+    if declared.is_some_and(|len| len > MAX_REQUEST_BYTES as u64) {
+        if !expects_continue && declared.is_some_and(|len| len <= MAX_DRAINED_BYTES) {
+            drain(&mut body, 0, timeout).await;
+        }
         return Err(too_large);
     }
-    let limited = Limited::new(req.into_body(), MAX_REQUEST_BYTES);
-    match tokio::time::timeout(timeout, limited.collect()).await {
+    let read = async {
+        let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| ApiError::MalformedJson(format!("body read failed: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > MAX_REQUEST_BYTES {
+                    return Ok(Err(buf.len() as u64 + data.len() as u64));
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok(Ok(buf.freeze()))
+    };
+    let started = tokio::time::Instant::now();
+    match tokio::time::timeout(timeout, read).await {
         Err(_) => Err(ApiError::BodyTimeout),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large),
-        Ok(Err(e)) => Err(ApiError::MalformedJson(format!("body read failed: {e}"))),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(Ok(bytes))) => Ok(bytes),
+        Ok(Ok(Err(seen))) => {
+            drain(&mut body, seen, timeout.saturating_sub(started.elapsed())).await;
+            Err(too_large)
+        }
     }
+}
+
+/// Reads and discards the rest of `body` (of which `seen` bytes were
+/// read), while fewer than [`MAX_DRAINED_BYTES`] in all and within `time`.
+async fn drain(body: &mut Incoming, mut seen: u64, time: Duration) {
+    let _ = tokio::time::timeout(time, async {
+        while seen <= MAX_DRAINED_BYTES {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+                }
+                _ => break,
+            }
+        }
+    })
+    .await;
 }
 
 /// Decompresses gzip bodies (by header, or by magic bytes for clients that

@@ -1,5 +1,18 @@
-//! Routing: method and path to handler, CORS for the ingest endpoints, and
-//! the conversion of every handler error into its response.
+//! Routing: method and path to handler, CORS, and the conversion of every
+//! handler error into its response.
+//!
+//! CORS is decided here and nowhere else, in two rules:
+//! - The SDK's files (`weft.js`, `weft.wasm`, `weft-fallback.js`,
+//!   `weft.d.ts`) are readable by any origin (`Access-Control-Allow-Origin:
+//!   *`, without credentials), their 404s included, so a page on any site
+//!   can fetch and compile the wasm and its debug line says what failed.
+//!   They are public code, the same for everyone.
+//! - The ingest endpoints (`/v1/batch`, `/v1/track`, ...) answer a browser
+//!   only on an origin one of the sources allows (the POST itself is then
+//!   checked against its own source's list, 403 otherwise).
+//!
+//! Everything else (admin API, dashboard, demo) gets no CORS header: only
+//! the collector's own pages may read it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,7 +22,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
-    ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, CONTENT_TYPE, HeaderValue, ORIGIN, VARY,
+    ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, CONTENT_TYPE, HeaderName, HeaderValue,
+    ORIGIN, VARY,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use weft_protocol::MessageType;
@@ -43,6 +57,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
     };
     if is_ingest && let Some(origin) = origin {
         allow_origin(&app, &mut resp, origin);
+    } else if assets::is_sdk_path(&path) {
+        allow_any_origin(&mut resp);
     }
     resp
 }
@@ -143,6 +159,17 @@ fn allow_origin(app: &App, resp: &mut Resp, origin: HeaderValue) {
             HeaderValue::from_static("Retry-After"),
         );
     }
+}
+
+/// Lets a page of any origin read the response (the SDK's public files):
+/// no credentials, and loadable by cross-origin-isolated pages too.
+fn allow_any_origin(resp: &mut Resp) {
+    let h = resp.headers_mut();
+    h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(
+        HeaderName::from_static("cross-origin-resource-policy"),
+        HeaderValue::from_static("cross-origin"),
+    );
 }
 
 #[cfg(test)]

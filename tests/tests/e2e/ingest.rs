@@ -491,3 +491,145 @@ async fn shutdown_drains_a_request_in_flight() {
         .unwrap();
     assert_eq!(n, 1);
 }
+
+/// What Python's `urllib` (a client that writes its whole body before it
+/// reads anything, as most server SDKs do) gets for a POST of `body_kb` KB
+/// of JSON to `/v1/batch`, with a Content-Length or chunked:
+/// `{"status": N, "body": TEXT}`, or `{"error": TEXT}` for a network error.
+async fn urllib_post(c: &TestCollector, body_kb: usize, chunked: bool) -> Value {
+    const SCRIPT: &str = r#"
+import json, sys, urllib.request, urllib.error
+url, key, kb, chunked = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+msg = '{"type":"track","event":"Big","anonymousId":"big","properties":{"pad":"' + "x" * 1000 + '"}}'
+body = ('{"batch":[' + ",".join([msg] * kb) + "]}").encode()
+data = iter([body[i:i + 65536] for i in range(0, len(body), 65536)]) if chunked else body
+req = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
+import base64
+req.add_header("Authorization", "Basic " + base64.b64encode((key + ":").encode()).decode())
+try:
+    r = urllib.request.urlopen(req, timeout=20)
+    print(json.dumps({"status": r.status, "body": r.read().decode()}))
+except urllib.error.HTTPError as e:
+    print(json.dumps({"status": e.code, "body": e.read().decode()}))
+except Exception as e:
+    print(json.dumps({"error": repr(e)}))
+"#;
+    let out = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(c.url("/v1/batch"))
+        .arg(WRITE_KEY)
+        .arg(body_kb.to_string())
+        .arg(if chunked { "1" } else { "0" })
+        .output()
+        .await
+        .expect("python3 runs (it is on every machine of this kind)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[tokio::test]
+async fn an_oversize_body_gets_a_413_that_a_client_writing_it_whole_reads() {
+    let c = TestCollector::start().await;
+    // About 600 KB (the size of the report), 2 MB and 7 MB: more than the
+    // socket buffers hold, so a server that answers without reading would
+    // reset the connection under the client's feet.
+    for (kb, chunked) in [
+        (600, false),
+        (600, true),
+        (2000, false),
+        (7000, false),
+        (7000, true),
+    ] {
+        let r = urllib_post(&c, kb, chunked).await;
+        assert_eq!(r["status"], 413, "{kb} KB, chunked {chunked}: {r}");
+        let body: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+        assert_eq!(body["error"], "payload_too_large", "{body}");
+        assert!(body["reason"].as_str().is_some_and(|s| !s.is_empty()));
+    }
+    // Under the limit it is accepted, and the refused ones stored nothing.
+    let r = urllib_post(&c, 400, false).await;
+    assert_eq!(r["status"], 200, "{r}");
+    assert_eq!(stored_count(&c), 400);
+
+    // The same with a raw client that writes all 600 KB before reading.
+    let mut s = tokio::net::TcpStream::connect(c.addr).await.unwrap();
+    let body = vec![b' '; 600 * 1024];
+    let head = format!(
+        "POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Length: {}\r\n\r\n",
+        basic(WRITE_KEY),
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&body).await.unwrap();
+    let (raw, _) = read_until_closed_or(&mut s, b"}", Duration::from_secs(10)).await;
+    let r = weft_e2e::http::parse_response(&raw);
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (413, Some("payload_too_large"))
+    );
+}
+
+/// Reads until `end` closes a response body or the connection closes.
+async fn read_until_closed_or(
+    s: &mut tokio::net::TcpStream,
+    end: &[u8],
+    limit: Duration,
+) -> (Vec<u8>, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) => return (raw, true),
+            Ok(Ok(n)) => {
+                raw.extend_from_slice(&buf[..n]);
+                if raw.ends_with(end) {
+                    return (raw, false);
+                }
+            }
+            Ok(Err(e)) => panic!("read failed after {} bytes: {e}", raw.len()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_a_json_object_is_a_400() {
+    let c = TestCollector::start().await;
+    let nested = format!("{}{}", "[".repeat(100), "]".repeat(100));
+    let cases = [
+        ("/v1/batch", nested.clone()),
+        ("/v1/batch", "[1,2,3]".to_owned()),
+        (
+            "/v1/batch",
+            format!("  [{}]", r#"[{"type":"page","anonymousId":"a"}]"#),
+        ),
+        ("/v1/batch", "\"batch\"".to_owned()),
+        ("/v1/batch", "null".to_owned()),
+        ("/v1/track", nested),
+        ("/v1/track", "[1,2,3]".to_owned()),
+    ];
+    for (path, body) in cases {
+        let r = c
+            .send(Request::post(path, body.clone()).header("Authorization", &basic(WRITE_KEY)))
+            .await;
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (400, Some("malformed_json")),
+            "{path} {body}"
+        );
+        assert!(r.json()["reason"].as_str().is_some_and(|s| !s.is_empty()));
+    }
+    assert_eq!(stored_count(&c), 0);
+    let rejected: i64 = c
+        .db()
+        .query_row("SELECT count(*) FROM rejected", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rejected, 0, "a request error rejects no message");
+}
