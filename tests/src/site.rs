@@ -1,10 +1,12 @@
 //! Pages and network conditions for the browser SDK tests.
 //!
-//! - [`fixtures_dir`]: the fixture pages in `tests/fixtures/sdk/`, which a
-//!   test collector serves at `/` in place of the demo site
-//!   (`config.www_dir`), with `%WEFT_WRITE_KEY%` filled in.
-//! - [`fixtures_with`]: a copy of those pages with more placeholders filled
-//!   in, for values only known once the test runs (a proxy's address).
+//! - [`Site`]: a web site on an origin of its own (another port, and with
+//!   Chromium's host-resolver rules another host name), serving fixture
+//!   pages whose script tag points at the collector, as on every real
+//!   site: the SDK is always loaded cross-origin. Pages name the collector
+//!   as `%WEFT_COLLECTOR%` and the write key as `%WEFT_WRITE_KEY%`.
+//! - [`fixtures_dir`]: the SDK fixture pages in `tests/fixtures/sdk/`;
+//!   [`fixture_site`] serves them for a collector.
 //! - [`FlakyProxy`]: a loopback HTTP proxy in front of a collector that
 //!   answers the first N `POST /v1/batch` with 503 and forwards everything
 //!   else, recording which messages each batch carried and what it answered.
@@ -25,48 +27,153 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::chromium::Page;
 use crate::eventually;
-use crate::harness::{StoredEvent, TestCollector, workspace_root};
+use crate::harness::{StoredEvent, TestCollector, WRITE_KEY, workspace_root};
 
 /// `tests/fixtures/sdk/`: the SDK fixture pages.
 pub fn fixtures_dir() -> PathBuf {
     workspace_root().join("tests/fixtures/sdk")
 }
 
-/// A temporary copy of the fixture pages with each `(placeholder, value)`
-/// replaced in every HTML file (`%WEFT_WRITE_KEY%` is left for the
-/// collector).
-pub fn fixtures_with(replacements: &[(&str, &str)]) -> TempDir {
-    let dir = tempfile::tempdir().expect("temp dir for fixtures");
-    write_fixtures(dir.path(), replacements);
-    dir
+/// A static web site on loopback, on another origin than the collector.
+///
+/// HTML pages get `%WEFT_COLLECTOR%` (the collector's origin, e.g.
+/// `http://127.0.0.1:PORT`), `%WEFT_WRITE_KEY%` and the site's own
+/// replacements filled in; other files are served as they are. The site
+/// sets no CORS header: everything cross-origin must be the collector's
+/// doing.
+pub struct Site {
+    /// Where it listens (127.0.0.1).
+    pub addr: SocketAddr,
+    subst: Arc<Mutex<Vec<(String, String)>>>,
+    shutdown: Option<oneshot::Sender<()>>,
 }
 
-/// Writes the fixture pages into `dir` like [`fixtures_with`]; for a
-/// collector already serving `dir` (the pages can name its address).
-pub fn write_fixtures(dir: &Path, replacements: &[(&str, &str)]) {
-    for entry in std::fs::read_dir(fixtures_dir()).expect("read tests/fixtures/sdk") {
-        let entry = entry.expect("fixture entry");
-        let path = entry.path();
-        if !path.is_file() {
-            continue;
-        }
-        let target = dir.join(entry.file_name());
-        if path.extension().is_some_and(|e| e == "html") {
-            let mut text = std::fs::read_to_string(&path).expect("read fixture page");
-            for (from, to) in replacements {
-                text = text.replace(from, to);
+impl Site {
+    /// Serves `dir` on `127.0.0.1:0`, with the collector at `collector`
+    /// (an origin such as `http://127.0.0.1:PORT`) and `replacements`.
+    pub async fn start(dir: &Path, collector: &str, replacements: &[(&str, &str)]) -> Site {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let mut subst = vec![
+            ("%WEFT_COLLECTOR%".to_owned(), collector.to_owned()),
+            ("%WEFT_WRITE_KEY%".to_owned(), WRITE_KEY.to_owned()),
+        ];
+        subst.extend(
+            replacements
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        let subst = Arc::new(Mutex::new(subst));
+        let state = Arc::new((dir.to_path_buf(), subst.clone()));
+        let (tx, mut rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok(a) => a,
+                        Err(_) => continue,
+                    },
+                    _ = &mut rx => break,
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let state = state.clone();
+                        async move {
+                            let subst = state.1.lock().unwrap().clone();
+                            Ok::<_, Infallible>(serve_file(&state.0, &subst, req.uri().path()))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
             }
-            std::fs::write(&target, text).expect("write fixture page");
-        } else {
-            std::fs::copy(&path, &target).expect("copy fixture file");
+        });
+        Site {
+            addr,
+            subst,
+            shutdown: Some(tx),
         }
     }
+
+    /// From now on pages get `value` for `placeholder` (for values known
+    /// only after the site has its port, such as a collector whose allowed
+    /// origins name the site).
+    pub fn set(&self, placeholder: &str, value: &str) {
+        let mut subst = self.subst.lock().unwrap();
+        subst.retain(|(k, _)| k != placeholder);
+        subst.insert(0, (placeholder.to_owned(), value.to_owned()));
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `http://{host}:PORT{path}`: the site under a host name that
+    /// Chromium maps to loopback ([`crate::chromium::WEFT_TEST_HOSTS`]).
+    pub fn url_on(&self, host: &str, path: &str) -> String {
+        format!("http://{host}:{}{path}", self.addr.port())
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+fn serve_file(dir: &Path, subst: &[(String, String)], path: &str) -> Response<Full<Bytes>> {
+    let name = path.trim_start_matches('/');
+    let safe = !name.is_empty()
+        && name
+            .split('/')
+            .all(|seg| !seg.is_empty() && !seg.starts_with('.'));
+    let data = if safe {
+        std::fs::read(dir.join(name)).ok()
+    } else {
+        None
+    };
+    let Some(mut data) = data else {
+        let mut resp = Response::new(Full::new(Bytes::from_static(b"not found")));
+        *resp.status_mut() = StatusCode::NOT_FOUND;
+        return resp;
+    };
+    let content_type = match name.rsplit('.').next() {
+        Some("html") => {
+            let mut text = String::from_utf8_lossy(&data).into_owned();
+            for (from, to) in subst {
+                text = text.replace(from.as_str(), to);
+            }
+            data = text.into_bytes();
+            "text/html; charset=utf-8"
+        }
+        Some("js") => "text/javascript",
+        Some("wasm") => "application/wasm",
+        _ => "application/octet-stream",
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(data)));
+    resp.headers_mut()
+        .insert("content-type", HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert("cache-control", HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// The SDK fixture pages on a [`Site`] of their own, pointing at `collector`
+/// (on 127.0.0.1: the site differs from it by its port).
+pub async fn fixture_site(collector: &TestCollector) -> Site {
+    Site::start(&fixtures_dir(), &collector.url(""), &[]).await
 }
 
 /// Waits until the SDK on `page` has loaded: `weft.ready(cb)` has called
@@ -327,9 +434,10 @@ fn message_ids(body: &[u8]) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A collector serving the fixture pages.
+/// A collector for the fixture pages: it serves the SDK, not the pages
+/// (they come from a [`Site`] on another origin).
 pub async fn fixture_collector() -> TestCollector {
-    TestCollector::start_with(|c| c.www_dir = Some(fixtures_dir())).await
+    TestCollector::start_with(|c| c.www_dir = None).await
 }
 
 /// Waits until the stored events satisfy `done` (flushing the SDK while it

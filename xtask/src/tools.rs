@@ -2,7 +2,8 @@
 //!
 //! Everything lands under `target/tools` (project-local, so a second run
 //! costs nothing and nothing outside the checkout changes), except Chromium,
-//! which comes from apt when running as root.
+//! and Node.js/npm or Python's pip when missing, which come from apt when
+//! running as root.
 //!
 //! | tool | from | why |
 //! |---|---|---|
@@ -10,6 +11,7 @@
 //! | wasm-bindgen, wasm-bindgen-test-runner | `cargo install wasm-bindgen-cli` at the crate's pinned version | JS glue; browser tests |
 //! | wasm-opt, wasm-dis and wasm2js (binaryen), terser | npm | Debian's binaryen is too old for today's rustc; the strict-CSP fallback; minified JS |
 //! | @segment/analytics-node | npm | a real Segment server SDK, sent to the collector in the e2e tests |
+//! | rudder-sdk-python, segment-analytics-python | PyPI: `python3 -m pip install --target target/tools/python` | real RudderStack and Segment Python server SDKs, sent to the collector in the e2e tests (`PYTHONPATH`) |
 //! | chromium, chromedriver | apt | browser tests |
 
 use std::path::{Path, PathBuf};
@@ -22,6 +24,12 @@ const NPM_PACKAGES: [(&str, &str); 3] = [
     ("binaryen", "132.0.0"),
     ("terser", "5.51.2"),
     ("@segment/analytics-node", "3.1.0"),
+];
+
+/// PyPI packages, pinned exactly: real server SDKs the e2e tests run.
+const PYPI_PACKAGES: [(&str, &str); 2] = [
+    ("rudder-sdk-python", "2.1.9"),
+    ("segment-analytics-python", "2.4.0"),
 ];
 
 /// Paths of the SDK build tools.
@@ -49,7 +57,8 @@ pub struct Browser {
     pub chromedriver: PathBuf,
 }
 
-/// Makes sure the wasm target, wasm-bindgen-cli and the npm tools are there.
+/// Makes sure the wasm target, wasm-bindgen-cli, the npm tools and the
+/// PyPI packages are there.
 pub fn ensure_sdk_tools(root: &Path) -> Result<Tools, String> {
     ensure_wasm_target()?;
     let tools_dir = root.join("target/tools");
@@ -107,6 +116,7 @@ pub fn ensure_sdk_tools(root: &Path) -> Result<Tools, String> {
                 .args(&specs),
         )?;
     }
+    ensure_python_packages(&tools_dir.join("python"))?;
     let node_bin = npm_dir.join("node_modules/.bin");
     Ok(Tools {
         wasm_bindgen,
@@ -116,6 +126,49 @@ pub fn ensure_sdk_tools(root: &Path) -> Result<Tools, String> {
         wasm_dis: node_bin.join("wasm-dis"),
         terser: node_bin.join("terser"),
     })
+}
+
+/// Installs [`PYPI_PACKAGES`] into `dir` (the e2e tests put it on
+/// `PYTHONPATH`) unless each is there at its pinned version.
+fn ensure_python_packages(dir: &Path) -> Result<(), String> {
+    // pip --target leaves a `<name, with _ for ->-<version>.dist-info` per package.
+    let installed = |name: &str, version: &str| {
+        dir.join(format!("{}-{version}.dist-info", name.replace('-', "_")))
+            .join("METADATA")
+            .is_file()
+    };
+    if PYPI_PACKAGES.iter().all(|(n, v)| installed(n, v)) {
+        return Ok(());
+    }
+    ensure_pip()?;
+    // From scratch: pip --target keeps what an older pin left behind.
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| format!("cannot remove {dir:?}: {e}"))?;
+    }
+    let specs: Vec<String> = PYPI_PACKAGES
+        .iter()
+        .map(|(n, v)| format!("{n}=={v}"))
+        .collect();
+    Step::new("install the pinned PyPI packages (once)").run(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--no-input",
+                "--target",
+            ])
+            .arg(dir)
+            .args(&specs),
+    )?;
+    match PYPI_PACKAGES.iter().find(|(n, v)| !installed(n, v)) {
+        None => Ok(()),
+        Some((n, v)) => Err(format!(
+            "pip finished but {n} {v} is not in {dir:?} (no {}-{v}.dist-info)",
+            n.replace('-', "_")
+        )),
+    }
 }
 
 /// The exact wasm-bindgen version pinned in the workspace manifest.
@@ -149,6 +202,26 @@ fn ensure_npm() -> Result<(), String> {
         &["nodejs", "npm"],
         "Node.js and npm (for wasm-opt and terser)",
     )
+}
+
+fn ensure_pip() -> Result<(), String> {
+    let pip = || output(Command::new("python3").args(["-m", "pip", "--version"])).is_some();
+    if pip() {
+        return Ok(());
+    }
+    apt_install(
+        &["python3", "python3-pip"],
+        "Python 3 and pip (for the Python server SDKs of the e2e tests)",
+    )?;
+    if pip() {
+        Ok(())
+    } else {
+        Err(
+            "`python3 -m pip` still does not run after installing python3-pip: \
+             put a Python 3 with pip on PATH as `python3`"
+                .into(),
+        )
+    }
 }
 
 /// Makes sure Chromium and ChromeDriver are installed.

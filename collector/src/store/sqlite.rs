@@ -662,9 +662,22 @@ fn event_body(conn: &Connection, seq: i64) -> Result<serde_json::Value, StoreErr
     serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// An identify's traits: those in `context.traits` (where RudderStack's
+/// SDKs put them) overlaid by the top-level `traits` (Segment's place), so
+/// a key given in both takes the top-level value.
+fn identify_traits(mut body: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    let mut take = |at: &str| match body.pointer_mut(at).map(serde_json::Value::take) {
+        Some(serde_json::Value::Object(t)) => t,
+        _ => serde_json::Map::new(),
+    };
+    let mut traits = take("/context/traits");
+    traits.extend(take("/traits"));
+    traits
+}
+
 /// The summary: identifiers, first/last seen, count, traits merged from
-/// identify calls (per trait, the latest timestamp wins) and the latest
-/// consent preferences.
+/// identify calls (per trait, the latest timestamp wins; within one call,
+/// `traits` over `context.traits`) and the latest consent preferences.
 fn profile(conn: &Connection, id: &str) -> Result<Option<ProfileSummary>, StoreError> {
     let Some(mut p) = resolve(conn, id)? else {
         return Ok(None);
@@ -673,7 +686,8 @@ fn profile(conn: &Connection, id: &str) -> Result<Option<ProfileSummary>, StoreE
     let mut traits = serde_json::Map::new();
     let mut consent = serde_json::Value::Object(Default::default());
     // Only bodies that can matter are read and parsed: identify calls for
-    // traits, and (newest first, until one is found) bodies that mention
+    // traits (chosen by type, so traits only in `context.traits` count
+    // too), and (newest first, until one is found) bodies that mention
     // consent preferences.
     let mut identify_body =
         conn.prepare_cached("SELECT body FROM events WHERE seq = ?1 AND type = 'identify'")?;
@@ -688,9 +702,8 @@ fn profile(conn: &Connection, id: &str) -> Result<Option<ProfileSummary>, StoreE
         if let Some(text) = identify_body
             .query_row([seq], |r| r.get::<_, String>(0))
             .optional()?
-            && let serde_json::Value::Object(t) = &parse(text)?["traits"]
         {
-            traits.extend(t.clone());
+            traits.extend(identify_traits(parse(text)?));
         }
     }
     for (_, seq) in p.events.iter().rev() {
@@ -1064,6 +1077,77 @@ mod tests {
             (c.stored, c.duplicates),
             (3, 0),
             "same messageId, other source"
+        );
+    }
+
+    /// A stored identify of user `u` on device `d` at `at` with `body`.
+    fn identify(n: usize, at: &str, body: serde_json::Value) -> NewEvent {
+        NewEvent {
+            message_id: format!("identify-{n}"),
+            kind: MessageType::Identify,
+            event: None,
+            anonymous_id: Some("d".into()),
+            user_id: Some("u".into()),
+            previous_id: None,
+            junk_ids: 0,
+            consent_record: None,
+            timestamp: at.into(),
+            received_at: at.into(),
+            ip: None,
+            body: body.to_string(),
+        }
+    }
+
+    #[test]
+    fn identify_traits_come_from_traits_and_context_traits_the_newest_call_winning() {
+        use serde_json::json;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), 8, Arc::default()).unwrap();
+        // Out of time order, so arrival order is not what decides.
+        let events = vec![
+            // Both places: the top-level value wins a shared key.
+            identify(
+                3,
+                "2026-11-23T12:00:00.000Z",
+                json!({"type": "identify", "userId": "u",
+                       "traits": {"name": "Ada", "tier": "gold"},
+                       "context": {"traits": {"tier": "silver", "vip": true}}}),
+            ),
+            // Only in context.traits (RudderStack's SDKs): newer than the
+            // first call, so its plan replaces that one.
+            identify(
+                2,
+                "2026-11-23T11:00:00.000Z",
+                json!({"type": "identify", "userId": "u",
+                       "context": {"traits": {"plan": "pro", "city": "Oslo"}}}),
+            ),
+            // Only top level (Segment's SDKs), the oldest.
+            identify(
+                1,
+                "2026-11-23T10:00:00.000Z",
+                json!({"type": "identify", "userId": "u",
+                       "traits": {"plan": "free", "email": "ada@example.com"}}),
+            ),
+            // Traits that are not objects are no traits.
+            identify(
+                4,
+                "2026-11-23T13:00:00.000Z",
+                json!({"type": "identify", "userId": "u", "traits": "x",
+                       "context": {"traits": ["y"]}}),
+            ),
+        ];
+        let request = AppendRequest {
+            source: "s".into(),
+            events,
+            rejected: Vec::new(),
+        };
+        let outcome = store.append(request).unwrap().blocking_recv().unwrap();
+        assert_eq!(outcome.unwrap().stored, 4);
+        let profile = store.profile("u").unwrap().expect("a profile for u");
+        assert_eq!(
+            profile.traits,
+            json!({"name": "Ada", "tier": "gold", "vip": true, "plan": "pro",
+                   "city": "Oslo", "email": "ada@example.com"})
         );
     }
 

@@ -16,7 +16,8 @@ use weft_e2e::chromium::{Chromium, Page};
 use weft_e2e::harness::{ADMIN_TOKEN, StoredEvent, TestCollector};
 use weft_e2e::http::Request;
 use weft_e2e::site::{
-    fixture_collector, flush_and_settle, no_exceptions, sdk_ready, stored_when, tracks,
+    fixture_collector, fixture_site, flush_and_settle, no_exceptions, sdk_ready, stored_when,
+    tracks,
 };
 
 /// Requests the page sent to the collector's API (anything under `/v1/`).
@@ -66,12 +67,13 @@ async fn assert_browser_holds_nothing(chromium: &Chromium, page: &Page, origin: 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_decision_an_opt_in_page_writes_nothing_and_sends_nothing() {
     let c = fixture_collector().await;
+    let site = fixture_site(&c).await;
     let chromium = Chromium::launch().await;
     let page = chromium.new_page().await;
-    let origin = c.url("");
+    let origin = site.url("");
 
     for load in 0..2 {
-        page.goto(&c.url("/optin.html")).await;
+        page.goto(&site.url("/optin.html")).await;
         sdk_ready(&page).await;
         page.eval("weft.page('Manual view'); history.pushState({}, '', '/optin/a')")
             .await;
@@ -110,10 +112,11 @@ async fn without_a_decision_an_opt_in_page_writes_nothing_and_sends_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_sends_the_held_events_once_under_the_identity_created_then() {
     let c = fixture_collector().await;
+    let site = fixture_site(&c).await;
     let chromium = Chromium::launch().await;
     let page = chromium.new_page().await;
-    let origin = c.url("");
-    page.goto(&c.url("/optin.html")).await;
+    let origin = site.url("");
+    page.goto(&site.url("/optin.html")).await;
     sdk_ready(&page).await;
     page.eval("history.pushState({}, '', '/optin/spa')").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -241,9 +244,10 @@ async fn a_grant_sends_the_held_events_once_under_the_identity_created_then() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_most_one_hundred_calls_are_held_before_a_decision() {
     let c = fixture_collector().await;
+    let site = fixture_site(&c).await;
     let chromium = Chromium::launch().await;
     let page = chromium.new_page().await;
-    page.goto(&c.url("/optin.html")).await;
+    page.goto(&site.url("/optin.html")).await;
     sdk_ready(&page).await;
     page.eval("for (let i = 1; i <= 150; i++) weft.track('Bulk ' + i)")
         .await;
@@ -271,10 +275,11 @@ async fn at_most_one_hundred_calls_are_held_before_a_decision() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_denial_sends_nothing_ever_and_keeps_only_the_decision() {
     let c = fixture_collector().await;
+    let site = fixture_site(&c).await;
     let chromium = Chromium::launch().await;
     let page = chromium.new_page().await;
-    let origin = c.url("");
-    page.goto(&c.url("/optin.html")).await;
+    let origin = site.url("");
+    page.goto(&site.url("/optin.html")).await;
     sdk_ready(&page).await;
     page.eval("weft.track('Before Deny')").await;
     page.click("#buy").await;
@@ -291,7 +296,7 @@ async fn a_denial_sends_nothing_ever_and_keeps_only_the_decision() {
     page.eval("weft.flush()").await;
 
     // The decision survives a reload; still nothing is sent.
-    page.goto(&c.url("/optin.html")).await;
+    page.goto(&site.url("/optin.html")).await;
     sdk_ready(&page).await;
     assert_eq!(
         page.eval("weft.consent.get()").await,
@@ -330,10 +335,11 @@ async fn a_denial_sends_nothing_ever_and_keeps_only_the_decision() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn withdrawal_clears_the_identity_at_once_and_stops_capture() {
     let c = fixture_collector().await;
+    let site = fixture_site(&c).await;
     let chromium = Chromium::launch().await;
     let page = chromium.new_page().await;
-    let origin = c.url("");
-    page.goto(&c.url("/optin.html")).await;
+    let origin = site.url("");
+    page.goto(&site.url("/optin.html")).await;
     sdk_ready(&page).await;
     page.eval("weft.consent.grantAll(); weft.track('Before Withdrawal')")
         .await;
@@ -406,6 +412,7 @@ async fn withdrawal_clears_the_identity_at_once_and_stops_capture() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_privacy_control_on_an_opt_out_page_denies_marketing_only() {
     let c = fixture_collector().await;
+    let site = fixture_site(&c).await;
     let chromium = Chromium::launch().await;
     let page = chromium.new_page().await;
     page.add_init_script(
@@ -413,7 +420,7 @@ async fn global_privacy_control_on_an_opt_out_page_denies_marketing_only() {
          {get: () => true, configurable: true});",
     )
     .await;
-    page.goto(&c.url("/optout.html")).await;
+    page.goto(&site.url("/optout.html")).await;
     sdk_ready(&page).await;
     assert_eq!(page.eval("navigator.globalPrivacyControl").await, true);
     assert_eq!(
@@ -469,15 +476,16 @@ async fn global_privacy_control_on_an_opt_out_page_denies_marketing_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn do_not_track_on_a_site_that_honours_it_denies_all_but_necessary() {
     let c = fixture_collector().await;
+    let site = fixture_site(&c).await;
     let chromium = Chromium::launch().await;
     let page = chromium.new_page().await;
-    let origin = c.url("");
+    let origin = site.url("");
     page.add_init_script(
         "Object.defineProperty(Navigator.prototype, 'doNotTrack', \
          {get: () => '1', configurable: true});",
     )
     .await;
-    page.goto(&c.url("/dnt.html")).await;
+    page.goto(&site.url("/dnt.html")).await;
     sdk_ready(&page).await;
     assert_eq!(page.eval("navigator.doNotTrack").await, "1");
     assert_eq!(
@@ -504,9 +512,10 @@ async fn do_not_track_on_a_site_that_honours_it_denies_all_but_necessary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn google_consent_mode_names_map_onto_weft_categories() {
     let c = fixture_collector().await;
+    let site = fixture_site(&c).await;
     let chromium = Chromium::launch().await;
     let page = chromium.new_page().await;
-    page.goto(&c.url("/optin.html")).await;
+    page.goto(&site.url("/optin.html")).await;
     sdk_ready(&page).await;
 
     let set = |prefs: &str| format!("weft.consent.set({prefs}); weft.consent.get()");

@@ -23,6 +23,8 @@ use tempfile::TempDir;
 use weft_e2e::chromium::{Chromium, Page};
 use weft_e2e::eventually;
 use weft_e2e::harness::{TestCollector, sdk_dir, workspace_root};
+use weft_e2e::http::Request;
+use weft_e2e::site::Site;
 
 /// What the pages do once the SDK runs: two events with varied properties,
 /// and in between an event name and a property of 1 MiB each (too big to
@@ -127,15 +129,17 @@ impl Run {
     }
 }
 
-/// Loads `page_name` from a collector of its own (so each run has its own
-/// origin, storage and store; cookies, which ignore ports, are cleared),
+/// Loads `page_name` from a site of its own, with a collector of its own on
+/// another origin (so each run has its own origin, storage and store;
+/// cookies, which ignore ports, are cleared),
 /// runs [`SCENARIO`] and waits until the store has the [`EXPECTED`] events
 /// under the SDK's anonymousId.
 async fn run(chromium: &Chromium, www: &Path, page_name: &str) -> Run {
     let collector = collector(www).await;
+    let site = Site::start(www, &collector.url(""), &[]).await;
     let page = chromium.new_page().await;
     page.call("Network.clearBrowserCookies", json!({})).await;
-    page.goto(&collector.url(&format!("/{page_name}"))).await;
+    page.goto(&site.url(&format!("/{page_name}"))).await;
     let aid = eventually(
         Duration::from_secs(20),
         &format!("the SDK to start on {page_name}"),
@@ -324,10 +328,30 @@ async fn wait_for_request_done(page: &Page, path: &str) {
     tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
+/// Why the request of `path` failed (`Network.loadingFailed`'s
+/// `errorText`), if it did.
+fn failure(page: &Page, path: &str) -> Option<String> {
+    let ids: Vec<Value> = page
+        .events("Network.requestWillBeSent")
+        .into_iter()
+        .filter(|e| {
+            e["request"]["url"]
+                .as_str()
+                .is_some_and(|u| u.ends_with(path))
+        })
+        .map(|e| e["requestId"].clone())
+        .collect();
+    page.events("Network.loadingFailed")
+        .into_iter()
+        .find(|e| ids.contains(&e["requestId"]))
+        .and_then(|e| e["errorText"].as_str().map(str::to_owned))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_that_fails_to_load_leaves_the_page_unharmed() {
     let www = www();
     let collector = collector(www.path()).await;
+    let site = Site::start(www.path(), &collector.url(""), &[]).await;
     let chromium = Chromium::launch().await;
 
     // (page, the request whose failure the SDK meets, block weft.js as an
@@ -355,7 +379,7 @@ async fn sdk_that_fails_to_load_leaves_the_page_unharmed() {
             page.call("Network.setBlockedURLs", json!({"urls": ["*/weft.js"]}))
                 .await;
         }
-        page.goto(&collector.url(&format!("/{name}"))).await;
+        page.goto(&site.url(&format!("/{name}"))).await;
         wait_for_request_done(&page, failing).await;
         let status = page
             .events("Network.responseReceived")
@@ -366,8 +390,16 @@ async fn sdk_that_fails_to_load_leaves_the_page_unharmed() {
                     .is_some_and(|u| u.ends_with(failing))
             })
             .map(|e| e["response"]["status"].clone());
+        let failed = failure(&page, failing);
         if block {
             assert_eq!(status, None, "{what}: weft.js was not blocked");
+        } else if failing.ends_with(".js") && failed.is_some() {
+            // A cross-origin <script> whose answer is a 404 in JSON: Chromium's
+            // opaque-response blocking withholds it from the page (and from
+            // the DevTools response events); the collector did answer 404.
+            assert_eq!(failed.as_deref(), Some("net::ERR_BLOCKED_BY_ORB"), "{what}");
+            let direct = collector.send(Request::get(failing)).await;
+            assert_eq!(direct.status, 404, "{what}");
         } else {
             assert_eq!(status, Some(json!(404)), "{what}: {failing}");
         }

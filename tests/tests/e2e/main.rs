@@ -3,18 +3,24 @@
 //!
 //! - `browser`: the script tag in real headless Chromium against a real
 //!   collector.
+//! - `cross_origin`: the script tag on a site of another origin than the
+//!   collector (CORS for the SDK's files and the ingest endpoints).
 //! - `consent`: server-side consent enforcement and the consent audit log.
 //! - `identity`: profiles from devices, logins and aliases, over HTTP.
 //! - `ingest`: the collector's HTTP API with a real store on disk.
+//! - `python_clients`: RudderStack's and Segment's own Python SDKs sending to
+//!   a real collector (identify traits in `traits` and `context.traits`).
 //! - `segment_client`: Segment's own Node SDK sending to a real collector.
 //! - `serving`: the SDK files and the demo site as the collector serves them.
 
 mod browser;
 mod consent;
 mod consent_browser;
+mod cross_origin;
 mod csp;
 mod identity;
 mod ingest;
+mod python_clients;
 mod sdk;
 mod segment_client;
 mod serving;

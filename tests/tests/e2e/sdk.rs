@@ -17,7 +17,8 @@ use weft_e2e::chromium::{Chromium, WEFT_TEST_HOSTS};
 use weft_e2e::eventually;
 use weft_e2e::harness::{StoredEvent, TestCollector};
 use weft_e2e::site::{
-    FlakyProxy, fixture_collector, no_exceptions, sdk_ready, stored_when, tracks, write_fixtures,
+    FlakyProxy, Site, fixture_collector, fixture_site, fixtures_dir, no_exceptions, sdk_ready,
+    stored_when, tracks,
 };
 
 /// `classes` as a list, whether the SDK sends the attribute string or an
@@ -46,10 +47,11 @@ fn storage_value(items: &[(String, String)], key: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spa_navigation_counts_each_real_url_change_once_with_the_previous_url_as_referrer() {
     let c = fixture_collector().await;
+    let site = fixture_site(&c).await;
     let chromium = Chromium::launch().await;
     let page = chromium.new_page().await;
-    let base = c.url("");
-    page.goto(&c.url("/spa.html")).await;
+    let base = site.url("");
+    page.goto(&site.url("/spa.html")).await;
     sdk_ready(&page).await;
 
     // One step per task, at a (fast) human pace.
@@ -160,9 +162,10 @@ const SECRET_PASSWORD: &str = "hunter2-Password-Secret-4711";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clicks_are_captured_with_masking_and_input_values_never_leave_the_page() {
     let c = fixture_collector().await;
+    let site = fixture_site(&c).await;
     let chromium = Chromium::launch().await;
     let page = chromium.new_page().await;
-    page.goto(&c.url("/clicks.html")).await;
+    page.goto(&site.url("/clicks.html")).await;
     sdk_ready(&page).await;
 
     let long = "Lorem ipsum dolor sit amet consectetur adipiscing elit sed doeiusmodtemporincididunt ut labore et dolore magna aliqua";
@@ -363,7 +366,7 @@ async fn clicks_are_captured_with_masking_and_input_values_never_leave_the_page(
             assert!(!body.contains(f), "{f:?} was sent: {body}");
         }
     }
-    for (key, value) in page.local_storage(&c.url("")).await {
+    for (key, value) in page.local_storage(&site.url("")).await {
         for f in forbidden {
             assert!(
                 !value.contains(f),
@@ -377,9 +380,10 @@ async fn clicks_are_captured_with_masking_and_input_values_never_leave_the_page(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_button_keeps_its_label_but_typed_secrets_never_leave_the_page() {
     let c = fixture_collector().await;
+    let site = fixture_site(&c).await;
     let chromium = Chromium::launch().await;
     let page = chromium.new_page().await;
-    page.goto(&c.url("/clicks.html")).await;
+    page.goto(&site.url("/clicks.html")).await;
     sdk_ready(&page).await;
     page.click("#user").await;
     page.insert_text(SECRET_USER).await;
@@ -408,10 +412,11 @@ async fn a_login_button_keeps_its_label_but_typed_secrets_never_leave_the_page()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_survives_reloads_and_reset_starts_a_new_one() {
     let c = fixture_collector().await;
+    let site = fixture_site(&c).await;
     let chromium = Chromium::launch().await;
     let page = chromium.new_page().await;
-    let origin = c.url("");
-    page.goto(&c.url("/basic.html")).await;
+    let origin = site.url("");
+    page.goto(&site.url("/basic.html")).await;
     sdk_ready(&page).await;
 
     let aid = page.eval("weft.anonymousId()").await;
@@ -533,12 +538,22 @@ async fn identity_survives_reloads_and_reset_starts_a_new_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_anonymous_id_is_shared_across_subdomains_of_the_registrable_domain() {
-    let c = fixture_collector().await;
+    // As deployed: the shop and the blog on two host names of one
+    // registrable domain, the collector on a third host name that allows
+    // exactly those two origins.
+    let site = Site::start(&fixtures_dir(), "", &[]).await;
+    let shop = site.url_on("shop.weft.test", "");
+    let blog = site.url_on("blog.weft.test", "");
+    let allowed = vec![shop.clone(), blog.clone()];
+    let c = TestCollector::start_with(move |config| {
+        config.www_dir = None;
+        config.sources[0].allowed_origins = allowed;
+    })
+    .await;
+    let collector = format!("http://collect.weft.test:{}", c.addr.port());
+    site.set("%WEFT_COLLECTOR%", &collector);
     let chromium = Chromium::launch_with(&[WEFT_TEST_HOSTS]).await;
     let page = chromium.new_page().await;
-    let port = c.addr.port();
-    let shop = format!("http://shop.weft.test:{port}");
-    let blog = format!("http://blog.weft.test:{port}");
 
     page.goto(&format!("{shop}/basic.html")).await;
     sdk_ready(&page).await;
@@ -594,9 +609,10 @@ async fn the_anonymous_id_is_shared_across_subdomains_of_the_registrable_domain(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_tracked_offline_are_delivered_exactly_once_when_back_online() {
     let c = fixture_collector().await;
+    let site = fixture_site(&c).await;
     let chromium = Chromium::launch().await;
     let page = chromium.new_page().await;
-    page.goto(&c.url("/basic.html")).await;
+    page.goto(&site.url("/basic.html")).await;
     sdk_ready(&page).await;
     stored_when(&c, &page, "the first page view", |rows| !rows.is_empty()).await;
 
@@ -638,14 +654,17 @@ async fn events_tracked_offline_are_delivered_exactly_once_when_back_online() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_answered_503_are_retried_with_the_same_message_ids() {
-    let www = tempfile::tempdir().unwrap();
-    let www_path = www.path().to_owned();
-    let c = TestCollector::start_with(move |config| config.www_dir = Some(www_path)).await;
+    let c = fixture_collector().await;
     let proxy = FlakyProxy::start(c.addr, 2).await;
-    write_fixtures(www.path(), &[("%WEFT_PROXY%", &proxy.url(""))]);
+    let site = Site::start(
+        &fixtures_dir(),
+        &c.url(""),
+        &[("%WEFT_PROXY%", &proxy.url(""))],
+    )
+    .await;
     let chromium = Chromium::launch().await;
     let page = chromium.new_page().await;
-    page.goto(&c.url("/retry.html")).await;
+    page.goto(&site.url("/retry.html")).await;
     sdk_ready(&page).await;
     page.eval("weft.track('Retry A'); weft.track('Retry B'); weft.flush()")
         .await;
@@ -692,14 +711,17 @@ async fn batches_answered_503_are_retried_with_the_same_message_ids() {
 /// the first backoff step (at most one second).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_from_the_collector_is_honoured() {
-    let www = tempfile::tempdir().unwrap();
-    let www_path = www.path().to_owned();
-    let c = TestCollector::start_with(move |config| config.www_dir = Some(www_path)).await;
+    let c = fixture_collector().await;
     let proxy = FlakyProxy::start_with_retry_after(c.addr, 1, Some(3)).await;
-    write_fixtures(www.path(), &[("%WEFT_PROXY%", &proxy.url(""))]);
+    let site = Site::start(
+        &fixtures_dir(),
+        &c.url(""),
+        &[("%WEFT_PROXY%", &proxy.url(""))],
+    )
+    .await;
     let chromium = Chromium::launch().await;
     let page = chromium.new_page().await;
-    page.goto(&c.url("/retry.html")).await;
+    page.goto(&site.url("/retry.html")).await;
     // No flush() calls here: only the SDK's own schedule decides.
     let seen = eventually(Duration::from_secs(15), "a retry after the 503", || async {
         let seen = proxy.seen();
@@ -728,14 +750,17 @@ async fn retry_after_from_the_collector_is_honoured() {
 /// sent by the next page, with the same messageIds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacknowledged_messages_survive_a_reload_with_their_message_ids() {
-    let www = tempfile::tempdir().unwrap();
-    let www_path = www.path().to_owned();
-    let c = TestCollector::start_with(move |config| config.www_dir = Some(www_path)).await;
+    let c = fixture_collector().await;
     let proxy = FlakyProxy::start(c.addr, usize::MAX).await;
-    write_fixtures(www.path(), &[("%WEFT_PROXY%", &proxy.url(""))]);
+    let site = Site::start(
+        &fixtures_dir(),
+        &c.url(""),
+        &[("%WEFT_PROXY%", &proxy.url(""))],
+    )
+    .await;
     let chromium = Chromium::launch().await;
     let page = chromium.new_page().await;
-    page.goto(&c.url("/retry.html")).await;
+    page.goto(&site.url("/retry.html")).await;
     sdk_ready(&page).await;
     page.eval("weft.track('Survivor'); weft.flush()").await;
     let id = eventually(
@@ -778,9 +803,10 @@ async fn unacknowledged_messages_survive_a_reload_with_their_message_ids() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_still_queued_when_the_page_is_left_are_delivered() {
     let c = fixture_collector().await;
+    let site = fixture_site(&c).await;
     let chromium = Chromium::launch().await;
     let page = chromium.new_page().await;
-    page.goto(&c.url("/pagehide.html")).await;
+    page.goto(&site.url("/pagehide.html")).await;
     sdk_ready(&page).await;
     page.eval("weft.track('Leaving Soon', {cart: 3})").await;
     // The test means something only if the event is still queued: the SDK
@@ -824,9 +850,10 @@ async fn events_still_queued_when_the_page_is_left_are_delivered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_calls_never_throw_and_the_sdk_keeps_working() {
     let c = fixture_collector().await;
+    let site = fixture_site(&c).await;
     let chromium = Chromium::launch().await;
     let page = chromium.new_page().await;
-    page.goto(&c.url("/basic.html")).await;
+    page.goto(&site.url("/basic.html")).await;
     sdk_ready(&page).await;
 
     let thrown = page
@@ -901,9 +928,10 @@ async fn hostile_calls_never_throw_and_the_sdk_keeps_working() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_message_does_not_block_the_events_behind_it() {
     let c = fixture_collector().await;
+    let site = fixture_site(&c).await;
     let chromium = Chromium::launch().await;
     let page = chromium.new_page().await;
-    page.goto(&c.url("/basic.html")).await;
+    page.goto(&site.url("/basic.html")).await;
     sdk_ready(&page).await;
     stored_when(&c, &page, "the first page view", |rows| !rows.is_empty()).await;
     page.eval(
@@ -925,9 +953,10 @@ async fn an_oversized_message_does_not_block_the_events_behind_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_carries_the_documented_context() {
     let c = fixture_collector().await;
+    let site = fixture_site(&c).await;
     let chromium = Chromium::launch().await;
     let page = chromium.new_page().await;
-    let url = c.url("/basic.html?utm_source=news&utm_medium=email&utm_campaign=spring%20sale&utm_term=linen&utm_content=hero&other=1");
+    let url = site.url("/basic.html?utm_source=news&utm_medium=email&utm_campaign=spring%20sale&utm_term=linen&utm_content=hero&other=1");
     page.goto(&url).await;
     sdk_ready(&page).await;
     page.eval("weft.track('With Context', {a: 1}); weft.identify('ctx-user')")
@@ -1014,9 +1043,10 @@ async fn every_message_carries_the_documented_context() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_made_through_the_stub_before_load_are_replayed_in_order() {
     let c = fixture_collector().await;
+    let site = fixture_site(&c).await;
     let chromium = Chromium::launch().await;
     let page = chromium.new_page().await;
-    page.goto(&c.url("/stub.html")).await;
+    page.goto(&site.url("/stub.html")).await;
     sdk_ready(&page).await;
     page.wait_for(Duration::from_secs(5), "window.stubLog.length > 0")
         .await;
@@ -1070,9 +1100,10 @@ async fn calls_made_through_the_stub_before_load_are_replayed_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn automatic_capture_can_be_turned_off_piece_by_piece() {
     let c = fixture_collector().await;
+    let site = fixture_site(&c).await;
     let chromium = Chromium::launch().await;
     let page = chromium.new_page().await;
-    page.goto(&c.url("/capture-off.html")).await;
+    page.goto(&site.url("/capture-off.html")).await;
     sdk_ready(&page).await;
     page.click("#buy").await;
     page.click("#link").await;
