@@ -56,6 +56,11 @@ pub struct Cli {
     /// events are kept.
     #[arg(long, env = "WEFT_RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
     pub retention_days: Option<u32>,
+    /// How many recent (source, messageId) pairs ingest remembers to
+    /// deduplicate client retries before they reach the log.
+    #[arg(long, env = "WEFT_DEDUP_WINDOW", default_value_t = 10_000_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub dedup_window: u64,
     /// Sources file (TOML, `[[source]]` tables). Without it, `./weft.toml`
     /// is read if present.
     #[arg(long, env = "WEFT_CONFIG")]
@@ -194,6 +199,7 @@ impl Cli {
         config.sdk_dir = self.sdk_dir;
         config.keep_full_ip = self.keep_full_ip;
         config.junk_ids = self.junk_ids;
+        config.dedup_window = usize::try_from(self.dedup_window).unwrap_or(usize::MAX);
         config.retention = self
             .retention_days
             .map(|d| std::time::Duration::from_secs(u64::from(d) * 86_400));

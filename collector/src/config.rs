@@ -71,6 +71,9 @@ pub struct Config {
     pub sdk_dir: Option<PathBuf>,
     /// Bound of the write queue, in requests; beyond it ingest answers 503.
     pub write_queue_capacity: usize,
+    /// How many recent (source, messageId) pairs ingest deduplicates
+    /// against before a message is written to the log.
+    pub dedup_window: usize,
     /// Most connections served at once; more are closed on accept.
     pub max_connections: usize,
     /// Time a client has to send its request headers.
@@ -98,6 +101,7 @@ impl Config {
             www_dir: None,
             sdk_dir: None,
             write_queue_capacity: 1024,
+            dedup_window: 10_000_000,
             max_connections: 4096,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),

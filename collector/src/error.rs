@@ -156,7 +156,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Overloaded => ApiError::Overloaded,
-            StoreError::Closed => ApiError::Unavailable,
+            StoreError::Closed | StoreError::Lagging => ApiError::Unavailable,
             other => ApiError::Internal(other.to_string()),
         }
     }

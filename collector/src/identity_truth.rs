@@ -17,7 +17,7 @@ use serde_json::json;
 use time::macros::datetime;
 
 use crate::ingest::prepare;
-use crate::store::sqlite::SqliteStore;
+use crate::store::embedded::{EmbeddedStore, StoreOptions};
 use crate::store::{AppendRequest, EventStore, ProfileSummary};
 
 /// One person's truth.
@@ -142,7 +142,15 @@ fn deliver(
     ids: &BTreeSet<String>,
 ) -> BTreeMap<String, ProfileSummary> {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path(), 64, Arc::default()).unwrap();
+    let store = EmbeddedStore::open(
+        dir.path(),
+        StoreOptions {
+            queue_capacity: 64,
+            ..StoreOptions::default()
+        },
+        Arc::default(),
+    )
+    .unwrap();
     let received = datetime!(2026-11-24 00:00:00 UTC);
     let mut rest = messages;
     let mut sizes = batch_sizes.iter().cycle();

@@ -10,6 +10,8 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -140,7 +142,7 @@ pub async fn handle(
                 }));
                 request.rejected.push(RejectedMessage {
                     received_at: received_text.clone(),
-                    code: rejection.code,
+                    code: rejection.code.to_owned(),
                     reason: rejection.reason,
                     raw: truncate(raw.get(), MAX_REJECTED_RAW_BYTES).to_owned(),
                 });
@@ -427,7 +429,12 @@ pub fn prepare(
 
     let message_id = match m.message_id.as_deref() {
         Some(id) if !id.is_empty() => id.to_owned(),
-        _ => server_message_id(),
+        _ => server_message_id().ok_or_else(|| {
+            Rejection::new(
+                "internal",
+                "the collector cannot make a messageId now (no randomness from the OS); send one",
+            )
+        })?,
     };
     let received_text = format_utc_millis(received);
     let timestamp_text = format_utc_millis(timestamp);
@@ -530,14 +537,27 @@ pub fn event_time(
         .unwrap_or(received)
 }
 
-fn server_message_id() -> String {
-    let mut b = [0u8; 16];
-    let _ = getrandom::fill(&mut b);
-    let mut out = String::from("srv-");
-    for x in b {
-        out.push_str(&format!("{x:02x}"));
-    }
-    out
+/// A messageId for a message that came without one: `srv-` and a random
+/// per-process prefix (from the OS, read once) and a counter. `None` when
+/// the OS gave no randomness: then such messages are rejected rather than
+/// all given one ID and deduplicated away.
+pub fn server_message_id() -> Option<String> {
+    static PREFIX: OnceLock<Option<String>> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX
+        .get_or_init(|| {
+            let mut b = [0u8; 12];
+            getrandom::fill(&mut b).ok()?;
+            let mut out = String::from("srv-");
+            for x in b {
+                out.push(char::from_digit(u32::from(x >> 4), 16)?);
+                out.push(char::from_digit(u32::from(x & 15), 16)?);
+            }
+            Some(out)
+        })
+        .as_deref()?;
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    Some(format!("{prefix}-{n:x}"))
 }
 
 /// The client IP as stored: truncated to /24 (IPv4) or /48 (IPv6) unless
@@ -724,7 +744,9 @@ mod tests {
         );
         let raw = r#"{"type":"identify","userId":"u"}"#;
         let made = prepare(raw, None, RECEIVED, &None, &[]).unwrap().message_id;
-        assert!(made.starts_with("srv-") && made.len() == 36);
+        let again = prepare(raw, None, RECEIVED, &None, &[]).unwrap().message_id;
+        assert!(made.starts_with("srv-") && made.len() >= 30, "{made}");
+        assert_ne!(made, again, "each message gets its own ID");
     }
 
     #[test]

@@ -15,15 +15,16 @@
 //! - [`admin`]: the bearer-token admin API (`/v1/profiles/{id}`).
 //! - [`app`]: the state handlers share (config, store, clock, metrics).
 //! - [`assets`]: the SDK files and the demo site, precompressed when built so.
-//! - [`store`]: the [`store::EventStore`] seam and its embedded SQLite
-//!   implementation with a single group-commit writer.
+//! - [`store`]: the [`store::EventStore`] seam and the embedded store: the
+//!   event log ([`log`], records in [`record`]) written with group commit
+//!   on the ack path, and its SQLite index applied by a consumer thread.
 //! - [`clock`]: the replaceable clock.
 //! - [`ratelimit`]: per-source token buckets (429 beyond them).
 //! - [`metrics`]: counters rendered as Prometheus text.
 //! - [`config`] and [`cli`]: settings, and the flags/env vars that make them.
 //!
 //! Invariants: a request is answered 200 only after its accepted messages are
-//! committed and synced; handlers return `Result<_, ApiError>` and only
+//! appended to the event log and synced; handlers return `Result<_, ApiError>` and only
 //! `error` maps errors to statuses; logs never contain properties, traits or
 //! full IP addresses.
 
@@ -41,11 +42,13 @@ pub mod identity;
 #[cfg(test)]
 mod identity_truth;
 pub mod ingest;
+pub mod log;
 pub mod metrics;
 pub mod ratelimit;
+pub mod record;
 pub mod routes;
 pub mod server;
 pub mod store;
 
 pub use config::{Config, Source};
-pub use server::{ServeError, serve, serve_with_clock};
+pub use server::{ServeError, serve, serve_store, serve_with_clock};

@@ -18,9 +18,10 @@ use crate::app::App;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::metrics::WriterStats;
 use crate::ratelimit::RateLimiter;
 use crate::routes;
-use crate::store::sqlite::SqliteStore;
+use crate::store::embedded::{EmbeddedStore, StoreOptions};
 use crate::store::{EventStore, StoreError};
 
 /// How long shutdown waits for open connections before closing them.
@@ -33,12 +34,15 @@ const MAX_HEADER_BYTES: usize = 16 * 1024;
 pub enum ServeError {
     /// The store could not be opened.
     Store(StoreError),
+    /// The OS gives no randomness (for server-made messageIds).
+    NoRandomness,
 }
 
 impl std::fmt::Display for ServeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ServeError::Store(e) => write!(f, "cannot open the store: {e}"),
+            ServeError::NoRandomness => f.write_str("the OS gives no randomness"),
         }
     }
 }
@@ -62,14 +66,37 @@ pub async fn serve_with_clock(
     shutdown: impl Future<Output = ()>,
     clock: Arc<dyn Clock>,
 ) -> Result<(), ServeError> {
-    let metrics = Metrics::default();
-    let store = SqliteStore::open(
+    let stats = Arc::new(WriterStats::default());
+    let store = EmbeddedStore::open(
         &config.data_dir,
-        config.write_queue_capacity,
-        metrics.writer.clone(),
+        StoreOptions {
+            queue_capacity: config.write_queue_capacity,
+            dedup_window: config.dedup_window,
+            ..StoreOptions::default()
+        },
+        stats.clone(),
     )
     .map_err(ServeError::Store)?;
-    let store: Arc<dyn EventStore> = Arc::new(store);
+    serve_store(config, listener, shutdown, clock, Arc::new(store), stats).await
+}
+
+/// [`serve`] with a chosen clock and store (`stats` are the store's writer
+/// statistics, for `/metrics`). The store is closed when serving ends.
+pub async fn serve_store(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    clock: Arc<dyn Clock>,
+    store: Arc<dyn EventStore>,
+    stats: Arc<WriterStats>,
+) -> Result<(), ServeError> {
+    if crate::ingest::server_message_id().is_none() {
+        return Err(ServeError::NoRandomness);
+    }
+    let metrics = Metrics {
+        writer: stats,
+        ..Metrics::default()
+    };
     let connections = Arc::new(Semaphore::new(config.max_connections));
     let mut builder = http1::Builder::new();
     builder

@@ -10,7 +10,10 @@ use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use std::time::Duration;
 use weft_collector::clock::{Clock, SystemClock};
+use weft_collector::metrics::WriterStats;
+use weft_collector::store::embedded::{EmbeddedStore, StoreOptions};
 use weft_collector::{Config, Source};
 
 use crate::http::{Request, Response};
@@ -52,6 +55,8 @@ pub struct TestCollector {
     pub addr: SocketAddr,
     /// Its data directory (removed when the collector is dropped).
     pub data_dir: TempDir,
+    /// Its store, shared with the server.
+    pub store: Arc<EmbeddedStore>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -94,14 +99,30 @@ impl TestCollector {
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
+        let stats = Arc::new(WriterStats::default());
+        let store = Arc::new(
+            EmbeddedStore::open(
+                &config.data_dir,
+                StoreOptions {
+                    queue_capacity: config.write_queue_capacity,
+                    dedup_window: config.dedup_window,
+                    ..StoreOptions::default()
+                },
+                stats.clone(),
+            )
+            .expect("open the store"),
+        );
+        let served = store.clone();
         let task = tokio::spawn(async move {
-            weft_collector::serve_with_clock(
+            weft_collector::serve_store(
                 config,
                 listener,
                 async {
                     let _ = rx.await;
                 },
                 clock,
+                served,
+                stats,
             )
             .await
             .expect("collector runs");
@@ -109,6 +130,7 @@ impl TestCollector {
         TestCollector {
             addr,
             data_dir,
+            store,
             shutdown: Some(tx),
             task: Some(task),
         }
@@ -130,8 +152,13 @@ impl TestCollector {
             .await
     }
 
-    /// A read-only connection to the store, to check what is really on disk.
+    /// A read-only connection to the index, to check what is really on
+    /// disk, once the index has applied everything acknowledged so far (as
+    /// an admin read would).
     pub fn db(&self) -> rusqlite::Connection {
+        self.store
+            .wait_indexed(Duration::from_secs(20))
+            .expect("the index catches up with the log");
         rusqlite::Connection::open_with_flags(
             self.data_dir.path().join("weft.sqlite"),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,

@@ -1,14 +1,17 @@
 //! The event store seam.
 //!
 //! Handlers talk to an [`EventStore`]; the embedded default is
-//! [`sqlite::SqliteStore`] (one data directory, WAL, one group-commit
-//! writer). A shared database can implement the same trait later.
+//! [`embedded::EmbeddedStore`]: an append-only event log ([`crate::log`])
+//! written with group commit, and its derived index in SQLite
+//! ([`sqlite`]), applied by a consumer thread. A distributed log and a
+//! shared database can implement the same trait later.
 //!
 //! Appends are asynchronous by design: [`EventStore::append`] hands the rows
 //! to the writer and returns a receiver that resolves once they are durable.
 //! A full write queue answers [`StoreError::Overloaded`] at once, so memory
 //! stays bounded and the client is told to retry.
 
+pub mod embedded;
 pub mod sqlite;
 pub mod suppression;
 
@@ -50,7 +53,7 @@ pub struct RejectedMessage {
     /// When the collector received it.
     pub received_at: String,
     /// Why it was rejected, as a stable code.
-    pub code: &'static str,
+    pub code: String,
     /// Why it was rejected, for humans.
     pub reason: String,
     /// The message as it arrived (possibly truncated if huge).
@@ -226,6 +229,10 @@ pub enum StoreError {
     Sqlite(rusqlite::Error),
     /// The file system said no.
     Io(std::io::Error),
+    /// The event log said no.
+    Log(String),
+    /// The index did not catch up with the log in time.
+    Lagging,
     /// Stored data could not be read back.
     Corrupt(String),
 }
@@ -237,6 +244,8 @@ impl std::fmt::Display for StoreError {
             StoreError::Closed => f.write_str("store closed"),
             StoreError::Sqlite(e) => write!(f, "sqlite: {e}"),
             StoreError::Io(e) => write!(f, "io: {e}"),
+            StoreError::Log(e) => write!(f, "event log: {e}"),
+            StoreError::Lagging => f.write_str("the index is behind the log; retry"),
             StoreError::Corrupt(e) => write!(f, "stored data unreadable: {e}"),
         }
     }

@@ -1,39 +1,39 @@
-//! The embedded store: SQLite in WAL mode in the data directory.
+//! The index: derived state in SQLite (WAL mode) beside the event log.
 //!
-//! One writer thread owns the write connection. It takes the first waiting
-//! request, drains whatever else is queued (up to a bound), writes them all
-//! in one transaction and commits once: one fsync for the whole group
-//! (`synchronous=FULL`, so a commit is on disk when it returns). Only then
-//! are the requests answered. Reads use a separate connection; WAL lets them
-//! run beside the writer.
+//! The event log is the system of record; this database is what the admin
+//! API reads: events by profile, the identity graph (links and aliases),
+//! the consent audit log, rejected messages, suppressed identifiers. It is
+//! written by one thread, the indexer ([`super::embedded`]), which applies
+//! log records in large transactions and stores the log position it has
+//! reached in the same transaction, so every record is applied exactly
+//! once. Because the log replays from that position after a crash, the
+//! index commits with `synchronous=NORMAL`. Delete the file and it is
+//! rebuilt from the log. Reads use separate connections; WAL lets them run
+//! beside the writer.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, RwLock};
-use std::thread::JoinHandle;
+use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::{mpsc, oneshot};
 use weft_protocol::MessageType;
 
 use crate::identity::{Alias, Graph, Link, device_profile_id, user_profile_id};
-use crate::metrics::WriterStats;
+use crate::log::Lsn;
+use crate::record::Record;
 
 use super::suppression::{IdHash, Suppression};
 use super::{
-    AppendOutcome, AppendRequest, ConsentEntry, ErasureReport, EventCursor, EventStore, EventsPage,
-    GraphEdge, IdentityGraph, Pending, ProfileSummary, StoreError,
+    ConsentEntry, ErasureReport, EventCursor, EventsPage, GraphEdge, IdentityGraph, ProfileSummary,
+    StoreError,
 };
 
-/// The database file inside the data directory.
+/// The index file inside the data directory.
 pub const DB_FILE: &str = "weft.sqlite";
 /// SQLite page size for a new database, in bytes.
 const PAGE_SIZE: i64 = 4096;
 /// Read connections for the admin API.
 const READERS: usize = 4;
-/// Most requests committed in one transaction.
-const MAX_GROUP: usize = 512;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -112,32 +112,29 @@ CREATE TABLE IF NOT EXISTS meta (
 PRAGMA user_version = 1;
 ";
 
-/// Work for the single writer.
-enum Job {
-    /// Store a request's rows.
-    Append {
-        request: AppendRequest,
-        reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
-    },
-    /// Erase a profile (between groups, never inside one).
-    Erase {
-        id: String,
-        reply: oneshot::Sender<Result<Option<ErasureReport>, StoreError>>,
-    },
-    /// Delete what was received before a time.
-    Expire {
-        before: String,
-        limit: usize,
-        reply: oneshot::Sender<Result<usize, StoreError>>,
-    },
+/// The index's position in the event log: every record below it is
+/// applied. Kept in `meta`, written in the transaction that applies them.
+const POSITION_KEY: &str = "log_position";
+
+/// What an erasure removed from the index.
+pub struct Erasure {
+    /// The counts, for the admin API.
+    pub report: ErasureReport,
+    /// (source, messageId) of every event deleted, so the log can drop
+    /// them too.
+    pub event_keys: Vec<(String, String)>,
 }
 
-/// SQLite-backed [`EventStore`].
-pub struct SqliteStore {
-    sender: RwLock<Option<mpsc::Sender<Job>>>,
-    capacity: usize,
-    writer: Mutex<Option<JoinHandle<()>>>,
-    /// Read connections; WAL lets them run beside the writer and each other.
+/// The writing half of the index: one connection, used by the indexer
+/// thread only, that applies log records in large transactions and runs
+/// erasures and retention between them.
+pub struct IndexWriter {
+    conn: Connection,
+    suppression: Suppression,
+}
+
+/// The reading half: connections for the admin API.
+pub struct IndexReaders {
     readers: Vec<Mutex<Connection>>,
 }
 
@@ -165,53 +162,74 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-impl SqliteStore {
-    /// Opens (creating if needed) the store in `data_dir` and starts the
-    /// writer with a queue of `queue_capacity` requests.
-    pub fn open(
-        data_dir: &Path,
-        queue_capacity: usize,
-        stats: Arc<WriterStats>,
-    ) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir)?;
-        let path = data_dir.join(DB_FILE);
-        let mut writer_conn = open(&path)?;
-        writer_conn.execute_batch(SCHEMA)?;
-        let suppression = load_suppression(&writer_conn)?;
-        let readers = (0..READERS)
-            .map(|_| open(&path).map(Mutex::new))
-            .collect::<Result<Vec<_>, _>>()?;
-        let (tx, rx) = mpsc::channel(queue_capacity.max(1));
-        let writer = std::thread::Builder::new()
-            .name("weft-writer".into())
-            .spawn(move || writer_loop(&mut writer_conn, rx, &stats, &suppression))?;
-        Ok(SqliteStore {
-            sender: RwLock::new(Some(tx)),
-            capacity: queue_capacity.max(1),
-            writer: Mutex::new(Some(writer)),
-            readers,
-        })
+/// Opens (creating if needed) the index at `path`: its writer and readers.
+/// `salt` and `suppressed` come from the suppression file, which lives
+/// beside the log, not in this derived store.
+pub fn open_index(
+    path: &Path,
+    salt: Vec<u8>,
+    suppressed: &[IdHash],
+) -> Result<(IndexWriter, IndexReaders), StoreError> {
+    let conn = open(path)?;
+    // The index is derived: after a crash it replays the log from its
+    // position, so its commits need not wait for the disk.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute_batch(SCHEMA)?;
+    let suppression = load_suppression(&conn, salt)?;
+    suppression.extend(suppressed.iter().copied());
+    let readers = (0..READERS)
+        .map(|_| open(path).map(Mutex::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((IndexWriter { conn, suppression }, IndexReaders { readers }))
+}
+
+impl IndexWriter {
+    /// The log position below which every record is applied.
+    pub fn position(&self) -> Result<Lsn, StoreError> {
+        let v: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [POSITION_KEY],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(v.unwrap_or(0).max(0) as Lsn)
     }
 
-    /// Hands a maintenance job to the writer and waits for its answer.
-    /// Waits for room in the queue: maintenance is never refused for load.
-    fn run_blocking<T>(
-        &self,
-        job: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
-    ) -> Result<T, StoreError> {
-        let (reply, done) = oneshot::channel();
-        let sender = self
-            .sender
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or(StoreError::Closed)?;
-        sender
-            .blocking_send(job(reply))
-            .map_err(|_| StoreError::Closed)?;
-        done.blocking_recv().map_err(|_| StoreError::Closed)?
+    /// Applies `records` (in log order) and moves the position to `next`,
+    /// in one transaction: exactly once, whatever crashes when.
+    pub fn apply(&mut self, records: &[(Lsn, Record)], next: Lsn) -> Result<(), StoreError> {
+        apply(&mut self.conn, records, next, &self.suppression)
     }
 
+    /// The identifiers an erasure of `id` would suppress (a device also used
+    /// by someone else stays theirs), or `None` if `id` is unknown.
+    pub fn erasure_identifiers(&self, id: &str) -> Result<Option<Vec<String>>, StoreError> {
+        let Some(p) = resolve(&self.conn, id)? else {
+            return Ok(None);
+        };
+        identifiers_to_suppress(&self.conn, &p).map(Some)
+    }
+
+    /// Erases the profile `id` belongs to.
+    pub fn erase(&mut self, id: &str) -> Result<Option<Erasure>, StoreError> {
+        erase(&mut self.conn, id, &self.suppression)
+    }
+
+    /// Deletes up to `limit` events, and the rejected messages, received
+    /// before `before`.
+    pub fn expire(&mut self, before: &str, limit: usize) -> Result<usize, StoreError> {
+        expire(&mut self.conn, before, limit)
+    }
+
+    /// The salted hash of an identifier.
+    pub fn hash(&self, id: &str) -> IdHash {
+        self.suppression.hash(id)
+    }
+}
+
+impl IndexReaders {
     /// A free read connection, or (all busy) the first one to free up.
     fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding a lock cannot leave a connection in a state
@@ -223,86 +241,47 @@ impl SqliteStore {
         }
         self.readers[0].lock().unwrap_or_else(|e| e.into_inner())
     }
-}
 
-fn writer_loop(
-    conn: &mut Connection,
-    mut rx: mpsc::Receiver<Job>,
-    stats: &WriterStats,
-    suppression: &Suppression,
-) {
-    let mut group = Vec::with_capacity(MAX_GROUP);
-    let mut next: Option<Job> = None;
-    loop {
-        let first = match next.take() {
-            Some(job) => job,
-            None => match rx.blocking_recv() {
-                Some(job) => job,
-                None => break,
-            },
-        };
-        let (request, reply) = match first {
-            Job::Erase { id, reply } => {
-                let _ = reply.send(erase(conn, &id, suppression));
-                continue;
-            }
-            Job::Expire {
-                before,
-                limit,
-                reply,
-            } => {
-                let _ = reply.send(expire(conn, &before, limit));
-                continue;
-            }
-            Job::Append { request, reply } => (request, reply),
-        };
-        group.push((request, reply));
-        // Take what else is waiting, up to the bound; an erasure ends the
-        // group and runs right after it.
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(Job::Append { request, reply }) => group.push((request, reply)),
-                Ok(other) => {
-                    next = Some(other);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        let started = std::time::Instant::now();
-        match commit_group(conn, &group, suppression) {
-            Ok(outcomes) => {
-                stats.commit_seconds.observe(started.elapsed());
-                stats.commits.fetch_add(1, Ordering::Relaxed);
-                stats
-                    .committed_requests
-                    .fetch_add(group.len() as u64, Ordering::Relaxed);
-                for ((_, reply), outcome) in group.drain(..).zip(outcomes) {
-                    let _ = reply.send(Ok(outcome));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, requests = group.len(), "group commit failed");
-                for (_, reply) in group.drain(..) {
-                    let _ = reply.send(Err(StoreError::Closed));
-                }
-            }
-        }
+    /// See [`crate::store::EventStore::profile`].
+    pub fn profile(&self, id: &str) -> Result<Option<ProfileSummary>, StoreError> {
+        profile(&self.reader(), id)
+    }
+
+    /// See [`crate::store::EventStore::profile_events`].
+    pub fn profile_events(
+        &self,
+        id: &str,
+        limit: usize,
+        before: Option<&EventCursor>,
+    ) -> Result<Option<EventsPage>, StoreError> {
+        profile_events(&self.reader(), id, limit, before)
+    }
+
+    /// See [`crate::store::EventStore::profile_graph`].
+    pub fn profile_graph(&self, id: &str) -> Result<Option<IdentityGraph>, StoreError> {
+        profile_graph(&self.reader(), id)
+    }
+
+    /// See [`crate::store::EventStore::consent_history`].
+    pub fn consent_history(&self, id: &str) -> Result<Option<Vec<ConsentEntry>>, StoreError> {
+        consent_history(&self.reader(), id)
+    }
+
+    /// Whether the index answers.
+    pub fn check(&self) -> Result<(), StoreError> {
+        self.reader()
+            .query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
+        Ok(())
     }
 }
 
-type Group = Vec<(
-    AppendRequest,
-    oneshot::Sender<Result<AppendOutcome, StoreError>>,
-)>;
-
-fn commit_group(
+fn apply(
     conn: &mut Connection,
-    group: &Group,
+    records: &[(Lsn, Record)],
+    next: Lsn,
     suppression: &Suppression,
-) -> Result<Vec<AppendOutcome>, StoreError> {
+) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
-    let mut outcomes = Vec::with_capacity(group.len());
     {
         let mut insert_event = tx.prepare_cached(
             "INSERT OR IGNORE INTO events
@@ -330,167 +309,82 @@ fn commit_group(
         let mut insert_rejected = tx.prepare_cached(
             "INSERT INTO rejected (source, received_at, code, reason, raw) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
-        for (r, _) in group {
-            let mut outcome = AppendOutcome::default();
-            for e in &r.events {
-                // Checked here, on the single writer, so no event can slip
-                // in between an erasure and its suppression.
-                let ids = [
-                    e.anonymous_id.as_deref(),
-                    e.user_id.as_deref(),
-                    e.previous_id.as_deref(),
-                ];
-                if suppression.any(&ids) {
-                    outcome.suppressed += 1;
-                    continue;
-                }
-                let n = insert_event.execute(params![
-                    r.source,
-                    e.message_id,
-                    e.kind.as_str(),
-                    e.event,
-                    e.anonymous_id,
-                    e.user_id,
-                    e.timestamp,
-                    e.received_at,
-                    e.ip,
-                    e.body,
-                ])?;
-                if n == 0 {
-                    outcome.duplicates += 1;
-                    continue;
-                }
-                outcome.stored += 1;
-                if let (Some(a), Some(u)) = (&e.anonymous_id, &e.user_id) {
-                    let link = params![a, u, e.timestamp, e.message_id, r.source];
-                    if e.kind == MessageType::Identify {
-                        insert_identify_link.execute(link)?;
-                    } else {
-                        insert_first_link.execute(link)?;
+        for (_, record) in records {
+            match record {
+                Record::Event { source, event: e } => {
+                    // An erasure may have come between this record's
+                    // admission and now: its identifiers stay erased.
+                    let ids = [
+                        e.anonymous_id.as_deref(),
+                        e.user_id.as_deref(),
+                        e.previous_id.as_deref(),
+                    ];
+                    if suppression.any(&ids) {
+                        continue;
                     }
-                }
-                if let (Some(p), Some(u)) = (&e.previous_id, &e.user_id) {
-                    insert_alias.execute(params![p, u, e.timestamp, e.message_id, r.source])?;
-                }
-                if let Some(c) = &e.consent_record {
-                    insert_consent.execute(params![
-                        r.source,
+                    let n = insert_event.execute(params![
+                        source,
+                        e.message_id,
+                        e.kind.as_str(),
+                        e.event,
                         e.anonymous_id,
                         e.user_id,
                         e.timestamp,
                         e.received_at,
-                        c.preferences,
-                        c.policy,
-                        c.policy_version,
-                        e.message_id,
+                        e.ip,
+                        e.body,
+                    ])?;
+                    if n == 0 {
+                        // Stored already (beyond the ack path's window).
+                        continue;
+                    }
+                    if let (Some(a), Some(u)) = (&e.anonymous_id, &e.user_id) {
+                        let link = params![a, u, e.timestamp, e.message_id, source];
+                        if e.kind == MessageType::Identify {
+                            insert_identify_link.execute(link)?;
+                        } else {
+                            insert_first_link.execute(link)?;
+                        }
+                    }
+                    if let (Some(p), Some(u)) = (&e.previous_id, &e.user_id) {
+                        insert_alias.execute(params![p, u, e.timestamp, e.message_id, source])?;
+                    }
+                    if let Some(c) = &e.consent_record {
+                        insert_consent.execute(params![
+                            source,
+                            e.anonymous_id,
+                            e.user_id,
+                            e.timestamp,
+                            e.received_at,
+                            c.preferences,
+                            c.policy,
+                            c.policy_version,
+                            e.message_id,
+                        ])?;
+                    }
+                }
+                Record::Rejected {
+                    source,
+                    rejected: b,
+                } => {
+                    insert_rejected.execute(params![
+                        source,
+                        b.received_at,
+                        b.code,
+                        b.reason,
+                        b.raw
                     ])?;
                 }
             }
-            for b in &r.rejected {
-                insert_rejected.execute(params![
-                    r.source,
-                    b.received_at,
-                    b.code,
-                    b.reason,
-                    b.raw
-                ])?;
-                outcome.rejected += 1;
-            }
-            outcomes.push(outcome);
         }
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![POSITION_KEY, next as i64],
+        )?;
     }
     tx.commit()?;
-    Ok(outcomes)
-}
-
-impl EventStore for SqliteStore {
-    fn append(&self, request: AppendRequest) -> Result<Pending, StoreError> {
-        let (reply, pending) = oneshot::channel();
-        let guard = self.sender.read().unwrap_or_else(|e| e.into_inner());
-        let sender = guard.as_ref().ok_or(StoreError::Closed)?;
-        sender
-            .try_send(Job::Append { request, reply })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
-                mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
-            })?;
-        Ok(pending)
-    }
-
-    fn profile(&self, id: &str) -> Result<Option<ProfileSummary>, StoreError> {
-        profile(&self.reader(), id)
-    }
-
-    fn profile_events(
-        &self,
-        id: &str,
-        limit: usize,
-        before: Option<&EventCursor>,
-    ) -> Result<Option<EventsPage>, StoreError> {
-        profile_events(&self.reader(), id, limit, before)
-    }
-
-    fn profile_graph(&self, id: &str) -> Result<Option<IdentityGraph>, StoreError> {
-        profile_graph(&self.reader(), id)
-    }
-
-    fn consent_history(&self, id: &str) -> Result<Option<Vec<ConsentEntry>>, StoreError> {
-        consent_history(&self.reader(), id)
-    }
-
-    fn erase(&self, id: &str) -> Result<Option<ErasureReport>, StoreError> {
-        let id = id.to_owned();
-        self.run_blocking(|reply| Job::Erase { id, reply })
-    }
-
-    fn expire(&self, before: &str, limit: usize) -> Result<usize, StoreError> {
-        let before = before.to_owned();
-        self.run_blocking(|reply| Job::Expire {
-            before,
-            limit,
-            reply,
-        })
-    }
-
-    fn check_ready(&self) -> Result<(), StoreError> {
-        if self
-            .sender
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_none()
-        {
-            return Err(StoreError::Closed);
-        }
-        let conn = self.reader();
-        conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
-        Ok(())
-    }
-
-    fn queue_depth(&self) -> usize {
-        let guard = self.sender.read().unwrap_or_else(|e| e.into_inner());
-        guard
-            .as_ref()
-            .map(|s| self.capacity - s.capacity())
-            .unwrap_or(0)
-    }
-
-    fn close(&self) {
-        // Dropping the last sender lets the writer drain the queue and stop.
-        self.sender
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(h) = handle {
-            let _ = h.join();
-        }
-    }
-}
-
-impl Drop for SqliteStore {
-    fn drop(&mut self) {
-        self.close();
-    }
+    Ok(())
 }
 
 /// Most user IDs one alias component may hold before the walk stops.
@@ -898,27 +792,8 @@ fn expire(conn: &mut Connection, before: &str, limit: usize) -> Result<usize, St
     Ok(n)
 }
 
-/// Reads the salt (creating it on first use) and the suppressed hashes.
-fn load_suppression(conn: &Connection) -> Result<Suppression, StoreError> {
-    let salt: Option<Vec<u8>> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'suppression_salt'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
-    let salt = match salt {
-        Some(s) => s,
-        None => {
-            let mut s = vec![0u8; 32];
-            getrandom::fill(&mut s).map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('suppression_salt', ?1)",
-                [&s],
-            )?;
-            s
-        }
-    };
+/// The suppressed hashes, under `salt`.
+fn load_suppression(conn: &Connection, salt: Vec<u8>) -> Result<Suppression, StoreError> {
     let mut stmt = conn.prepare("SELECT hash FROM suppressed")?;
     let hashes = stmt
         .query_map([], |r| r.get::<_, Vec<u8>>(0))?
@@ -927,27 +802,35 @@ fn load_suppression(conn: &Connection) -> Result<Suppression, StoreError> {
     Ok(Suppression::new(salt, hashes))
 }
 
-/// Erases a profile on the writer connection, then truncates the WAL so no
-/// earlier copy of the erased rows stays on disk.
-fn erase(
-    conn: &mut Connection,
-    id: &str,
-    suppression: &Suppression,
-) -> Result<Option<ErasureReport>, StoreError> {
-    let tx = conn.transaction()?;
-    let Some(p) = resolve(&tx, id)? else {
-        return Ok(None);
-    };
-    // A device also used by someone else stays theirs: not suppressed.
+/// The identifiers of `p` an erasure suppresses: its users, and its devices
+/// that no one else used.
+fn identifiers_to_suppress(conn: &Connection, p: &Resolved) -> Result<Vec<String>, StoreError> {
     let mut identifiers: Vec<String> = p.users.clone();
     for d in &p.devices {
-        let others = device_links(&tx, d)?
+        let others = device_links(conn, d)?
             .iter()
             .any(|l| !p.users.contains(&l.user_id));
         if !others {
             identifiers.push(d.clone());
         }
     }
+    Ok(identifiers)
+}
+
+/// Erases a profile on the writer connection, then truncates the WAL so no
+/// earlier copy of the erased rows stays on disk. Answers the report and
+/// the (source, messageId) of the deleted events.
+fn erase(
+    conn: &mut Connection,
+    id: &str,
+    suppression: &Suppression,
+) -> Result<Option<Erasure>, StoreError> {
+    let tx = conn.transaction()?;
+    let Some(p) = resolve(&tx, id)? else {
+        return Ok(None);
+    };
+    let identifiers = identifiers_to_suppress(&tx, &p)?;
+    let mut keys = Vec::with_capacity(p.events.len());
     let mut report = ErasureReport {
         profile_id: p.profile_id.clone(),
         events: 0,
@@ -957,9 +840,16 @@ fn erase(
         suppressed_identifiers: identifiers.len(),
     };
     {
-        let mut delete_event = tx.prepare_cached("DELETE FROM events WHERE seq = ?1")?;
+        let mut delete_event =
+            tx.prepare_cached("DELETE FROM events WHERE seq = ?1 RETURNING source, message_id")?;
         for (_, seq) in &p.events {
-            report.events += delete_event.execute([seq])?;
+            if let Some(key) = delete_event
+                .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?
+            {
+                keys.push(key);
+                report.events += 1;
+            }
         }
         let mut delete_links =
             tx.prepare_cached("DELETE FROM links WHERE user_id = ?1 OR anonymous_id = ?2")?;
@@ -991,186 +881,8 @@ fn erase(
     tx.commit()?;
     suppression.extend(identifiers.iter().map(|i| suppression.hash(i)));
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-    Ok(Some(report))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::NewEvent;
-    use weft_protocol::MessageType;
-
-    fn request(source: &str, n: usize, tag: &str) -> AppendRequest {
-        AppendRequest {
-            source: source.into(),
-            events: (0..n)
-                .map(|i| NewEvent {
-                    message_id: format!("{tag}-{i}"),
-                    kind: MessageType::Track,
-                    event: Some("E".into()),
-                    anonymous_id: Some(format!("a-{}", i % 50)),
-                    user_id: None,
-                    previous_id: None,
-                    junk_ids: 0,
-                    consent_record: None,
-                    timestamp: "2026-11-23T10:00:00.000Z".into(),
-                    received_at: "2026-11-23T10:00:00.000Z".into(),
-                    ip: None,
-                    body: "{}".into(),
-                })
-                .collect(),
-            rejected: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn a_full_write_queue_answers_overloaded_and_loses_nothing_accepted() {
-        let dir = tempfile::tempdir().unwrap();
-        let stats = Arc::new(WriterStats::default());
-        let store = SqliteStore::open(dir.path(), 1, stats.clone()).unwrap();
-        // A large first request keeps the writer busy for a while...
-        let first = store.append(request("s", 100_000, "big")).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        // ...so one more fills the queue of one, and the next is refused.
-        let second = store.append(request("s", 1, "second")).unwrap();
-        assert!(matches!(
-            store.append(request("s", 1, "third")),
-            Err(StoreError::Overloaded)
-        ));
-        assert_eq!(first.blocking_recv().unwrap().unwrap().stored, 100_000);
-        assert_eq!(second.blocking_recv().unwrap().unwrap().stored, 1);
-        // Once drained, the refused request goes through on retry.
-        let third = store.append(request("s", 1, "third")).unwrap();
-        assert_eq!(third.blocking_recv().unwrap().unwrap().stored, 1);
-        assert_eq!(stats.committed_requests.load(Ordering::Relaxed), 3);
-        assert_eq!(
-            stats.commit_seconds.count(),
-            stats.commits.load(Ordering::Relaxed)
-        );
-    }
-
-    #[test]
-    fn duplicates_are_counted_per_source() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path(), 8, Arc::default()).unwrap();
-        let a = store
-            .append(request("s1", 3, "m"))
-            .unwrap()
-            .blocking_recv()
-            .unwrap()
-            .unwrap();
-        let b = store
-            .append(request("s1", 3, "m"))
-            .unwrap()
-            .blocking_recv()
-            .unwrap()
-            .unwrap();
-        let c = store
-            .append(request("s2", 3, "m"))
-            .unwrap()
-            .blocking_recv()
-            .unwrap()
-            .unwrap();
-        assert_eq!((a.stored, a.duplicates), (3, 0));
-        assert_eq!((b.stored, b.duplicates), (0, 3));
-        assert_eq!(
-            (c.stored, c.duplicates),
-            (3, 0),
-            "same messageId, other source"
-        );
-    }
-
-    /// A stored identify of user `u` on device `d` at `at` with `body`.
-    fn identify(n: usize, at: &str, body: serde_json::Value) -> NewEvent {
-        NewEvent {
-            message_id: format!("identify-{n}"),
-            kind: MessageType::Identify,
-            event: None,
-            anonymous_id: Some("d".into()),
-            user_id: Some("u".into()),
-            previous_id: None,
-            junk_ids: 0,
-            consent_record: None,
-            timestamp: at.into(),
-            received_at: at.into(),
-            ip: None,
-            body: body.to_string(),
-        }
-    }
-
-    #[test]
-    fn identify_traits_come_from_traits_and_context_traits_the_newest_call_winning() {
-        use serde_json::json;
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path(), 8, Arc::default()).unwrap();
-        // Out of time order, so arrival order is not what decides.
-        let events = vec![
-            // Both places: the top-level value wins a shared key.
-            identify(
-                3,
-                "2026-11-23T12:00:00.000Z",
-                json!({"type": "identify", "userId": "u",
-                       "traits": {"name": "Ada", "tier": "gold"},
-                       "context": {"traits": {"tier": "silver", "vip": true}}}),
-            ),
-            // Only in context.traits (RudderStack's SDKs): newer than the
-            // first call, so its plan replaces that one.
-            identify(
-                2,
-                "2026-11-23T11:00:00.000Z",
-                json!({"type": "identify", "userId": "u",
-                       "context": {"traits": {"plan": "pro", "city": "Oslo"}}}),
-            ),
-            // Only top level (Segment's SDKs), the oldest.
-            identify(
-                1,
-                "2026-11-23T10:00:00.000Z",
-                json!({"type": "identify", "userId": "u",
-                       "traits": {"plan": "free", "email": "ada@example.com"}}),
-            ),
-            // Traits that are not objects are no traits.
-            identify(
-                4,
-                "2026-11-23T13:00:00.000Z",
-                json!({"type": "identify", "userId": "u", "traits": "x",
-                       "context": {"traits": ["y"]}}),
-            ),
-        ];
-        let request = AppendRequest {
-            source: "s".into(),
-            events,
-            rejected: Vec::new(),
-        };
-        let outcome = store.append(request).unwrap().blocking_recv().unwrap();
-        assert_eq!(outcome.unwrap().stored, 4);
-        let profile = store.profile("u").unwrap().expect("a profile for u");
-        assert_eq!(
-            profile.traits,
-            json!({"name": "Ada", "tier": "gold", "vip": true, "plan": "pro",
-                   "city": "Oslo", "email": "ada@example.com"})
-        );
-    }
-
-    #[test]
-    fn closing_commits_what_is_queued() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path(), 64, Arc::default()).unwrap();
-        let pending: Vec<_> = (0..20)
-            .map(|i| store.append(request("s", 10, &format!("r{i}"))).unwrap())
-            .collect();
-        store.close();
-        assert!(matches!(
-            store.append(request("s", 1, "late")),
-            Err(StoreError::Closed)
-        ));
-        for p in pending {
-            assert_eq!(p.blocking_recv().unwrap().unwrap().stored, 10);
-        }
-        drop(store);
-        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
-        let n: i64 = conn
-            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 200);
-    }
+    Ok(Some(Erasure {
+        report,
+        event_keys: keys,
+    }))
 }

@@ -1,0 +1,1309 @@
+//! The embedded store: the event log and its index in one data directory.
+//!
+//! ```text
+//! ingest --append--> [log writer thread] --group: 1 write + 1 fdatasync--> log/*.log
+//!                      dedup window, suppression          | durable position
+//!                      answers each request once synced   v
+//!                                            [indexer thread] --batches--> weft.sqlite
+//!                                                 erasure, retention      (derived, rebuildable)
+//! admin reads: wait until the indexer has passed the durable position seen
+//! when the read started, then read the index.
+//! ```
+//!
+//! - The log writer is the only writer of the log. It takes every append
+//!   queued while it was syncing, drops what an erasure suppressed and what
+//!   its dedup window has seen (same source and messageId), frames the rest
+//!   and writes them with one `write` and one `fdatasync`, then answers
+//!   every request of the group. A 200 therefore means "on disk".
+//! - The indexer reads the log from its own durable position (kept in the
+//!   index, in the transaction that applies the records) and applies large
+//!   batches. It is a consumer like the segments and destinations to come:
+//!   a thread with a [`LogReader`], a position, and a way to wait for more.
+//! - Erasure: suppress the identifiers (suppression file, synced; the
+//!   writer admits none of them from then on), erase them in the index,
+//!   then rewrite the log segments that hold their records.
+//! - Retention: delete old events from the index, then drop whole log
+//!   segments older than the cutoff that the indexer has passed.
+
+use std::collections::{HashSet, VecDeque};
+use std::hash::BuildHasher as _;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, RwLock, mpsc as sync_mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::log::{LogOptions, LogReader, Lsn, SegmentLog};
+use crate::metrics::WriterStats;
+use crate::record::{self, Record};
+
+use super::sqlite::{Erasure, IndexReaders, IndexWriter, open_index};
+use super::suppression::{self, IdHash, Suppression};
+use super::{
+    AppendOutcome, AppendRequest, ConsentEntry, ErasureReport, EventCursor, EventStore, EventsPage,
+    IdentityGraph, Pending, ProfileSummary, StoreError,
+};
+
+/// The log's directory inside the data directory.
+pub const LOG_DIR: &str = "log";
+/// Most requests written in one group.
+const MAX_GROUP: usize = 1024;
+/// Most records the indexer applies in one transaction.
+const INDEX_BATCH: usize = 20_000;
+/// How long an admin read waits for the indexer before answering 503.
+const READ_WAIT: Duration = Duration::from_secs(10);
+
+/// Settings of the embedded store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Bound of the write queue, in requests.
+    pub queue_capacity: usize,
+    /// How many recent (source, messageId) pairs the ack path remembers.
+    pub dedup_window: usize,
+    /// Log segment size before rollover, in bytes.
+    pub segment_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            queue_capacity: 1024,
+            dedup_window: 10_000_000,
+            segment_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Work for the log writer.
+enum WriterJob {
+    Append {
+        request: AppendRequest,
+        reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    },
+    /// Admit none of these identifiers from now on.
+    Suppress {
+        hashes: Vec<IdHash>,
+        reply: sync_mpsc::SyncSender<Result<(), StoreError>>,
+    },
+    /// Rewrite the segments holding these records without them.
+    Remove {
+        erased: Erased,
+        reply: sync_mpsc::SyncSender<Result<u64, StoreError>>,
+    },
+    /// Drop whole segments received before a time, below a position.
+    DropExpired {
+        before: String,
+        below: Lsn,
+        reply: sync_mpsc::SyncSender<Result<usize, StoreError>>,
+    },
+}
+
+/// What of an erased person the log must drop.
+struct Erased {
+    identifiers: HashSet<String>,
+    /// (source, messageId) of their events the index deleted.
+    keys: HashSet<(String, String)>,
+}
+
+impl Erased {
+    fn matches(&self, payload: &[u8]) -> bool {
+        match record::decode(payload) {
+            Ok(Record::Event { source, event: e }) => {
+                [&e.anonymous_id, &e.user_id, &e.previous_id]
+                    .into_iter()
+                    .flatten()
+                    .any(|id| self.identifiers.contains(id))
+                    || self.keys.contains(&(source, e.message_id))
+            }
+            // The same rule as the index: a rejected message naming them.
+            Ok(Record::Rejected { rejected, .. }) => self.identifiers.iter().any(|id| {
+                serde_json::to_string(id).is_ok_and(|quoted| rejected.raw.contains(&quoted))
+            }),
+            Err(_) => false,
+        }
+    }
+}
+
+/// Work for the indexer, run between batches.
+enum IndexJob {
+    Identifiers {
+        id: String,
+        reply: sync_mpsc::SyncSender<Result<Option<Vec<String>>, StoreError>>,
+    },
+    Erase {
+        id: String,
+        reply: sync_mpsc::SyncSender<Result<Option<Erasure>, StoreError>>,
+    },
+    Expire {
+        before: String,
+        limit: usize,
+        reply: sync_mpsc::SyncSender<Result<usize, StoreError>>,
+    },
+}
+
+/// What the writer, the indexer and readers share.
+#[derive(Default)]
+struct State {
+    /// Every record below this LSN is synced.
+    durable: Lsn,
+    /// Every durable record below this LSN is applied to the index.
+    applied: Lsn,
+    /// Bumped when segments were rewritten: readers reopen their files.
+    generation: u64,
+    jobs: VecDeque<IndexJob>,
+    /// The writer stopped: the indexer finishes what is durable and stops.
+    writer_done: bool,
+    /// The indexer failed to start or stopped.
+    indexer_done: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the indexer: more durable records, a job, or the end.
+    indexer_wake: Condvar,
+    /// Wakes readers waiting for the indexer.
+    applied_wake: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The embedded [`EventStore`]: a segment log and a SQLite index.
+pub struct EmbeddedStore {
+    sender: RwLock<Option<mpsc::Sender<WriterJob>>>,
+    capacity: usize,
+    shared: Arc<Shared>,
+    readers: IndexReaders,
+    hasher: Suppression,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store in `data_dir` (mode 0700):
+    /// recovers the log, rebuilds the dedup window from it, and starts the
+    /// log writer and the indexer.
+    pub fn open(
+        data_dir: &Path,
+        options: StoreOptions,
+        stats: Arc<WriterStats>,
+    ) -> Result<Self, StoreError> {
+        create_private_dir(data_dir)?;
+        let log_dir = data_dir.join(LOG_DIR);
+        let (log, recovery) = SegmentLog::open(
+            &log_dir,
+            LogOptions {
+                segment_bytes: options.segment_bytes,
+            },
+        )
+        .map_err(log_error)?;
+        if recovery.truncated_bytes > 0 {
+            tracing::warn!(
+                bytes = recovery.truncated_bytes,
+                "log: cut a torn tail left by a crash (never an acknowledged record)"
+            );
+        }
+        let (salt, suppressed) = suppression::load_file(data_dir)?;
+        let db = data_dir.join(super::sqlite::DB_FILE);
+        // SQLite gives its WAL and shm files the database file's mode.
+        create_private_file(&db)?;
+        let (index, readers) = open_index(&db, salt.clone(), &suppressed)?;
+        restrict_files(data_dir)?;
+        let writer_suppression = Suppression::new(salt.clone(), suppressed.iter().copied());
+        let window = DedupWindow::rebuild(&log_dir, log.next_lsn(), options.dedup_window)?;
+
+        let shared = Arc::new(Shared::default());
+        let applied = index.position()?;
+        {
+            let mut state = shared.lock();
+            state.durable = log.next_lsn();
+            state.applied = applied.min(state.durable);
+        }
+        let capacity = options.queue_capacity.max(1);
+        let (tx, rx) = mpsc::channel(capacity);
+        let writer = {
+            let shared = shared.clone();
+            let data_dir = data_dir.to_path_buf();
+            let mut w = LogWriter {
+                log,
+                window,
+                suppression: writer_suppression,
+                data_dir,
+                shared,
+                stats,
+                buf: Vec::new(),
+                ranges: Vec::new(),
+            };
+            std::thread::Builder::new()
+                .name("weft-log-writer".into())
+                .spawn(move || w.run(rx))?
+        };
+        let indexer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("weft-indexer".into())
+                .spawn(move || run_indexer(index, log_dir, applied, &shared))?
+        };
+        Ok(EmbeddedStore {
+            sender: RwLock::new(Some(tx)),
+            capacity,
+            shared,
+            readers,
+            hasher: Suppression::new(salt, []),
+            threads: Mutex::new(vec![writer, indexer]),
+        })
+    }
+
+    /// Waits (blocking, at most `timeout`) until the index has applied
+    /// every record that was durable when this was called: what a read
+    /// started now must see. [`StoreError::Lagging`] past the bound.
+    pub fn wait_indexed(&self, timeout: Duration) -> Result<(), StoreError> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.shared.lock();
+        let target = state.durable;
+        while state.applied < target {
+            if state.indexer_done {
+                return Err(StoreError::Closed);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(StoreError::Lagging);
+            }
+            state = self
+                .shared
+                .applied_wake
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    /// The log position that is durable, and the one the index reached.
+    pub fn positions(&self) -> (Lsn, Lsn) {
+        let state = self.shared.lock();
+        (state.durable, state.applied)
+    }
+
+    fn writer_job<T>(
+        &self,
+        job: impl FnOnce(sync_mpsc::SyncSender<Result<T, StoreError>>) -> WriterJob,
+    ) -> Result<T, StoreError> {
+        let (reply, done) = sync_mpsc::sync_channel(1);
+        let sender = self
+            .sender
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        sender
+            .blocking_send(job(reply))
+            .map_err(|_| StoreError::Closed)?;
+        done.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    fn index_job<T>(
+        &self,
+        job: impl FnOnce(sync_mpsc::SyncSender<Result<T, StoreError>>) -> IndexJob,
+    ) -> Result<T, StoreError> {
+        let (reply, done) = sync_mpsc::sync_channel(1);
+        {
+            let mut state = self.shared.lock();
+            if state.indexer_done {
+                return Err(StoreError::Closed);
+            }
+            state.jobs.push_back(job(reply));
+        }
+        self.shared.indexer_wake.notify_all();
+        done.recv().map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl EventStore for EmbeddedStore {
+    fn append(&self, request: AppendRequest) -> Result<Pending, StoreError> {
+        let (reply, pending) = oneshot::channel();
+        let guard = self.sender.read().unwrap_or_else(|e| e.into_inner());
+        let sender = guard.as_ref().ok_or(StoreError::Closed)?;
+        sender
+            .try_send(WriterJob::Append { request, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
+            })?;
+        Ok(pending)
+    }
+
+    fn profile(&self, id: &str) -> Result<Option<ProfileSummary>, StoreError> {
+        self.wait_indexed(READ_WAIT)?;
+        self.readers.profile(id)
+    }
+
+    fn profile_events(
+        &self,
+        id: &str,
+        limit: usize,
+        before: Option<&EventCursor>,
+    ) -> Result<Option<EventsPage>, StoreError> {
+        self.wait_indexed(READ_WAIT)?;
+        self.readers.profile_events(id, limit, before)
+    }
+
+    fn profile_graph(&self, id: &str) -> Result<Option<IdentityGraph>, StoreError> {
+        self.wait_indexed(READ_WAIT)?;
+        self.readers.profile_graph(id)
+    }
+
+    fn consent_history(&self, id: &str) -> Result<Option<Vec<ConsentEntry>>, StoreError> {
+        self.wait_indexed(READ_WAIT)?;
+        self.readers.consent_history(id)
+    }
+
+    fn erase(&self, id: &str) -> Result<Option<ErasureReport>, StoreError> {
+        self.wait_indexed(READ_WAIT)?;
+        let id = id.to_owned();
+        let identifiers = {
+            let id = id.clone();
+            self.index_job(|reply| IndexJob::Identifiers { id, reply })?
+        };
+        let Some(identifiers) = identifiers else {
+            return Ok(None);
+        };
+        let hashes: Vec<IdHash> = identifiers.iter().map(|i| self.hasher.hash(i)).collect();
+        // 1. From now on the log admits none of them.
+        self.writer_job(|reply| WriterJob::Suppress { hashes, reply })?;
+        // 2. The index forgets them (and drops any record of theirs it
+        //    applies later: admitted before step 1, read after step 2).
+        let erased = self.index_job(|reply| IndexJob::Erase { id, reply })?;
+        let Some(Erasure { report, event_keys }) = erased else {
+            return Ok(None);
+        };
+        // 3. The log forgets them.
+        let erased = Erased {
+            identifiers: identifiers.into_iter().collect(),
+            keys: event_keys.into_iter().collect(),
+        };
+        self.writer_job(|reply| WriterJob::Remove { erased, reply })?;
+        Ok(Some(report))
+    }
+
+    fn expire(&self, before: &str, limit: usize) -> Result<usize, StoreError> {
+        let n = {
+            let before = before.to_owned();
+            self.index_job(|reply| IndexJob::Expire {
+                before,
+                limit,
+                reply,
+            })?
+        };
+        let below = self.positions().1;
+        let before = before.to_owned();
+        let dropped = self.writer_job(|reply| WriterJob::DropExpired {
+            before,
+            below,
+            reply,
+        })?;
+        if dropped > 0 {
+            tracing::info!(segments = dropped, "retention dropped log segments");
+        }
+        Ok(n)
+    }
+
+    fn check_ready(&self) -> Result<(), StoreError> {
+        if self
+            .sender
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+            || self.shared.lock().indexer_done
+        {
+            return Err(StoreError::Closed);
+        }
+        self.readers.check()
+    }
+
+    fn queue_depth(&self) -> usize {
+        let guard = self.sender.read().unwrap_or_else(|e| e.into_inner());
+        guard
+            .as_ref()
+            .map(|s| self.capacity - s.capacity())
+            .unwrap_or(0)
+    }
+
+    fn close(&self) {
+        // Dropping the last sender lets the writer finish the queue and
+        // stop; the indexer then applies what is durable and stops.
+        self.sender
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The (source, messageId) pairs the ack path has stored recently, bounded
+/// by count: the oldest is forgotten first. Keys are 64-bit hashes under a
+/// per-process random key (the window is rebuilt from the log at start).
+struct DedupWindow {
+    hasher: std::collections::hash_map::RandomState,
+    set: HashSet<u64>,
+    order: VecDeque<u64>,
+    capacity: usize,
+}
+
+impl DedupWindow {
+    fn new(capacity: usize) -> Self {
+        DedupWindow {
+            hasher: Default::default(),
+            set: HashSet::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// The window as the log's last `capacity` events leave it.
+    fn rebuild(log_dir: &Path, until: Lsn, capacity: usize) -> Result<Self, StoreError> {
+        let mut window = DedupWindow::new(capacity);
+        let mut reader = LogReader::open(log_dir, 0).map_err(log_error)?;
+        let mut batch = Vec::new();
+        loop {
+            batch.clear();
+            if reader
+                .next_batch(until, 8192, &mut batch)
+                .map_err(log_error)?
+                == 0
+            {
+                break;
+            }
+            for (_, payload) in &batch {
+                if let Some((source, id)) = record::event_key(payload) {
+                    let key = window.key(source, id);
+                    window.insert(key);
+                }
+            }
+        }
+        Ok(window)
+    }
+
+    fn key(&self, source: &str, message_id: &str) -> u64 {
+        self.hasher.hash_one((source, message_id))
+    }
+
+    fn contains(&self, key: u64) -> bool {
+        self.set.contains(&key)
+    }
+
+    fn insert(&mut self, key: u64) {
+        if self.set.insert(key) {
+            self.order.push_back(key);
+            while self.order.len() > self.capacity {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// The log's only writer: admission (suppression, dedup), framing, group
+/// commit.
+struct LogWriter {
+    log: SegmentLog,
+    window: DedupWindow,
+    suppression: Suppression,
+    data_dir: PathBuf,
+    shared: Arc<Shared>,
+    stats: Arc<WriterStats>,
+    /// The group's encoded records, and where each one is in `buf`.
+    buf: Vec<u8>,
+    ranges: Vec<Range<usize>>,
+}
+
+type Group = Vec<(
+    AppendRequest,
+    oneshot::Sender<Result<AppendOutcome, StoreError>>,
+)>;
+
+impl LogWriter {
+    fn run(&mut self, mut rx: mpsc::Receiver<WriterJob>) {
+        let mut group: Group = Vec::with_capacity(MAX_GROUP);
+        let mut next: Option<WriterJob> = None;
+        loop {
+            let first = match next.take() {
+                Some(job) => job,
+                None => match rx.blocking_recv() {
+                    Some(job) => job,
+                    None => break,
+                },
+            };
+            match first {
+                WriterJob::Append { request, reply } => group.push((request, reply)),
+                WriterJob::Suppress { hashes, reply } => {
+                    let _ = reply.send(self.suppress(&hashes));
+                    continue;
+                }
+                WriterJob::Remove { erased, reply } => {
+                    let _ = reply.send(self.remove(&erased));
+                    continue;
+                }
+                WriterJob::DropExpired {
+                    before,
+                    below,
+                    reply,
+                } => {
+                    let _ = reply.send(self.drop_expired(&before, below));
+                    continue;
+                }
+            }
+            // Everything that queued while the last group was syncing.
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(WriterJob::Append { request, reply }) => group.push((request, reply)),
+                    Ok(other) => {
+                        next = Some(other);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = self.commit(&mut group) {
+                // After a failed write or sync the file's state is unknown:
+                // stop taking writes rather than acknowledge on top of it.
+                tracing::error!(error = %e, "log write failed; the collector stops taking events");
+                break;
+            }
+        }
+        // Answer whatever is still queued (the receiver is closing).
+        rx.close();
+        while let Ok(job) = rx.try_recv() {
+            if let WriterJob::Append { reply, .. } = job {
+                let _ = reply.send(Err(StoreError::Closed));
+            }
+        }
+        self.shared.lock().writer_done = true;
+        self.shared.indexer_wake.notify_all();
+    }
+
+    /// Admits, writes and syncs a group, then answers each request.
+    fn commit(&mut self, group: &mut Group) -> Result<(), StoreError> {
+        let started = Instant::now();
+        self.buf.clear();
+        self.ranges.clear();
+        let mut outcomes = Vec::with_capacity(group.len());
+        let mut keys = Vec::new();
+        let mut in_group = HashSet::new();
+        for (r, _) in group.iter() {
+            let mut outcome = AppendOutcome::default();
+            for e in &r.events {
+                let ids = [
+                    e.anonymous_id.as_deref(),
+                    e.user_id.as_deref(),
+                    e.previous_id.as_deref(),
+                ];
+                if self.suppression.any(&ids) {
+                    outcome.suppressed += 1;
+                    continue;
+                }
+                let key = self.window.key(&r.source, &e.message_id);
+                if self.window.contains(key) || !in_group.insert(key) {
+                    outcome.duplicates += 1;
+                    continue;
+                }
+                keys.push(key);
+                let at = self.buf.len();
+                record::encode_event(&mut self.buf, &r.source, e);
+                self.ranges.push(at..self.buf.len());
+                outcome.stored += 1;
+            }
+            for b in &r.rejected {
+                let at = self.buf.len();
+                record::encode_rejected(&mut self.buf, &r.source, b);
+                self.ranges.push(at..self.buf.len());
+                outcome.rejected += 1;
+            }
+            outcomes.push(outcome);
+        }
+        let written = if self.ranges.is_empty() {
+            Ok(())
+        } else {
+            let payloads: Vec<&[u8]> = self.ranges.iter().map(|r| &self.buf[r.clone()]).collect();
+            self.log
+                .append(&payloads)
+                .and_then(|_| self.log.sync())
+                .map_err(log_error)
+        };
+        if let Err(e) = written {
+            let message = e.to_string();
+            for (_, reply) in group.drain(..) {
+                let _ = reply.send(Err(StoreError::Io(std::io::Error::other(message.clone()))));
+            }
+            return Err(e);
+        }
+        for key in keys {
+            self.window.insert(key);
+        }
+        self.publish_durable();
+        self.stats.commit_seconds.observe(started.elapsed());
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .committed_requests
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
+        for ((_, reply), outcome) in group.drain(..).zip(outcomes) {
+            let _ = reply.send(Ok(outcome));
+        }
+        Ok(())
+    }
+
+    fn publish_durable(&self) {
+        self.shared.lock().durable = self.log.next_lsn();
+        self.shared.indexer_wake.notify_all();
+    }
+
+    fn suppress(&mut self, hashes: &[IdHash]) -> Result<(), StoreError> {
+        suppression::append_file(&self.data_dir, hashes)?;
+        self.suppression.extend(hashes.iter().copied());
+        Ok(())
+    }
+
+    fn remove(&mut self, erased: &Erased) -> Result<u64, StoreError> {
+        let n = self
+            .log
+            .remove_records(|_, payload| erased.matches(payload))
+            .map_err(log_error)?;
+        self.shared.lock().generation += 1;
+        self.shared.indexer_wake.notify_all();
+        Ok(n)
+    }
+
+    /// Drops the segments whose records were all received before `before`
+    /// and are all below `below` (applied by the index). Records are
+    /// appended in receipt order, so a segment is old enough when the next
+    /// one starts with a record received before `before`.
+    fn drop_expired(&mut self, before: &str, below: Lsn) -> Result<usize, StoreError> {
+        let segments = self.log.segments();
+        let mut cut = 0;
+        for next in segments.iter().skip(1) {
+            if next.first_lsn > below {
+                break;
+            }
+            let mut reader = LogReader::open(self.log.dir(), next.first_lsn).map_err(log_error)?;
+            let mut first = Vec::new();
+            reader
+                .next_batch(self.log.next_lsn(), 1, &mut first)
+                .map_err(log_error)?;
+            let received = first.first().and_then(|(_, p)| match record::decode(p) {
+                Ok(Record::Event { event, .. }) => Some(event.received_at),
+                Ok(Record::Rejected { rejected, .. }) => Some(rejected.received_at),
+                Err(_) => None,
+            });
+            match received {
+                Some(t) if t.as_str() < before => cut = next.first_lsn,
+                _ => break,
+            }
+        }
+        if cut == 0 {
+            return Ok(0);
+        }
+        self.log.drop_segments_before(cut).map_err(log_error)
+    }
+}
+
+/// The indexer: applies the log to the index from its position, and runs
+/// erasures and retention between batches.
+fn run_indexer(mut index: IndexWriter, log_dir: PathBuf, from: Lsn, shared: &Shared) {
+    let mut reader = match LogReader::open(&log_dir, from) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "indexer cannot read the log");
+            shared.lock().indexer_done = true;
+            shared.applied_wake.notify_all();
+            return;
+        }
+    };
+    let mut generation = shared.lock().generation;
+    let mut raw = Vec::with_capacity(INDEX_BATCH);
+    let mut records = Vec::with_capacity(INDEX_BATCH);
+    loop {
+        // Jobs first, then the log up to what is durable, else wait.
+        let (job, durable) = {
+            let mut state = shared.lock();
+            loop {
+                if let Some(job) = state.jobs.pop_front() {
+                    break (Some(job), state.durable);
+                }
+                if state.applied < state.durable {
+                    break (None, state.durable);
+                }
+                if state.writer_done {
+                    state.indexer_done = true;
+                    // Anyone still waiting gets an answer.
+                    while let Some(job) = state.jobs.pop_front() {
+                        fail_job(job);
+                    }
+                    drop(state);
+                    shared.applied_wake.notify_all();
+                    return;
+                }
+                state = shared
+                    .indexer_wake
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        if let Some(job) = job {
+            run_job(&mut index, job);
+            continue;
+        }
+        let now_generation = shared.lock().generation;
+        if now_generation != generation {
+            generation = now_generation;
+            if let Err(e) = reader.reopen() {
+                tracing::error!(error = %e, "indexer cannot reopen the log");
+            }
+        }
+        raw.clear();
+        let read = reader.next_batch(durable, INDEX_BATCH, &mut raw);
+        let n = match read {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "indexer cannot read the log; retrying");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if n == 0 {
+            // Everything below `durable` is applied (gaps are erased records).
+            publish_applied(shared, durable);
+            continue;
+        }
+        records.clear();
+        for (lsn, payload) in raw.drain(..) {
+            match record::decode(&payload) {
+                Ok(r) => records.push((lsn, r)),
+                Err(e) => tracing::error!(lsn, error = %e, "skipping an undecodable log record"),
+            }
+        }
+        let next = reader.position();
+        loop {
+            match index.apply(&records, next) {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "indexer could not apply a batch; retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+        publish_applied(shared, next);
+    }
+}
+
+fn publish_applied(shared: &Shared, to: Lsn) {
+    let mut state = shared.lock();
+    if to > state.applied {
+        state.applied = to;
+    }
+    drop(state);
+    shared.applied_wake.notify_all();
+}
+
+fn run_job(index: &mut IndexWriter, job: IndexJob) {
+    match job {
+        IndexJob::Identifiers { id, reply } => {
+            let _ = reply.send(index.erasure_identifiers(&id));
+        }
+        IndexJob::Erase { id, reply } => {
+            let _ = reply.send(index.erase(&id));
+        }
+        IndexJob::Expire {
+            before,
+            limit,
+            reply,
+        } => {
+            let _ = reply.send(index.expire(&before, limit));
+        }
+    }
+}
+
+fn fail_job(job: IndexJob) {
+    match job {
+        IndexJob::Identifiers { reply, .. } => {
+            let _ = reply.send(Err(StoreError::Closed));
+        }
+        IndexJob::Erase { reply, .. } => {
+            let _ = reply.send(Err(StoreError::Closed));
+        }
+        IndexJob::Expire { reply, .. } => {
+            let _ = reply.send(Err(StoreError::Closed));
+        }
+    }
+}
+
+fn log_error(e: crate::log::LogError) -> StoreError {
+    StoreError::Log(e.to_string())
+}
+
+/// Creates `dir` (and its parents) if missing, and makes it private to the
+/// collector's user: events and identifiers are personal data.
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(())
+}
+
+/// Creates `path` empty with mode 0600 unless it exists.
+fn create_private_file(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Makes the files of the data directory 0600 (a data directory made by
+/// an older version, or files made with a loose umask).
+fn restrict_files(data_dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    for entry in std::fs::read_dir(data_dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NewEvent;
+    use crate::store::sqlite::DB_FILE;
+    use rusqlite::Connection;
+    use weft_protocol::MessageType;
+
+    fn open(dir: &Path, queue_capacity: usize, stats: Arc<WriterStats>) -> EmbeddedStore {
+        EmbeddedStore::open(
+            dir,
+            StoreOptions {
+                queue_capacity,
+                ..StoreOptions::default()
+            },
+            stats,
+        )
+        .unwrap()
+    }
+
+    fn request(source: &str, n: usize, tag: &str) -> AppendRequest {
+        AppendRequest {
+            source: source.into(),
+            events: (0..n)
+                .map(|i| NewEvent {
+                    message_id: format!("{tag}-{i}"),
+                    kind: MessageType::Track,
+                    event: Some("E".into()),
+                    anonymous_id: Some(format!("a-{}", i % 50)),
+                    user_id: None,
+                    previous_id: None,
+                    junk_ids: 0,
+                    consent_record: None,
+                    timestamp: "2026-11-23T10:00:00.000Z".into(),
+                    received_at: "2026-11-23T10:00:00.000Z".into(),
+                    ip: None,
+                    body: "{}".into(),
+                })
+                .collect(),
+            rejected: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_full_write_queue_answers_overloaded_and_loses_nothing_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(WriterStats::default());
+        let store = open(dir.path(), 1, stats.clone());
+        // A large first request keeps the writer busy for a while...
+        let first = store.append(request("s", 100_000, "big")).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        // ...so one more fills the queue of one, and the next is refused.
+        let second = store.append(request("s", 1, "second")).unwrap();
+        assert!(matches!(
+            store.append(request("s", 1, "third")),
+            Err(StoreError::Overloaded)
+        ));
+        assert_eq!(first.blocking_recv().unwrap().unwrap().stored, 100_000);
+        assert_eq!(second.blocking_recv().unwrap().unwrap().stored, 1);
+        // Once drained, the refused request goes through on retry.
+        let third = store.append(request("s", 1, "third")).unwrap();
+        assert_eq!(third.blocking_recv().unwrap().unwrap().stored, 1);
+        assert_eq!(stats.committed_requests.load(Ordering::Relaxed), 3);
+        assert_eq!(
+            stats.commit_seconds.count(),
+            stats.commits.load(Ordering::Relaxed)
+        );
+    }
+
+    #[test]
+    fn duplicates_are_counted_per_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 8, Arc::default());
+        let a = store
+            .append(request("s1", 3, "m"))
+            .unwrap()
+            .blocking_recv()
+            .unwrap()
+            .unwrap();
+        let b = store
+            .append(request("s1", 3, "m"))
+            .unwrap()
+            .blocking_recv()
+            .unwrap()
+            .unwrap();
+        let c = store
+            .append(request("s2", 3, "m"))
+            .unwrap()
+            .blocking_recv()
+            .unwrap()
+            .unwrap();
+        assert_eq!((a.stored, a.duplicates), (3, 0));
+        assert_eq!((b.stored, b.duplicates), (0, 3));
+        assert_eq!(
+            (c.stored, c.duplicates),
+            (3, 0),
+            "same messageId, other source"
+        );
+    }
+
+    /// A stored identify of user `u` on device `d` at `at` with `body`.
+    fn identify(n: usize, at: &str, body: serde_json::Value) -> NewEvent {
+        NewEvent {
+            message_id: format!("identify-{n}"),
+            kind: MessageType::Identify,
+            event: None,
+            anonymous_id: Some("d".into()),
+            user_id: Some("u".into()),
+            previous_id: None,
+            junk_ids: 0,
+            consent_record: None,
+            timestamp: at.into(),
+            received_at: at.into(),
+            ip: None,
+            body: body.to_string(),
+        }
+    }
+
+    #[test]
+    fn identify_traits_come_from_traits_and_context_traits_the_newest_call_winning() {
+        use serde_json::json;
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 8, Arc::default());
+        // Out of time order, so arrival order is not what decides.
+        let events = vec![
+            // Both places: the top-level value wins a shared key.
+            identify(
+                3,
+                "2026-11-23T12:00:00.000Z",
+                json!({"type": "identify", "userId": "u",
+                       "traits": {"name": "Ada", "tier": "gold"},
+                       "context": {"traits": {"tier": "silver", "vip": true}}}),
+            ),
+            // Only in context.traits (RudderStack's SDKs): newer than the
+            // first call, so its plan replaces that one.
+            identify(
+                2,
+                "2026-11-23T11:00:00.000Z",
+                json!({"type": "identify", "userId": "u",
+                       "context": {"traits": {"plan": "pro", "city": "Oslo"}}}),
+            ),
+            // Only top level (Segment's SDKs), the oldest.
+            identify(
+                1,
+                "2026-11-23T10:00:00.000Z",
+                json!({"type": "identify", "userId": "u",
+                       "traits": {"plan": "free", "email": "ada@example.com"}}),
+            ),
+            // Traits that are not objects are no traits.
+            identify(
+                4,
+                "2026-11-23T13:00:00.000Z",
+                json!({"type": "identify", "userId": "u", "traits": "x",
+                       "context": {"traits": ["y"]}}),
+            ),
+        ];
+        let request = AppendRequest {
+            source: "s".into(),
+            events,
+            rejected: Vec::new(),
+        };
+        let outcome = store.append(request).unwrap().blocking_recv().unwrap();
+        assert_eq!(outcome.unwrap().stored, 4);
+        let profile = store.profile("u").unwrap().expect("a profile for u");
+        assert_eq!(
+            profile.traits,
+            json!({"name": "Ada", "tier": "gold", "vip": true, "plan": "pro",
+                   "city": "Oslo", "email": "ada@example.com"})
+        );
+    }
+
+    #[test]
+    fn closing_commits_what_is_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 64, Arc::default());
+        let pending: Vec<_> = (0..20)
+            .map(|i| store.append(request("s", 10, &format!("r{i}"))).unwrap())
+            .collect();
+        store.close();
+        assert!(matches!(
+            store.append(request("s", 1, "late")),
+            Err(StoreError::Closed)
+        ));
+        for p in pending {
+            assert_eq!(p.blocking_recv().unwrap().unwrap().stored, 10);
+        }
+        drop(store);
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 200);
+    }
+
+    /// A history of two people and a device they share.
+    fn history() -> Vec<AppendRequest> {
+        let event = |n: usize, kind: MessageType, a: Option<&str>, u: Option<&str>, at: &str| {
+            let body = serde_json::json!({
+                "type": kind.as_str(), "anonymousId": a, "userId": u,
+                "traits": {"n": n, "who": u},
+            });
+            NewEvent {
+                message_id: format!("h-{n}"),
+                kind,
+                event: (kind == MessageType::Track).then(|| "E".to_owned()),
+                anonymous_id: a.map(str::to_owned),
+                user_id: u.map(str::to_owned),
+                previous_id: None,
+                junk_ids: 0,
+                consent_record: None,
+                timestamp: at.into(),
+                received_at: at.into(),
+                ip: None,
+                body: body.to_string(),
+            }
+        };
+        let t = MessageType::Track;
+        let i = MessageType::Identify;
+        let batches = [
+            vec![
+                event(1, t, Some("dev-1"), None, "2026-11-01T10:00:00.000Z"),
+                event(
+                    2,
+                    i,
+                    Some("dev-1"),
+                    Some("ana-7q"),
+                    "2026-11-01T10:01:00.000Z",
+                ),
+            ],
+            vec![
+                event(3, t, Some("dev-2"), None, "2026-11-01T11:00:00.000Z"),
+                event(4, i, Some("dev-2"), Some("bo"), "2026-11-01T11:01:00.000Z"),
+                event(5, i, Some("dev-1"), Some("bo"), "2026-11-01T12:00:00.000Z"),
+                event(6, t, Some("dev-1"), None, "2026-11-01T12:30:00.000Z"),
+            ],
+        ];
+        batches
+            .into_iter()
+            .map(|events| AppendRequest {
+                source: "s".into(),
+                events,
+                rejected: Vec::new(),
+            })
+            .collect()
+    }
+
+    fn append_all(store: &EmbeddedStore, requests: Vec<AppendRequest>) {
+        for r in requests {
+            store.append(r).unwrap().blocking_recv().unwrap().unwrap();
+        }
+    }
+
+    fn profiles(store: &EmbeddedStore) -> Vec<Option<ProfileSummary>> {
+        ["ana-7q", "bo", "dev-1", "dev-2", "nobody"]
+            .iter()
+            .map(|id| store.profile(id).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_index_is_derived_delete_it_and_the_log_rebuilds_the_same_profiles() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 8, Arc::default());
+        append_all(&store, history());
+        let before = profiles(&store);
+        assert!(before[0].is_some() && before[1].is_some());
+        store.close();
+        drop(store);
+        for name in [DB_FILE, "weft.sqlite-wal", "weft.sqlite-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(name));
+        }
+        let store = open(dir.path(), 8, Arc::default());
+        assert_eq!(profiles(&store), before);
+        // Retries of what the log holds are still duplicates.
+        let again = store
+            .append(history().remove(0))
+            .unwrap()
+            .blocking_recv()
+            .unwrap()
+            .unwrap();
+        assert_eq!((again.stored, again.duplicates), (0, 2));
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_at_start_and_every_acknowledged_record_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 8, Arc::default());
+        append_all(&store, history());
+        let before = profiles(&store);
+        store.close();
+        drop(store);
+        // A crash in the middle of the next write: half a record at the end.
+        let log_dir = dir.path().join(LOG_DIR);
+        let last = std::fs::read_dir(&log_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .max()
+            .unwrap();
+        let mut half = Vec::new();
+        record::encode_event(&mut half, "s", &history()[0].events[0]);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&last)
+            .unwrap();
+        use std::io::Write as _;
+        let len = (half.len() as u32).to_le_bytes();
+        f.write_all(&len).unwrap();
+        f.write_all(&[0xAB; 9]).unwrap();
+        f.write_all(&half[..half.len() / 2]).unwrap();
+        drop(f);
+        let size_torn = std::fs::metadata(&last).unwrap().len();
+
+        let store = open(dir.path(), 8, Arc::default());
+        assert!(std::fs::metadata(&last).unwrap().len() < size_torn, "cut");
+        assert_eq!(profiles(&store), before);
+        // The log goes on after the cut.
+        let more = AppendRequest {
+            source: "s".into(),
+            events: vec![NewEvent {
+                message_id: "after-crash".into(),
+                ..history()[0].events[0].clone()
+            }],
+            rejected: Vec::new(),
+        };
+        append_all(&store, vec![more]);
+        let count = |p: &Option<ProfileSummary>| p.as_ref().unwrap().event_count;
+        assert_eq!(
+            count(&store.profile("ana-7q").unwrap()),
+            count(&before[0]) + 1
+        );
+    }
+
+    #[test]
+    fn erasure_leaves_nothing_of_the_person_in_the_log_or_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 8, Arc::default());
+        append_all(&store, history());
+        let report = store.erase("ana-7q").unwrap().expect("known");
+        assert_eq!(report.events, 2, "{report:?}");
+        assert!(store.profile("ana-7q").unwrap().is_none());
+        assert!(store.profile("bo").unwrap().is_some(), "others stay");
+        // Later events of ana are dropped at the door.
+        let late = AppendRequest {
+            source: "s".into(),
+            events: vec![NewEvent {
+                message_id: "late".into(),
+                user_id: Some("ana-7q".into()),
+                ..history()[0].events[0].clone()
+            }],
+            rejected: Vec::new(),
+        };
+        let outcome = store
+            .append(late)
+            .unwrap()
+            .blocking_recv()
+            .unwrap()
+            .unwrap();
+        assert_eq!((outcome.stored, outcome.suppressed), (0, 1));
+        store.close();
+        drop(store);
+        let mut scanned = 0;
+        let mut stack = vec![dir.path().to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let bytes = std::fs::read(&path).unwrap();
+                scanned += 1;
+                assert!(
+                    !bytes.windows(6).any(|w| w == b"ana-7q"),
+                    "{path:?} still holds the erased user"
+                );
+            }
+        }
+        assert!(scanned >= 3);
+        // And a rebuild does not bring them back.
+        let store = open(dir.path(), 8, Arc::default());
+        assert!(store.profile("ana-7q").unwrap().is_none());
+        assert!(store.profile("bo").unwrap().is_some());
+    }
+
+    #[test]
+    fn the_data_directory_is_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("data");
+        let store = open(&dir, 8, Arc::default());
+        append_all(&store, history());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        let mut files = 0;
+        let mut stack = vec![dir.clone()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    assert_eq!(mode(&path), 0o700, "{path:?}");
+                    stack.push(path);
+                } else {
+                    assert_eq!(mode(&path), 0o600, "{path:?}");
+                    files += 1;
+                }
+            }
+        }
+        assert!(files >= 4, "index, WAL, suppression file, a segment");
+    }
+}
