@@ -104,6 +104,8 @@ pub struct WriterStats {
     pub commits: AtomicU64,
     /// Requests made durable, summed over commits.
     pub committed_requests: AtomicU64,
+    /// Bytes appended to the event log.
+    pub log_bytes: AtomicU64,
 }
 
 impl Default for WriterStats {
@@ -112,6 +114,7 @@ impl Default for WriterStats {
             commit_seconds: Histogram::new(COMMIT_BUCKETS),
             commits: AtomicU64::new(0),
             committed_requests: AtomicU64::new(0),
+            log_bytes: AtomicU64::new(0),
         }
     }
 }
@@ -150,7 +153,12 @@ impl Metrics {
     }
 
     /// Prometheus text exposition, with the write queue depth as a gauge.
-    pub fn render(&self, queue_depth: usize) -> String {
+    pub fn render(&self, gauges: Gauges) -> String {
+        let Gauges {
+            queue_depth,
+            log_position,
+            index_position,
+        } = gauges;
         let mut out = String::new();
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(
@@ -245,8 +253,32 @@ impl Metrics {
             "# HELP weft_write_queue_depth Requests waiting for the writer.\n\
              # TYPE weft_write_queue_depth gauge\nweft_write_queue_depth {queue_depth}"
         );
+        let _ = writeln!(
+            out,
+            "# HELP weft_log_position Records in the event log (the next record's number).\n\
+             # TYPE weft_log_position gauge\nweft_log_position {log_position}\n\
+             # HELP weft_index_position Log records the index has applied (its lag is the difference).\n\
+             # TYPE weft_index_position gauge\nweft_index_position {index_position}"
+        );
+        counter(
+            &mut out,
+            "weft_log_bytes_written_total",
+            "Bytes appended to the event log, framing included",
+            load(&self.writer.log_bytes),
+        );
         out
     }
+}
+
+/// The store's gauges, read when `/metrics` is rendered.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gauges {
+    /// Requests waiting for the log writer.
+    pub queue_depth: usize,
+    /// The next log record's number: records written so far.
+    pub log_position: u64,
+    /// The log position the index has reached.
+    pub index_position: u64,
 }
 
 #[cfg(test)]
@@ -273,7 +305,7 @@ mod tests {
         let m = Metrics::default();
         m.events_rejected.add("missing_field", 2);
         m.events_rejected.add("too_large", 1);
-        let text = m.render(0);
+        let text = m.render(Gauges::default());
         assert!(text.contains("weft_events_rejected_total{reason=\"missing_field\"} 2"));
         assert!(text.contains("weft_events_rejected_total{reason=\"too_large\"} 1"));
     }

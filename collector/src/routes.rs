@@ -110,7 +110,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resu
         }
         "/metrics" => Ok(text(
             StatusCode::OK,
-            app.metrics.render(app.store.queue_depth()),
+            app.metrics.render(app.store.gauges()),
             "text/plain; version=0.0.4",
         )),
         _ => assets::serve(app, path, req.headers()).await,

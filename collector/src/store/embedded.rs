@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::log::{LogOptions, LogReader, Lsn, SegmentLog};
-use crate::metrics::WriterStats;
+use crate::metrics::{Gauges, WriterStats};
 use crate::record::{self, Record};
 
 use super::sqlite::{Erasure, IndexReaders, IndexWriter, open_index};
@@ -427,12 +427,20 @@ impl EventStore for EmbeddedStore {
         self.readers.check()
     }
 
-    fn queue_depth(&self) -> usize {
-        let guard = self.sender.read().unwrap_or_else(|e| e.into_inner());
-        guard
+    fn gauges(&self) -> Gauges {
+        let queue_depth = self
+            .sender
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
             .as_ref()
             .map(|s| self.capacity - s.capacity())
-            .unwrap_or(0)
+            .unwrap_or(0);
+        let (log_position, index_position) = self.positions();
+        Gauges {
+            queue_depth,
+            log_position,
+            index_position,
+        }
     }
 
     fn close(&self) {
@@ -657,6 +665,10 @@ impl LogWriter {
             self.window.insert(key);
         }
         self.publish_durable();
+        let framed = self.buf.len() + self.ranges.len() * crate::log::FRAMING_BYTES;
+        self.stats
+            .log_bytes
+            .fetch_add(framed as u64, Ordering::Relaxed);
         self.stats.commit_seconds.observe(started.elapsed());
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.stats

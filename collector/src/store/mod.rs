@@ -306,8 +306,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// Whether the store can take writes now. Blocking.
     fn check_ready(&self) -> Result<(), StoreError>;
 
-    /// Requests waiting for the writer.
-    fn queue_depth(&self) -> usize;
+    /// Requests waiting for the writer, and how far the log and the index
+    /// have got.
+    fn gauges(&self) -> crate::metrics::Gauges;
 
     /// Stops taking writes, commits what is queued and stops the writer.
     /// Blocking.
