@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::Value;
-use serde_json::value::RawValue;
 
 /// The consent categories.
 pub const CATEGORIES: [&str; 4] = ["necessary", "analytics", "marketing", "personalization"];
@@ -63,19 +62,6 @@ pub struct ConsentRecord {
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct View<'a> {
-    #[serde(rename = "type", default)]
-    kind: Option<String>,
-    #[serde(default)]
-    event: Option<String>,
-    #[serde(default)]
-    context: Option<ContextView>,
-    #[serde(default, borrow)]
-    properties: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
 struct ContextView {
     #[serde(default)]
     consent: Option<ConsentView>,
@@ -105,20 +91,31 @@ fn granted(v: &Value) -> bool {
     v.as_bool().unwrap_or(false) || v.as_str() == Some("granted")
 }
 
+/// The parts of a message consent is decided on: its type and event name,
+/// and the raw JSON of its `context` (merged with the batch's) and
+/// `properties`.
+#[derive(Debug, Clone, Copy)]
+pub struct Parts<'a> {
+    /// `type`.
+    pub kind: weft_protocol::MessageType,
+    /// `event`, for a `track`.
+    pub event: Option<&'a str>,
+    /// `context`, as JSON text.
+    pub context: Option<&'a str>,
+    /// `properties`, as JSON text.
+    pub properties: Option<&'a str>,
+}
+
 /// Decides whether a validated message may be stored, and extracts its
-/// consent record if it is one. `raw` is the message as received.
-pub fn check(raw: &str, missing: MissingConsent) -> Result<Option<ConsentRecord>, Drop> {
-    let Ok(view) = serde_json::from_str::<View<'_>>(raw) else {
-        // Validation already accepted it; a shape this cannot read carries
-        // no consent context.
-        return match missing {
-            MissingConsent::Assumed => Ok(None),
-            MissingConsent::Required => Err(Drop::Missing),
-        };
-    };
+/// consent record if it is one.
+pub fn check(parts: Parts<'_>, missing: MissingConsent) -> Result<Option<ConsentRecord>, Drop> {
+    // A context this cannot read carries no consent context.
+    let context = parts
+        .context
+        .and_then(|c| serde_json::from_str::<ContextView>(c).ok());
     let is_record =
-        view.kind.as_deref() == Some("track") && view.event.as_deref() == Some(CONSENT_EVENT);
-    let consent = view.context.and_then(|c| c.consent);
+        parts.kind == weft_protocol::MessageType::Track && parts.event == Some(CONSENT_EVENT);
+    let consent = context.and_then(|c| c.consent);
     let (category, prefs) = match consent {
         Some(c) => (c.category, c.category_preferences),
         None => (None, None),
@@ -139,9 +136,9 @@ pub fn check(raw: &str, missing: MissingConsent) -> Result<Option<ConsentRecord>
     if !is_record {
         return Ok(None);
     }
-    let props = view
+    let props = parts
         .properties
-        .and_then(|p| serde_json::from_str::<RecordProperties>(p.get()).ok());
+        .and_then(|p| serde_json::from_str::<RecordProperties>(p).ok());
     let preferences = props
         .as_ref()
         .and_then(|p| p.category_preferences.clone())
@@ -158,8 +155,23 @@ pub fn check(raw: &str, missing: MissingConsent) -> Result<Option<ConsentRecord>
 mod tests {
     use super::*;
 
+    /// `check` on a whole message's text.
+    fn check_raw(raw: &str, missing: MissingConsent) -> Result<Option<ConsentRecord>, Drop> {
+        let v: Value = serde_json::from_str(raw).unwrap();
+        let kind = weft_protocol::MessageType::parse(v["type"].as_str().unwrap()).unwrap();
+        let context = v.get("context").map(Value::to_string);
+        let properties = v.get("properties").map(Value::to_string);
+        let parts = Parts {
+            kind,
+            event: v["event"].as_str(),
+            context: context.as_deref(),
+            properties: properties.as_deref(),
+        };
+        check(parts, missing)
+    }
+
     fn check_case(raw: &str, missing: MissingConsent, expect: Result<bool, Drop>) {
-        let got = check(raw, missing).map(|r| r.is_some());
+        let got = check_raw(raw, missing).map(|r| r.is_some());
         assert_eq!(got, expect, "{raw}");
     }
 
@@ -189,7 +201,9 @@ mod tests {
         let denial = r#"{"type":"track","event":"Consent Updated","anonymousId":"a",
             "properties":{"categoryPreferences":{"analytics":false,"marketing":false},"policy":"opt-in","policyVersion":"2026-01"},
             "context":{"consent":{"categoryPreferences":{"analytics":false,"marketing":false}}}}"#;
-        let record = check(denial, MissingConsent::Required).unwrap().unwrap();
+        let record = check_raw(denial, MissingConsent::Required)
+            .unwrap()
+            .unwrap();
         assert_eq!(
             record.preferences,
             r#"{"analytics":false,"marketing":false}"#

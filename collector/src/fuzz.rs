@@ -9,8 +9,10 @@ use serde_json::{Value, json};
 use time::macros::datetime;
 use weft_protocol::{Message, MessageType};
 
+use crate::admission::{Facts, Outcome, admit, parse_envelope};
 use crate::clock::parse_rfc3339;
-use crate::ingest::{decode_body, parse_envelope, prepare};
+use crate::consent::MissingConsent;
+use crate::ingest::decode_body;
 
 const CODES: [&str; 5] = [
     "too_large",
@@ -29,21 +31,34 @@ fn check_body(body: &[u8], gzip: bool, single: Option<MessageType>) {
     let Ok(envelope) = parse_envelope(&decoded, single) else {
         return;
     };
-    let received = datetime!(2026-11-23 10:00:00 UTC);
-    for raw in &envelope.messages {
-        match prepare(raw.get(), envelope.sent_at.as_deref(), received, &None, &[]) {
-            Ok(event) => {
-                assert!(!event.message_id.is_empty());
-                assert!(
-                    parse_rfc3339(&event.timestamp).is_some(),
-                    "{}",
-                    event.timestamp
-                );
-                let stored: Message =
-                    serde_json::from_str(&event.body).expect("stored body parses");
-                assert_eq!(stored.kind, event.kind);
-            }
-            Err(rejection) => assert!(CODES.contains(&rejection.code), "{rejection:?}"),
+    let facts = Facts {
+        source: "s",
+        consent: MissingConsent::Assumed,
+        received: datetime!(2026-11-23 10:00:00 UTC),
+        ip: None,
+        junk: &[],
+    };
+    let admission = admit(&envelope, &facts);
+    assert_eq!(admission.outcomes.len(), envelope.messages.len());
+    let accepted = admission
+        .outcomes
+        .iter()
+        .filter(|o| **o == Outcome::Accepted)
+        .count();
+    assert_eq!(accepted, admission.request.events.len());
+    for event in &admission.request.events {
+        assert!(!event.message_id.is_empty());
+        assert!(
+            parse_rfc3339(&event.timestamp).is_some(),
+            "{}",
+            event.timestamp
+        );
+        let stored: Message = serde_json::from_str(&event.body).expect("stored body parses");
+        assert_eq!(stored.kind, event.kind);
+    }
+    for outcome in &admission.outcomes {
+        if let Outcome::Rejected(rejection) = outcome {
+            assert!(CODES.contains(&rejection.code), "{rejection:?}");
         }
     }
 }

@@ -16,9 +16,10 @@ use proptest::prelude::*;
 use serde_json::json;
 use time::macros::datetime;
 
-use crate::ingest::prepare;
+use crate::admission::{Facts, Outcome, admit, parse_envelope};
+use crate::consent::MissingConsent;
 use crate::store::embedded::{EmbeddedStore, StoreOptions};
-use crate::store::{AppendRequest, EventStore, ProfileSummary};
+use crate::store::{EventStore, ProfileSummary};
 
 /// One person's truth.
 #[derive(Debug, Clone, Default)]
@@ -158,17 +159,23 @@ fn deliver(
         let n = (*sizes.next().unwrap()).clamp(1, rest.len());
         let (batch, tail) = rest.split_at(n);
         rest = tail;
-        let events = batch
-            .iter()
-            .map(|raw| {
-                prepare(raw, None, received, &None, &[]).expect("generated messages are valid")
-            })
-            .collect();
-        let request = AppendRequest {
-            source: "s".into(),
-            events,
-            rejected: Vec::new(),
+        // The same admission as ingest, on the batch's body.
+        let body = format!("{{\"batch\":[{}]}}", batch.join(","));
+        let envelope = parse_envelope(body.as_bytes(), None).expect("a batch");
+        let facts = Facts {
+            source: "s",
+            consent: MissingConsent::Assumed,
+            received,
+            ip: None,
+            junk: &[],
         };
+        let admission = admit(&envelope, &facts);
+        assert!(
+            admission.outcomes.iter().all(|o| *o == Outcome::Accepted),
+            "generated messages are valid: {:?}",
+            admission.outcomes
+        );
+        let request = admission.request;
         store
             .append(request)
             .unwrap()

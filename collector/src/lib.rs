@@ -9,8 +9,9 @@
 //! - [`error`]: [`error::ApiError`], the one enum of request failures, and
 //!   the one mapping from it to status codes and JSON reasons.
 //! - [`ingest`]: `/v1/batch` and the single-message endpoints: body limits,
-//!   gzip, write-key auth, per-message validation and enrichment (receivedAt,
-//!   clock-skew correction, truncated IP).
+//!   gzip, write-key auth; then [`admission`]: the body parsed once,
+//!   per-message validation, enrichment (receivedAt, clock-skew correction,
+//!   truncated IP), batch context merged, consent checked.
 //! - [`consent`]: server-side consent enforcement and consent records.
 //! - [`admin`]: the bearer-token admin API (`/v1/profiles/{id}`).
 //! - [`app`]: the state handlers share (config, store, clock, metrics).
@@ -29,6 +30,7 @@
 //! full IP addresses.
 
 pub mod admin;
+pub mod admission;
 pub mod app;
 pub mod assets;
 pub mod cli;

@@ -90,7 +90,7 @@ pub async fn serve_store(
     store: Arc<dyn EventStore>,
     stats: Arc<WriterStats>,
 ) -> Result<(), ServeError> {
-    if crate::ingest::server_message_id().is_none() {
+    if crate::admission::server_message_id().is_none() {
         return Err(ServeError::NoRandomness);
     }
     let metrics = Metrics {

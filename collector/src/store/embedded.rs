@@ -206,7 +206,7 @@ impl EmbeddedStore {
         if recovery.truncated_bytes > 0 {
             tracing::warn!(
                 bytes = recovery.truncated_bytes,
-                "log: cut a torn tail left by a crash (never an acknowledged record)"
+                "log: cut an incomplete or damaged tail (a write a crash interrupted)"
             );
         }
         let (salt, suppressed) = suppression::load_file(data_dir)?;
