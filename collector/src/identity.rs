@@ -199,6 +199,132 @@ impl Graph {
     }
 }
 
+/// The identity edges a backend stores, as resolution asks for them. Each
+/// backend implements this over its own tables (SQLite today, PostgreSQL
+/// next); [`resolve`] walks them the same way for all of them.
+pub trait Edges {
+    /// The backend's error.
+    type Error;
+    /// Whether `id` was seen as a user ID: in a link or an event as
+    /// `userId`, on the user side of an alias, or only ever as an alias's
+    /// `previousId` (a user ID joined to another).
+    fn is_user(&self, id: &str) -> Result<bool, Self::Error>;
+    /// The links of a device, an alias whose `previousId` is the device
+    /// counting as one (Segment's `alias(userId, anonymousId)`).
+    fn device_links(&self, device: &str) -> Result<Vec<Link>, Self::Error>;
+    /// The aliases with `user` on either side.
+    fn aliases_of(&self, user: &str) -> Result<Vec<Alias>, Self::Error>;
+    /// The devices linked to `user`.
+    fn devices_of(&self, user: &str) -> Result<Vec<String>, Self::Error>;
+}
+
+/// Who an identifier is.
+#[derive(Debug, Clone)]
+pub enum Identity {
+    /// A person: a user's alias component and the devices linked to it.
+    Person(Component),
+    /// A device never linked to a user (it may also be unknown).
+    Device(String),
+}
+
+/// A person's identifiers and the edges between them.
+#[derive(Debug, Clone)]
+pub struct Component {
+    /// The profile's ID (from its smallest user ID).
+    pub profile_id: String,
+    /// The user IDs, the one resolution started from first.
+    pub users: Vec<String>,
+    /// The devices linked to them.
+    pub devices: Vec<String>,
+    /// Every link of those devices, other people's on shared devices
+    /// included (they decide who an anonymous event belongs to).
+    pub links: Vec<Link>,
+    /// The aliases that join the users.
+    pub aliases: Vec<Alias>,
+    /// The graph built from them, for attributing events by time.
+    pub graph: Graph,
+}
+
+impl Component {
+    /// Whether an event of this component's identifiers is this person's:
+    /// one with a user ID of theirs, or an anonymous-only one on their
+    /// device that time attributes to them.
+    pub fn owns(&self, anonymous_id: Option<&str>, user_id: Option<&str>, at: &str) -> bool {
+        match user_id {
+            Some(u) => self.users.iter().any(|x| x == u),
+            None => {
+                self.graph
+                    .profile_of_event(anonymous_id, None, at)
+                    .as_deref()
+                    == Some(self.profile_id.as_str())
+            }
+        }
+    }
+}
+
+/// Resolves `id` (a user ID or a device) to its identity: the user's alias
+/// component (at most `max_users` user IDs are walked), or for a device,
+/// the component of its most recent user, or the device alone.
+pub fn resolve<E: Edges>(edges: &E, id: &str, max_users: usize) -> Result<Identity, E::Error> {
+    let start_user = if edges.is_user(id)? {
+        id.to_owned()
+    } else {
+        let graph = Graph::build(&edges.device_links(id)?, &[], &[]);
+        match graph.latest_user(id) {
+            Some(u) => u.to_owned(),
+            None => return Ok(Identity::Device(id.to_owned())),
+        }
+    };
+    // The alias component of the user. An alias whose previousId is a
+    // device (Segment's `alias(userId, anonymousId)`) links that device
+    // instead of joining a user.
+    let mut users = vec![start_user];
+    let mut aliases: Vec<Alias> = Vec::new();
+    let mut devices: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < users.len() && users.len() < max_users {
+        let u = users[i].clone();
+        i += 1;
+        for a in edges.aliases_of(&u)? {
+            if a.user_id == u && !edges.is_user(&a.previous_id)? {
+                if !devices.contains(&a.previous_id) {
+                    devices.push(a.previous_id.clone());
+                }
+                continue;
+            }
+            for other in [&a.previous_id, &a.user_id] {
+                if !users.contains(other) {
+                    users.push(other.clone());
+                }
+            }
+            if !aliases.contains(&a) {
+                aliases.push(a);
+            }
+        }
+    }
+    for u in &users {
+        for d in edges.devices_of(u)? {
+            if !devices.contains(&d) {
+                devices.push(d);
+            }
+        }
+    }
+    let mut links = Vec::new();
+    for d in &devices {
+        links.extend(edges.device_links(d)?);
+    }
+    let graph = Graph::build(&links, &aliases, &[]);
+    let profile_id = user_profile_id(graph.profile_of_user(&users[0]));
+    Ok(Identity::Person(Component {
+        profile_id,
+        users,
+        devices,
+        links,
+        aliases,
+        graph,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

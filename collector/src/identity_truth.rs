@@ -19,7 +19,7 @@ use time::macros::datetime;
 use crate::admission::{Facts, Outcome, admit, parse_envelope};
 use crate::consent::MissingConsent;
 use crate::store::embedded::{EmbeddedStore, StoreOptions};
-use crate::store::{EventStore, ProfileSummary};
+use crate::store::{ProfileSummary, ReadSide, WriteSide};
 
 /// One person's truth.
 #[derive(Debug, Clone, Default)]

@@ -44,7 +44,7 @@ use super::sqlite::{Erasure, IndexReaders, IndexWriter, open_index};
 use super::suppression::{self, IdHash, Suppression};
 use super::{
     AppendOutcome, AppendRequest, ConsentEntry, ErasureReport, EventCursor, EventStore, EventsPage,
-    IdentityGraph, Pending, ProfileSummary, StoreError,
+    IdentityGraph, Pending, ProfileSummary, ReadSide, StoreError, WriteSide,
 };
 
 /// The log's directory inside the data directory.
@@ -325,7 +325,7 @@ impl EmbeddedStore {
     }
 }
 
-impl EventStore for EmbeddedStore {
+impl WriteSide for EmbeddedStore {
     fn append(&self, request: AppendRequest) -> Result<Pending, StoreError> {
         let (reply, pending) = oneshot::channel();
         let guard = self.sender.read().unwrap_or_else(|e| e.into_inner());
@@ -339,6 +339,25 @@ impl EventStore for EmbeddedStore {
         Ok(pending)
     }
 
+    fn durable_position(&self) -> u64 {
+        self.shared.lock().durable
+    }
+
+    fn close(&self) {
+        // Dropping the last sender lets the writer finish the queue and
+        // stop; the indexer then applies what is durable and stops.
+        self.sender
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl ReadSide for EmbeddedStore {
     fn profile(&self, id: &str) -> Result<Option<ProfileSummary>, StoreError> {
         self.wait_indexed(READ_WAIT)?;
         self.readers.profile(id)
@@ -363,7 +382,9 @@ impl EventStore for EmbeddedStore {
         self.wait_indexed(READ_WAIT)?;
         self.readers.consent_history(id)
     }
+}
 
+impl EventStore for EmbeddedStore {
     fn erase(&self, id: &str) -> Result<Option<ErasureReport>, StoreError> {
         self.wait_indexed(READ_WAIT)?;
         let id = id.to_owned();
@@ -440,19 +461,6 @@ impl EventStore for EmbeddedStore {
             queue_depth,
             log_position,
             index_position,
-        }
-    }
-
-    fn close(&self) {
-        // Dropping the last sender lets the writer finish the queue and
-        // stop; the indexer then applies what is durable and stops.
-        self.sender
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
-        for t in threads {
-            let _ = t.join();
         }
     }
 }
@@ -674,7 +682,9 @@ impl LogWriter {
         self.stats
             .committed_requests
             .fetch_add(group.len() as u64, Ordering::Relaxed);
-        for ((_, reply), outcome) in group.drain(..).zip(outcomes) {
+        let position = self.log.next_lsn();
+        for ((_, reply), mut outcome) in group.drain(..).zip(outcomes) {
+            outcome.position = position;
             let _ = reply.send(Ok(outcome));
         }
         Ok(())

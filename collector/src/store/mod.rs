@@ -82,6 +82,9 @@ pub struct AppendOutcome {
     pub rejected: usize,
     /// Events dropped because an identifier of theirs was erased.
     pub suppressed: usize,
+    /// The log position after this request's records: a read that waits
+    /// for the derived state to reach it sees them.
+    pub position: u64,
 }
 
 /// What an erasure removed.
@@ -265,18 +268,30 @@ impl From<std::io::Error> for StoreError {
     }
 }
 
-/// Where events are kept.
-pub trait EventStore: Send + Sync + 'static {
-    /// Queues rows for the writer. Returns at once; the receiver resolves
-    /// when they are durable. [`StoreError::Overloaded`] when the queue is
-    /// full.
+/// The write side: where ingest appends. The embedded store writes its
+/// segment log; a distributed one will publish to a stream.
+pub trait WriteSide: Send + Sync + 'static {
+    /// Queues a request's records. Returns at once; the receiver resolves
+    /// when they are durable, with the log position after them.
+    /// [`StoreError::Overloaded`] when the queue is full.
     fn append(&self, request: AppendRequest) -> Result<Pending, StoreError>;
 
-    /// The profile that `id` (a userId or anonymousId) belongs to. Blocking:
-    /// call from a blocking context.
+    /// The log position below which everything is durable.
+    fn durable_position(&self) -> u64;
+
+    /// Stops taking writes, makes what is queued durable and stops the
+    /// writer and the consumers. Blocking.
+    fn close(&self);
+}
+
+/// The read side: what the admin API reads, derived from the log. Each read
+/// sees every append answered before it started. All blocking: call from a
+/// blocking context.
+pub trait ReadSide: Send + Sync + 'static {
+    /// The profile that `id` (a userId or anonymousId) belongs to.
     fn profile(&self, id: &str) -> Result<Option<ProfileSummary>, StoreError>;
 
-    /// A page of the profile's events, newest first. Blocking.
+    /// A page of the profile's events, newest first.
     fn profile_events(
         &self,
         id: &str,
@@ -284,18 +299,20 @@ pub trait EventStore: Send + Sync + 'static {
         before: Option<&EventCursor>,
     ) -> Result<Option<EventsPage>, StoreError>;
 
-    /// The profile's identifiers and the edges that joined them. Blocking.
+    /// The profile's identifiers and the edges that joined them.
     fn profile_graph(&self, id: &str) -> Result<Option<IdentityGraph>, StoreError>;
 
     /// The consent decisions of the profile `id` belongs to, oldest first.
-    /// Blocking.
     fn consent_history(&self, id: &str) -> Result<Option<Vec<ConsentEntry>>, StoreError>;
+}
 
+/// A whole store: both sides, and the maintenance that spans them.
+pub trait EventStore: WriteSide + ReadSide {
     /// Erases the profile `id` belongs to: its events, identity edges and
-    /// the rejected messages naming its identifiers; suppresses its
-    /// identifiers (those of devices shared with other people excepted) so
-    /// later messages carrying them are dropped. `None` if unknown.
-    /// Blocking.
+    /// the rejected messages naming its identifiers, in the log and the
+    /// derived state; suppresses its identifiers (those of devices shared
+    /// with other people excepted) so later messages carrying them are
+    /// dropped. `None` if unknown. Blocking.
     fn erase(&self, id: &str) -> Result<Option<ErasureReport>, StoreError>;
 
     /// Deletes events and rejected messages received before `before` (RFC
@@ -303,14 +320,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// events went. Blocking.
     fn expire(&self, before: &str, limit: usize) -> Result<usize, StoreError>;
 
-    /// Whether the store can take writes now. Blocking.
+    /// Whether the store can take writes and answer reads now. Blocking.
     fn check_ready(&self) -> Result<(), StoreError>;
 
-    /// Requests waiting for the writer, and how far the log and the index
-    /// have got.
+    /// Requests waiting for the writer, and how far the log and the
+    /// derived state have got.
     fn gauges(&self) -> crate::metrics::Gauges;
-
-    /// Stops taking writes, commits what is queued and stops the writer.
-    /// Blocking.
-    fn close(&self);
 }

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 use weft_protocol::MessageType;
 
-use crate::identity::{Alias, Graph, Link, device_profile_id, user_profile_id};
+use crate::identity::{self, Alias, Component, Edges, Identity, Link, device_profile_id};
 use crate::log::Lsn;
 use crate::record::Record;
 
@@ -417,79 +417,14 @@ struct Resolved {
 /// it, and the events attributed to them (a shared device's anonymous-only
 /// events go to the user logged in around their time).
 fn resolve(conn: &Connection, id: &str) -> Result<Option<Resolved>, StoreError> {
-    let start_user = if is_user(conn, id)? {
-        id.to_owned()
-    } else {
-        let graph = Graph::build(&device_links(conn, id)?, &[], &[]);
-        match graph.latest_user(id) {
-            Some(u) => u.to_owned(),
-            None => return resolve_device(conn, id),
-        }
+    let c = match identity::resolve(&SqlEdges(conn), id, MAX_COMPONENT)? {
+        Identity::Device(device) => return resolve_device(conn, &device),
+        Identity::Person(c) => c,
     };
-
-    // The alias component of the user. An alias whose previousId is a
-    // device (Segment's `alias(userId, anonymousId)`) links that device
-    // instead of joining a user.
-    let mut users = vec![start_user];
-    let mut aliases = Vec::new();
-    let mut devices: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < users.len() && users.len() < MAX_COMPONENT {
-        let u = users[i].clone();
-        i += 1;
-        let mut stmt = conn.prepare_cached(
-            "SELECT previous_id, user_id, at, message_id FROM aliases
-             WHERE user_id = ?1 OR previous_id = ?1",
-        )?;
-        let rows: Vec<Alias> = stmt
-            .query_map([&u], |r| {
-                Ok(Alias {
-                    previous_id: r.get(0)?,
-                    user_id: r.get(1)?,
-                    at: r.get(2)?,
-                    message_id: r.get(3)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        for a in rows {
-            if a.user_id == u && !is_user(conn, &a.previous_id)? {
-                if !devices.contains(&a.previous_id) {
-                    devices.push(a.previous_id.clone());
-                }
-                continue;
-            }
-            for other in [&a.previous_id, &a.user_id] {
-                if !users.contains(other) {
-                    users.push(other.clone());
-                }
-            }
-            if !aliases.contains(&a) {
-                aliases.push(a);
-            }
-        }
-    }
-    for u in &users {
-        for d in strings(
-            conn,
-            "SELECT DISTINCT anonymous_id FROM links WHERE user_id = ?1",
-            u,
-        )? {
-            if !devices.contains(&d) {
-                devices.push(d);
-            }
-        }
-    }
-    let mut links = Vec::new();
-    for d in &devices {
-        links.extend(device_links(conn, d)?);
-    }
-    let graph = Graph::build(&links, &aliases, &[]);
-    let profile_id = user_profile_id(graph.profile_of_user(&users[0]));
-
     let mut events = Vec::new();
     let mut by_user =
         conn.prepare_cached("SELECT timestamp, seq FROM events WHERE user_id = ?1")?;
-    for u in &users {
+    for u in &c.users {
         for row in by_user.query_map([u], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
             events.push(row?);
         }
@@ -497,16 +432,24 @@ fn resolve(conn: &Connection, id: &str) -> Result<Option<Resolved>, StoreError> 
     let mut anonymous_only = conn.prepare_cached(
         "SELECT timestamp, seq FROM events WHERE anonymous_id = ?1 AND user_id IS NULL",
     )?;
-    for d in &devices {
+    for d in &c.devices {
         for row in
             anonymous_only.query_map([d], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
         {
             let (t, seq) = row?;
-            if graph.profile_of_event(Some(d), None, &t).as_deref() == Some(profile_id.as_str()) {
+            if c.owns(Some(d), None, &t) {
                 events.push((t, seq));
             }
         }
     }
+    let Component {
+        profile_id,
+        mut users,
+        mut devices,
+        mut links,
+        aliases,
+        ..
+    } = c;
     // Links of other users on shared devices explain attribution but are
     // not this profile's edges.
     links.retain(|l| users.contains(&l.user_id));
@@ -520,6 +463,47 @@ fn resolve(conn: &Connection, id: &str) -> Result<Option<Resolved>, StoreError> 
         aliases,
         events,
     }))
+}
+
+/// The index's identity tables, as [`identity::resolve`] reads them.
+struct SqlEdges<'c>(&'c Connection);
+
+impl Edges for SqlEdges<'_> {
+    type Error = StoreError;
+
+    fn is_user(&self, id: &str) -> Result<bool, StoreError> {
+        is_user(self.0, id)
+    }
+
+    fn device_links(&self, device: &str) -> Result<Vec<Link>, StoreError> {
+        device_links(self.0, device)
+    }
+
+    fn aliases_of(&self, user: &str) -> Result<Vec<Alias>, StoreError> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT previous_id, user_id, at, message_id FROM aliases
+             WHERE user_id = ?1 OR previous_id = ?1",
+        )?;
+        let rows = stmt
+            .query_map([user], |r| {
+                Ok(Alias {
+                    previous_id: r.get(0)?,
+                    user_id: r.get(1)?,
+                    at: r.get(2)?,
+                    message_id: r.get(3)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    fn devices_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        strings(
+            self.0,
+            "SELECT DISTINCT anonymous_id FROM links WHERE user_id = ?1",
+            user,
+        )
+    }
 }
 
 /// A device never linked to a user: a profile of its own.
