@@ -8,8 +8,10 @@
 //!   integration, end-to-end in headless Chromium) and the SDK's
 //!   wasm-bindgen tests in Chromium.
 //! - `cargo xtask sdk`: build the SDK into `target/sdk` and report its size.
-//! - `cargo xtask bench collector [--seconds S] [--connections N]`: ingest
-//!   throughput of the collector against a bare hyper server ([`bench`]).
+//! - `cargo xtask bench collector [--seconds S] [--connections N]
+//!   [--warmup S]`: ingest throughput of the collector against the
+//!   durable-ingest limit (target >= 0.8 of it) and a bare hyper server, at
+//!   32 and 256 connections ([`bench`]).
 //! - `cargo xtask bench identity [--people N]`: identity stitching at scale:
 //!   ingest of a generated history (1M messages by default), then
 //!   `GET /v1/profiles/{id}` latency and a check against the truth.
@@ -41,7 +43,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&root, &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  run [-- FLAGS]  build the SDK and run the collector with the demo site\n  test            run every check and test (what CI runs)\n  sdk             build the SDK into target/sdk and report its size\n  bench collector [--seconds S] [--connections N]\n                  ingest throughput: collector vs a bare hyper server\n  bench identity [--people N] [--seed S] [--connections N] [--lookups N]\n                  identity at scale: ingest msg/s of a generated history, profile p50/p99\n  bench sdk [--rounds N] [--calls N]\n                  the SDK in headless Chromium: ready time, main thread per track, bytes/event"
+                "usage: cargo xtask <command>\n\n  run [-- FLAGS]  build the SDK and run the collector with the demo site\n  test            run every check and test (what CI runs)\n  sdk             build the SDK into target/sdk and report its size\n  bench collector [--seconds S] [--connections N] [--warmup S]\n                  ingest throughput at 32 and 256 connections: collector vs the durable-ingest limit and a bare hyper server\n  bench identity [--people N] [--seed S] [--connections N] [--lookups N]\n                  identity at scale: ingest msg/s of a generated history, profile p50/p99\n  bench sdk [--rounds N] [--calls N]\n                  the SDK in headless Chromium: ready time, main thread per track, bytes/event"
             );
             return ExitCode::from(2);
         }

@@ -341,9 +341,14 @@ fn check_first_answer(status: StatusCode, body: &Bytes, batch_size: u32) {
         return;
     }
     let text = String::from_utf8_lossy(body);
-    let accepted_all = format!("\"accepted\":{batch_size},");
+    // `"accepted":20` followed by `,` (the collector) or `}` (the durable
+    // limit, `weft-durable-limit`).
+    let accepted_all = format!("\"accepted\":{batch_size}");
     let is_collector = text.contains("\"accepted\":");
-    if status != StatusCode::OK || (is_collector && !text.contains(&accepted_all)) {
+    let all_accepted = text
+        .match_indices(&accepted_all)
+        .any(|(at, m)| matches!(text.as_bytes().get(at + m.len()), Some(b',' | b'}')));
+    if status != StatusCode::OK || (is_collector && !all_accepted) {
         eprintln!("weft-loadgen: warning: first answer was {status} {text}");
     }
 }
