@@ -55,11 +55,44 @@ impl Clock for ManualClock {
 /// RFC 3339 in UTC with milliseconds, the form every stored time takes
 /// (`2026-11-23T10:00:00.000Z`), so stored times sort as text.
 pub fn format_utc_millis(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    let year = t.year();
+    if (0..=9999).contains(&year) {
+        // Fixed width: written by hand, it is several times faster than
+        // the general formatter, and it runs for every stored message.
+        fn num(out: &mut String, n: u32, width: u32) {
+            for i in (0..width).rev() {
+                let digit = (n / 10u32.pow(i)) % 10;
+                out.push(char::from(b'0' + digit as u8));
+            }
+        }
+        let mut out = String::with_capacity(24);
+        num(&mut out, year as u32, 4);
+        out.push('-');
+        num(&mut out, u32::from(u8::from(t.month())), 2);
+        out.push('-');
+        num(&mut out, u32::from(t.day()), 2);
+        out.push('T');
+        num(&mut out, u32::from(t.hour()), 2);
+        out.push(':');
+        num(&mut out, u32::from(t.minute()), 2);
+        out.push(':');
+        num(&mut out, u32::from(t.second()), 2);
+        out.push('.');
+        num(&mut out, u32::from(t.millisecond()), 3);
+        out.push('Z');
+        return out;
+    }
+    format_general(t)
+}
+
+/// [`format_utc_millis`] through `time`'s formatter, for years outside
+/// 0..=9999.
+fn format_general(t: OffsetDateTime) -> String {
     const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
-    t.to_offset(time::UtcOffset::UTC)
-        .format(FORMAT)
+    t.format(FORMAT)
         .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".to_owned())
 }
 
@@ -70,6 +103,22 @@ pub fn parse_rfc3339(text: &str) -> Option<OffsetDateTime> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_fast_formatter_agrees_with_the_general_one() {
+        use time::macros::datetime;
+        for t in [
+            datetime!(2026-11-23 10:00:00 UTC),
+            datetime!(1970-01-01 00:00:00 UTC),
+            datetime!(0001-02-03 04:05:06.007 UTC),
+            datetime!(9999-12-31 23:59:59.999 UTC),
+            datetime!(2026-12-02 05:06:07.089 +02:00),
+            datetime!(2024-02-29 23:59:59.9999 UTC),
+        ] {
+            let t = t.to_offset(time::UtcOffset::UTC);
+            assert_eq!(super::format_utc_millis(t), super::format_general(t), "{t}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -55,6 +55,9 @@ const MAX_GROUP: usize = 1024;
 const INDEX_BATCH: usize = 20_000;
 /// How long an admin read waits for the indexer before answering 503.
 const READ_WAIT: Duration = Duration::from_secs(10);
+/// How long closing the store keeps indexing what is durable; the rest is
+/// indexed at the next start.
+const SHUTDOWN_INDEXING: Duration = Duration::from_secs(5);
 
 /// Settings of the embedded store.
 #[derive(Debug, Clone)]
@@ -65,6 +68,10 @@ pub struct StoreOptions {
     pub dedup_window: usize,
     /// Log segment size before rollover, in bytes.
     pub segment_bytes: u64,
+    /// Most records the index may be behind the log before the writer
+    /// waits for it (backpressure: the log may not simply grow, and a read
+    /// never waits long for its writes).
+    pub max_index_lag: u64,
 }
 
 impl Default for StoreOptions {
@@ -73,6 +80,7 @@ impl Default for StoreOptions {
             queue_capacity: 1024,
             dedup_window: 10_000_000,
             segment_bytes: 64 * 1024 * 1024,
+            max_index_lag: 100_000,
         }
     }
 }
@@ -239,6 +247,7 @@ impl EmbeddedStore {
                 stats,
                 buf: Vec::new(),
                 ranges: Vec::new(),
+                max_index_lag: options.max_index_lag.max(1),
             };
             std::thread::Builder::new()
                 .name("weft-log-writer".into())
@@ -547,6 +556,7 @@ struct LogWriter {
     /// The group's encoded records, and where each one is in `buf`.
     buf: Vec<u8>,
     ranges: Vec<Range<usize>>,
+    max_index_lag: u64,
 }
 
 type Group = Vec<(
@@ -585,6 +595,7 @@ impl LogWriter {
                     continue;
                 }
             }
+            self.wait_for_index();
             // Everything that queued while the last group was syncing.
             while group.len() < MAX_GROUP {
                 match rx.try_recv() {
@@ -690,6 +701,23 @@ impl LogWriter {
         Ok(())
     }
 
+    /// Backpressure: while the index is more than `max_index_lag` records
+    /// behind, wait for it (requests queue meanwhile; a full queue answers
+    /// 503). Reads never wait for more than that much indexing.
+    fn wait_for_index(&self) {
+        let mut state = self.shared.lock();
+        while state.durable.saturating_sub(state.applied) > self.max_index_lag
+            && !state.indexer_done
+        {
+            state = self
+                .shared
+                .applied_wake
+                .wait_timeout(state, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
     fn publish_durable(&self) {
         self.shared.lock().durable = self.log.next_lsn();
         self.shared.indexer_wake.notify_all();
@@ -757,6 +785,7 @@ fn run_indexer(mut index: IndexWriter, log_dir: PathBuf, from: Lsn, shared: &Sha
         }
     };
     let mut generation = shared.lock().generation;
+    let mut stop_by: Option<Instant> = None;
     let mut raw = Vec::with_capacity(INDEX_BATCH);
     let mut records = Vec::with_capacity(INDEX_BATCH);
     loop {
@@ -767,10 +796,17 @@ fn run_indexer(mut index: IndexWriter, log_dir: PathBuf, from: Lsn, shared: &Sha
                 if let Some(job) = state.jobs.pop_front() {
                     break (Some(job), state.durable);
                 }
-                if state.applied < state.durable {
+                if state.writer_done && stop_by.is_none() {
+                    stop_by = Some(Instant::now() + SHUTDOWN_INDEXING);
+                }
+                let out_of_time = stop_by.is_some_and(|t| Instant::now() >= t);
+                if state.applied < state.durable && !out_of_time {
                     break (None, state.durable);
                 }
                 if state.writer_done {
+                    // (The writer stops only after every append was
+                    // answered; what is left to index waits for the next
+                    // start, which resumes from the index's position.)
                     state.indexer_done = true;
                     // Anyone still waiting gets an answer.
                     while let Some(job) = state.jobs.pop_front() {
