@@ -52,7 +52,7 @@ pub const LOG_DIR: &str = "log";
 /// Most requests written in one group.
 const MAX_GROUP: usize = 1024;
 /// Most records the indexer applies in one transaction.
-const INDEX_BATCH: usize = 20_000;
+const INDEX_BATCH: usize = 50_000;
 /// How long an admin read waits for the indexer before answering 503.
 const READ_WAIT: Duration = Duration::from_secs(10);
 /// How long closing the store keeps indexing what is durable; the rest is
@@ -80,7 +80,7 @@ impl Default for StoreOptions {
             queue_capacity: 1024,
             dedup_window: 10_000_000,
             segment_bytes: 64 * 1024 * 1024,
-            max_index_lag: 100_000,
+            max_index_lag: 60_000,
         }
     }
 }

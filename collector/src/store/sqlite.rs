@@ -174,6 +174,10 @@ pub fn open_index(
     // Fewer checkpoints: each copies every page the WAL touched since the
     // last one, and the index's hot pages are touched by every batch.
     conn.pragma_update(None, "wal_autocheckpoint", 65536)?;
+    // The indexer touches index pages all over (random identifiers): a
+    // larger page cache (128 MB) saves a read syscall per page miss
+    // (profiled: a third of its time with 16 MB).
+    conn.pragma_update(None, "cache_size", -131_072)?;
     conn.execute_batch(SCHEMA)?;
     let suppression = load_suppression(&conn, salt)?;
     suppression.extend(suppressed.iter().copied());
