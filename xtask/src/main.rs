@@ -102,6 +102,7 @@ fn test(root: &Path) -> Result<(), String> {
     let started = Instant::now();
     let tools = tools::ensure_sdk_tools(root)?;
     let browser = tools::ensure_browser()?;
+    tools::ensure_strace()?;
 
     Step::new("cargo fmt --check").run(cargo(root).args(["fmt", "--all", "--", "--check"]))?;
     Step::new("clippy (host)").run(cargo(root).args([

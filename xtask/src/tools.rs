@@ -13,6 +13,7 @@
 //! | @segment/analytics-node | npm | a real Segment server SDK, sent to the collector in the e2e tests |
 //! | rudder-sdk-python, segment-analytics-python | PyPI: `python3 -m pip install --target target/tools/python` | real RudderStack and Segment Python server SDKs, sent to the collector in the e2e tests (`PYTHONPATH`) |
 //! | chromium, chromedriver | apt | browser tests |
+//! | strace | apt | the test that every 200 follows an `fdatasync` of its records |
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -221,6 +222,23 @@ fn ensure_pip() -> Result<(), String> {
              put a Python 3 with pip on PATH as `python3`"
                 .into(),
         )
+    }
+}
+
+/// Makes sure `strace` is installed: a test watches the collector's
+/// syscalls to prove every 200 follows the sync of its records.
+pub fn ensure_strace() -> Result<(), String> {
+    let present = || {
+        output(Command::new("sh").args(["-c", "command -v strace"]))
+            .is_some_and(|s| !s.trim().is_empty())
+    };
+    if !present() {
+        apt_install(&["strace"], "strace (the sync-before-acknowledge test)")?;
+    }
+    if present() {
+        Ok(())
+    } else {
+        Err("strace is still missing after installing it".into())
     }
 }
 
