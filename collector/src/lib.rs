@@ -19,6 +19,8 @@
 //! - [`store`]: the [`store::EventStore`] seam and the embedded store: the
 //!   event log ([`log`], records in [`record`]) written with group commit
 //!   on the ack path, and its SQLite index applied by a consumer thread.
+//! - [`consumer`]: what reads the log into derived state (the index now;
+//!   segments and destinations next), each from its own position.
 //! - [`clock`]: the replaceable clock.
 //! - [`ratelimit`]: per-source token buckets (429 beyond them).
 //! - [`metrics`]: counters rendered as Prometheus text.
@@ -37,6 +39,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod consent;
+pub mod consumer;
 pub mod error;
 #[cfg(test)]
 mod fuzz;

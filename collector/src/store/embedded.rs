@@ -30,12 +30,13 @@ use std::hash::BuildHasher as _;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex, RwLock, mpsc as sync_mpsc};
+use std::sync::{Arc, Mutex, RwLock, mpsc as sync_mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::consumer::{ConsumerId, Progress};
 use crate::log::{LogOptions, LogReader, Lsn, SegmentLog};
 use crate::metrics::{Gauges, WriterStats};
 use crate::record::{self, Record};
@@ -51,13 +52,8 @@ use super::{
 pub const LOG_DIR: &str = "log";
 /// Most requests written in one group.
 const MAX_GROUP: usize = 1024;
-/// Most records the indexer applies in one transaction.
-const INDEX_BATCH: usize = 50_000;
 /// How long an admin read waits for the indexer before answering 503.
 const READ_WAIT: Duration = Duration::from_secs(10);
-/// How long closing the store keeps indexing what is durable; the rest is
-/// indexed at the next start.
-const SHUTDOWN_INDEXING: Duration = Duration::from_secs(5);
 
 /// Settings of the embedded store.
 #[derive(Debug, Clone)]
@@ -135,59 +131,13 @@ impl Erased {
     }
 }
 
-/// Work for the indexer, run between batches.
-enum IndexJob {
-    Identifiers {
-        id: String,
-        reply: sync_mpsc::SyncSender<Result<Option<Vec<String>>, StoreError>>,
-    },
-    Erase {
-        id: String,
-        reply: sync_mpsc::SyncSender<Result<Option<Erasure>, StoreError>>,
-    },
-    Expire {
-        before: String,
-        limit: usize,
-        reply: sync_mpsc::SyncSender<Result<usize, StoreError>>,
-    },
-}
-
-/// What the writer, the indexer and readers share.
-#[derive(Default)]
-struct State {
-    /// Every record below this LSN is synced.
-    durable: Lsn,
-    /// Every durable record below this LSN is applied to the index.
-    applied: Lsn,
-    /// Bumped when segments were rewritten: readers reopen their files.
-    generation: u64,
-    jobs: VecDeque<IndexJob>,
-    /// The writer stopped: the indexer finishes what is durable and stops.
-    writer_done: bool,
-    /// The indexer failed to start or stopped.
-    indexer_done: bool,
-}
-
-#[derive(Default)]
-struct Shared {
-    state: Mutex<State>,
-    /// Wakes the indexer: more durable records, a job, or the end.
-    indexer_wake: Condvar,
-    /// Wakes readers waiting for the indexer.
-    applied_wake: Condvar,
-}
-
-impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 /// The embedded [`EventStore`]: a segment log and a SQLite index.
 pub struct EmbeddedStore {
     sender: RwLock<Option<mpsc::Sender<WriterJob>>>,
     capacity: usize,
-    shared: Arc<Shared>,
+    progress: Arc<Progress>,
+    /// The index, the first consumer of the log.
+    index: ConsumerId,
     readers: IndexReaders,
     hasher: Suppression,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -226,24 +176,19 @@ impl EmbeddedStore {
         let writer_suppression = Suppression::new(salt.clone(), suppressed.iter().copied());
         let window = DedupWindow::rebuild(&log_dir, log.next_lsn(), options.dedup_window)?;
 
-        let shared = Arc::new(Shared::default());
-        let applied = index.position()?;
-        {
-            let mut state = shared.lock();
-            state.durable = log.next_lsn();
-            state.applied = applied.min(state.durable);
-        }
+        let progress = Progress::new(log.next_lsn());
+        let (index, indexer) = progress.start("indexer", index, log_dir, true)?;
         let capacity = options.queue_capacity.max(1);
         let (tx, rx) = mpsc::channel(capacity);
         let writer = {
-            let shared = shared.clone();
+            let progress = progress.clone();
             let data_dir = data_dir.to_path_buf();
             let mut w = LogWriter {
                 log,
                 window,
                 suppression: writer_suppression,
                 data_dir,
-                shared,
+                progress,
                 stats,
                 buf: Vec::new(),
                 ranges: Vec::new(),
@@ -253,16 +198,11 @@ impl EmbeddedStore {
                 .name("weft-log-writer".into())
                 .spawn(move || w.run(rx))?
         };
-        let indexer = {
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("weft-indexer".into())
-                .spawn(move || run_indexer(index, log_dir, applied, &shared))?
-        };
         Ok(EmbeddedStore {
             sender: RwLock::new(Some(tx)),
             capacity,
-            shared,
+            progress,
+            index,
             readers,
             hasher: Suppression::new(salt, []),
             threads: Mutex::new(vec![writer, indexer]),
@@ -273,31 +213,12 @@ impl EmbeddedStore {
     /// every record that was durable when this was called: what a read
     /// started now must see. [`StoreError::Lagging`] past the bound.
     pub fn wait_indexed(&self, timeout: Duration) -> Result<(), StoreError> {
-        let deadline = Instant::now() + timeout;
-        let mut state = self.shared.lock();
-        let target = state.durable;
-        while state.applied < target {
-            if state.indexer_done {
-                return Err(StoreError::Closed);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(StoreError::Lagging);
-            }
-            state = self
-                .shared
-                .applied_wake
-                .wait_timeout(state, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        Ok(())
+        self.progress.wait_applied(self.index, timeout)
     }
 
     /// The log position that is durable, and the one the index reached.
     pub fn positions(&self) -> (Lsn, Lsn) {
-        let state = self.shared.lock();
-        (state.durable, state.applied)
+        (self.progress.durable(), self.progress.applied(self.index))
     }
 
     fn writer_job<T>(
@@ -317,20 +238,12 @@ impl EmbeddedStore {
         done.recv().map_err(|_| StoreError::Closed)?
     }
 
-    fn index_job<T>(
+    /// Runs `job` on the indexer's thread, between its batches.
+    fn index_job<T: Send + 'static>(
         &self,
-        job: impl FnOnce(sync_mpsc::SyncSender<Result<T, StoreError>>) -> IndexJob,
+        job: impl FnOnce(&mut IndexWriter) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let (reply, done) = sync_mpsc::sync_channel(1);
-        {
-            let mut state = self.shared.lock();
-            if state.indexer_done {
-                return Err(StoreError::Closed);
-            }
-            state.jobs.push_back(job(reply));
-        }
-        self.shared.indexer_wake.notify_all();
-        done.recv().map_err(|_| StoreError::Closed)?
+        self.progress.run(self.index, job)
     }
 }
 
@@ -349,7 +262,7 @@ impl WriteSide for EmbeddedStore {
     }
 
     fn durable_position(&self) -> u64 {
-        self.shared.lock().durable
+        self.progress.durable()
     }
 
     fn close(&self) {
@@ -399,7 +312,7 @@ impl EventStore for EmbeddedStore {
         let id = id.to_owned();
         let identifiers = {
             let id = id.clone();
-            self.index_job(|reply| IndexJob::Identifiers { id, reply })?
+            self.index_job(move |index| index.erasure_identifiers(&id))?
         };
         let Some(identifiers) = identifiers else {
             return Ok(None);
@@ -409,7 +322,7 @@ impl EventStore for EmbeddedStore {
         self.writer_job(|reply| WriterJob::Suppress { hashes, reply })?;
         // 2. The index forgets them (and drops any record of theirs it
         //    applies later: admitted before step 1, read after step 2).
-        let erased = self.index_job(|reply| IndexJob::Erase { id, reply })?;
+        let erased = self.index_job(move |index| index.erase(&id))?;
         let Some(Erasure { report, event_keys }) = erased else {
             return Ok(None);
         };
@@ -428,11 +341,7 @@ impl EventStore for EmbeddedStore {
         self.wait_indexed(READ_WAIT)?;
         let n = {
             let before = before.to_owned();
-            self.index_job(|reply| IndexJob::Expire {
-                before,
-                limit,
-                reply,
-            })?
+            self.index_job(move |index| index.expire(&before, limit))?
         };
         let below = self.positions().1;
         let before = before.to_owned();
@@ -453,7 +362,7 @@ impl EventStore for EmbeddedStore {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .is_none()
-            || self.shared.lock().indexer_done
+            || self.progress.stopped(self.index)
         {
             return Err(StoreError::Closed);
         }
@@ -554,7 +463,7 @@ struct LogWriter {
     window: DedupWindow,
     suppression: Suppression,
     data_dir: PathBuf,
-    shared: Arc<Shared>,
+    progress: Arc<Progress>,
     stats: Arc<WriterStats>,
     /// The group's encoded records, and where each one is in `buf`.
     buf: Vec<u8>,
@@ -624,8 +533,7 @@ impl LogWriter {
                 let _ = reply.send(Err(StoreError::Closed));
             }
         }
-        self.shared.lock().writer_done = true;
-        self.shared.indexer_wake.notify_all();
+        self.progress.writer_stopped();
     }
 
     /// Admits, writes and syncs a group, then answers each request.
@@ -708,22 +616,11 @@ impl LogWriter {
     /// behind, wait for it (requests queue meanwhile; a full queue answers
     /// 503). Reads never wait for more than that much indexing.
     fn wait_for_index(&self) {
-        let mut state = self.shared.lock();
-        while state.durable.saturating_sub(state.applied) > self.max_index_lag
-            && !state.indexer_done
-        {
-            state = self
-                .shared
-                .applied_wake
-                .wait_timeout(state, Duration::from_millis(100))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        self.progress.wait_to_keep_up(self.max_index_lag);
     }
 
     fn publish_durable(&self) {
-        self.shared.lock().durable = self.log.next_lsn();
-        self.shared.indexer_wake.notify_all();
+        self.progress.set_durable(self.log.next_lsn());
     }
 
     fn suppress(&mut self, hashes: &[IdHash]) -> Result<(), StoreError> {
@@ -737,8 +634,7 @@ impl LogWriter {
             .log
             .remove_records(|_, payload| erased.matches(payload))
             .map_err(log_error)?;
-        self.shared.lock().generation += 1;
-        self.shared.indexer_wake.notify_all();
+        self.progress.segments_rewritten();
         Ok(n)
     }
 
@@ -772,144 +668,6 @@ impl LogWriter {
             return Ok(0);
         }
         self.log.drop_segments_before(cut).map_err(log_error)
-    }
-}
-
-/// The indexer: applies the log to the index from its position, and runs
-/// erasures and retention between batches.
-fn run_indexer(mut index: IndexWriter, log_dir: PathBuf, from: Lsn, shared: &Shared) {
-    let mut reader = match LogReader::open(&log_dir, from) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "indexer cannot read the log");
-            shared.lock().indexer_done = true;
-            shared.applied_wake.notify_all();
-            return;
-        }
-    };
-    let mut generation = shared.lock().generation;
-    let mut stop_by: Option<Instant> = None;
-    let mut raw = Vec::with_capacity(INDEX_BATCH);
-    let mut records = Vec::with_capacity(INDEX_BATCH);
-    loop {
-        // Jobs first, then the log up to what is durable, else wait.
-        let (job, durable) = {
-            let mut state = shared.lock();
-            loop {
-                if let Some(job) = state.jobs.pop_front() {
-                    break (Some(job), state.durable);
-                }
-                if state.writer_done && stop_by.is_none() {
-                    stop_by = Some(Instant::now() + SHUTDOWN_INDEXING);
-                }
-                let out_of_time = stop_by.is_some_and(|t| Instant::now() >= t);
-                if state.applied < state.durable && !out_of_time {
-                    break (None, state.durable);
-                }
-                if state.writer_done {
-                    // (The writer stops only after every append was
-                    // answered; what is left to index waits for the next
-                    // start, which resumes from the index's position.)
-                    state.indexer_done = true;
-                    // Anyone still waiting gets an answer.
-                    while let Some(job) = state.jobs.pop_front() {
-                        fail_job(job);
-                    }
-                    drop(state);
-                    shared.applied_wake.notify_all();
-                    return;
-                }
-                state = shared
-                    .indexer_wake
-                    .wait(state)
-                    .unwrap_or_else(|e| e.into_inner());
-            }
-        };
-        if let Some(job) = job {
-            run_job(&mut index, job);
-            continue;
-        }
-        let now_generation = shared.lock().generation;
-        if now_generation != generation {
-            generation = now_generation;
-            if let Err(e) = reader.reopen() {
-                tracing::error!(error = %e, "indexer cannot reopen the log");
-            }
-        }
-        raw.clear();
-        let read = reader.next_batch(durable, INDEX_BATCH, &mut raw);
-        let n = match read {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::error!(error = %e, "indexer cannot read the log; retrying");
-                std::thread::sleep(Duration::from_secs(1));
-                continue;
-            }
-        };
-        if n == 0 {
-            // Everything below `durable` is applied (gaps are erased records).
-            publish_applied(shared, durable);
-            continue;
-        }
-        records.clear();
-        for (lsn, payload) in raw.drain(..) {
-            match record::decode(&payload) {
-                Ok(r) => records.push((lsn, r)),
-                Err(e) => tracing::error!(lsn, error = %e, "skipping an undecodable log record"),
-            }
-        }
-        let next = reader.position();
-        loop {
-            match index.apply(&records, next) {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::error!(error = %e, "indexer could not apply a batch; retrying");
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-            }
-        }
-        publish_applied(shared, next);
-    }
-}
-
-fn publish_applied(shared: &Shared, to: Lsn) {
-    let mut state = shared.lock();
-    if to > state.applied {
-        state.applied = to;
-    }
-    drop(state);
-    shared.applied_wake.notify_all();
-}
-
-fn run_job(index: &mut IndexWriter, job: IndexJob) {
-    match job {
-        IndexJob::Identifiers { id, reply } => {
-            let _ = reply.send(index.erasure_identifiers(&id));
-        }
-        IndexJob::Erase { id, reply } => {
-            let _ = reply.send(index.erase(&id));
-        }
-        IndexJob::Expire {
-            before,
-            limit,
-            reply,
-        } => {
-            let _ = reply.send(index.expire(&before, limit));
-        }
-    }
-}
-
-fn fail_job(job: IndexJob) {
-    match job {
-        IndexJob::Identifiers { reply, .. } => {
-            let _ = reply.send(Err(StoreError::Closed));
-        }
-        IndexJob::Erase { reply, .. } => {
-            let _ = reply.send(Err(StoreError::Closed));
-        }
-        IndexJob::Expire { reply, .. } => {
-            let _ = reply.send(Err(StoreError::Closed));
-        }
     }
 }
 

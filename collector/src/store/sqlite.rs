@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 use weft_protocol::MessageType;
 
+use crate::consumer::Consumer;
 use crate::identity::{self, Alias, Component, Edges, Identity, Link, device_profile_id};
 use crate::log::Lsn;
 use crate::record::Record;
@@ -187,9 +188,8 @@ pub fn open_index(
     Ok((IndexWriter { conn, suppression }, IndexReaders { readers }))
 }
 
-impl IndexWriter {
-    /// The log position below which every record is applied.
-    pub fn position(&self) -> Result<Lsn, StoreError> {
+impl Consumer for IndexWriter {
+    fn position(&mut self) -> Result<Lsn, StoreError> {
         let v: Option<i64> = self
             .conn
             .query_row(
@@ -201,12 +201,14 @@ impl IndexWriter {
         Ok(v.unwrap_or(0).max(0) as Lsn)
     }
 
-    /// Applies `records` (in log order) and moves the position to `next`,
-    /// in one transaction: exactly once, whatever crashes when.
-    pub fn apply(&mut self, records: &[(Lsn, Record)], next: Lsn) -> Result<(), StoreError> {
+    /// One transaction for the records and the position: exactly once,
+    /// whatever crashes when.
+    fn apply(&mut self, records: &[(Lsn, Record)], next: Lsn) -> Result<(), StoreError> {
         apply(&mut self.conn, records, next, &self.suppression)
     }
+}
 
+impl IndexWriter {
     /// The identifiers an erasure of `id` would suppress (a device also used
     /// by someone else stays theirs), or `None` if `id` is unknown.
     pub fn erasure_identifiers(&self, id: &str) -> Result<Option<Vec<String>>, StoreError> {
