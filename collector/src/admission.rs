@@ -34,6 +34,11 @@ use crate::store::{AppendRequest, NewEvent, RejectedMessage};
 
 /// Longest raw text kept for a rejected message.
 const MAX_REJECTED_RAW_BYTES: usize = 64 * 1024;
+/// Largest batch-level `context`: it is copied into every message.
+pub const MAX_BATCH_CONTEXT_BYTES: usize = 16 * 1024;
+/// Most bytes of batch context copied into the messages of one request
+/// (its size times the number of messages).
+const MAX_CONTEXT_COPIES_BYTES: usize = 4 * 1024 * 1024;
 
 /// A request body read as an envelope.
 #[derive(Debug)]
@@ -65,6 +70,19 @@ pub fn parse_envelope(body: &[u8], single: Option<MessageType>) -> Result<Envelo
     match single {
         None => {
             let b: Batch<&RawValue> = serde_json::from_slice(body).map_err(malformed)?;
+            if let Some(c) = &b.context {
+                let len = c.as_str().len();
+                if len > MAX_BATCH_CONTEXT_BYTES
+                    || len.saturating_mul(b.batch.len()) > MAX_CONTEXT_COPIES_BYTES
+                {
+                    return Err(ApiError::BadRequest(format!(
+                        "the batch context ({len} bytes) is copied into each of the {} messages: \
+                         keep it under {MAX_BATCH_CONTEXT_BYTES} bytes and {MAX_CONTEXT_COPIES_BYTES} \
+                         bytes in all",
+                        b.batch.len()
+                    )));
+                }
+            }
             Ok(Envelope {
                 messages: b.batch,
                 sent_at: b.sent_at,
@@ -159,7 +177,14 @@ pub struct Admission {
 /// Admits every message of `envelope`: validates, enriches, checks consent.
 pub fn admit(envelope: &Envelope<'_>, facts: &Facts<'_>) -> Admission {
     let received_text = format_utc_millis(facts.received);
-    let batch_context = envelope.context.as_ref().map(Json::as_str);
+    let batch_text = envelope.context.as_ref().map(Json::as_str);
+    // Split once for the whole batch; a context that is not an object is
+    // stored as it is in messages without their own.
+    let batch_fields = batch_text.and_then(|t| serde_json::from_str::<Fields<'_>>(t).ok());
+    let batch_context = batch_text.map(|text| BatchContext {
+        text,
+        fields: batch_fields.as_ref(),
+    });
     let mut admission = Admission {
         request: AppendRequest {
             source: facts.source.to_owned(),
@@ -170,7 +195,13 @@ pub fn admit(envelope: &Envelope<'_>, facts: &Facts<'_>) -> Admission {
         junk_ids: 0,
     };
     for raw in &envelope.messages {
-        let outcome = match admit_one(raw.get(), envelope, batch_context, facts, &received_text) {
+        let outcome = match admit_one(
+            raw.get(),
+            envelope,
+            batch_context.as_ref(),
+            facts,
+            &received_text,
+        ) {
             Ok((event, junk)) => {
                 admission.junk_ids += u64::from(junk);
                 match event {
@@ -200,10 +231,16 @@ pub fn admit(envelope: &Envelope<'_>, facts: &Facts<'_>) -> Admission {
 /// identifier count.
 type Admitted = (Result<NewEvent, consent::Drop>, u8);
 
+/// A batch-level `context`: its text, and its fields when it is an object.
+struct BatchContext<'b, 'a> {
+    text: &'a str,
+    fields: Option<&'b Fields<'a>>,
+}
+
 fn admit_one(
     raw: &str,
     envelope: &Envelope<'_>,
-    batch_context: Option<&str>,
+    batch_context: Option<&BatchContext<'_, '_>>,
     facts: &Facts<'_>,
     received_text: &str,
 ) -> Result<Admitted, Rejection> {
@@ -281,9 +318,20 @@ fn admit_one(
     let own_context = fields.get("context");
     let merged_context: Option<Cow<'_, str>> = match (own_context, batch_context) {
         (own, None) => own.map(|c| Cow::Borrowed(c.get())),
-        (None, Some(batch)) => Some(Cow::Borrowed(batch)),
-        (Some(own), Some(batch)) => Some(merge_objects(own.get(), batch)),
+        (None, Some(batch)) => Some(Cow::Borrowed(batch.text)),
+        (Some(own), Some(batch)) => Some(match batch.fields {
+            Some(fields) => merge_objects(own.get(), fields),
+            None => Cow::Borrowed(own.get()),
+        }),
     };
+    let merged_len = raw.len() + merged_context.as_ref().map_or(0, |c| c.len())
+        - own_context.map_or(0, |c| c.get().len());
+    if merged_len > MAX_MESSAGE_BYTES {
+        return Err(Rejection::new(
+            "too_large",
+            format!("message with the batch context is larger than {MAX_MESSAGE_BYTES} bytes"),
+        ));
+    }
     let parts = consent::Parts {
         kind,
         event: event.as_deref(),
@@ -391,13 +439,10 @@ fn stored_body(fields: &Fields<'_>, set: &[(&str, Option<&str>)], context: Optio
     w.finish()
 }
 
-/// `own` with the keys of `batch` it lacks added (both JSON objects; if
-/// either is not one, `own` as it is).
-fn merge_objects<'a>(own: &'a str, batch: &str) -> Cow<'a, str> {
-    let (Ok(own_fields), Ok(batch_fields)) = (
-        serde_json::from_str::<Fields<'_>>(own),
-        serde_json::from_str::<Fields<'_>>(batch),
-    ) else {
+/// `own` with the keys of `batch` it lacks added (if `own` is not a JSON
+/// object, `own` as it is).
+fn merge_objects<'a>(own: &'a str, batch_fields: &Fields<'_>) -> Cow<'a, str> {
+    let Ok(own_fields) = serde_json::from_str::<Fields<'_>>(own) else {
         return Cow::Borrowed(own);
     };
     let mut w = Writer::new();
@@ -439,8 +484,22 @@ impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut fields: Vec<(Cow<'de, str>, &'de RawValue)> =
                     Vec::with_capacity(map.size_hint().unwrap_or(12));
+                // A linear check is fastest for the usual dozen keys; a
+                // set keeps a hostile object of thousands linear.
+                let mut seen: Option<std::collections::HashSet<Cow<'de, str>>> = None;
                 while let Some(Key(key)) = map.next_key()? {
-                    if fields.iter().any(|(k, _)| *k == key) {
+                    let duplicate = match &mut seen {
+                        Some(set) => !set.insert(key.clone()),
+                        None if fields.len() >= 32 => {
+                            let mut set: std::collections::HashSet<Cow<'de, str>> =
+                                fields.iter().map(|(k, _)| k.clone()).collect();
+                            let dup = !set.insert(key.clone());
+                            seen = Some(set);
+                            dup
+                        }
+                        None => fields.iter().any(|(k, _)| *k == key),
+                    };
+                    if duplicate {
                         return Err(de::Error::custom(format_args!("duplicate field `{key}`")));
                     }
                     let value: &'de RawValue = map.next_value()?;
@@ -823,5 +882,52 @@ mod tests {
         let err = prepare(r#"{"type":"page","userId":"u","userId":"v"}"#, None).unwrap_err();
         assert_eq!(err.code, "invalid_message");
         assert!(err.reason.contains("duplicate field `userId`"), "{err:?}");
+    }
+
+    #[test]
+    fn a_batch_context_cannot_multiply_a_request() {
+        let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(MAX_BATCH_CONTEXT_BYTES));
+        let body = format!(r#"{{"batch":[{{"type":"page","anonymousId":"a"}}],"context":{big}}}"#);
+        assert!(matches!(
+            parse_envelope(body.as_bytes(), None),
+            Err(ApiError::BadRequest(_))
+        ));
+        // Under the per-context cap, but copied into 1,000 messages.
+        let ctx = format!(r#"{{"pad":"{}"}}"#, "x".repeat(8 * 1024));
+        let messages = vec![r#"{"type":"page","anonymousId":"a"}"#; 1000].join(",");
+        let body = format!(r#"{{"batch":[{messages}],"context":{ctx}}}"#);
+        assert!(matches!(
+            parse_envelope(body.as_bytes(), None),
+            Err(ApiError::BadRequest(_))
+        ));
+        // A message that the batch context makes too large is rejected alone.
+        let ctx = format!(r#"{{"pad":"{}"}}"#, "x".repeat(15 * 1024));
+        let fat = format!(
+            r#"{{"type":"page","anonymousId":"b","properties":{{"p":"{}"}}}}"#,
+            "y".repeat(20 * 1024)
+        );
+        let body =
+            format!(r#"{{"batch":[{{"type":"page","anonymousId":"a"}},{fat}],"context":{ctx}}}"#);
+        let envelope = parse_envelope(body.as_bytes(), None).unwrap();
+        let a = admit(&envelope, &facts());
+        assert_eq!(a.outcomes[0], Outcome::Accepted);
+        assert!(
+            matches!(&a.outcomes[1], Outcome::Rejected(r) if r.code == "too_large"),
+            "{:?}",
+            a.outcomes[1]
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_found_among_many() {
+        let keys: Vec<String> = (0..100).map(|i| format!(r#""k{i}":{i}"#)).collect();
+        let raw = format!(
+            r#"{{"type":"page","userId":"u",{},"k7":0}}"#,
+            keys.join(",")
+        );
+        let err = prepare(&raw, None).unwrap_err();
+        assert!(err.reason.contains("duplicate field `k7`"), "{err:?}");
+        let raw = format!(r#"{{"type":"page","userId":"u",{}}}"#, keys.join(","));
+        assert!(prepare(&raw, None).is_ok());
     }
 }
