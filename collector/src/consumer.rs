@@ -32,6 +32,8 @@ const BATCH: usize = 50_000;
 /// How long a consumer keeps applying once the writer has stopped; the
 /// rest is applied at the next start, from the consumer's position.
 const SHUTDOWN_APPLYING: Duration = Duration::from_secs(5);
+/// How long a caller waits for a job's answer.
+const JOB_WAIT: Duration = Duration::from_secs(60);
 
 /// State derived from the log.
 pub trait Consumer: Send + 'static {
@@ -56,8 +58,11 @@ struct Slot {
     jobs: VecDeque<Job>,
     /// Stopped (or failed to start).
     done: bool,
-    /// The writer waits while this one lags too far.
+    /// The writer waits while this one lags too far...
     keeps_up: bool,
+    /// ...once it has caught up after start (a rebuild from the whole log
+    /// does not stop ingest).
+    caught_up: bool,
 }
 
 #[derive(Default)]
@@ -65,6 +70,8 @@ struct State {
     durable: Lsn,
     generation: u64,
     writer_done: bool,
+    /// The store is closing: the writer no longer waits for consumers.
+    closing: bool,
     slots: Vec<Slot>,
 }
 
@@ -103,13 +110,23 @@ impl Progress {
         let from = consumer.position()?;
         let id = {
             let mut state = self.lock();
+            if from > state.durable {
+                tracing::error!(
+                    consumer = name,
+                    position = from,
+                    log = state.durable,
+                    "the consumer is ahead of the log (was the log replaced?): delete its state to rebuild it"
+                );
+            }
             let applied = from.min(state.durable);
+            let caught_up = applied >= state.durable;
             state.slots.push(Slot {
                 name,
                 applied,
                 jobs: VecDeque::new(),
                 done: false,
                 keeps_up,
+                caught_up,
             });
             ConsumerId(state.slots.len() - 1)
         };
@@ -140,6 +157,12 @@ impl Progress {
     pub fn segments_rewritten(&self) {
         self.lock().generation += 1;
         self.wake.notify_all();
+    }
+
+    /// The store is closing: the writer stops waiting for consumers.
+    pub fn closing(&self) {
+        self.lock().closing = true;
+        self.applied.notify_all();
     }
 
     /// The writer stopped: consumers apply what is durable (for a while)
@@ -189,11 +212,10 @@ impl Progress {
         let mut state = self.lock();
         loop {
             let durable = state.durable;
-            let behind = state
-                .slots
-                .iter()
-                .any(|s| s.keeps_up && !s.done && durable.saturating_sub(s.applied) > max_lag);
-            if !behind {
+            let behind = state.slots.iter().any(|s| {
+                s.keeps_up && s.caught_up && !s.done && durable.saturating_sub(s.applied) > max_lag
+            });
+            if !behind || state.closing {
                 return;
             }
             state = self
@@ -227,15 +249,21 @@ impl Progress {
             }));
         }
         self.wake.notify_all();
-        answer.recv().map_err(|_| StoreError::Closed)?
+        match answer.recv_timeout(JOB_WAIT) {
+            Ok(result) => result,
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(StoreError::Lagging),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(StoreError::Closed),
+        }
     }
 
     fn publish(&self, id: ConsumerId, to: Lsn) {
         let mut state = self.lock();
+        let durable = state.durable;
         if let Some(slot) = state.slots.get_mut(id.0)
             && to > slot.applied
         {
             slot.applied = to;
+            slot.caught_up |= to >= durable;
         }
         drop(state);
         self.applied.notify_all();
@@ -257,7 +285,18 @@ impl Progress {
 enum Next {
     Job(Job),
     Read { until: Lsn },
+    Reopen,
     Stop,
+}
+
+/// Marks the consumer stopped however its thread ends (a panic included),
+/// so no caller waits on it for ever.
+struct Finish<'a>(&'a Progress, ConsumerId);
+
+impl Drop for Finish<'_> {
+    fn drop(&mut self) {
+        self.0.finish(self.1);
+    }
 }
 
 /// A consumer's thread: jobs first, then the log up to what is durable,
@@ -269,6 +308,7 @@ fn run<C: Consumer>(
     log_dir: &std::path::Path,
     from: Lsn,
 ) {
+    let _finish = Finish(progress, id);
     let name = progress
         .lock()
         .slots
@@ -278,7 +318,6 @@ fn run<C: Consumer>(
         Ok(r) => r,
         Err(e) => {
             tracing::error!(consumer = name, error = %e, "cannot read the log");
-            progress.finish(id);
             return;
         }
     };
@@ -290,6 +329,12 @@ fn run<C: Consumer>(
         let next = {
             let mut state = progress.lock();
             loop {
+                // After an erasure rewrote segments, let go of the old files
+                // first, even when idle (they hold the erased records).
+                if state.generation != generation {
+                    generation = state.generation;
+                    break Next::Reopen;
+                }
                 let Some(slot) = state.slots.get_mut(id.0) else {
                     break Next::Stop;
                 };
@@ -302,12 +347,6 @@ fn run<C: Consumer>(
                 }
                 let out_of_time = stop_by.is_some_and(|t| Instant::now() >= t);
                 if applied < state.durable && !out_of_time {
-                    if state.generation != generation {
-                        generation = state.generation;
-                        if let Err(e) = reader.reopen() {
-                            tracing::error!(consumer = name, error = %e, "cannot reopen the log");
-                        }
-                    }
                     break Next::Read {
                         until: state.durable,
                     };
@@ -324,6 +363,12 @@ fn run<C: Consumer>(
                 continue;
             }
             Next::Stop => break,
+            Next::Reopen => {
+                if let Err(e) = reader.reopen() {
+                    tracing::error!(consumer = name, error = %e, "cannot reopen the log");
+                }
+                continue;
+            }
             Next::Read { until } => until,
         };
         raw.clear();
@@ -354,14 +399,12 @@ fn run<C: Consumer>(
             tracing::error!(consumer = name, error = %e, "could not apply a batch; retrying");
             if progress.lock().writer_done {
                 // Stopping: the next start retries from the position.
-                progress.finish(id);
                 return;
             }
             std::thread::sleep(Duration::from_secs(1));
         }
         progress.publish(id, next);
     }
-    progress.finish(id);
 }
 
 #[cfg(test)]

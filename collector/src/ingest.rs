@@ -33,7 +33,8 @@ pub async fn handle(
     peer: SocketAddr,
     single: Option<MessageType>,
 ) -> Result<Resp, ApiError> {
-    let header_key = basic_auth_user(&req);
+    // An empty username (`Basic Og==`) is no key: the body may carry one.
+    let header_key = basic_auth_user(&req).filter(|k| !k.is_empty());
     let early = match &header_key {
         Some(key) if app.config.source(key).is_none() => Err(ApiError::UnknownWriteKey),
         _ => content_encoding_is_gzip(&req),

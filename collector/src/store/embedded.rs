@@ -268,6 +268,7 @@ impl WriteSide for EmbeddedStore {
     fn close(&self) {
         // Dropping the last sender lets the writer finish the queue and
         // stop; the indexer then applies what is durable and stops.
+        self.progress.closing();
         self.sender
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -315,14 +316,32 @@ impl EventStore for EmbeddedStore {
             self.index_job(move |index| index.erasure_identifiers(&id))?
         };
         let Some(identifiers) = identifiers else {
+            // Erased before, but a crash or a failure may have stopped the
+            // log rewrite half way: a repeated DELETE finishes it.
+            let suppressed = {
+                let id = id.clone();
+                self.index_job(move |index| Ok(index.is_suppressed(&id)))?
+            };
+            if suppressed {
+                let erased = Erased {
+                    identifiers: [id].into_iter().collect(),
+                    keys: HashSet::new(),
+                };
+                self.writer_job(|reply| WriterJob::Remove { erased, reply })?;
+                self.index_job(|_| Ok(()))?;
+            }
             return Ok(None);
         };
         let hashes: Vec<IdHash> = identifiers.iter().map(|i| self.hasher.hash(i)).collect();
         // 1. From now on the log admits none of them.
         self.writer_job(|reply| WriterJob::Suppress { hashes, reply })?;
         // 2. The index forgets them (and drops any record of theirs it
-        //    applies later: admitted before step 1, read after step 2).
-        let erased = self.index_job(move |index| index.erase(&id))?;
+        //    applies later: admitted before step 1, read after step 2), the
+        //    same identifiers as step 1 even if links arrived in between.
+        let erased = {
+            let identifiers = identifiers.clone();
+            self.index_job(move |index| index.erase(&id, &identifiers))?
+        };
         let Some(Erasure { report, event_keys }) = erased else {
             return Ok(None);
         };
@@ -332,6 +351,9 @@ impl EventStore for EmbeddedStore {
             keys: event_keys.into_iter().collect(),
         };
         self.writer_job(|reply| WriterJob::Remove { erased, reply })?;
+        // 4. The indexer's reader lets go of the old files (it reopens on
+        //    the rewrite before it runs this job).
+        self.index_job(|_| Ok(()))?;
         Ok(Some(report))
     }
 
@@ -476,8 +498,19 @@ type Group = Vec<(
     oneshot::Sender<Result<AppendOutcome, StoreError>>,
 )>;
 
+/// Tells the consumers the writer stopped, however its thread ends (a
+/// panic included).
+struct WriterStopped(Arc<Progress>);
+
+impl Drop for WriterStopped {
+    fn drop(&mut self) {
+        self.0.writer_stopped();
+    }
+}
+
 impl LogWriter {
     fn run(&mut self, mut rx: mpsc::Receiver<WriterJob>) {
+        let _stopped = WriterStopped(self.progress.clone());
         let mut group: Group = Vec::with_capacity(MAX_GROUP);
         let mut next: Option<WriterJob> = None;
         loop {
@@ -533,7 +566,6 @@ impl LogWriter {
                 let _ = reply.send(Err(StoreError::Closed));
             }
         }
-        self.progress.writer_stopped();
     }
 
     /// Admits, writes and syncs a group, then answers each request.
@@ -568,6 +600,12 @@ impl LogWriter {
                 outcome.stored += 1;
             }
             for b in &r.rejected {
+                // A rejected message naming an erased person is not kept
+                // either (best effort: its identifiers, if it parses).
+                if !self.suppression.is_empty() && names_suppressed(&b.raw, &self.suppression) {
+                    outcome.suppressed += 1;
+                    continue;
+                }
                 let at = self.buf.len();
                 record::encode_rejected(&mut self.buf, &r.source, b);
                 self.ranges.push(at..self.buf.len());
@@ -638,37 +676,64 @@ impl LogWriter {
         Ok(n)
     }
 
-    /// Drops the segments whose records were all received before `before`
-    /// and are all below `below` (applied by the index). Records are
-    /// appended in receipt order, so a segment is old enough when the next
-    /// one starts with a record received before `before`.
+    /// Drops the oldest segments while every record in them was received
+    /// before `before` and is below `below` (applied by the index). Each
+    /// candidate is read whole: receipt time need not rise with log order
+    /// (requests race to the queue; clocks step back).
     fn drop_expired(&mut self, before: &str, below: Lsn) -> Result<usize, StoreError> {
         let segments = self.log.segments();
         let mut cut = 0;
-        for next in segments.iter().skip(1) {
+        for pair in segments.windows(2) {
+            let (segment, next) = (&pair[0], &pair[1]);
             if next.first_lsn > below {
                 break;
             }
-            let mut reader = LogReader::open(self.log.dir(), next.first_lsn).map_err(log_error)?;
-            let mut first = Vec::new();
-            reader
-                .next_batch(self.log.next_lsn(), 1, &mut first)
-                .map_err(log_error)?;
-            let received = first.first().and_then(|(_, p)| match record::decode(p) {
-                Ok(Record::Event { event, .. }) => Some(event.received_at),
-                Ok(Record::Rejected { rejected, .. }) => Some(rejected.received_at),
-                Err(_) => None,
-            });
-            match received {
-                Some(t) if t.as_str() < before => cut = next.first_lsn,
-                _ => break,
+            let mut reader =
+                LogReader::open(self.log.dir(), segment.first_lsn).map_err(log_error)?;
+            let mut records = Vec::new();
+            let mut all_old = true;
+            loop {
+                records.clear();
+                if reader
+                    .next_batch(next.first_lsn, 4096, &mut records)
+                    .map_err(log_error)?
+                    == 0
+                {
+                    break;
+                }
+                all_old = records.iter().all(|(_, p)| match record::decode(p) {
+                    Ok(Record::Event { event, .. }) => event.received_at.as_str() < before,
+                    Ok(Record::Rejected { rejected, .. }) => rejected.received_at.as_str() < before,
+                    Err(_) => false,
+                });
+                if !all_old {
+                    break;
+                }
             }
+            if !all_old {
+                break;
+            }
+            cut = next.first_lsn;
         }
         if cut == 0 {
             return Ok(0);
         }
         self.log.drop_segments_before(cut).map_err(log_error)
     }
+}
+
+/// Whether a rejected message's raw text carries an erased identifier.
+fn names_suppressed(raw: &str, suppression: &Suppression) -> bool {
+    let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(raw) else {
+        return false;
+    };
+    let id = |k: &str| match m.get(k) {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let ids = [id("anonymousId"), id("userId"), id("previousId")];
+    suppression.any(&[ids[0].as_deref(), ids[1].as_deref(), ids[2].as_deref()])
 }
 
 fn log_error(e: crate::log::LogError) -> StoreError {
@@ -718,8 +783,8 @@ fn restrict_files(data_dir: &Path) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::NewEvent;
     use crate::store::sqlite::DB_FILE;
+    use crate::store::{NewEvent, RejectedMessage};
     use rusqlite::Connection;
     use weft_protocol::MessageType;
 
@@ -1074,6 +1139,28 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((outcome.stored, outcome.suppressed), (0, 1));
+        // So are invalid messages that name them (they would be kept as
+        // rejected messages, raw text and all).
+        let invalid = AppendRequest {
+            source: "s".into(),
+            events: Vec::new(),
+            rejected: vec![RejectedMessage {
+                received_at: "2026-11-02T00:00:00.000Z".into(),
+                code: "missing_field".into(),
+                reason: "track needs an event".into(),
+                raw: r#"{"type":"track","userId":"ana-7q"}"#.into(),
+            }],
+        };
+        let outcome = store
+            .append(invalid)
+            .unwrap()
+            .blocking_recv()
+            .unwrap()
+            .unwrap();
+        assert_eq!((outcome.rejected, outcome.suppressed), (0, 1));
+        // A repeated DELETE is harmless (and would finish a log rewrite a
+        // crash interrupted).
+        assert!(store.erase("ana-7q").unwrap().is_none());
         store.close();
         drop(store);
         let mut scanned = 0;

@@ -219,8 +219,20 @@ impl IndexWriter {
     }
 
     /// Erases the profile `id` belongs to.
-    pub fn erase(&mut self, id: &str) -> Result<Option<Erasure>, StoreError> {
-        erase(&mut self.conn, id, &self.suppression)
+    /// `identifiers` are the ones the log side suppressed (from
+    /// [`IndexWriter::erasure_identifiers`]), so both sides erase the same
+    /// set even if links arrived in between.
+    pub fn erase(
+        &mut self,
+        id: &str,
+        identifiers: &[String],
+    ) -> Result<Option<Erasure>, StoreError> {
+        erase(&mut self.conn, id, identifiers, &self.suppression)
+    }
+
+    /// Whether `id` is an erased identifier.
+    pub fn is_suppressed(&self, id: &str) -> bool {
+        self.suppression.any(&[Some(id)])
     }
 
     /// Deletes up to `limit` events, and the rejected messages, received
@@ -813,13 +825,13 @@ fn identifiers_to_suppress(conn: &Connection, p: &Resolved) -> Result<Vec<String
 fn erase(
     conn: &mut Connection,
     id: &str,
+    identifiers: &[String],
     suppression: &Suppression,
 ) -> Result<Option<Erasure>, StoreError> {
     let tx = conn.transaction()?;
     let Some(p) = resolve(&tx, id)? else {
         return Ok(None);
     };
-    let identifiers = identifiers_to_suppress(&tx, &p)?;
     let mut keys = Vec::with_capacity(p.events.len());
     let mut report = ErasureReport {
         profile_id: p.profile_id.clone(),
@@ -856,7 +868,7 @@ fn erase(
             report.identity_edges += delete_links.execute(params![u, ""])?;
             report.identity_edges += delete_aliases.execute([u])?;
         }
-        for ident in &identifiers {
+        for ident in identifiers {
             if !p.users.contains(ident) {
                 report.identity_edges += delete_links.execute(params!["", ident])?;
                 report.identity_edges += delete_aliases.execute([ident])?;
@@ -870,7 +882,23 @@ fn erase(
     }
     tx.commit()?;
     suppression.extend(identifiers.iter().map(|i| suppression.hash(i)));
-    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    // The WAL still holds the erased rows until a checkpoint copies the
+    // database and truncates it; a reader in the middle of a query makes
+    // it answer "busy", so retry for a while, then fail the erasure.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        if busy == 0 {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(StoreError::Corrupt(
+                "erasure: the index's WAL could not be truncated (busy readers); retry the DELETE"
+                    .into(),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     Ok(Some(Erasure {
         report,
         event_keys: keys,
