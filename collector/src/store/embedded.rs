@@ -437,7 +437,9 @@ impl DedupWindow {
     /// The window as the log's last `capacity` events leave it.
     fn rebuild(log_dir: &Path, until: Lsn, capacity: usize) -> Result<Self, StoreError> {
         let mut window = DedupWindow::new(capacity);
-        let mut reader = LogReader::open(log_dir, 0).map_err(log_error)?;
+        // Only the tail can be in the window: the last `capacity` records.
+        let from = until.saturating_sub(capacity as u64);
+        let mut reader = LogReader::open(log_dir, from).map_err(log_error)?;
         let mut batch = Vec::new();
         loop {
             batch.clear();
@@ -1282,5 +1284,46 @@ mod tests {
             )
             .unwrap();
         assert_eq!(n, 5 * 30, "every event of days 6..=10 survives");
+    }
+
+    #[test]
+    fn the_dedup_window_is_bounded_and_rebuilt_from_the_log_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = || StoreOptions {
+            dedup_window: 5,
+            ..StoreOptions::default()
+        };
+        let one = |tag: &str| {
+            let mut r = request("s", 1, tag);
+            r.events[0].message_id = tag.to_owned();
+            r
+        };
+        let store = EmbeddedStore::open(dir.path(), options(), Arc::default()).unwrap();
+        for i in 0..10 {
+            append_all(&store, vec![one(&format!("m{i}"))]);
+        }
+        store.close();
+        drop(store);
+        let store = EmbeddedStore::open(dir.path(), options(), Arc::default()).unwrap();
+        let send = |tag: &str| {
+            store
+                .append(one(tag))
+                .unwrap()
+                .blocking_recv()
+                .unwrap()
+                .unwrap()
+        };
+        let recent = send("m9");
+        assert_eq!(
+            (recent.stored, recent.duplicates),
+            (0, 1),
+            "in the window after restart"
+        );
+        let old = send("m0");
+        assert_eq!(
+            (old.stored, old.duplicates),
+            (1, 0),
+            "beyond the window of 5"
+        );
     }
 }
