@@ -69,11 +69,7 @@ pub async fn serve_with_clock(
     let stats = Arc::new(WriterStats::default());
     let store = EmbeddedStore::open(
         &config.data_dir,
-        StoreOptions {
-            queue_capacity: config.write_queue_capacity,
-            dedup_window: config.dedup_window,
-            ..StoreOptions::default()
-        },
+        StoreOptions::for_config(&config),
         stats.clone(),
     )
     .map_err(ServeError::Store)?;

@@ -103,11 +103,7 @@ impl TestCollector {
         let store = Arc::new(
             EmbeddedStore::open(
                 &config.data_dir,
-                StoreOptions {
-                    queue_capacity: config.write_queue_capacity,
-                    dedup_window: config.dedup_window,
-                    ..StoreOptions::default()
-                },
+                StoreOptions::for_config(&config),
                 stats.clone(),
             )
             .expect("open the store"),

@@ -39,6 +39,36 @@ pub fn fixtures_dir() -> PathBuf {
     workspace_root().join("tests/fixtures/sdk")
 }
 
+/// Serves HTTP/1.1 on `listener` with `answer` until `stop` fires: the
+/// accept loop the site and the proxy share.
+fn serve_until<F, Fut>(listener: TcpListener, mut stop: oneshot::Receiver<()>, answer: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(_) => continue,
+                },
+                _ = &mut stop => break,
+            };
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let answer = answer.clone();
+                    async move { Ok::<_, Infallible>(answer(req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}
+
 /// A static web site on loopback, on another origin than the collector.
 ///
 /// HTML pages get `%WEFT_COLLECTOR%` (the collector's origin, e.g.
@@ -72,29 +102,12 @@ impl Site {
         );
         let subst = Arc::new(Mutex::new(subst));
         let state = Arc::new((dir.to_path_buf(), subst.clone()));
-        let (tx, mut rx) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok(a) => a,
-                        Err(_) => continue,
-                    },
-                    _ = &mut rx => break,
-                };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        let state = state.clone();
-                        async move {
-                            let subst = state.1.lock().unwrap().clone();
-                            Ok::<_, Infallible>(serve_file(&state.0, &subst, req.uri().path()))
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+        let (tx, rx) = oneshot::channel::<()>();
+        serve_until(listener, rx, move |req: Request<Incoming>| {
+            let state = state.clone();
+            async move {
+                let subst = state.1.lock().unwrap().clone();
+                serve_file(&state.0, &subst, req.uri().path())
             }
         });
         Site {
@@ -270,27 +283,10 @@ impl FlakyProxy {
             seen: seen.clone(),
             healed: healed.clone(),
         });
-        let (tx, mut rx) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok(a) => a,
-                        Err(_) => continue,
-                    },
-                    _ = &mut rx => break,
-                };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(handle(&state, req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+        let (tx, rx) = oneshot::channel::<()>();
+        serve_until(listener, rx, move |req| {
+            let state = state.clone();
+            async move { handle(&state, req).await }
         });
         FlakyProxy {
             addr,

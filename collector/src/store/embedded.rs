@@ -70,6 +70,17 @@ pub struct StoreOptions {
     pub max_index_lag: u64,
 }
 
+impl StoreOptions {
+    /// The options a collector's configuration asks for.
+    pub fn for_config(config: &crate::Config) -> Self {
+        StoreOptions {
+            queue_capacity: config.write_queue_capacity,
+            dedup_window: config.dedup_window,
+            ..StoreOptions::default()
+        }
+    }
+}
+
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {

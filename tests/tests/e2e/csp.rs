@@ -299,6 +299,19 @@ async fn strict_csp_page_runs_the_js_build_and_stores_what_the_wasm_build_stores
     }
 }
 
+/// The DevTools ids of the page's requests whose URL ends with `path`.
+fn request_ids(page: &Page, path: &str) -> Vec<Value> {
+    page.events("Network.requestWillBeSent")
+        .into_iter()
+        .filter(|e| {
+            e["request"]["url"]
+                .as_str()
+                .is_some_and(|u| u.ends_with(path))
+        })
+        .map(|e| e["requestId"].clone())
+        .collect()
+}
+
 /// Waits until the page has an answer (or a failure) for a request whose
 /// URL ends with `path`, then a little longer for the SDK's promise chains
 /// to settle.
@@ -307,16 +320,7 @@ async fn wait_for_request_done(page: &Page, path: &str) {
         Duration::from_secs(20),
         &format!("the request of {path} to end"),
         || async {
-            let ids: Vec<Value> = page
-                .events("Network.requestWillBeSent")
-                .into_iter()
-                .filter(|e| {
-                    e["request"]["url"]
-                        .as_str()
-                        .is_some_and(|u| u.ends_with(path))
-                })
-                .map(|e| e["requestId"].clone())
-                .collect();
+            let ids = request_ids(page, path);
             let done = ["Network.loadingFinished", "Network.loadingFailed"]
                 .into_iter()
                 .flat_map(|m| page.events(m))
@@ -331,16 +335,7 @@ async fn wait_for_request_done(page: &Page, path: &str) {
 /// Why the request of `path` failed (`Network.loadingFailed`'s
 /// `errorText`), if it did.
 fn failure(page: &Page, path: &str) -> Option<String> {
-    let ids: Vec<Value> = page
-        .events("Network.requestWillBeSent")
-        .into_iter()
-        .filter(|e| {
-            e["request"]["url"]
-                .as_str()
-                .is_some_and(|u| u.ends_with(path))
-        })
-        .map(|e| e["requestId"].clone())
-        .collect();
+    let ids = request_ids(page, path);
     page.events("Network.loadingFailed")
         .into_iter()
         .find(|e| ids.contains(&e["requestId"]))
