@@ -141,8 +141,29 @@ fn every_200_follows_an_fdatasync_of_its_records() {
     for i in 0..BATCHES {
         assert_eq!(post(addr, i), 200, "batch {i}");
     }
-    child.kill().unwrap();
+    // Killing strace would leave the collector running, detached: kill
+    // the collector itself (the trace's first line is its PID), and
+    // strace ends with it.
+    let trace = std::fs::read_to_string(&trace_file).unwrap();
+    let collector_pid: u32 = trace
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the trace starts with the collector's PID");
+    let killed = Command::new("kill")
+        .args(["-9", &collector_pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !killed {
+        let _ = child.kill();
+    }
     child.wait().unwrap();
+    assert!(
+        !std::path::Path::new(&format!("/proc/{collector_pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{collector_pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z ")),
+        "the collector is gone"
+    );
 
     let trace = std::fs::read_to_string(&trace_file).unwrap();
     let events = events(&trace);
