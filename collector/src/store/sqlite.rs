@@ -32,7 +32,7 @@ use super::{
 /// The index file inside the data directory.
 pub const DB_FILE: &str = "weft.sqlite";
 /// SQLite page size for a new database, in bytes.
-const PAGE_SIZE: i64 = 4096;
+const PAGE_SIZE: i64 = 16384;
 /// Read connections for the admin API.
 const READERS: usize = 4;
 
@@ -138,9 +138,11 @@ pub struct IndexReaders {
 
 fn open(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
-    // Every dirty page is written to the WAL at commit, so the page size is
-    // the write amplification of random index inserts; 1 KB measured slower
-    // than 4 KB with ~800-byte rows. Takes effect only at creation.
+    // Every dirty page is written to the WAL at commit. The indexer commits
+    // batches of thousands of rows, so bigger pages mean fewer pages
+    // (shallower B-trees, fewer frames) per batch: 16 KB measured 45k ->
+    // 71k messages/s on `bench identity` and +5-20% on `bench collector`
+    // against 4 KB (64 KB: no better). Takes effect only at creation.
     conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     // Deleted content is overwritten with zeros, so an erased identifier
     // does not linger in free space.
