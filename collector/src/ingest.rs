@@ -47,8 +47,7 @@ pub async fn handle(
     let gzip_header = match early {
         Ok(gzip) => gzip,
         Err(e) => {
-            // Read what the client is sending anyway, so it gets the answer.
-            let _ = read_body(req, app.config.body_timeout).await;
+            discard_body(req, app.config.body_timeout).await;
             return Err(e);
         }
     };
@@ -171,25 +170,15 @@ const MAX_DRAINED_BYTES: u64 = 8 * 1024 * 1024;
 /// before the 413, unless the client waits for `100 Continue` and so has
 /// not sent it.
 async fn read_body(req: Request<Incoming>, timeout: Duration) -> Result<Bytes, ApiError> {
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let expects_continue = req
-        .headers()
-        .get(EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let mut body = req.into_body();
     let too_large = ApiError::PayloadTooLarge {
         limit: MAX_REQUEST_BYTES,
     };
+    let declared = declared_length(&req);
     if declared.is_some_and(|len| len > MAX_REQUEST_BYTES as u64) {
-        if !expects_continue && declared.is_some_and(|len| len <= MAX_DRAINED_BYTES) {
-            drain(&mut body, 0, timeout).await;
-        }
+        discard_body(req, timeout).await;
         return Err(too_large);
     }
+    let mut body = req.into_body();
     let read = async {
         let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
         while let Some(frame) = body.frame().await {
@@ -214,6 +203,31 @@ async fn read_body(req: Request<Incoming>, timeout: Duration) -> Result<Bytes, A
             Err(too_large)
         }
     }
+}
+
+/// Reads what the client sends and throws it away (bounded like an
+/// oversize body), so a client refused before its body was read gets the
+/// answer rather than a reset; nothing when it waits for `100 Continue`.
+async fn discard_body(req: Request<Incoming>, timeout: Duration) {
+    if expects_continue(&req) || declared_length(&req).is_some_and(|len| len > MAX_DRAINED_BYTES) {
+        return;
+    }
+    drain(&mut req.into_body(), 0, timeout).await;
+}
+
+/// The request's `Content-Length`, if it has a valid one.
+fn declared_length(req: &Request<Incoming>) -> Option<u64> {
+    req.headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Whether the client waits for `100 Continue` before it sends its body.
+fn expects_continue(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// Reads and discards the rest of `body` (of which `seen` bytes were
