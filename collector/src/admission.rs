@@ -551,6 +551,16 @@ fn string(v: &RawValue, name: &str) -> Result<String, Rejection> {
         .map_err(|_| Rejection::invalid(format!("`{name}` must be a string")))
 }
 
+/// The identifiers (`anonymousId`, `userId`, `previousId`) a message's raw
+/// text carries, read as admission reads them; best effort, for messages
+/// that failed validation (each unreadable one is `None`).
+pub fn raw_identifiers(raw: &str) -> [Option<String>; 3] {
+    let Ok(fields) = serde_json::from_str::<Fields<'_>>(raw) else {
+        return [None, None, None];
+    };
+    ["anonymousId", "userId", "previousId"].map(|name| identifier(&fields, name).ok().flatten())
+}
+
 /// An identifier: a string, or a number taken as its text; `null` is none.
 fn identifier(fields: &Fields<'_>, name: &str) -> Result<Option<String>, Rejection> {
     let Some(v) = fields.get(name) else {

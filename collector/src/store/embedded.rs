@@ -450,24 +450,13 @@ impl DedupWindow {
         let mut window = DedupWindow::new(capacity);
         // Only the tail can be in the window: the last `capacity` records.
         let from = until.saturating_sub(capacity as u64);
-        let mut reader = LogReader::open(log_dir, from).map_err(log_error)?;
-        let mut batch = Vec::new();
-        loop {
-            batch.clear();
-            if reader
-                .next_batch(until, 8192, &mut batch)
-                .map_err(log_error)?
-                == 0
-            {
-                break;
+        scan_log(log_dir, from, until, |payload| {
+            if let Some((source, id)) = record::event_key(payload) {
+                let key = window.key(source, id);
+                window.insert(key);
             }
-            for (_, payload) in &batch {
-                if let Some((source, id)) = record::event_key(payload) {
-                    let key = window.key(source, id);
-                    window.insert(key);
-                }
-            }
-        }
+            true
+        })?;
         Ok(window)
     }
 
@@ -701,28 +690,15 @@ impl LogWriter {
             if next.first_lsn > below {
                 break;
             }
-            let mut reader =
-                LogReader::open(self.log.dir(), segment.first_lsn).map_err(log_error)?;
-            let mut records = Vec::new();
             let mut all_old = true;
-            loop {
-                records.clear();
-                if reader
-                    .next_batch(next.first_lsn, 4096, &mut records)
-                    .map_err(log_error)?
-                    == 0
-                {
-                    break;
-                }
-                all_old = records.iter().all(|(_, p)| match record::decode(p) {
+            scan_log(self.log.dir(), segment.first_lsn, next.first_lsn, |p| {
+                all_old = match record::decode(p) {
                     Ok(Record::Event { event, .. }) => event.received_at.as_str() < before,
                     Ok(Record::Rejected { rejected, .. }) => rejected.received_at.as_str() < before,
                     Err(_) => false,
-                });
-                if !all_old {
-                    break;
-                }
-            }
+                };
+                all_old
+            })?;
             if !all_old {
                 break;
             }
@@ -737,16 +713,35 @@ impl LogWriter {
 
 /// Whether a rejected message's raw text carries an erased identifier.
 fn names_suppressed(raw: &str, suppression: &Suppression) -> bool {
-    let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(raw) else {
-        return false;
-    };
-    let id = |k: &str| match m.get(k) {
-        Some(serde_json::Value::String(s)) => Some(s.clone()),
-        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-        _ => None,
-    };
-    let ids = [id("anonymousId"), id("userId"), id("previousId")];
-    suppression.any(&[ids[0].as_deref(), ids[1].as_deref(), ids[2].as_deref()])
+    let [a, u, p] = crate::admission::raw_identifiers(raw);
+    suppression.any(&[a.as_deref(), u.as_deref(), p.as_deref()])
+}
+
+/// Calls `each` with every record of the log in `log_dir` from `from` up
+/// to (not including) `until`, in order, until it answers `false`.
+fn scan_log(
+    log_dir: &Path,
+    from: Lsn,
+    until: Lsn,
+    mut each: impl FnMut(&[u8]) -> bool,
+) -> Result<(), StoreError> {
+    let mut reader = LogReader::open(log_dir, from).map_err(log_error)?;
+    let mut batch = Vec::new();
+    loop {
+        batch.clear();
+        if reader
+            .next_batch(until, 8192, &mut batch)
+            .map_err(log_error)?
+            == 0
+        {
+            return Ok(());
+        }
+        for (_, payload) in &batch {
+            if !each(payload) {
+                return Ok(());
+            }
+        }
+    }
 }
 
 fn log_error(e: crate::log::LogError) -> StoreError {
@@ -866,24 +861,9 @@ mod tests {
     fn duplicates_are_counted_per_source() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path(), 8, Arc::default());
-        let a = store
-            .append(request("s1", 3, "m"))
-            .unwrap()
-            .blocking_recv()
-            .unwrap()
-            .unwrap();
-        let b = store
-            .append(request("s1", 3, "m"))
-            .unwrap()
-            .blocking_recv()
-            .unwrap()
-            .unwrap();
-        let c = store
-            .append(request("s2", 3, "m"))
-            .unwrap()
-            .blocking_recv()
-            .unwrap()
-            .unwrap();
+        let a = append_one(&store, request("s1", 3, "m"));
+        let b = append_one(&store, request("s1", 3, "m"));
+        let c = append_one(&store, request("s2", 3, "m"));
         assert_eq!((a.stored, a.duplicates), (3, 0));
         assert_eq!((b.stored, b.duplicates), (0, 3));
         assert_eq!(
@@ -1039,9 +1019,19 @@ mod tests {
             .collect()
     }
 
+    /// Appends and waits until the request is durable.
+    fn append_one(store: &EmbeddedStore, request: AppendRequest) -> AppendOutcome {
+        store
+            .append(request)
+            .unwrap()
+            .blocking_recv()
+            .unwrap()
+            .unwrap()
+    }
+
     fn append_all(store: &EmbeddedStore, requests: Vec<AppendRequest>) {
         for r in requests {
-            store.append(r).unwrap().blocking_recv().unwrap().unwrap();
+            append_one(store, r);
         }
     }
 
@@ -1067,12 +1057,7 @@ mod tests {
         let store = open(dir.path(), 8, Arc::default());
         assert_eq!(profiles(&store), before);
         // Retries of what the log holds are still duplicates.
-        let again = store
-            .append(history().remove(0))
-            .unwrap()
-            .blocking_recv()
-            .unwrap()
-            .unwrap();
+        let again = append_one(&store, history().remove(0));
         assert_eq!((again.stored, again.duplicates), (0, 2));
     }
 
@@ -1145,12 +1130,7 @@ mod tests {
             }],
             rejected: Vec::new(),
         };
-        let outcome = store
-            .append(late)
-            .unwrap()
-            .blocking_recv()
-            .unwrap()
-            .unwrap();
+        let outcome = append_one(&store, late);
         assert_eq!((outcome.stored, outcome.suppressed), (0, 1));
         // So are invalid messages that name them (they would be kept as
         // rejected messages, raw text and all).
@@ -1164,12 +1144,7 @@ mod tests {
                 raw: r#"{"type":"track","userId":"ana-7q"}"#.into(),
             }],
         };
-        let outcome = store
-            .append(invalid)
-            .unwrap()
-            .blocking_recv()
-            .unwrap()
-            .unwrap();
+        let outcome = append_one(&store, invalid);
         assert_eq!((outcome.rejected, outcome.suppressed), (0, 1));
         // A repeated DELETE is harmless (and would finish a log rewrite a
         // crash interrupted).
@@ -1246,7 +1221,7 @@ mod tests {
                 e.received_at = at(day);
                 e.timestamp = at(day);
             }
-            store.append(r).unwrap().blocking_recv().unwrap().unwrap();
+            append_one(&store, r);
         }
         let segments = |d: &Path| {
             std::fs::read_dir(d.join(LOG_DIR))
@@ -1316,21 +1291,13 @@ mod tests {
         store.close();
         drop(store);
         let store = EmbeddedStore::open(dir.path(), options(), Arc::default()).unwrap();
-        let send = |tag: &str| {
-            store
-                .append(one(tag))
-                .unwrap()
-                .blocking_recv()
-                .unwrap()
-                .unwrap()
-        };
-        let recent = send("m9");
+        let recent = append_one(&store, one("m9"));
         assert_eq!(
             (recent.stored, recent.duplicates),
             (0, 1),
             "in the window after restart"
         );
-        let old = send("m0");
+        let old = append_one(&store, one("m0"));
         assert_eq!(
             (old.stored, old.duplicates),
             (1, 0),
