@@ -150,7 +150,6 @@ pub struct EmbeddedStore {
     /// The index, the first consumer of the log.
     index: ConsumerId,
     readers: IndexReaders,
-    hasher: Suppression,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -184,7 +183,7 @@ impl EmbeddedStore {
         create_private_file(&db)?;
         let (index, readers) = open_index(&db, salt.clone(), &suppressed)?;
         restrict_files(data_dir)?;
-        let writer_suppression = Suppression::new(salt.clone(), suppressed.iter().copied());
+        let writer_suppression = Suppression::new(salt, suppressed.iter().copied());
         let window = DedupWindow::rebuild(&log_dir, log.next_lsn(), options.dedup_window)?;
 
         let progress = Progress::new(log.next_lsn());
@@ -215,7 +214,6 @@ impl EmbeddedStore {
             progress,
             index,
             readers,
-            hasher: Suppression::new(salt, []),
             threads: Mutex::new(vec![writer, indexer]),
         })
     }
@@ -324,9 +322,15 @@ impl EventStore for EmbeddedStore {
         let id = id.to_owned();
         let identifiers = {
             let id = id.clone();
-            self.index_job(move |index| index.erasure_identifiers(&id))?
+            // With their salted hashes, made by the index's suppression list.
+            self.index_job(move |index| {
+                Ok(index.erasure_identifiers(&id)?.map(|ids| {
+                    let hashes: Vec<IdHash> = ids.iter().map(|i| index.hash(i)).collect();
+                    (ids, hashes)
+                }))
+            })?
         };
-        let Some(identifiers) = identifiers else {
+        let Some((identifiers, hashes)) = identifiers else {
             // Erased before, but a crash or a failure may have stopped the
             // log rewrite half way: a repeated DELETE finishes it.
             let suppressed = {
@@ -343,7 +347,6 @@ impl EventStore for EmbeddedStore {
             }
             return Ok(None);
         };
-        let hashes: Vec<IdHash> = identifiers.iter().map(|i| self.hasher.hash(i)).collect();
         // 1. From now on the log admits none of them.
         self.writer_job(|reply| WriterJob::Suppress { hashes, reply })?;
         // 2. The index forgets them (and drops any record of theirs it
