@@ -162,30 +162,10 @@ impl TestCollector {
         .expect("open store read-only")
     }
 
-    /// Every stored event, in the order the collector stored them.
+    /// Every stored event, in the order the collector stored them: read
+    /// from the event log, the system of record.
     pub fn rows(&self) -> Vec<StoredEvent> {
-        let db = self.db();
-        let mut stmt = db
-            .prepare(
-                "SELECT type, event, anonymous_id, user_id, message_id, body \
-                 FROM events ORDER BY seq",
-            )
-            .expect("prepare the events query");
-        stmt.query_map([], |r| {
-            let raw: String = r.get(5)?;
-            Ok(StoredEvent {
-                kind: r.get(0)?,
-                event: r.get(1)?,
-                anonymous_id: r.get(2)?,
-                user_id: r.get(3)?,
-                message_id: r.get(4)?,
-                body: serde_json::from_str(&raw).expect("stored bodies are JSON"),
-                raw,
-            })
-        })
-        .expect("query events")
-        .map(|r| r.expect("read an event row"))
-        .collect()
+        logged_events(self.data_dir.path())
     }
 
     /// Stops the collector gracefully, waits until it has, and hands back
@@ -202,7 +182,42 @@ impl TestCollector {
     }
 }
 
-/// One row of the `events` table.
+/// The events in the event log of the data directory `data_dir`, in log
+/// order, read with the collector's own log reader.
+pub fn logged_events(data_dir: &std::path::Path) -> Vec<StoredEvent> {
+    use weft_collector::log::LogReader;
+    use weft_collector::record::{self, Record};
+    let mut reader = LogReader::open(&data_dir.join("log"), 0).expect("open the event log");
+    let mut raw = Vec::new();
+    // Bounded: a log of a test holds far fewer records than this.
+    for _ in 0..10_000 {
+        if reader
+            .next_batch(u64::MAX, 10_000, &mut raw)
+            .expect("read the event log")
+            == 0
+        {
+            break;
+        }
+    }
+    raw.iter()
+        .filter_map(|(_, payload)| match record::decode(payload) {
+            Ok(Record::Event { event: e, .. }) => Some(StoredEvent {
+                kind: e.kind.as_str().to_owned(),
+                event: e.event,
+                anonymous_id: e.anonymous_id,
+                user_id: e.user_id,
+                message_id: e.message_id,
+                timestamp: e.timestamp,
+                received_at: e.received_at,
+                body: serde_json::from_str(&e.body).expect("stored bodies are JSON"),
+                raw: e.body,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// One stored event, as the event log holds it.
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
     /// `page`, `track`, `identify`...
@@ -215,6 +230,10 @@ pub struct StoredEvent {
     pub user_id: Option<String>,
     /// `messageId`.
     pub message_id: String,
+    /// The corrected event time the collector stored.
+    pub timestamp: String,
+    /// When the collector received it.
+    pub received_at: String,
     /// The stored body, parsed.
     pub body: serde_json::Value,
     /// The stored body as text, exactly as on disk.

@@ -64,6 +64,7 @@
 //! pass as `until`.
 
 mod format;
+mod lookup;
 mod reader;
 mod segment;
 mod writer;
@@ -76,8 +77,17 @@ use std::io;
 use std::path::PathBuf;
 
 pub use format::MAX_PAYLOAD;
+pub use lookup::LogLookup;
 pub use reader::LogReader;
 pub use writer::SegmentLog;
+
+/// The first LSN of every segment in `dir`, oldest first.
+pub fn segment_starts(dir: &std::path::Path) -> Result<Vec<Lsn>, LogError> {
+    Ok(segment::list_segments(dir)?
+        .into_iter()
+        .map(|(first, _)| first)
+        .collect())
+}
 
 /// A record's log sequence number: 1-based, strictly increasing, with gaps
 /// where records were erased.

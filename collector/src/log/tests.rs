@@ -751,3 +751,33 @@ fn a_record_cut_short_in_an_older_segment_is_corrupt_for_a_reader() {
         (1..segments[1].first_lsn - 1).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn lookup_reads_any_record_by_lsn_across_rollover_growth_erasure_and_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = SegmentLog::open(dir.path(), options(300)).unwrap();
+    append_each(&mut log, 40);
+    let lookup = super::LogLookup::new(dir.path());
+    for lsn in [1, 17, 40, 2, 39] {
+        assert_eq!(lookup.read(lsn).unwrap(), Some(payload(lsn)), "lsn {lsn}");
+    }
+    assert_eq!(lookup.read(41).unwrap(), None, "not written yet");
+    assert_eq!(lookup.read(0).unwrap(), None);
+    // The active segment grows after its table was built.
+    append_each(&mut log, 5);
+    assert_eq!(lookup.read(45).unwrap(), Some(payload(45)));
+    // Erasure rewrites segments under the lookup: removed records are
+    // gone, the others are found at their new offsets.
+    log.remove_records(|lsn, _| lsn % 3 == 0).unwrap();
+    for lsn in 1..=45 {
+        let want = (lsn % 3 != 0).then(|| payload(lsn));
+        assert_eq!(lookup.read(lsn).unwrap(), want, "lsn {lsn}");
+    }
+    // Retention deletes old segments: their records are no longer found.
+    let starts = super::segment_starts(dir.path()).unwrap();
+    log.drop_segments_before(starts[2]).unwrap();
+    assert_eq!(lookup.read(1).unwrap(), None);
+    let kept = starts[2] + 1;
+    let want = (kept % 3 != 0).then(|| payload(kept));
+    assert_eq!(lookup.read(kept).unwrap(), want);
+}

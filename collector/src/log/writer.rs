@@ -190,6 +190,18 @@ impl SegmentLog {
         Ok(())
     }
 
+    /// Ends the active segment now (if it holds anything): the next append
+    /// goes to a new one. Retention calls it when every record of the
+    /// active segment has expired, so that a quiet log, which never fills
+    /// a segment, still lets its old records go.
+    pub fn roll(&mut self) -> Result<(), LogError> {
+        self.usable()?;
+        if self.active_segment().bytes == 0 {
+            return Ok(());
+        }
+        self.roll_over()
+    }
+
     /// The LSN the next appended record will get. Right after a successful
     /// [`SegmentLog::sync`] it is the durable bound readers may read up to
     /// (exclusive).

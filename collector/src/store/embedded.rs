@@ -119,20 +119,21 @@ enum WriterJob {
 /// What of an erased person the log must drop.
 struct Erased {
     identifiers: HashSet<String>,
-    /// (source, messageId) of their events the index deleted.
-    keys: HashSet<(String, String)>,
+    /// The LSNs of their events the index removed (a shared device's
+    /// events attributed to them carry no erased identifier).
+    lsns: HashSet<Lsn>,
 }
 
 impl Erased {
-    fn matches(&self, payload: &[u8]) -> bool {
+    fn matches(&self, lsn: Lsn, payload: &[u8]) -> bool {
+        if self.lsns.contains(&lsn) {
+            return true;
+        }
         match record::decode(payload) {
-            Ok(Record::Event { source, event: e }) => {
-                [&e.anonymous_id, &e.user_id, &e.previous_id]
-                    .into_iter()
-                    .flatten()
-                    .any(|id| self.identifiers.contains(id))
-                    || self.keys.contains(&(source, e.message_id))
-            }
+            Ok(Record::Event { event: e, .. }) => [&e.anonymous_id, &e.user_id, &e.previous_id]
+                .into_iter()
+                .flatten()
+                .any(|id| self.identifiers.contains(id)),
             // The same rule as the index: a rejected message naming them.
             Ok(Record::Rejected { rejected, .. }) => self.identifiers.iter().any(|id| {
                 serde_json::to_string(id).is_ok_and(|quoted| rejected.raw.contains(&quoted))
@@ -181,7 +182,7 @@ impl EmbeddedStore {
         let db = data_dir.join(super::sqlite::DB_FILE);
         // SQLite gives its WAL and shm files the database file's mode.
         create_private_file(&db)?;
-        let (index, readers) = open_index(&db, salt.clone(), &suppressed)?;
+        let (index, readers) = open_index(&db, &log_dir, salt.clone(), &suppressed)?;
         restrict_files(data_dir)?;
         let writer_suppression = Suppression::new(salt, suppressed.iter().copied());
         let window = DedupWindow::rebuild(&log_dir, log.next_lsn(), options.dedup_window)?;
@@ -340,7 +341,7 @@ impl EventStore for EmbeddedStore {
             if suppressed {
                 let erased = Erased {
                     identifiers: [id].into_iter().collect(),
-                    keys: HashSet::new(),
+                    lsns: HashSet::new(),
                 };
                 self.writer_job(|reply| WriterJob::Remove { erased, reply })?;
                 self.index_job(|_| Ok(()))?;
@@ -356,13 +357,13 @@ impl EventStore for EmbeddedStore {
             let identifiers = identifiers.clone();
             self.index_job(move |index| index.erase(&id, &identifiers))?
         };
-        let Some(Erasure { report, event_keys }) = erased else {
+        let Some(Erasure { report, lsns }) = erased else {
             return Ok(None);
         };
         // 3. The log forgets them.
         let erased = Erased {
             identifiers: identifiers.into_iter().collect(),
-            keys: event_keys.into_iter().collect(),
+            lsns: lsns.into_iter().collect(),
         };
         self.writer_job(|reply| WriterJob::Remove { erased, reply })?;
         // 4. The indexer's reader lets go of the old files (it reopens on
@@ -371,13 +372,16 @@ impl EventStore for EmbeddedStore {
         Ok(Some(report))
     }
 
-    fn expire(&self, before: &str, limit: usize) -> Result<usize, StoreError> {
+    /// Expires everything received before `before` at once: `limit` does
+    /// not apply (the index's part is a pass over the expired head of the
+    /// log and over postings in memory).
+    fn expire(&self, before: &str, _limit: usize) -> Result<usize, StoreError> {
         // What is durable now is indexed first (a job runs before the log
         // it has not applied yet), so no expired record lands afterwards.
         self.wait_indexed(READ_WAIT)?;
         let n = {
             let before = before.to_owned();
-            self.index_job(move |index| index.expire(&before, limit))?
+            self.index_job(move |index| index.expire(&before))?
         };
         let below = self.positions().1;
         let before = before.to_owned();
@@ -675,7 +679,7 @@ impl LogWriter {
     fn remove(&mut self, erased: &Erased) -> Result<u64, StoreError> {
         let n = self
             .log
-            .remove_records(|_, payload| erased.matches(payload))
+            .remove_records(|lsn, payload| erased.matches(lsn, payload))
             .map_err(log_error)?;
         self.progress.segments_rewritten();
         Ok(n)
@@ -685,16 +689,21 @@ impl LogWriter {
     /// before `before` and is below `below` (applied by the index). Each
     /// candidate is read whole: receipt time need not rise with log order
     /// (requests race to the queue; clocks step back).
+    ///
+    /// The active segment goes too (rolled over first) when all of it is
+    /// old and applied: a quiet log may never fill a segment, and its old
+    /// records must not outlive retention for that.
     fn drop_expired(&mut self, before: &str, below: Lsn) -> Result<usize, StoreError> {
         let segments = self.log.segments();
+        let next_lsn = self.log.next_lsn();
         let mut cut = 0;
-        for pair in segments.windows(2) {
-            let (segment, next) = (&pair[0], &pair[1]);
-            if next.first_lsn > below {
+        for (i, segment) in segments.iter().enumerate() {
+            let end = segments.get(i + 1).map_or(next_lsn, |s| s.first_lsn);
+            if end > below || segment.bytes == 0 {
                 break;
             }
             let mut all_old = true;
-            scan_log(self.log.dir(), segment.first_lsn, next.first_lsn, |p| {
+            scan_log(self.log.dir(), segment.first_lsn, end, |p| {
                 all_old = match record::decode(p) {
                     Ok(Record::Event { event, .. }) => event.received_at.as_str() < before,
                     Ok(Record::Rejected { rejected, .. }) => rejected.received_at.as_str() < before,
@@ -705,10 +714,14 @@ impl LogWriter {
             if !all_old {
                 break;
             }
-            cut = next.first_lsn;
+            cut = end;
         }
         if cut == 0 {
             return Ok(0);
+        }
+        if cut == next_lsn {
+            // Everything is old, the active segment included.
+            self.log.roll().map_err(log_error)?;
         }
         self.log.drop_segments_before(cut).map_err(log_error)
     }
@@ -796,7 +809,6 @@ mod tests {
     use super::*;
     use crate::store::sqlite::DB_FILE;
     use crate::store::{NewEvent, RejectedMessage};
-    use rusqlite::Connection;
     use weft_protocol::MessageType;
 
     fn open(dir: &Path, queue_capacity: usize, stats: Arc<WriterStats>) -> EmbeddedStore {
@@ -962,12 +974,23 @@ mod tests {
         for p in pending {
             assert_eq!(p.blocking_recv().unwrap().unwrap().stored, 10);
         }
+        let (log, index) = store.positions();
         drop(store);
-        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
-        let n: i64 = conn
-            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 200);
+        assert_eq!(logged_events(dir.path()).len(), 200);
+        assert_eq!(index, log, "the index applied all of it before closing");
+    }
+
+    /// The event records in the log of the store in `dir`.
+    fn logged_events(dir: &Path) -> Vec<NewEvent> {
+        let mut events = Vec::new();
+        scan_log(&dir.join(LOG_DIR), 0, Lsn::MAX, |payload| {
+            if let Ok(Record::Event { event, .. }) = record::decode(payload) {
+                events.push(event);
+            }
+            true
+        })
+        .unwrap();
+        events
     }
 
     /// A history of two people and a device they share.
@@ -1264,15 +1287,11 @@ mod tests {
         }
         assert!(!days.contains("2026-11-05"), "{days:?}");
         assert!(days.contains("2026-11-06"), "{days:?}");
-        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
-        let n: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM events WHERE received_at >= ?1",
-                [at(6)],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(n, 5 * 30, "every event of days 6..=10 survives");
+        let kept = logged_events(dir.path())
+            .into_iter()
+            .filter(|e| e.received_at >= at(6))
+            .count();
+        assert_eq!(kept, 5 * 30, "every event of days 6..=10 survives");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! stays bounded and the client is told to retry.
 
 pub mod embedded;
+pub mod event_index;
 pub mod sqlite;
 pub mod suppression;
 

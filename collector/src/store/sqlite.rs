@@ -1,27 +1,35 @@
-//! The index: derived state in SQLite (WAL mode) beside the event log.
+//! The index: derived state beside the event log, what the admin API reads.
 //!
-//! The event log is the system of record; this database is what the admin
-//! API reads: events by profile, the identity graph (links and aliases),
-//! the consent audit log, rejected messages, suppressed identifiers. It is
-//! written by one thread, the indexer ([`super::embedded`]), which applies
-//! log records in large transactions and stores the log position it has
-//! reached in the same transaction, so every record is applied exactly
-//! once. Because the log replays from that position after a crash, the
-//! index commits with `synchronous=NORMAL`. Delete the file and it is
-//! rebuilt from the log. Reads use separate connections; WAL lets them run
-//! beside the writer.
+//! Two parts, written by one thread, the indexer ([`super::embedded`]):
+//!
+//! - in SQLite (WAL mode): the identity graph (links and aliases), the
+//!   consent audit log, rejected messages and suppressed identifiers: state
+//!   written by few messages (logins, aliases, consent decisions) that must
+//!   outlive retention. The indexer applies log records in large
+//!   transactions and stores the log position it has reached in the same
+//!   transaction, so every record is applied exactly once; because the log
+//!   replays from that position after a crash, it commits with
+//!   `synchronous=NORMAL`.
+//! - in memory: which events are whose ([`super::event_index`]), written by
+//!   every message; rebuilt from the log at start. Event bodies are read
+//!   from the log by LSN ([`LogLookup`]), never copied.
+//!
+//! Delete the database and it is rebuilt from the log. Reads use separate
+//! connections; WAL lets them run beside the writer.
 
-use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use weft_protocol::MessageType;
 
 use crate::consumer::Consumer;
 use crate::identity::{self, Alias, Component, Edges, Identity, Link, device_profile_id};
-use crate::log::Lsn;
-use crate::record::Record;
+use crate::log::{LogLookup, LogReader, Lsn};
+use crate::record::{self, Record};
+
+use super::event_index::{self, CONSENT, EventIndex, IDENTIFY, WITH_USER};
 
 use super::suppression::{IdHash, Suppression};
 use super::{
@@ -37,22 +45,10 @@ const PAGE_SIZE: i64 = 16384;
 const READERS: usize = 4;
 
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS events (
-    seq          INTEGER PRIMARY KEY,
-    source       TEXT NOT NULL,
-    message_id   TEXT NOT NULL,
-    type         TEXT NOT NULL,
-    event        TEXT,
-    anonymous_id TEXT,
-    user_id      TEXT,
-    timestamp    TEXT NOT NULL,
-    received_at  TEXT NOT NULL,
-    ip           TEXT,
-    body         TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_by_anonymous_id ON events (anonymous_id)
-    WHERE anonymous_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS events_by_user_id ON events (user_id) WHERE user_id IS NOT NULL;
+-- Events are not here: the log holds them and the in-memory event index
+-- says whose they are. (An index of an older version had an `events`
+-- table; it is dropped at open.)
+DROP TABLE IF EXISTS events;
 CREATE TABLE IF NOT EXISTS rejected (
     seq         INTEGER PRIMARY KEY,
     source      TEXT NOT NULL,
@@ -107,7 +103,7 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
 ) WITHOUT ROWID;
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;
 ";
 
 /// The index's position in the event log: every record below it is
@@ -118,22 +114,36 @@ const POSITION_KEY: &str = "log_position";
 pub struct Erasure {
     /// The counts, for the admin API.
     pub report: ErasureReport,
-    /// (source, messageId) of every event deleted, so the log can drop
-    /// them too.
-    pub event_keys: Vec<(String, String)>,
+    /// The LSNs of the events it removed, so the log can drop them too.
+    pub lsns: Vec<Lsn>,
 }
 
-/// The writing half of the index: one connection, used by the indexer
-/// thread only, that applies log records in large transactions and runs
-/// erasures and retention between them.
+/// The writing half of the index, used by the indexer thread only: applies
+/// log records in large transactions and runs erasures and retention
+/// between them.
 pub struct IndexWriter {
     conn: Connection,
     suppression: Suppression,
+    events: Arc<RwLock<EventIndex>>,
+    log_dir: PathBuf,
+    /// (device, user) pairs, numbered by the event index, that have a link
+    /// row: a later message with both IDs adds none.
+    linked: HashSet<(u32, u32)>,
 }
 
-/// The reading half: connections for the admin API.
+/// The reading half: connections for the admin API, the event index and
+/// the log's records by LSN.
 pub struct IndexReaders {
     readers: Vec<Mutex<Connection>>,
+    events: Arc<RwLock<EventIndex>>,
+    log: LogLookup,
+}
+
+/// What a read holds: a connection and the event index, read-locked.
+struct View<'a> {
+    conn: &'a Connection,
+    events: &'a EventIndex,
+    log: &'a LogLookup,
 }
 
 fn open(path: &Path) -> Result<Connection, StoreError> {
@@ -150,9 +160,8 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // FULL: a commit returns only after the WAL is synced.
     conn.pragma_update(None, "synchronous", "FULL")?;
-    // Index pages stay in memory: inserts with random messageIds touch
-    // pages all over the dedup index (16 MB of cache per connection; 64 MB
-    // measured no faster).
+    // Identity lookups touch pages all over the links and aliases tables
+    // (random identifiers): 16 MB of cache per connection keeps them.
     conn.pragma_update(None, "cache_size", -16384)?;
     // Checkpoint less often: each checkpoint copies the WAL into the
     // database and syncs it, inside a commit (64 MB of WAL between them).
@@ -164,9 +173,12 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
 
 /// Opens (creating if needed) the index at `path`: its writer and readers.
 /// `salt` and `suppressed` come from the suppression file, which lives
-/// beside the log, not in this derived store.
+/// beside the log, not in this derived store. The event index is rebuilt
+/// from the log in `log_dir` up to the database's position (the indexer
+/// applies the rest).
 pub fn open_index(
     path: &Path,
+    log_dir: &Path,
     salt: Vec<u8>,
     suppressed: &[IdHash],
 ) -> Result<(IndexWriter, IndexReaders), StoreError> {
@@ -174,20 +186,27 @@ pub fn open_index(
     // The index is derived: after a crash it replays the log from its
     // position, so its commits need not wait for the disk.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    // Fewer checkpoints: each copies every page the WAL touched since the
-    // last one, and the index's hot pages are touched by every batch.
-    conn.pragma_update(None, "wal_autocheckpoint", 65536)?;
-    // The indexer touches index pages all over (random identifiers): a
-    // larger page cache (128 MB) saves a read syscall per page miss
-    // (profiled: a third of its time with 16 MB).
-    conn.pragma_update(None, "cache_size", -131_072)?;
     conn.execute_batch(SCHEMA)?;
     let suppression = load_suppression(&conn, salt)?;
     suppression.extend(suppressed.iter().copied());
     let readers = (0..READERS)
         .map(|_| open(path).map(Mutex::new))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok((IndexWriter { conn, suppression }, IndexReaders { readers }))
+    let events = Arc::new(RwLock::new(EventIndex::default()));
+    let mut writer = IndexWriter {
+        conn,
+        suppression,
+        events: events.clone(),
+        log_dir: log_dir.to_path_buf(),
+        linked: HashSet::new(),
+    };
+    writer.load()?;
+    let readers = IndexReaders {
+        readers,
+        events,
+        log: LogLookup::new(log_dir),
+    };
+    Ok((writer, readers))
 }
 
 impl Consumer for IndexWriter {
@@ -204,20 +223,114 @@ impl Consumer for IndexWriter {
     }
 
     /// One transaction for the records and the position: exactly once,
-    /// whatever crashes when.
+    /// whatever crashes when. The event index follows once it committed.
     fn apply(&mut self, records: &[(Lsn, Record)], next: Lsn) -> Result<(), StoreError> {
-        apply(&mut self.conn, records, next, &self.suppression)
+        // 1. Number the (device, user) pairs; keep those without a link.
+        let mut new_pairs = Vec::new();
+        {
+            let mut events = self.write_events();
+            let mut seen = HashSet::new();
+            for (i, (_, record)) in records.iter().enumerate() {
+                if let Record::Event { event: e, .. } = record
+                    && let (Some(a), Some(u)) = (&e.anonymous_id, &e.user_id)
+                    && e.kind != MessageType::Identify
+                {
+                    let pair = (events.intern(a), events.intern(u));
+                    if !self.linked.contains(&pair) && seen.insert(pair) {
+                        new_pairs.push((i, pair));
+                    }
+                }
+            }
+        }
+        // 2. The database.
+        let skipped = apply(&mut self.conn, records, next, &self.suppression, &new_pairs)?;
+        // 3. The event index (nothing here can fail).
+        let mut events = write_lock(&self.events);
+        for (i, (lsn, record)) in records.iter().enumerate() {
+            if let Record::Event { event: e, .. } = record
+                && skipped.binary_search(&i).is_err()
+            {
+                events.add(*lsn, e);
+                if let (Some(a), Some(u)) = (&e.anonymous_id, &e.user_id) {
+                    let pair = (events.intern(a), events.intern(u));
+                    self.linked.insert(pair);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
 impl IndexWriter {
+    fn write_events(&self) -> RwLockWriteGuard<'_, EventIndex> {
+        write_lock(&self.events)
+    }
+
+    fn view(&self) -> (RwLockReadGuard<'_, EventIndex>, LogLookup) {
+        (
+            self.events.read().unwrap_or_else(|e| e.into_inner()),
+            LogLookup::new(&self.log_dir),
+        )
+    }
+
+    /// At open: the known links, then the event index from the log up to
+    /// the database's position (the records after it are the indexer's).
+    fn load(&mut self) -> Result<(), StoreError> {
+        let until = self.position()?;
+        let mut events = self.events.write().unwrap_or_else(|e| e.into_inner());
+        {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT DISTINCT anonymous_id, user_id FROM links")?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let (a, u): (String, String) = (row.get(0)?, row.get(1)?);
+                self.linked.insert((events.intern(&a), events.intern(&u)));
+            }
+        }
+        if until == 0 {
+            return Ok(());
+        }
+        let mut reader = LogReader::open(&self.log_dir, 0).map_err(log_error)?;
+        let mut batch = Vec::new();
+        loop {
+            batch.clear();
+            if reader
+                .next_batch(until, 8192, &mut batch)
+                .map_err(log_error)?
+                == 0
+            {
+                break;
+            }
+            for (lsn, payload) in &batch {
+                if let Ok(Record::Event { event: e, .. }) = record::decode(payload)
+                    && !self.suppression.any(&[
+                        e.anonymous_id.as_deref(),
+                        e.user_id.as_deref(),
+                        e.previous_id.as_deref(),
+                    ])
+                {
+                    events.add(*lsn, &e);
+                }
+            }
+        }
+        tracing::info!(events = events.events(), "event index rebuilt from the log");
+        Ok(())
+    }
+
     /// The identifiers an erasure of `id` would suppress (a device also used
     /// by someone else stays theirs), or `None` if `id` is unknown.
     pub fn erasure_identifiers(&self, id: &str) -> Result<Option<Vec<String>>, StoreError> {
-        let Some(p) = resolve(&self.conn, id)? else {
+        let (events, log) = self.view();
+        let view = View {
+            conn: &self.conn,
+            events: &events,
+            log: &log,
+        };
+        let Some(p) = resolve(&view, id)? else {
             return Ok(None);
         };
-        identifiers_to_suppress(&self.conn, &p).map(Some)
+        identifiers_to_suppress(&view, &p).map(Some)
     }
 
     /// Erases the profile `id` belongs to.
@@ -229,7 +342,33 @@ impl IndexWriter {
         id: &str,
         identifiers: &[String],
     ) -> Result<Option<Erasure>, StoreError> {
-        erase(&mut self.conn, id, identifiers, &self.suppression)
+        let resolved = {
+            let (events, log) = self.view();
+            resolve(
+                &View {
+                    conn: &self.conn,
+                    events: &events,
+                    log: &log,
+                },
+                id,
+            )?
+        };
+        let Some(p) = resolved else {
+            return Ok(None);
+        };
+        let report = erase(&mut self.conn, &p, identifiers, &self.suppression)?;
+        let mut lsns: Vec<Lsn> = p.events.iter().map(|e| e.lsn).collect();
+        lsns.sort_unstable();
+        let mut events = write_lock(&self.events);
+        let mut ids: Vec<String> = p.users.clone();
+        ids.extend(p.devices.iter().cloned());
+        ids.extend(identifiers.iter().cloned());
+        events.remove(&ids, &lsns);
+        // Their links are gone from the database: a pair seen again is new.
+        let gone: HashSet<u32> = ids.iter().map(|i| events.intern(i)).collect();
+        self.linked
+            .retain(|(a, u)| !gone.contains(a) && !gone.contains(u));
+        Ok(Some(Erasure { report, lsns }))
     }
 
     /// Whether `id` is an erased identifier.
@@ -237,10 +376,50 @@ impl IndexWriter {
         self.suppression.any(&[Some(id)])
     }
 
-    /// Deletes up to `limit` events, and the rejected messages, received
-    /// before `before`.
-    pub fn expire(&mut self, before: &str, limit: usize) -> Result<usize, StoreError> {
-        expire(&mut self.conn, before, limit)
+    /// Retention: removes from the index the events received before
+    /// `before` in the oldest segments of the log (segment by segment,
+    /// until one has none), and the rejected messages received before it.
+    /// Answers how many events left the index. The log then drops the
+    /// segments that hold only such records.
+    pub fn expire(&mut self, before: &str) -> Result<usize, StoreError> {
+        let until = self.position()?;
+        let starts = crate::log::segment_starts(&self.log_dir).map_err(log_error)?;
+        let mut expired = Vec::new();
+        for (i, &first) in starts.iter().enumerate() {
+            let end = starts.get(i + 1).copied().unwrap_or(until).min(until);
+            if first >= end {
+                break;
+            }
+            let mut any = false;
+            let mut reader = LogReader::open(&self.log_dir, first).map_err(log_error)?;
+            let mut batch = Vec::new();
+            loop {
+                batch.clear();
+                if reader
+                    .next_batch(end, 8192, &mut batch)
+                    .map_err(log_error)?
+                    == 0
+                {
+                    break;
+                }
+                for (lsn, payload) in &batch {
+                    if let Ok(Record::Event { event: e, .. }) = record::decode(payload)
+                        && e.received_at.as_str() < before
+                    {
+                        expired.push(*lsn);
+                        any = true;
+                    }
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+        let first = starts.first().copied().unwrap_or(0);
+        let n = self.write_events().retain_log(first, &expired);
+        self.conn
+            .execute("DELETE FROM rejected WHERE received_at < ?1", [before])?;
+        Ok(n as usize)
     }
 
     /// The salted hash of an identifier.
@@ -262,9 +441,19 @@ impl IndexReaders {
         self.readers[0].lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn read<T>(&self, f: impl FnOnce(&View<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let conn = self.reader();
+        let events = self.events.read().unwrap_or_else(|e| e.into_inner());
+        f(&View {
+            conn: &conn,
+            events: &events,
+            log: &self.log,
+        })
+    }
+
     /// See [`crate::store::EventStore::profile`].
     pub fn profile(&self, id: &str) -> Result<Option<ProfileSummary>, StoreError> {
-        profile(&self.reader(), id)
+        self.read(|v| profile(v, id))
     }
 
     /// See [`crate::store::EventStore::profile_events`].
@@ -274,17 +463,17 @@ impl IndexReaders {
         limit: usize,
         before: Option<&EventCursor>,
     ) -> Result<Option<EventsPage>, StoreError> {
-        profile_events(&self.reader(), id, limit, before)
+        self.read(|v| profile_events(v, id, limit, before))
     }
 
     /// See [`crate::store::EventStore::profile_graph`].
     pub fn profile_graph(&self, id: &str) -> Result<Option<IdentityGraph>, StoreError> {
-        profile_graph(&self.reader(), id)
+        self.read(|v| profile_graph(v, id))
     }
 
     /// See [`crate::store::EventStore::consent_history`].
     pub fn consent_history(&self, id: &str) -> Result<Option<Vec<ConsentEntry>>, StoreError> {
-        consent_history(&self.reader(), id)
+        self.read(|v| consent_history(v, id))
     }
 
     /// Whether the index answers.
@@ -295,23 +484,29 @@ impl IndexReaders {
     }
 }
 
+/// The event index, write-locked. A panic while holding the lock cannot
+/// leave a posting list half pushed; keep serving.
+fn write_lock(events: &RwLock<EventIndex>) -> RwLockWriteGuard<'_, EventIndex> {
+    events.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn log_error(e: crate::log::LogError) -> StoreError {
+    StoreError::Log(e.to_string())
+}
+
+/// The database's part of a batch. `new_pairs` are (record index, pair) of
+/// the messages that may add a first link. Answers the (sorted) indexes
+/// of the event records it skipped (erased identifiers).
 fn apply(
     conn: &mut Connection,
     records: &[(Lsn, Record)],
     next: Lsn,
     suppression: &Suppression,
-) -> Result<(), StoreError> {
+    new_pairs: &[(usize, (u32, u32))],
+) -> Result<Vec<usize>, StoreError> {
+    let mut skipped = Vec::new();
     let tx = conn.transaction()?;
     {
-        // No unique key on (source, messageId) in a new index: the log
-        // writer deduplicates before appending, and each record is applied
-        // exactly once. (An index made by an older version has the key;
-        // OR IGNORE keeps a retry of one of its messages from failing.)
-        let mut insert_event = tx.prepare_cached(
-            "INSERT OR IGNORE INTO events
-             (source, message_id, type, event, anonymous_id, user_id, timestamp, received_at, ip, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )?;
         let mut insert_identify_link = tx.prepare_cached(
             "INSERT OR IGNORE INTO links (anonymous_id, user_id, at, message_id, source)
              VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -333,7 +528,9 @@ fn apply(
         let mut insert_rejected = tx.prepare_cached(
             "INSERT INTO rejected (source, received_at, code, reason, raw) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
-        for (_, record) in records {
+        let mut pairs = new_pairs.iter().peekable();
+        for (i, (_, record)) in records.iter().enumerate() {
+            let first_link = pairs.next_if(|(at, _)| *at == i).is_some();
             match record {
                 Record::Event { source, event: e } => {
                     // An erasure may have come between this record's
@@ -344,25 +541,14 @@ fn apply(
                         e.previous_id.as_deref(),
                     ];
                     if suppression.any(&ids) {
+                        skipped.push(i);
                         continue;
                     }
-                    insert_event.execute(params![
-                        source,
-                        e.message_id,
-                        e.kind.as_str(),
-                        e.event,
-                        e.anonymous_id,
-                        e.user_id,
-                        e.timestamp,
-                        e.received_at,
-                        e.ip,
-                        e.body,
-                    ])?;
                     if let (Some(a), Some(u)) = (&e.anonymous_id, &e.user_id) {
                         let link = params![a, u, e.timestamp, e.message_id, source];
                         if e.kind == MessageType::Identify {
                             insert_identify_link.execute(link)?;
-                        } else {
+                        } else if first_link {
                             insert_first_link.execute(link)?;
                         }
                     }
@@ -404,7 +590,7 @@ fn apply(
         )?;
     }
     tx.commit()?;
-    Ok(())
+    Ok(skipped)
 }
 
 /// Most user IDs one alias component may hold before the walk stops.
@@ -420,6 +606,29 @@ fn exists(conn: &Connection, sql: &str, arg: &str) -> Result<bool, StoreError> {
     Ok(conn.query_row(sql, [arg], |_| Ok(())).optional()?.is_some())
 }
 
+/// One event of a resolved profile.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Event {
+    /// Its timestamp, as stored.
+    at: String,
+    lsn: Lsn,
+    /// An identify call.
+    identify: bool,
+    /// Its body carries consent preferences.
+    consent: bool,
+}
+
+impl Event {
+    fn of(p: &event_index::Posting) -> Event {
+        Event {
+            at: event_index::format_millis(p.at),
+            lsn: p.lsn(),
+            identify: p.has(IDENTIFY),
+            consent: p.has(CONSENT),
+        }
+    }
+}
+
 /// A profile resolved from the identity tables: who it is, how its
 /// identifiers are joined, and which events are its.
 struct Resolved {
@@ -428,37 +637,31 @@ struct Resolved {
     devices: Vec<String>,
     links: Vec<Link>,
     aliases: Vec<Alias>,
-    /// (timestamp, seq), unsorted.
-    events: Vec<(String, i64)>,
+    /// Unsorted.
+    events: Vec<Event>,
 }
 
 /// The profile `id` (a userId or anonymousId) belongs to, resolved with
 /// [`crate::identity`]: the user's alias component and the devices linked to
 /// it, and the events attributed to them (a shared device's anonymous-only
 /// events go to the user logged in around their time).
-fn resolve(conn: &Connection, id: &str) -> Result<Option<Resolved>, StoreError> {
-    let c = match identity::resolve(&SqlEdges(conn), id, MAX_COMPONENT)? {
-        Identity::Device(device) => return resolve_device(conn, &device),
+fn resolve(v: &View<'_>, id: &str) -> Result<Option<Resolved>, StoreError> {
+    let c = match identity::resolve(&SqlEdges(v), id, MAX_COMPONENT)? {
+        Identity::Device(device) => return resolve_device(v, &device),
         Identity::Person(c) => c,
     };
     let mut events = Vec::new();
-    let mut by_user =
-        conn.prepare_cached("SELECT timestamp, seq FROM events WHERE user_id = ?1")?;
     for u in &c.users {
-        for row in by_user.query_map([u], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
-            events.push(row?);
-        }
+        events.extend(v.events.user(u).iter().map(Event::of));
     }
-    let mut anonymous_only = conn.prepare_cached(
-        "SELECT timestamp, seq FROM events WHERE anonymous_id = ?1 AND user_id IS NULL",
-    )?;
     for d in &c.devices {
-        for row in
-            anonymous_only.query_map([d], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
-        {
-            let (t, seq) = row?;
-            if c.owns(Some(d), None, &t) {
-                events.push((t, seq));
+        for p in v.events.device(d) {
+            if p.has(WITH_USER) {
+                continue;
+            }
+            let e = Event::of(p);
+            if c.owns(Some(d), None, &e.at) {
+                events.push(e);
             }
         }
     }
@@ -485,10 +688,11 @@ fn resolve(conn: &Connection, id: &str) -> Result<Option<Resolved>, StoreError> 
     }))
 }
 
-/// The index's identity tables, as [`identity::resolve`] reads them.
-struct SqlEdges<'c>(&'c Connection);
+/// The index's identity tables and event index, as [`identity::resolve`]
+/// reads them.
+struct SqlEdges<'v, 'a>(&'v View<'a>);
 
-impl Edges for SqlEdges<'_> {
+impl Edges for SqlEdges<'_, '_> {
     type Error = StoreError;
 
     fn is_user(&self, id: &str) -> Result<bool, StoreError> {
@@ -496,11 +700,11 @@ impl Edges for SqlEdges<'_> {
     }
 
     fn device_links(&self, device: &str) -> Result<Vec<Link>, StoreError> {
-        device_links(self.0, device)
+        device_links(self.0.conn, device)
     }
 
     fn aliases_of(&self, user: &str) -> Result<Vec<Alias>, StoreError> {
-        let mut stmt = self.0.prepare_cached(
+        let mut stmt = self.0.conn.prepare_cached(
             "SELECT previous_id, user_id, at, message_id FROM aliases
              WHERE user_id = ?1 OR previous_id = ?1",
         )?;
@@ -519,7 +723,7 @@ impl Edges for SqlEdges<'_> {
 
     fn devices_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
         strings(
-            self.0,
+            self.0.conn,
             "SELECT DISTINCT anonymous_id FROM links WHERE user_id = ?1",
             user,
         )
@@ -527,16 +731,13 @@ impl Edges for SqlEdges<'_> {
 }
 
 /// A device never linked to a user: a profile of its own.
-fn resolve_device(conn: &Connection, device: &str) -> Result<Option<Resolved>, StoreError> {
-    let events: Vec<(String, i64)> = conn
-        .prepare_cached("SELECT timestamp, seq FROM events WHERE anonymous_id = ?1")?
-        .query_map([device], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
+fn resolve_device(v: &View<'_>, device: &str) -> Result<Option<Resolved>, StoreError> {
+    let events: Vec<Event> = v.events.device(device).iter().map(Event::of).collect();
     // A device whose events are gone (retention) still answers while its
     // consent records, proof of consent, are kept.
     if events.is_empty()
         && !exists(
-            conn,
+            v.conn,
             "SELECT 1 FROM consent_log WHERE anonymous_id = ?1 LIMIT 1",
             device,
         )?
@@ -553,11 +754,18 @@ fn resolve_device(conn: &Connection, device: &str) -> Result<Option<Resolved>, S
     }))
 }
 
-fn event_body(conn: &Connection, seq: i64) -> Result<serde_json::Value, StoreError> {
-    let text: String = conn.query_row("SELECT body FROM events WHERE seq = ?1", [seq], |r| {
-        r.get(0)
-    })?;
-    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(e.to_string()))
+/// The stored body of the event at `lsn`, read from the log; `None` if the
+/// log no longer holds it (retention or an erasure got there first).
+fn event_body(v: &View<'_>, lsn: Lsn) -> Result<Option<serde_json::Value>, StoreError> {
+    let Some(payload) = v.log.read(lsn).map_err(log_error)? else {
+        return Ok(None);
+    };
+    match record::decode(&payload).map_err(|e| StoreError::Corrupt(e.to_string()))? {
+        Record::Event { event, .. } => serde_json::from_str(&event.body)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt(e.to_string())),
+        Record::Rejected { .. } => Ok(None),
+    }
 }
 
 /// An identify's traits: those in `context.traits` (where RudderStack's
@@ -576,8 +784,8 @@ fn identify_traits(mut body: serde_json::Value) -> serde_json::Map<String, serde
 /// The summary: identifiers, first/last seen, count, traits merged from
 /// identify calls (per trait, the latest timestamp wins; within one call,
 /// `traits` over `context.traits`) and the latest consent preferences.
-fn profile(conn: &Connection, id: &str) -> Result<Option<ProfileSummary>, StoreError> {
-    let Some(mut p) = resolve(conn, id)? else {
+fn profile(v: &View<'_>, id: &str) -> Result<Option<ProfileSummary>, StoreError> {
+    let Some(mut p) = resolve(v, id)? else {
         return Ok(None);
     };
     p.events.sort();
@@ -587,29 +795,14 @@ fn profile(conn: &Connection, id: &str) -> Result<Option<ProfileSummary>, StoreE
     // traits (chosen by type, so traits only in `context.traits` count
     // too), and (newest first, until one is found) bodies that mention
     // consent preferences.
-    let mut identify_body =
-        conn.prepare_cached("SELECT body FROM events WHERE seq = ?1 AND type = 'identify'")?;
-    let mut consent_body = conn.prepare_cached(
-        "SELECT body FROM events WHERE seq = ?1 AND instr(body, '\"categoryPreferences\"') > 0",
-    )?;
-    let parse = |text: String| {
-        serde_json::from_str::<serde_json::Value>(&text)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))
-    };
-    for (_, seq) in &p.events {
-        if let Some(text) = identify_body
-            .query_row([seq], |r| r.get::<_, String>(0))
-            .optional()?
-        {
-            traits.extend(identify_traits(parse(text)?));
+    for e in p.events.iter().filter(|e| e.identify) {
+        if let Some(body) = event_body(v, e.lsn)? {
+            traits.extend(identify_traits(body));
         }
     }
-    for (_, seq) in p.events.iter().rev() {
-        if let Some(text) = consent_body
-            .query_row([seq], |r| r.get::<_, String>(0))
-            .optional()?
-        {
-            let prefs = &parse(text)?["context"]["consent"]["categoryPreferences"];
+    for e in p.events.iter().rev().filter(|e| e.consent) {
+        if let Some(body) = event_body(v, e.lsn)? {
+            let prefs = &body["context"]["consent"]["categoryPreferences"];
             if prefs.is_object() {
                 consent = prefs.clone();
                 break;
@@ -618,8 +811,8 @@ fn profile(conn: &Connection, id: &str) -> Result<Option<ProfileSummary>, StoreE
     }
     Ok(Some(ProfileSummary {
         profile_id: p.profile_id,
-        first_seen: p.events.first().map(|e| e.0.clone()).unwrap_or_default(),
-        last_seen: p.events.last().map(|e| e.0.clone()).unwrap_or_default(),
+        first_seen: p.events.first().map(|e| e.at.clone()).unwrap_or_default(),
+        last_seen: p.events.last().map(|e| e.at.clone()).unwrap_or_default(),
         event_count: p.events.len() as u64,
         user_ids: p.users,
         anonymous_ids: p.devices,
@@ -630,32 +823,34 @@ fn profile(conn: &Connection, id: &str) -> Result<Option<ProfileSummary>, StoreE
 
 /// A page of a profile's events, newest first, strictly before `before`.
 fn profile_events(
-    conn: &Connection,
+    v: &View<'_>,
     id: &str,
     limit: usize,
     before: Option<&EventCursor>,
 ) -> Result<Option<EventsPage>, StoreError> {
-    let Some(mut p) = resolve(conn, id)? else {
+    let Some(mut p) = resolve(v, id)? else {
         return Ok(None);
     };
     p.events.sort_by(|a, b| b.cmp(a));
     let start = match before {
         Some(c) => p
             .events
-            .partition_point(|(t, seq)| (t.as_str(), *seq) >= (c.timestamp.as_str(), c.seq)),
+            .partition_point(|e| (e.at.as_str(), e.lsn as i64) >= (c.timestamp.as_str(), c.seq)),
         None => 0,
     };
-    let page: Vec<&(String, i64)> = p.events[start..].iter().take(limit).collect();
+    let page: Vec<&Event> = p.events[start..].iter().take(limit).collect();
     let mut events = Vec::with_capacity(page.len());
-    for (_, seq) in &page {
-        events.push(event_body(conn, *seq)?);
+    for e in &page {
+        if let Some(body) = event_body(v, e.lsn)? {
+            events.push(body);
+        }
     }
     let next = (start + page.len() < p.events.len())
         .then(|| page.last())
         .flatten()
-        .map(|(t, seq)| EventCursor {
-            timestamp: t.clone(),
-            seq: *seq,
+        .map(|e| EventCursor {
+            timestamp: e.at.clone(),
+            seq: e.lsn as i64,
         });
     Ok(Some(EventsPage {
         profile_id: p.profile_id,
@@ -664,12 +859,11 @@ fn profile_events(
     }))
 }
 
-/// The consent decisions made on the profile's devices or by its users.
-fn consent_history(conn: &Connection, id: &str) -> Result<Option<Vec<ConsentEntry>>, StoreError> {
-    let Some(p) = resolve(conn, id)? else {
+fn consent_history(v: &View<'_>, id: &str) -> Result<Option<Vec<ConsentEntry>>, StoreError> {
+    let Some(p) = resolve(v, id)? else {
         return Ok(None);
     };
-    let mut stmt = conn.prepare_cached(
+    let mut stmt = v.conn.prepare_cached(
         "SELECT seq, at, received_at, anonymous_id, user_id, preferences, policy, policy_version, message_id
          FROM consent_log WHERE user_id = ?1 OR anonymous_id = ?1",
     )?;
@@ -701,8 +895,8 @@ fn consent_history(conn: &Connection, id: &str) -> Result<Option<Vec<ConsentEntr
 }
 
 /// The identifiers of a profile and the edges that joined them.
-fn profile_graph(conn: &Connection, id: &str) -> Result<Option<IdentityGraph>, StoreError> {
-    let Some(p) = resolve(conn, id)? else {
+fn profile_graph(v: &View<'_>, id: &str) -> Result<Option<IdentityGraph>, StoreError> {
+    let Some(p) = resolve(v, id)? else {
         return Ok(None);
     };
     let mut edges = Vec::new();
@@ -735,22 +929,20 @@ fn profile_graph(conn: &Connection, id: &str) -> Result<Option<IdentityGraph>, S
 
 /// Whether `id` is a user ID: seen as a `userId`, or as an alias's
 /// `previousId` while never seen as a device.
-fn is_user(conn: &Connection, id: &str) -> Result<bool, StoreError> {
-    let seen_as_user = exists(conn, "SELECT 1 FROM links WHERE user_id = ?1 LIMIT 1", id)?
-        || exists(conn, "SELECT 1 FROM events WHERE user_id = ?1 LIMIT 1", id)?
+fn is_user(v: &View<'_>, id: &str) -> Result<bool, StoreError> {
+    let conn = v.conn;
+    let seen_as_user = !v.events.user(id).is_empty()
+        || exists(conn, "SELECT 1 FROM links WHERE user_id = ?1 LIMIT 1", id)?
         || exists(conn, "SELECT 1 FROM aliases WHERE user_id = ?1 LIMIT 1", id)?;
     if seen_as_user {
         return Ok(true);
     }
-    let seen_as_device = exists(
-        conn,
-        "SELECT 1 FROM links WHERE anonymous_id = ?1 LIMIT 1",
-        id,
-    )? || exists(
-        conn,
-        "SELECT 1 FROM events WHERE anonymous_id = ?1 LIMIT 1",
-        id,
-    )?;
+    let seen_as_device = !v.events.device(id).is_empty()
+        || exists(
+            conn,
+            "SELECT 1 FROM links WHERE anonymous_id = ?1 LIMIT 1",
+            id,
+        )?;
     Ok(!seen_as_device
         && exists(
             conn,
@@ -782,20 +974,6 @@ fn device_links(conn: &Connection, device: &str) -> Result<Vec<Link>, StoreError
     Ok(out)
 }
 
-/// Deletes up to `limit` events, and all rejected messages, received
-/// before `before`.
-fn expire(conn: &mut Connection, before: &str, limit: usize) -> Result<usize, StoreError> {
-    let tx = conn.transaction()?;
-    let n = tx.execute(
-        "DELETE FROM events WHERE seq IN
-           (SELECT seq FROM events WHERE received_at < ?1 ORDER BY seq LIMIT ?2)",
-        params![before, limit as i64],
-    )?;
-    tx.execute("DELETE FROM rejected WHERE received_at < ?1", [before])?;
-    tx.commit()?;
-    Ok(n)
-}
-
 /// The suppressed hashes, under `salt`.
 fn load_suppression(conn: &Connection, salt: Vec<u8>) -> Result<Suppression, StoreError> {
     let mut stmt = conn.prepare("SELECT hash FROM suppressed")?;
@@ -808,10 +986,10 @@ fn load_suppression(conn: &Connection, salt: Vec<u8>) -> Result<Suppression, Sto
 
 /// The identifiers of `p` an erasure suppresses: its users, and its devices
 /// that no one else used.
-fn identifiers_to_suppress(conn: &Connection, p: &Resolved) -> Result<Vec<String>, StoreError> {
+fn identifiers_to_suppress(v: &View<'_>, p: &Resolved) -> Result<Vec<String>, StoreError> {
     let mut identifiers: Vec<String> = p.users.clone();
     for d in &p.devices {
-        let others = device_links(conn, d)?
+        let others = device_links(v.conn, d)?
             .iter()
             .any(|l| !p.users.contains(&l.user_id));
         if !others {
@@ -821,40 +999,26 @@ fn identifiers_to_suppress(conn: &Connection, p: &Resolved) -> Result<Vec<String
     Ok(identifiers)
 }
 
-/// Erases a profile on the writer connection, then truncates the WAL so no
-/// earlier copy of the erased rows stays on disk. Answers the report and
-/// the (source, messageId) of the deleted events.
+/// Erases profile `p` from the database on the writer connection, then
+/// truncates the WAL so no earlier copy of the erased rows stays on disk.
+/// Answers the report (its events are `p`'s, which the caller removes from
+/// the event index).
 fn erase(
     conn: &mut Connection,
-    id: &str,
+    p: &Resolved,
     identifiers: &[String],
     suppression: &Suppression,
-) -> Result<Option<Erasure>, StoreError> {
+) -> Result<ErasureReport, StoreError> {
     let tx = conn.transaction()?;
-    let Some(p) = resolve(&tx, id)? else {
-        return Ok(None);
-    };
-    let mut keys = Vec::with_capacity(p.events.len());
     let mut report = ErasureReport {
         profile_id: p.profile_id.clone(),
-        events: 0,
+        events: p.events.len(),
         identity_edges: 0,
         rejected: 0,
         consent_records: 0,
         suppressed_identifiers: identifiers.len(),
     };
     {
-        let mut delete_event =
-            tx.prepare_cached("DELETE FROM events WHERE seq = ?1 RETURNING source, message_id")?;
-        for (_, seq) in &p.events {
-            if let Some(key) = delete_event
-                .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?
-            {
-                keys.push(key);
-                report.events += 1;
-            }
-        }
         let mut delete_links =
             tx.prepare_cached("DELETE FROM links WHERE user_id = ?1 OR anonymous_id = ?2")?;
         let mut delete_aliases =
@@ -901,8 +1065,5 @@ fn erase(
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    Ok(Some(Erasure {
-        report,
-        event_keys: keys,
-    }))
+    Ok(report)
 }

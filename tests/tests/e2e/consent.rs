@@ -20,13 +20,7 @@ async fn post(c: &TestCollector, key: &str, messages: Value) -> Value {
 }
 
 fn stored(c: &TestCollector) -> Vec<String> {
-    c.db()
-        .prepare("SELECT message_id FROM events ORDER BY seq")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
+    c.rows().into_iter().map(|r| r.message_id).collect()
 }
 
 fn with_consent(id: &str, category: Option<&str>, prefs: Value) -> Value {

@@ -189,20 +189,12 @@ async fn run(chromium: &Chromium, www: &Path, page_name: &str) -> Run {
 
 /// The stored events of `aid`, by (type, event name).
 fn stored(collector: &TestCollector, aid: &str) -> BTreeMap<(String, Option<String>), Value> {
-    let db = collector.db();
-    let mut stmt = db
-        .prepare("SELECT type, event, body FROM events WHERE anonymous_id = ?1 ORDER BY seq")
-        .unwrap();
-    stmt.query_map([aid], |r| {
-        let body: String = r.get(2)?;
-        Ok((
-            (r.get(0)?, r.get(1)?),
-            serde_json::from_str(&body).expect("stored body is JSON"),
-        ))
-    })
-    .unwrap()
-    .map(Result::unwrap)
-    .collect()
+    collector
+        .rows()
+        .into_iter()
+        .filter(|r| r.anonymous_id.as_deref() == Some(aid))
+        .map(|r| ((r.kind, r.event), r.body))
+        .collect()
 }
 
 /// `v` with every leaf replaced by its JSON type: what two builds must agree

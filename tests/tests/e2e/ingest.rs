@@ -44,9 +44,7 @@ fn batch(messages: Value) -> Vec<u8> {
 }
 
 fn stored_count(c: &TestCollector) -> i64 {
-    c.db()
-        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
-        .unwrap()
+    c.rows().len() as i64
 }
 
 #[tokio::test]
@@ -96,15 +94,12 @@ async fn write_key_in_body_and_single_message_endpoints() {
     let single = json!({"writeKey": WRITE_KEY, "userId": "u1", "event": "Signed Up"});
     let r = c.send(Request::post("/v1/track", single.to_string())).await;
     assert_eq!(r.status, 200, "{:?}", r.json());
-    let (kind, event): (String, String) = c
-        .db()
-        .query_row(
-            "SELECT type, event FROM events WHERE user_id = 'u1'",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
-    assert_eq!((kind.as_str(), event.as_str()), ("track", "Signed Up"));
+    let rows = c.rows();
+    let row = rows
+        .iter()
+        .find(|r| r.user_id.as_deref() == Some("u1"))
+        .expect("u1's event is stored");
+    assert!(row.is_track("Signed Up"), "{row:?}");
 }
 
 #[tokio::test]
@@ -311,11 +306,7 @@ async fn graceful_stop_keeps_everything_acknowledged() {
         .await;
     assert_eq!(r.status, 200);
     let data_dir = c.stop().await;
-    let n: i64 = rusqlite::Connection::open(data_dir.path().join("weft.sqlite"))
-        .unwrap()
-        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(n, 1);
+    assert_eq!(weft_e2e::harness::logged_events(data_dir.path()).len(), 1);
 }
 
 /// Reads from a raw socket until the server closes it or `limit` passes;
@@ -485,11 +476,7 @@ async fn shutdown_drains_a_request_in_flight() {
     let (raw, _) = read_until_closed(&mut s, Duration::from_secs(5)).await;
     assert_eq!(weft_e2e::http::parse_response(&raw).status, 200);
     let data_dir = stopping.await.unwrap();
-    let n: i64 = rusqlite::Connection::open(data_dir.path().join("weft.sqlite"))
-        .unwrap()
-        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(n, 1);
+    assert_eq!(weft_e2e::harness::logged_events(data_dir.path()).len(), 1);
 }
 
 /// What Python's `urllib` (a client that writes its whole body before it

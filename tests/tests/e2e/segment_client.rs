@@ -57,30 +57,20 @@ struct Stored {
 }
 
 fn stored_events(collector: &TestCollector) -> Vec<Stored> {
-    let db = collector.db();
-    let mut stmt = db
-        .prepare(
-            "SELECT message_id, type, event, anonymous_id, user_id, timestamp, received_at, body \
-             FROM events ORDER BY seq",
-        )
-        .expect("prepare events query");
-    stmt.query_map([], |r| {
-        let body: String = r.get(7)?;
-        Ok(Stored {
-            message_id: r.get(0)?,
-            kind: r.get(1)?,
-            event: r.get(2)?,
-            anonymous_id: r.get(3)?,
-            user_id: r.get(4)?,
-            timestamp: r.get(5)?,
-            received_at: r.get(6)?,
-            body: serde_json::from_str(&body)
-                .unwrap_or_else(|e| panic!("stored body is not JSON ({e}): {body}")),
+    collector
+        .rows()
+        .into_iter()
+        .map(|r| Stored {
+            message_id: r.message_id,
+            kind: r.kind,
+            event: r.event,
+            anonymous_id: r.anonymous_id,
+            user_id: r.user_id,
+            timestamp: r.timestamp,
+            received_at: r.received_at,
+            body: r.body,
         })
-    })
-    .expect("query events")
-    .collect::<Result<_, _>>()
-    .expect("read events")
+        .collect()
 }
 
 /// The rejected store as `(code, reason, raw)`, to show why a message is missing.

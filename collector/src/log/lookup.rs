@@ -1,0 +1,210 @@
+//! One record by its LSN: for state that keeps where an event is in the log
+//! instead of a copy of it.
+//!
+//! The index keeps, per identifier, the LSNs of its events; a read of a
+//! profile's events then reads those records here. A segment's table of
+//! record offsets is built the first time one of its records is asked for
+//! (one sequential pass over the segment's headers) and extended as the
+//! active segment grows; a table is rebuilt when its file was replaced (an
+//! erasure rewrote the segment) and forgotten when retention deleted it.
+//! Every read checks the record's header LSN and CRC32C.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt as _, MetadataExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::format::{HEADER_LEN, Header};
+use super::segment::list_segments;
+use super::{LogError, Lsn};
+
+/// A gap in a table: an LSN this segment does not hold (erased).
+const NONE: u32 = u32::MAX;
+/// Read buffer of a table's pass over its segment's headers.
+const SCAN_BUFFER: usize = 256 * 1024;
+
+/// Reads records of the log in one directory by LSN. Shared by any number
+/// of threads.
+#[derive(Debug)]
+pub struct LogLookup {
+    dir: PathBuf,
+    tables: Mutex<BTreeMap<Lsn, Table>>,
+}
+
+/// Where the records of one segment file are.
+#[derive(Debug)]
+struct Table {
+    path: PathBuf,
+    file: File,
+    /// (device, inode) of `file`, to notice a rewrite.
+    identity: (u64, u64),
+    /// The segment's first LSN.
+    first: Lsn,
+    /// Offset of record `first + i`, or [`NONE`].
+    offsets: Vec<u32>,
+    /// How far the file has been scanned: the end of the last whole record.
+    scanned: u64,
+}
+
+impl LogLookup {
+    /// A lookup over the log in `dir`. Reads nothing yet.
+    pub fn new(dir: &Path) -> LogLookup {
+        LogLookup {
+            dir: dir.to_path_buf(),
+            tables: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The payload of record `lsn`, or `None` if the log does not hold it
+    /// (erased, dropped by retention, or not written yet).
+    pub fn read(&self, lsn: Lsn) -> Result<Option<Vec<u8>>, LogError> {
+        let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        // Twice at most: a table found stale (its file replaced under it)
+        // is rebuilt once.
+        for _ in 0..2 {
+            let Some(table) = table_for(&self.dir, &mut tables, lsn)? else {
+                return Ok(None);
+            };
+            match table.read(lsn)? {
+                Found::Record(payload) => return Ok(Some(payload)),
+                Found::Missing => return Ok(None),
+                Found::Stale => {
+                    let first = table.first;
+                    tables.remove(&first);
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The table of the segment that would hold `lsn`, opened, current (not
+/// replaced) and scanned far enough, or `None` if no segment holds it.
+fn table_for<'t>(
+    dir: &Path,
+    tables: &'t mut BTreeMap<Lsn, Table>,
+    lsn: Lsn,
+) -> Result<Option<&'t mut Table>, LogError> {
+    let segments = list_segments(dir)?;
+    // Forget the segments retention deleted.
+    tables.retain(|first, _| segments.iter().any(|(f, _)| f == first));
+    let Some((first, path)) = segments.iter().rev().find(|(first, _)| *first <= lsn) else {
+        return Ok(None);
+    };
+    let replaced = match tables.get(first) {
+        Some(t) => !t.is_current()?,
+        None => true,
+    };
+    if replaced {
+        match Table::open(path, *first) {
+            Ok(t) => {
+                tables.insert(*first, t);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let Some(table) = tables.get_mut(first) else {
+        return Ok(None);
+    };
+    if lsn >= table.first + table.offsets.len() as u64 {
+        table.scan()?;
+    }
+    Ok(Some(table))
+}
+
+enum Found {
+    Record(Vec<u8>),
+    Missing,
+    Stale,
+}
+
+impl Table {
+    fn open(path: &Path, first: Lsn) -> io::Result<Table> {
+        let file = File::open(path)?;
+        let meta = file.metadata()?;
+        Ok(Table {
+            path: path.to_path_buf(),
+            file,
+            identity: (meta.dev(), meta.ino()),
+            first,
+            offsets: Vec::new(),
+            scanned: 0,
+        })
+    }
+
+    /// Whether the path still names the file this table describes.
+    fn is_current(&self) -> io::Result<bool> {
+        match std::fs::metadata(&self.path) {
+            Ok(m) => Ok((m.dev(), m.ino()) == self.identity),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Extends the table over the records written since the last scan,
+    /// reading headers only (payloads are skipped). Stops at the end of
+    /// the data or at an incomplete record (a write in progress).
+    fn scan(&mut self) -> Result<(), LogError> {
+        let mut file = BufReader::with_capacity(SCAN_BUFFER, self.file.try_clone()?);
+        file.seek(SeekFrom::Start(self.scanned))?;
+        let len = self.file.metadata()?.len();
+        while self.scanned + HEADER_LEN as u64 <= len {
+            let mut raw = [0u8; HEADER_LEN];
+            file.read_exact(&mut raw)?;
+            let header = Header::decode(raw);
+            if header.problem().is_some()
+                || self.scanned + header.record_len() > len
+                || header.lsn < self.first + self.offsets.len() as u64
+            {
+                // Damage or a write in flight: readers only ask for durable
+                // records, which lie before it.
+                break;
+            }
+            let offset = u32::try_from(self.scanned).map_err(|_| LogError::Corrupt {
+                segment: self.path.clone(),
+                offset: self.scanned,
+                reason: "segment larger than 4 GiB cannot be looked up".into(),
+            })?;
+            let index = (header.lsn - self.first) as usize;
+            self.offsets.resize(index, NONE);
+            self.offsets.push(offset);
+            self.scanned += header.record_len();
+            file.seek_relative(i64::from(header.len))?;
+        }
+        Ok(())
+    }
+
+    fn read(&self, lsn: Lsn) -> Result<Found, LogError> {
+        let Some(&offset) = lsn
+            .checked_sub(self.first)
+            .and_then(|i| self.offsets.get(i as usize))
+        else {
+            return Ok(Found::Missing);
+        };
+        if offset == NONE {
+            return Ok(Found::Missing);
+        }
+        let mut raw = [0u8; HEADER_LEN];
+        let offset = u64::from(offset);
+        if self.file.read_exact_at(&mut raw, offset).is_err() {
+            return Ok(Found::Stale);
+        }
+        let header = Header::decode(raw);
+        if header.problem().is_some() || header.lsn != lsn {
+            return Ok(Found::Stale);
+        }
+        let mut payload = vec![0u8; header.len as usize];
+        if self
+            .file
+            .read_exact_at(&mut payload, offset + HEADER_LEN as u64)
+            .is_err()
+            || !header.matches(&payload)
+        {
+            return Ok(Found::Stale);
+        }
+        Ok(Found::Record(payload))
+    }
+}
