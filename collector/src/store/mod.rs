@@ -12,7 +12,7 @@
 //! stays bounded and the client is told to retry.
 
 pub mod embedded;
-pub mod event_index;
+pub mod memory;
 pub mod sqlite;
 pub mod suppression;
 

@@ -2,17 +2,18 @@
 //!
 //! Two parts, written by one thread, the indexer ([`super::embedded`]):
 //!
-//! - in SQLite (WAL mode): the identity graph (links and aliases), the
-//!   consent audit log, rejected messages and suppressed identifiers: state
-//!   written by few messages (logins, aliases, consent decisions) that must
-//!   outlive retention. The indexer applies log records in large
-//!   transactions and stores the log position it has reached in the same
-//!   transaction, so every record is applied exactly once; because the log
-//!   replays from that position after a crash, it commits with
-//!   `synchronous=NORMAL`.
-//! - in memory: which events are whose ([`super::event_index`]), written by
-//!   every message; rebuilt from the log at start. Event bodies are read
-//!   from the log by LSN ([`LogLookup`]), never copied.
+//! - in memory ([`super::memory`]): which events are whose, and the
+//!   identity graph (links and aliases), what every read walks. Postings
+//!   are rebuilt from the log at start; event bodies are read from the log
+//!   by LSN ([`LogLookup`]), never copied.
+//! - in SQLite (WAL mode): what must outlive retention, written by few
+//!   messages (logins, aliases, consent decisions): the identity edges as
+//!   append-only tables without keys (loaded into memory at start), the
+//!   consent audit log, rejected messages and suppressed identifiers. The
+//!   indexer applies log records in large transactions and stores the log
+//!   position it has reached in the same transaction, so every record is
+//!   applied exactly once; because the log replays from that position
+//!   after a crash, it commits with `synchronous=NORMAL`.
 //!
 //! Delete the database and it is rebuilt from the log. Reads use separate
 //! connections; WAL lets them run beside the writer.
@@ -29,7 +30,7 @@ use crate::identity::{self, Alias, Component, Edges, Identity, Link, device_prof
 use crate::log::{LogLookup, LogReader, Lsn};
 use crate::record::{self, Record};
 
-use super::event_index::{self, CONSENT, EventIndex, IDENTIFY, WITH_USER};
+use super::memory::{self, CONSENT, IDENTIFY, MemoryIndex, NewEdge, WITH_USER};
 
 use super::suppression::{IdHash, Suppression};
 use super::{
@@ -59,25 +60,24 @@ CREATE TABLE IF NOT EXISTS rejected (
 );
 -- Identity: a device seen as a user. Every identify is a row; other
 -- messages carrying both IDs add a row only for a pair not seen before.
-CREATE TABLE IF NOT EXISTS links (
+-- Append-only and without keys (appends stay sequential however random
+-- the identifiers): the indexer keeps the graph in memory, deduplicates
+-- there, and loads these rows at start.
+CREATE TABLE IF NOT EXISTS link_log (
     anonymous_id TEXT NOT NULL,
     user_id      TEXT NOT NULL,
     at           TEXT NOT NULL,
     message_id   TEXT NOT NULL,
-    source       TEXT NOT NULL,
-    PRIMARY KEY (anonymous_id, user_id, at)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS links_by_user ON links (user_id);
--- Identity: two user IDs joined by alias(previousId, userId).
-CREATE TABLE IF NOT EXISTS aliases (
+    source       TEXT NOT NULL
+);
+-- Identity: two user IDs joined by alias(previousId, userId), once a pair.
+CREATE TABLE IF NOT EXISTS alias_log (
     previous_id TEXT NOT NULL,
     user_id     TEXT NOT NULL,
     at          TEXT NOT NULL,
     message_id  TEXT NOT NULL,
-    source      TEXT NOT NULL,
-    PRIMARY KEY (previous_id, user_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS aliases_by_user ON aliases (user_id);
+    source      TEXT NOT NULL
+);
 -- The consent audit log: append-only, untouched by retention; rows go only
 -- with an explicit erasure of the person.
 CREATE TABLE IF NOT EXISTS consent_log (
@@ -103,7 +103,7 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
 ) WITHOUT ROWID;
-PRAGMA user_version = 2;
+PRAGMA user_version = 3;
 ";
 
 /// The index's position in the event log: every record below it is
@@ -124,25 +124,22 @@ pub struct Erasure {
 pub struct IndexWriter {
     conn: Connection,
     suppression: Suppression,
-    events: Arc<RwLock<EventIndex>>,
+    events: Arc<RwLock<MemoryIndex>>,
     log_dir: PathBuf,
-    /// (device, user) pairs, numbered by the event index, that have a link
-    /// row: a later message with both IDs adds none.
-    linked: HashSet<(u32, u32)>,
 }
 
 /// The reading half: connections for the admin API, the event index and
 /// the log's records by LSN.
 pub struct IndexReaders {
     readers: Vec<Mutex<Connection>>,
-    events: Arc<RwLock<EventIndex>>,
+    events: Arc<RwLock<MemoryIndex>>,
     log: LogLookup,
 }
 
 /// What a read holds: a connection and the event index, read-locked.
 struct View<'a> {
     conn: &'a Connection,
-    events: &'a EventIndex,
+    events: &'a MemoryIndex,
     log: &'a LogLookup,
 }
 
@@ -187,18 +184,18 @@ pub fn open_index(
     // position, so its commits need not wait for the disk.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.execute_batch(SCHEMA)?;
+    migrate_edges(&conn)?;
     let suppression = load_suppression(&conn, salt)?;
     suppression.extend(suppressed.iter().copied());
     let readers = (0..READERS)
         .map(|_| open(path).map(Mutex::new))
         .collect::<Result<Vec<_>, _>>()?;
-    let events = Arc::new(RwLock::new(EventIndex::default()));
+    let events = Arc::new(RwLock::new(MemoryIndex::default()));
     let mut writer = IndexWriter {
         conn,
         suppression,
         events: events.clone(),
         log_dir: log_dir.to_path_buf(),
-        linked: HashSet::new(),
     };
     writer.load()?;
     let readers = IndexReaders {
@@ -223,69 +220,139 @@ impl Consumer for IndexWriter {
     }
 
     /// One transaction for the records and the position: exactly once,
-    /// whatever crashes when. The event index follows once it committed.
+    /// whatever crashes when. The memory index follows once it committed.
     fn apply(&mut self, records: &[(Lsn, Record)], next: Lsn) -> Result<(), StoreError> {
-        // 1. Number the (device, user) pairs; keep those without a link.
-        let mut new_pairs = Vec::new();
-        {
-            let mut events = self.write_events();
-            let mut seen = HashSet::new();
-            for (i, (_, record)) in records.iter().enumerate() {
-                if let Record::Event { event: e, .. } = record
-                    && let (Some(a), Some(u)) = (&e.anonymous_id, &e.user_id)
-                    && e.kind != MessageType::Identify
-                {
-                    let pair = (events.intern(a), events.intern(u));
-                    if !self.linked.contains(&pair) && seen.insert(pair) {
-                        new_pairs.push((i, pair));
-                    }
-                }
-            }
-        }
+        // 1. Which records are erased, and which identity edges are new.
+        let (skipped, edges) = {
+            let events = self.events.read().unwrap_or_else(|e| e.into_inner());
+            plan(&events, records, &self.suppression)
+        };
         // 2. The database.
-        let skipped = apply(&mut self.conn, records, next, &self.suppression, &new_pairs)?;
-        // 3. The event index (nothing here can fail).
+        apply(&mut self.conn, records, next, &skipped, &edges)?;
+        // 3. The memory index (nothing here can fail).
         let mut events = write_lock(&self.events);
         for (i, (lsn, record)) in records.iter().enumerate() {
             if let Record::Event { event: e, .. } = record
                 && skipped.binary_search(&i).is_err()
             {
                 events.add(*lsn, e);
-                if let (Some(a), Some(u)) = (&e.anonymous_id, &e.user_id) {
-                    let pair = (events.intern(a), events.intern(u));
-                    self.linked.insert(pair);
-                }
+            }
+        }
+        for (_, edge) in &edges {
+            match edge {
+                Edge::Link(e) => events.add_link(e),
+                Edge::Alias(e) => events.add_alias(e),
             }
         }
         Ok(())
     }
 }
 
+/// A new identity edge of a batch.
+enum Edge {
+    Link(NewEdge),
+    Alias(NewEdge),
+}
+
+/// The indexes (sorted) of the batch's event records whose identifiers are
+/// erased (an erasure came between their admission and now), and the
+/// identity edges the others add, by record index: a link for every
+/// identify (once per device, user and time) and for the first message
+/// with a device/user pair, an alias once per pair.
+fn plan(
+    known: &MemoryIndex,
+    records: &[(Lsn, Record)],
+    suppression: &Suppression,
+) -> (Vec<usize>, Vec<(usize, Edge)>) {
+    let mut skipped = Vec::new();
+    let mut edges = Vec::new();
+    // Edges added earlier in this batch.
+    let mut pairs: HashSet<(&str, &str)> = HashSet::new();
+    let mut linked: HashSet<(&str, &str, &str)> = HashSet::new();
+    let mut aliased: HashSet<(&str, &str)> = HashSet::new();
+    for (i, (_, record)) in records.iter().enumerate() {
+        let Record::Event { event: e, .. } = record else {
+            continue;
+        };
+        let ids = [
+            e.anonymous_id.as_deref(),
+            e.user_id.as_deref(),
+            e.previous_id.as_deref(),
+        ];
+        if suppression.any(&ids) {
+            skipped.push(i);
+            continue;
+        }
+        let edge = |from: &str, to: &str| NewEdge {
+            from: from.to_owned(),
+            to: to.to_owned(),
+            at: e.timestamp.clone(),
+            message_id: e.message_id.clone(),
+        };
+        if let (Some(a), Some(u)) = (e.anonymous_id.as_deref(), e.user_id.as_deref()) {
+            let at = e.timestamp.as_str();
+            let new = if e.kind == MessageType::Identify {
+                !linked.contains(&(a, u, at)) && !known.has_link(a, u, Some(at))
+            } else {
+                !pairs.contains(&(a, u)) && !known.has_link(a, u, None)
+            };
+            if new {
+                pairs.insert((a, u));
+                linked.insert((a, u, at));
+                edges.push((i, Edge::Link(edge(a, u))));
+            }
+        }
+        if let (Some(p), Some(u)) = (e.previous_id.as_deref(), e.user_id.as_deref())
+            && !known.has_alias(p, u)
+            && aliased.insert((p, u))
+        {
+            edges.push((i, Edge::Alias(edge(p, u))));
+        }
+    }
+    (skipped, edges)
+}
+
 impl IndexWriter {
-    fn write_events(&self) -> RwLockWriteGuard<'_, EventIndex> {
+    fn write_events(&self) -> RwLockWriteGuard<'_, MemoryIndex> {
         write_lock(&self.events)
     }
 
-    fn view(&self) -> (RwLockReadGuard<'_, EventIndex>, LogLookup) {
+    fn view(&self) -> (RwLockReadGuard<'_, MemoryIndex>, LogLookup) {
         (
             self.events.read().unwrap_or_else(|e| e.into_inner()),
             LogLookup::new(&self.log_dir),
         )
     }
 
-    /// At open: the known links, then the event index from the log up to
+    /// At open: the identity edges, then the postings from the log up to
     /// the database's position (the records after it are the indexer's).
     fn load(&mut self) -> Result<(), StoreError> {
         let until = self.position()?;
         let mut events = self.events.write().unwrap_or_else(|e| e.into_inner());
-        {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT DISTINCT anonymous_id, user_id FROM links")?;
+        for (sql, alias) in [
+            (
+                "SELECT anonymous_id, user_id, at, message_id FROM link_log ORDER BY rowid",
+                false,
+            ),
+            (
+                "SELECT previous_id, user_id, at, message_id FROM alias_log ORDER BY rowid",
+                true,
+            ),
+        ] {
+            let mut stmt = self.conn.prepare(sql)?;
             let mut rows = stmt.query([])?;
             while let Some(row) = rows.next()? {
-                let (a, u): (String, String) = (row.get(0)?, row.get(1)?);
-                self.linked.insert((events.intern(&a), events.intern(&u)));
+                let edge = NewEdge {
+                    from: row.get(0)?,
+                    to: row.get(1)?,
+                    at: row.get(2)?,
+                    message_id: row.get(3)?,
+                };
+                if alias {
+                    events.add_alias(&edge);
+                } else {
+                    events.add_link(&edge);
+                }
             }
         }
         if until == 0 {
@@ -364,10 +431,12 @@ impl IndexWriter {
         ids.extend(p.devices.iter().cloned());
         ids.extend(identifiers.iter().cloned());
         events.remove(&ids, &lsns);
-        // Their links are gone from the database: a pair seen again is new.
-        let gone: HashSet<u32> = ids.iter().map(|i| events.intern(i)).collect();
-        self.linked
-            .retain(|(a, u)| !gone.contains(a) && !gone.contains(u));
+        let devices: Vec<String> = identifiers
+            .iter()
+            .filter(|i| !p.users.contains(i))
+            .cloned()
+            .collect();
+        events.remove_edges(&p.users, &devices);
         Ok(Some(Erasure { report, lsns }))
     }
 
@@ -486,7 +555,7 @@ impl IndexReaders {
 
 /// The event index, write-locked. A panic while holding the lock cannot
 /// leave a posting list half pushed; keep serving.
-fn write_lock(events: &RwLock<EventIndex>) -> RwLockWriteGuard<'_, EventIndex> {
+fn write_lock(events: &RwLock<MemoryIndex>) -> RwLockWriteGuard<'_, MemoryIndex> {
     events.write().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -494,30 +563,24 @@ fn log_error(e: crate::log::LogError) -> StoreError {
     StoreError::Log(e.to_string())
 }
 
-/// The database's part of a batch. `new_pairs` are (record index, pair) of
-/// the messages that may add a first link. Answers the (sorted) indexes
-/// of the event records it skipped (erased identifiers).
+/// The database's part of a batch: the new identity edges, consent
+/// records and rejected messages of the records not `skipped`, and the
+/// position.
 fn apply(
     conn: &mut Connection,
     records: &[(Lsn, Record)],
     next: Lsn,
-    suppression: &Suppression,
-    new_pairs: &[(usize, (u32, u32))],
-) -> Result<Vec<usize>, StoreError> {
-    let mut skipped = Vec::new();
+    skipped: &[usize],
+    edges: &[(usize, Edge)],
+) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     {
-        let mut insert_identify_link = tx.prepare_cached(
-            "INSERT OR IGNORE INTO links (anonymous_id, user_id, at, message_id, source)
+        let mut insert_link = tx.prepare_cached(
+            "INSERT INTO link_log (anonymous_id, user_id, at, message_id, source)
              VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
-        let mut insert_first_link = tx.prepare_cached(
-            "INSERT INTO links (anonymous_id, user_id, at, message_id, source)
-             SELECT ?1, ?2, ?3, ?4, ?5
-             WHERE NOT EXISTS (SELECT 1 FROM links WHERE anonymous_id = ?1 AND user_id = ?2)",
-        )?;
         let mut insert_alias = tx.prepare_cached(
-            "INSERT OR IGNORE INTO aliases (previous_id, user_id, at, message_id, source)
+            "INSERT INTO alias_log (previous_id, user_id, at, message_id, source)
              VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
         let mut insert_consent = tx.prepare_cached(
@@ -528,32 +591,28 @@ fn apply(
         let mut insert_rejected = tx.prepare_cached(
             "INSERT INTO rejected (source, received_at, code, reason, raw) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
-        let mut pairs = new_pairs.iter().peekable();
+        let source_of = |i: usize| match &records[i].1 {
+            Record::Event { source, .. } | Record::Rejected { source, .. } => source.as_str(),
+        };
+        for (i, edge) in edges {
+            match edge {
+                Edge::Link(e) => {
+                    insert_link.execute(params![e.from, e.to, e.at, e.message_id, source_of(*i)])?
+                }
+                Edge::Alias(e) => insert_alias.execute(params![
+                    e.from,
+                    e.to,
+                    e.at,
+                    e.message_id,
+                    source_of(*i)
+                ])?,
+            };
+        }
         for (i, (_, record)) in records.iter().enumerate() {
-            let first_link = pairs.next_if(|(at, _)| *at == i).is_some();
             match record {
                 Record::Event { source, event: e } => {
-                    // An erasure may have come between this record's
-                    // admission and now: its identifiers stay erased.
-                    let ids = [
-                        e.anonymous_id.as_deref(),
-                        e.user_id.as_deref(),
-                        e.previous_id.as_deref(),
-                    ];
-                    if suppression.any(&ids) {
-                        skipped.push(i);
+                    if skipped.binary_search(&i).is_ok() {
                         continue;
-                    }
-                    if let (Some(a), Some(u)) = (&e.anonymous_id, &e.user_id) {
-                        let link = params![a, u, e.timestamp, e.message_id, source];
-                        if e.kind == MessageType::Identify {
-                            insert_identify_link.execute(link)?;
-                        } else if first_link {
-                            insert_first_link.execute(link)?;
-                        }
-                    }
-                    if let (Some(p), Some(u)) = (&e.previous_id, &e.user_id) {
-                        insert_alias.execute(params![p, u, e.timestamp, e.message_id, source])?;
                     }
                     if let Some(c) = &e.consent_record {
                         insert_consent.execute(params![
@@ -590,17 +649,45 @@ fn apply(
         )?;
     }
     tx.commit()?;
-    Ok(skipped)
+    Ok(())
+}
+
+/// An index made before the edge tables were append-only kept them keyed
+/// (`links`, `aliases`): their rows move to `link_log` and `alias_log`.
+fn migrate_edges(conn: &Connection) -> Result<(), StoreError> {
+    for (old, new, columns, order) in [
+        (
+            "links",
+            "link_log",
+            "anonymous_id, user_id, at, message_id, source",
+            "at",
+        ),
+        (
+            "aliases",
+            "alias_log",
+            "previous_id, user_id, at, message_id, source",
+            "at",
+        ),
+    ] {
+        let present = exists(
+            conn,
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            old,
+        )?;
+        if present {
+            conn.execute_batch(&format!(
+                "BEGIN;
+                 INSERT INTO {new} ({columns}) SELECT {columns} FROM {old} ORDER BY {order};
+                 DROP TABLE {old};
+                 COMMIT;"
+            ))?;
+        }
+    }
+    Ok(())
 }
 
 /// Most user IDs one alias component may hold before the walk stops.
 const MAX_COMPONENT: usize = 10_000;
-
-fn strings(conn: &Connection, sql: &str, arg: &str) -> Result<Vec<String>, StoreError> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let rows = stmt.query_map([arg], |r| r.get::<_, String>(0))?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
 
 fn exists(conn: &Connection, sql: &str, arg: &str) -> Result<bool, StoreError> {
     Ok(conn.query_row(sql, [arg], |_| Ok(())).optional()?.is_some())
@@ -619,9 +706,9 @@ struct Event {
 }
 
 impl Event {
-    fn of(p: &event_index::Posting) -> Event {
+    fn of(p: &memory::Posting) -> Event {
         Event {
-            at: event_index::format_millis(p.at),
+            at: memory::format_millis(p.at),
             lsn: p.lsn(),
             identify: p.has(IDENTIFY),
             consent: p.has(CONSENT),
@@ -646,7 +733,7 @@ struct Resolved {
 /// it, and the events attributed to them (a shared device's anonymous-only
 /// events go to the user logged in around their time).
 fn resolve(v: &View<'_>, id: &str) -> Result<Option<Resolved>, StoreError> {
-    let c = match identity::resolve(&SqlEdges(v), id, MAX_COMPONENT)? {
+    let c = match identity::resolve(&MemoryEdges(v), id, MAX_COMPONENT)? {
         Identity::Device(device) => return resolve_device(v, &device),
         Identity::Person(c) => c,
     };
@@ -688,45 +775,26 @@ fn resolve(v: &View<'_>, id: &str) -> Result<Option<Resolved>, StoreError> {
     }))
 }
 
-/// The index's identity tables and event index, as [`identity::resolve`]
-/// reads them.
-struct SqlEdges<'v, 'a>(&'v View<'a>);
+/// The memory index's identity graph, as [`identity::resolve`] reads it.
+struct MemoryEdges<'v, 'a>(&'v View<'a>);
 
-impl Edges for SqlEdges<'_, '_> {
+impl Edges for MemoryEdges<'_, '_> {
     type Error = StoreError;
 
     fn is_user(&self, id: &str) -> Result<bool, StoreError> {
-        is_user(self.0, id)
+        Ok(self.0.events.is_user(id))
     }
 
     fn device_links(&self, device: &str) -> Result<Vec<Link>, StoreError> {
-        device_links(self.0.conn, device)
+        Ok(self.0.events.device_links(device))
     }
 
     fn aliases_of(&self, user: &str) -> Result<Vec<Alias>, StoreError> {
-        let mut stmt = self.0.conn.prepare_cached(
-            "SELECT previous_id, user_id, at, message_id FROM aliases
-             WHERE user_id = ?1 OR previous_id = ?1",
-        )?;
-        let rows = stmt
-            .query_map([user], |r| {
-                Ok(Alias {
-                    previous_id: r.get(0)?,
-                    user_id: r.get(1)?,
-                    at: r.get(2)?,
-                    message_id: r.get(3)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(rows)
+        Ok(self.0.events.aliases_of(user))
     }
 
     fn devices_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
-        strings(
-            self.0.conn,
-            "SELECT DISTINCT anonymous_id FROM links WHERE user_id = ?1",
-            user,
-        )
+        Ok(self.0.events.devices_of(user))
     }
 }
 
@@ -927,53 +995,6 @@ fn profile_graph(v: &View<'_>, id: &str) -> Result<Option<IdentityGraph>, StoreE
     }))
 }
 
-/// Whether `id` is a user ID: seen as a `userId`, or as an alias's
-/// `previousId` while never seen as a device.
-fn is_user(v: &View<'_>, id: &str) -> Result<bool, StoreError> {
-    let conn = v.conn;
-    let seen_as_user = !v.events.user(id).is_empty()
-        || exists(conn, "SELECT 1 FROM links WHERE user_id = ?1 LIMIT 1", id)?
-        || exists(conn, "SELECT 1 FROM aliases WHERE user_id = ?1 LIMIT 1", id)?;
-    if seen_as_user {
-        return Ok(true);
-    }
-    let seen_as_device = !v.events.device(id).is_empty()
-        || exists(
-            conn,
-            "SELECT 1 FROM links WHERE anonymous_id = ?1 LIMIT 1",
-            id,
-        )?;
-    Ok(!seen_as_device
-        && exists(
-            conn,
-            "SELECT 1 FROM aliases WHERE previous_id = ?1 LIMIT 1",
-            id,
-        )?)
-}
-
-/// Every link of a device: the users seen on it, and aliases that named it
-/// as their `previousId`.
-fn device_links(conn: &Connection, device: &str) -> Result<Vec<Link>, StoreError> {
-    let mut out = Vec::new();
-    for sql in [
-        "SELECT anonymous_id, user_id, at, message_id FROM links WHERE anonymous_id = ?1",
-        "SELECT previous_id, user_id, at, message_id FROM aliases WHERE previous_id = ?1",
-    ] {
-        let mut stmt = conn.prepare_cached(sql)?;
-        for l in stmt.query_map([device], |r| {
-            Ok(Link {
-                anonymous_id: r.get(0)?,
-                user_id: r.get(1)?,
-                at: r.get(2)?,
-                message_id: r.get(3)?,
-            })
-        })? {
-            out.push(l?);
-        }
-    }
-    Ok(out)
-}
-
 /// The suppressed hashes, under `salt`.
 fn load_suppression(conn: &Connection, salt: Vec<u8>) -> Result<Suppression, StoreError> {
     let mut stmt = conn.prepare("SELECT hash FROM suppressed")?;
@@ -989,7 +1010,9 @@ fn load_suppression(conn: &Connection, salt: Vec<u8>) -> Result<Suppression, Sto
 fn identifiers_to_suppress(v: &View<'_>, p: &Resolved) -> Result<Vec<String>, StoreError> {
     let mut identifiers: Vec<String> = p.users.clone();
     for d in &p.devices {
-        let others = device_links(v.conn, d)?
+        let others = v
+            .events
+            .device_links(d)
             .iter()
             .any(|l| !p.users.contains(&l.user_id));
         if !others {
@@ -1020,9 +1043,9 @@ fn erase(
     };
     {
         let mut delete_links =
-            tx.prepare_cached("DELETE FROM links WHERE user_id = ?1 OR anonymous_id = ?2")?;
+            tx.prepare_cached("DELETE FROM link_log WHERE user_id = ?1 OR anonymous_id = ?2")?;
         let mut delete_aliases =
-            tx.prepare_cached("DELETE FROM aliases WHERE user_id = ?1 OR previous_id = ?1")?;
+            tx.prepare_cached("DELETE FROM alias_log WHERE user_id = ?1 OR previous_id = ?1")?;
         let mut delete_rejected =
             tx.prepare_cached("DELETE FROM rejected WHERE instr(raw, ?1) > 0")?;
         let mut delete_consent =
@@ -1066,4 +1089,47 @@ fn erase(
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_index_with_keyed_edge_tables_is_migrated_and_its_graph_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let log_dir = dir.path().join("log");
+        std::fs::create_dir(&log_dir).unwrap();
+        {
+            // The edge tables as an older version made them.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE links (anonymous_id TEXT NOT NULL, user_id TEXT NOT NULL,
+                     at TEXT NOT NULL, message_id TEXT NOT NULL, source TEXT NOT NULL,
+                     PRIMARY KEY (anonymous_id, user_id, at)) WITHOUT ROWID;
+                 CREATE TABLE aliases (previous_id TEXT NOT NULL, user_id TEXT NOT NULL,
+                     at TEXT NOT NULL, message_id TEXT NOT NULL, source TEXT NOT NULL,
+                     PRIMARY KEY (previous_id, user_id)) WITHOUT ROWID;
+                 INSERT INTO links VALUES ('d1', 'u1', '2026-01-01T00:00:00.000Z', 'm1', 's');
+                 INSERT INTO aliases VALUES ('u0', 'u1', '2026-01-02T00:00:00.000Z', 'm2', 's');",
+            )
+            .unwrap();
+        }
+        let (_, readers) = open_index(&path, &log_dir, vec![7; 16], &[]).unwrap();
+        let graph = readers.profile_graph("d1").unwrap().expect("d1 is known");
+        assert_eq!(graph.user_ids, ["u0", "u1"]);
+        assert_eq!(graph.anonymous_ids, ["d1"]);
+        assert_eq!(graph.edges.len(), 2);
+        let conn = Connection::open(&path).unwrap();
+        let tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(!tables.contains(&"links".to_owned()), "{tables:?}");
+        assert!(!tables.contains(&"aliases".to_owned()), "{tables:?}");
+    }
 }
