@@ -1086,6 +1086,27 @@ fn identity(root: &Path, args: &[String]) -> Result<(), String> {
         mb(size_stopped.apparent),
         mb(size_running.allocated),
     );
+    let rate = field("messages_per_s")?;
+    let verdict = |ok: bool| if ok { "met" } else { "NOT MET" };
+    println!(
+        "\ntargets: ingest {rate:.0} msg/s (>= 100000: {}); lookups p99 {:.2} ms (< 5 ms: {}); \
+         spot checks {checks_passed:.0}/{checks_planned:.0}",
+        verdict(rate >= 100_000.0),
+        field("p99_ms")?,
+        verdict(field("p99_ms")? < 5.0),
+    );
+    match (
+        json_number(&figures, "start_messages_per_s"),
+        json_number(&figures, "end_messages_per_s"),
+    ) {
+        (Some(start), Some(end)) if start > 0.0 => println!(
+            "ingest rate over the first fifth of the messages {start:.0} msg/s, over the last \
+             fifth {end:.0} msg/s: end / start {:.2} (within 20%: {})",
+            end / start,
+            verdict(end >= 0.8 * start),
+        ),
+        _ => println!("ingest rate at start and end: not measured (the ingest was too short)"),
+    }
     if ingest_non_200 > 0.0 {
         println!(
             "ingest non-200 by kind: {}",

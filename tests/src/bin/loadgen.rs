@@ -1338,6 +1338,10 @@ mod identity {
         next: AtomicUsize,
         /// Messages acknowledged with 200 so far (for progress lines).
         ok_messages: AtomicU64,
+        /// Microseconds into the ingest when a fifth, then four fifths of
+        /// the messages were acknowledged (0: not yet): the start and end
+        /// rates are over the first and the last fifth.
+        fifths: [AtomicU64; 2],
         /// Failure descriptions printed so far (a few at most).
         printed: AtomicU64,
     }
@@ -1429,6 +1433,7 @@ mod identity {
                 bearer: header_value(&format!("Bearer {}", args.admin_token)),
                 next: AtomicUsize::new(0),
                 ok_messages: AtomicU64::new(0),
+                fifths: [AtomicU64::new(0), AtomicU64::new(0)],
                 printed: AtomicU64::new(0),
             })
         };
@@ -1451,6 +1456,15 @@ mod identity {
         progress.abort();
         let ingest_s = started.elapsed().as_secs_f64();
         let (server1, own1) = (server_cpu(), own_cpu_seconds());
+        // Rates over the first and the last fifth of the messages.
+        let fifth = history.messages() as f64 / 5.0;
+        let at = |i: usize| phase.fifths[i].load(Ordering::Relaxed) as f64 / 1e6;
+        let (start_rate, end_rate) = match (at(0), at(1)) {
+            (t1, t4) if t1 > 0.0 && t4 > 0.0 && ingest_s > t4 => {
+                (Some(fifth / t1), Some(fifth / (ingest_s - t4)))
+            }
+            _ => (None, None),
+        };
         eprintln!(
             "weft-loadgen identity: ingest done: {} of {} messages acknowledged in {ingest_s:.1} s",
             ingest.ok_messages,
@@ -1502,6 +1516,8 @@ mod identity {
             "ingest_s": round(ingest_s),
             "ok_messages": ingest.ok_messages,
             "messages_per_s": round(ingest.ok_messages as f64 / ingest_s),
+            "start_messages_per_s": opt(start_rate),
+            "end_messages_per_s": opt(end_rate),
             "accepted": ingest.accepted,
             "duplicates": ingest.duplicates,
             "rejected": ingest.rejected,
@@ -1551,17 +1567,30 @@ mod identity {
         total
     }
 
-    /// A line on stderr every 10 s while the ingest runs.
+    /// A line on stderr every 10 s while the ingest runs, and the times
+    /// at which a fifth and four fifths of `total` were acknowledged
+    /// (sampled every 20 ms).
     async fn progress(shared: Arc<Shared>, total: u64) {
         let started = Instant::now();
+        let mut printed = 0;
+        let marks = [total / 5, total - total / 5];
         loop {
-            tokio::time::sleep(Duration::from_secs(10)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
             let done = shared.ok_messages.load(Ordering::Relaxed);
-            let secs = started.elapsed().as_secs_f64();
-            eprintln!(
-                "weft-loadgen identity: {done}/{total} messages after {secs:.0} s ({:.0}/s)",
-                done as f64 / secs
-            );
+            let elapsed = started.elapsed();
+            for (mark, at) in marks.iter().zip(&shared.fifths) {
+                if done >= *mark && at.load(Ordering::Relaxed) == 0 {
+                    at.store(elapsed.as_micros().max(1) as u64, Ordering::Relaxed);
+                }
+            }
+            let secs = elapsed.as_secs();
+            if secs >= printed + 10 {
+                printed = secs;
+                eprintln!(
+                    "weft-loadgen identity: {done}/{total} messages after {secs} s ({:.0}/s)",
+                    done as f64 / elapsed.as_secs_f64()
+                );
+            }
         }
     }
 
