@@ -24,7 +24,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::log::{LogReader, Lsn};
-use crate::record::{self, Record};
+use crate::record::{self, RecordRef};
 use crate::store::StoreError;
 
 /// Most records applied in one batch.
@@ -43,7 +43,8 @@ pub trait Consumer: Send + 'static {
 
     /// Applies `records` (in log order) and moves the position to `next`,
     /// atomically: after a crash it either has both or neither.
-    fn apply(&mut self, records: &[(Lsn, Record)], next: Lsn) -> Result<(), StoreError>;
+    /// The records borrow the log's bytes: a consumer copies what it keeps.
+    fn apply(&mut self, records: &[(Lsn, RecordRef<'_>)], next: Lsn) -> Result<(), StoreError>;
 }
 
 /// A registered consumer.
@@ -323,8 +324,9 @@ fn run<C: Consumer>(
     };
     let mut generation = progress.lock().generation;
     let mut stop_by: Option<Instant> = None;
+    // The batch's payloads back to back, and where each one is.
+    let mut buf: Vec<u8> = Vec::new();
     let mut raw = Vec::with_capacity(BATCH);
-    let mut records = Vec::with_capacity(BATCH);
     loop {
         let next = {
             let mut state = progress.lock();
@@ -372,7 +374,8 @@ fn run<C: Consumer>(
             Next::Read { until } => until,
         };
         raw.clear();
-        let n = match reader.next_batch(until, BATCH, &mut raw) {
+        buf.clear();
+        let n = match reader.next_batch_into(until, BATCH, &mut buf, &mut raw) {
             Ok(n) => n,
             Err(e) => {
                 tracing::error!(consumer = name, error = %e, "cannot read the log; retrying");
@@ -385,10 +388,10 @@ fn run<C: Consumer>(
             progress.publish(id, until);
             continue;
         }
-        records.clear();
-        for (lsn, payload) in raw.drain(..) {
-            match record::decode(&payload) {
-                Ok(r) => records.push((lsn, r)),
+        let mut records = Vec::with_capacity(raw.len());
+        for (lsn, range) in &raw {
+            match record::decode_ref(&buf[range.clone()]) {
+                Ok(r) => records.push((*lsn, r)),
                 Err(e) => {
                     tracing::error!(consumer = name, lsn, error = %e, "skipping an undecodable record");
                 }
@@ -403,6 +406,7 @@ fn run<C: Consumer>(
             }
             std::thread::sleep(Duration::from_secs(1));
         }
+        drop(records);
         progress.publish(id, next);
     }
 }
@@ -426,10 +430,10 @@ mod tests {
             Ok(self.position)
         }
 
-        fn apply(&mut self, records: &[(Lsn, Record)], next: Lsn) -> Result<(), StoreError> {
+        fn apply(&mut self, records: &[(Lsn, RecordRef<'_>)], next: Lsn) -> Result<(), StoreError> {
             for (_, r) in records {
-                if let Record::Event { source, .. } = r {
-                    *self.events.entry(source.clone()).or_default() += 1;
+                if let RecordRef::Event { source, .. } = r {
+                    *self.events.entry(source.to_string()).or_default() += 1;
                 }
             }
             self.position = next;

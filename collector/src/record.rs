@@ -101,13 +101,118 @@ pub fn event_key(payload: &[u8]) -> Option<(&str, &str)> {
     Some((r.str().ok()?, r.str().ok()?))
 }
 
+/// A record decoded in place: every text borrows the payload. What
+/// consumers read (no allocation per field); [`RecordRef::to_owned`] gives
+/// a [`Record`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RecordRef<'a> {
+    /// An accepted event of `source`.
+    Event {
+        /// The source's write key.
+        source: &'a str,
+        /// The event.
+        event: EventRef<'a>,
+    },
+    /// A message that failed validation.
+    Rejected {
+        /// The source's write key.
+        source: &'a str,
+        /// The message and its reason.
+        rejected: RejectedRef<'a>,
+    },
+}
+
+/// [`NewEvent`], borrowed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[allow(missing_docs)]
+pub struct EventRef<'a> {
+    pub message_id: &'a str,
+    pub kind: MessageType,
+    pub event: Option<&'a str>,
+    pub anonymous_id: Option<&'a str>,
+    pub user_id: Option<&'a str>,
+    pub previous_id: Option<&'a str>,
+    pub junk_ids: u8,
+    pub consent_record: Option<ConsentRef<'a>>,
+    pub timestamp: &'a str,
+    pub received_at: &'a str,
+    pub ip: Option<&'a str>,
+    pub body: &'a str,
+}
+
+/// [`ConsentRecord`], borrowed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[allow(missing_docs)]
+pub struct ConsentRef<'a> {
+    pub preferences: &'a str,
+    pub policy: Option<&'a str>,
+    pub policy_version: Option<&'a str>,
+}
+
+/// [`RejectedMessage`], borrowed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[allow(missing_docs)]
+pub struct RejectedRef<'a> {
+    pub received_at: &'a str,
+    pub code: &'a str,
+    pub reason: &'a str,
+    pub raw: &'a str,
+}
+
+impl RecordRef<'_> {
+    /// The record with owned fields.
+    pub fn to_owned(&self) -> Record {
+        let own = |s: Option<&str>| s.map(str::to_owned);
+        match *self {
+            RecordRef::Event { source, event: e } => Record::Event {
+                source: source.to_owned(),
+                event: NewEvent {
+                    message_id: e.message_id.to_owned(),
+                    kind: e.kind,
+                    event: own(e.event),
+                    anonymous_id: own(e.anonymous_id),
+                    user_id: own(e.user_id),
+                    previous_id: own(e.previous_id),
+                    junk_ids: e.junk_ids,
+                    consent_record: e.consent_record.map(|c| ConsentRecord {
+                        preferences: c.preferences.to_owned(),
+                        policy: own(c.policy),
+                        policy_version: own(c.policy_version),
+                    }),
+                    timestamp: e.timestamp.to_owned(),
+                    received_at: e.received_at.to_owned(),
+                    ip: own(e.ip),
+                    body: e.body.to_owned(),
+                },
+            },
+            RecordRef::Rejected {
+                source,
+                rejected: r,
+            } => Record::Rejected {
+                source: source.to_owned(),
+                rejected: RejectedMessage {
+                    received_at: r.received_at.to_owned(),
+                    code: r.code.to_owned(),
+                    reason: r.reason.to_owned(),
+                    raw: r.raw.to_owned(),
+                },
+            },
+        }
+    }
+}
+
 /// Decodes a payload.
 pub fn decode(payload: &[u8]) -> Result<Record, DecodeError> {
+    decode_ref(payload).map(|r| r.to_owned())
+}
+
+/// Decodes a payload in place.
+pub fn decode_ref(payload: &[u8]) -> Result<RecordRef<'_>, DecodeError> {
     let mut r = Reader(payload);
     let record = match r.u8()? {
         TAG_EVENT => {
-            let source = r.string()?;
-            let message_id = r.string()?;
+            let source = r.str()?;
+            let message_id = r.str()?;
             let kind = MessageType::parse(r.str()?).ok_or(DecodeError("message type"))?;
             let event = r.opt()?;
             let anonymous_id = r.opt()?;
@@ -116,14 +221,14 @@ pub fn decode(payload: &[u8]) -> Result<Record, DecodeError> {
             let junk_ids = r.u8()?;
             let consent_record = match r.u8()? {
                 0 => None,
-                1 => Some(ConsentRecord {
-                    preferences: r.string()?,
+                1 => Some(ConsentRef {
+                    preferences: r.str()?,
                     policy: r.opt()?,
                     policy_version: r.opt()?,
                 }),
                 _ => return Err(DecodeError("consent flag")),
             };
-            let event = NewEvent {
+            let event = EventRef {
                 message_id,
                 kind,
                 event,
@@ -132,20 +237,20 @@ pub fn decode(payload: &[u8]) -> Result<Record, DecodeError> {
                 previous_id,
                 junk_ids,
                 consent_record,
-                timestamp: r.string()?,
-                received_at: r.string()?,
+                timestamp: r.str()?,
+                received_at: r.str()?,
                 ip: r.opt()?,
-                body: r.string()?,
+                body: r.str()?,
             };
-            Record::Event { source, event }
+            RecordRef::Event { source, event }
         }
-        TAG_REJECTED => Record::Rejected {
-            source: r.string()?,
-            rejected: RejectedMessage {
-                received_at: r.string()?,
-                code: r.string()?,
-                reason: r.string()?,
-                raw: r.string()?,
+        TAG_REJECTED => RecordRef::Rejected {
+            source: r.str()?,
+            rejected: RejectedRef {
+                received_at: r.str()?,
+                code: r.str()?,
+                reason: r.str()?,
+                raw: r.str()?,
             },
         },
         _ => return Err(DecodeError("unknown tag")),
@@ -197,14 +302,10 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(self.take(n)?).map_err(|_| DecodeError("utf-8"))
     }
 
-    fn string(&mut self) -> Result<String, DecodeError> {
-        self.str().map(str::to_owned)
-    }
-
-    fn opt(&mut self) -> Result<Option<String>, DecodeError> {
+    fn opt(&mut self) -> Result<Option<&'a str>, DecodeError> {
         match self.u8()? {
             0 => Ok(None),
-            1 => self.string().map(Some),
+            1 => self.str().map(Some),
             _ => Err(DecodeError("option flag")),
         }
     }

@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::io;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use super::format::Header;
@@ -80,6 +81,23 @@ impl LogReader {
         max: usize,
         out: &mut Vec<(Lsn, Vec<u8>)>,
     ) -> Result<usize, LogError> {
+        let mut buf = Vec::new();
+        let mut ranges = Vec::new();
+        let added = self.next_batch_into(until, max, &mut buf, &mut ranges)?;
+        out.extend(ranges.into_iter().map(|(lsn, r)| (lsn, buf[r].to_vec())));
+        Ok(added)
+    }
+
+    /// [`LogReader::next_batch`] without an allocation per record: appends
+    /// the payloads to `buf`, back to back, and `(lsn, where in buf)` to
+    /// `out`. For consumers, which decode records in place.
+    pub fn next_batch_into(
+        &mut self,
+        until: Lsn,
+        max: usize,
+        buf: &mut Vec<u8>,
+        out: &mut Vec<(Lsn, Range<usize>)>,
+    ) -> Result<usize, LogError> {
         let mut added = 0;
         while added < max && self.position < until {
             let Some(current) = self.current.as_mut() else {
@@ -125,18 +143,19 @@ impl LogReader {
                 }
                 break;
             }
-            let mut payload = Vec::new();
-            if !current.records.read_payload(&header, &mut payload)? {
+            let at = buf.len();
+            if !current.records.append_payload(&header, buf)? {
                 if self.ended_inside_record("incomplete payload")? {
                     continue;
                 }
                 break;
             }
-            if !header.matches(&payload) {
+            if !header.matches(&buf[at..]) {
+                buf.truncate(at);
                 let reason = format!("CRC mismatch (the record claims LSN {})", header.lsn);
                 return Err(corrupt(&current.path, start, reason));
             }
-            out.push((header.lsn, payload));
+            out.push((header.lsn, at..buf.len()));
             self.position = header.lsn + 1;
             added += 1;
         }

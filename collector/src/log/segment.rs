@@ -179,6 +179,24 @@ impl RecordReader {
         Ok(true)
     }
 
+    /// [`RecordReader::read_payload`], appending to `buf` instead of
+    /// replacing its content; on `false`, `buf` is as it was.
+    pub fn append_payload(&mut self, header: &Header, buf: &mut Vec<u8>) -> io::Result<bool> {
+        let at = buf.len();
+        let len = header.len as usize;
+        buf.reserve(len);
+        let got = (&mut self.file)
+            .take(u64::from(header.len))
+            .read_to_end(buf)?;
+        if got < len {
+            buf.truncate(at);
+            self.rewind()?;
+            return Ok(false);
+        }
+        self.offset += header.record_len();
+        Ok(true)
+    }
+
     /// Reads the next record whole and checks it (header, length, CRC), for
     /// callers that need every record valid: recovery and erasure. On
     /// [`Checked::Damaged`] the offset stays at the damaged record's start.

@@ -22,8 +22,7 @@ use weft_protocol::MessageType;
 
 use crate::identity::{Alias, Link};
 use crate::log::Lsn;
-
-use super::NewEvent;
+use crate::record::EventRef;
 
 /// An identify call (its body holds traits).
 pub const IDENTIFY: u8 = 1;
@@ -119,8 +118,8 @@ pub struct MemoryIndex {
 
 impl MemoryIndex {
     /// Indexes the event at `lsn` under its anonymousId and userId.
-    pub fn add(&mut self, lsn: Lsn, e: &NewEvent) {
-        let at = timestamp_millis(&e.timestamp);
+    pub fn add(&mut self, lsn: Lsn, e: &EventRef<'_>) {
+        let at = timestamp_millis(e.timestamp);
         let mut flags = 0;
         if e.kind == MessageType::Identify {
             flags |= IDENTIFY;
@@ -128,14 +127,14 @@ impl MemoryIndex {
         if e.body.contains("\"categoryPreferences\"") {
             flags |= CONSENT;
         }
-        if let Some(a) = &e.anonymous_id {
+        if let Some(a) = e.anonymous_id {
             let with_user = if e.user_id.is_some() { WITH_USER } else { 0 };
             let i = self.intern(a);
             self.entries[i as usize]
                 .device
                 .push(Posting::new(at, lsn, flags | with_user));
         }
-        if let Some(u) = &e.user_id {
+        if let Some(u) = e.user_id {
             let i = self.intern(u);
             self.entries[i as usize]
                 .user
@@ -476,20 +475,24 @@ mod tests {
         assert_eq!(timestamp_millis("soon"), 0);
     }
 
-    fn event(anonymous: Option<&str>, user: Option<&str>, kind: MessageType) -> NewEvent {
-        NewEvent {
-            message_id: "m".into(),
+    fn event<'a>(
+        anonymous: Option<&'a str>,
+        user: Option<&'a str>,
+        kind: MessageType,
+    ) -> EventRef<'a> {
+        EventRef {
+            message_id: "m",
             kind,
             event: None,
-            anonymous_id: anonymous.map(Into::into),
-            user_id: user.map(Into::into),
+            anonymous_id: anonymous,
+            user_id: user,
             previous_id: None,
             junk_ids: 0,
             consent_record: None,
-            timestamp: "2026-11-23T09:59:50.000Z".into(),
-            received_at: "2026-11-23T09:59:50.000Z".into(),
+            timestamp: "2026-11-23T09:59:50.000Z",
+            received_at: "2026-11-23T09:59:50.000Z",
             ip: None,
-            body: r#"{"context":{"consent":{"categoryPreferences":{}}}}"#.into(),
+            body: r#"{"context":{"consent":{"categoryPreferences":{}}}}"#,
         }
     }
 

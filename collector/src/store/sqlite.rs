@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use weft_protocol::MessageType;
@@ -28,7 +29,7 @@ use weft_protocol::MessageType;
 use crate::consumer::Consumer;
 use crate::identity::{self, Alias, Component, Edges, Identity, Link, device_profile_id};
 use crate::log::{LogLookup, LogReader, Lsn};
-use crate::record::{self, Record};
+use crate::record::{self, RecordRef};
 
 use super::memory::{self, CONSENT, IDENTIFY, MemoryIndex, NewEdge, WITH_USER};
 
@@ -108,7 +109,16 @@ PRAGMA user_version = 3;
 
 /// The index's position in the event log: every record below it is
 /// applied. Kept in `meta`, written in the transaction that applies them.
+/// A batch with nothing for the database (events without new identity
+/// edges, consent records or rejected messages: most of them) does not
+/// write it unless [`POSITION_EVERY`] has passed: after a restart such
+/// records replay, which is harmless (they add nothing to the database, and
+/// the memory index is rebuilt from the log anyway) and spares a commit per
+/// batch.
 const POSITION_KEY: &str = "log_position";
+/// How often, at least, the position is written while batches have nothing
+/// else for the database.
+const POSITION_EVERY: Duration = Duration::from_secs(1);
 
 /// What an erasure removed from the index.
 pub struct Erasure {
@@ -126,6 +136,11 @@ pub struct IndexWriter {
     suppression: Suppression,
     events: Arc<RwLock<MemoryIndex>>,
     log_dir: PathBuf,
+    /// Every record below this is applied (in memory; the database's
+    /// position may be behind it, see [`POSITION_EVERY`]).
+    applied: Lsn,
+    /// When the database's position was last written.
+    position_written: Instant,
 }
 
 /// The reading half: connections for the admin API, the event index and
@@ -196,6 +211,8 @@ pub fn open_index(
         suppression,
         events: events.clone(),
         log_dir: log_dir.to_path_buf(),
+        applied: 0,
+        position_written: Instant::now(),
     };
     writer.load()?;
     let readers = IndexReaders {
@@ -221,18 +238,30 @@ impl Consumer for IndexWriter {
 
     /// One transaction for the records and the position: exactly once,
     /// whatever crashes when. The memory index follows once it committed.
-    fn apply(&mut self, records: &[(Lsn, Record)], next: Lsn) -> Result<(), StoreError> {
+    fn apply(&mut self, records: &[(Lsn, RecordRef<'_>)], next: Lsn) -> Result<(), StoreError> {
         // 1. Which records are erased, and which identity edges are new.
         let (skipped, edges) = {
             let events = self.events.read().unwrap_or_else(|e| e.into_inner());
             plan(&events, records, &self.suppression)
         };
-        // 2. The database.
-        apply(&mut self.conn, records, next, &skipped, &edges)?;
+        // 2. The database, when the batch has something for it (or its
+        //    position is due).
+        let for_database = !edges.is_empty()
+            || records.iter().enumerate().any(|(i, (_, r))| match r {
+                RecordRef::Event { event: e, .. } => {
+                    e.consent_record.is_some() && skipped.binary_search(&i).is_err()
+                }
+                RecordRef::Rejected { .. } => true,
+            });
+        if for_database || self.position_written.elapsed() >= POSITION_EVERY {
+            apply(&mut self.conn, records, next, &skipped, &edges)?;
+            self.position_written = Instant::now();
+        }
+        self.applied = next;
         // 3. The memory index (nothing here can fail).
         let mut events = write_lock(&self.events);
         for (i, (lsn, record)) in records.iter().enumerate() {
-            if let Record::Event { event: e, .. } = record
+            if let RecordRef::Event { event: e, .. } = record
                 && skipped.binary_search(&i).is_err()
             {
                 events.add(*lsn, e);
@@ -259,9 +288,9 @@ enum Edge {
 /// identity edges the others add, by record index: a link for every
 /// identify (once per device, user and time) and for the first message
 /// with a device/user pair, an alias once per pair.
-fn plan(
+fn plan<'r>(
     known: &MemoryIndex,
-    records: &[(Lsn, Record)],
+    records: &[(Lsn, RecordRef<'r>)],
     suppression: &Suppression,
 ) -> (Vec<usize>, Vec<(usize, Edge)>) {
     let mut skipped = Vec::new();
@@ -271,14 +300,10 @@ fn plan(
     let mut linked: HashSet<(&str, &str, &str)> = HashSet::new();
     let mut aliased: HashSet<(&str, &str)> = HashSet::new();
     for (i, (_, record)) in records.iter().enumerate() {
-        let Record::Event { event: e, .. } = record else {
+        let RecordRef::Event { event: e, .. } = record else {
             continue;
         };
-        let ids = [
-            e.anonymous_id.as_deref(),
-            e.user_id.as_deref(),
-            e.previous_id.as_deref(),
-        ];
+        let ids = [e.anonymous_id, e.user_id, e.previous_id];
         if suppression.any(&ids) {
             skipped.push(i);
             continue;
@@ -286,11 +311,11 @@ fn plan(
         let edge = |from: &str, to: &str| NewEdge {
             from: from.to_owned(),
             to: to.to_owned(),
-            at: e.timestamp.clone(),
-            message_id: e.message_id.clone(),
+            at: e.timestamp.to_owned(),
+            message_id: e.message_id.to_owned(),
         };
-        if let (Some(a), Some(u)) = (e.anonymous_id.as_deref(), e.user_id.as_deref()) {
-            let at = e.timestamp.as_str();
+        if let (Some(a), Some(u)) = (e.anonymous_id, e.user_id) {
+            let at = e.timestamp;
             let new = if e.kind == MessageType::Identify {
                 !linked.contains(&(a, u, at)) && !known.has_link(a, u, Some(at))
             } else {
@@ -302,7 +327,7 @@ fn plan(
                 edges.push((i, Edge::Link(edge(a, u))));
             }
         }
-        if let (Some(p), Some(u)) = (e.previous_id.as_deref(), e.user_id.as_deref())
+        if let (Some(p), Some(u)) = (e.previous_id, e.user_id)
             && !known.has_alias(p, u)
             && aliased.insert((p, u))
         {
@@ -328,6 +353,7 @@ impl IndexWriter {
     /// the database's position (the records after it are the indexer's).
     fn load(&mut self) -> Result<(), StoreError> {
         let until = self.position()?;
+        self.applied = until;
         let mut events = self.events.write().unwrap_or_else(|e| e.into_inner());
         for (sql, alias) in [
             (
@@ -370,12 +396,10 @@ impl IndexWriter {
                 break;
             }
             for (lsn, payload) in &batch {
-                if let Ok(Record::Event { event: e, .. }) = record::decode(payload)
-                    && !self.suppression.any(&[
-                        e.anonymous_id.as_deref(),
-                        e.user_id.as_deref(),
-                        e.previous_id.as_deref(),
-                    ])
+                if let Ok(RecordRef::Event { event: e, .. }) = record::decode_ref(payload)
+                    && !self
+                        .suppression
+                        .any(&[e.anonymous_id, e.user_id, e.previous_id])
                 {
                     events.add(*lsn, &e);
                 }
@@ -451,7 +475,7 @@ impl IndexWriter {
     /// Answers how many events left the index. The log then drops the
     /// segments that hold only such records.
     pub fn expire(&mut self, before: &str) -> Result<usize, StoreError> {
-        let until = self.position()?;
+        let until = self.applied;
         let starts = crate::log::segment_starts(&self.log_dir).map_err(log_error)?;
         let mut expired = Vec::new();
         for (i, &first) in starts.iter().enumerate() {
@@ -472,8 +496,8 @@ impl IndexWriter {
                     break;
                 }
                 for (lsn, payload) in &batch {
-                    if let Ok(Record::Event { event: e, .. }) = record::decode(payload)
-                        && e.received_at.as_str() < before
+                    if let Ok(RecordRef::Event { event: e, .. }) = record::decode_ref(payload)
+                        && e.received_at < before
                     {
                         expired.push(*lsn);
                         any = true;
@@ -568,7 +592,7 @@ fn log_error(e: crate::log::LogError) -> StoreError {
 /// position.
 fn apply(
     conn: &mut Connection,
-    records: &[(Lsn, Record)],
+    records: &[(Lsn, RecordRef<'_>)],
     next: Lsn,
     skipped: &[usize],
     edges: &[(usize, Edge)],
@@ -591,8 +615,8 @@ fn apply(
         let mut insert_rejected = tx.prepare_cached(
             "INSERT INTO rejected (source, received_at, code, reason, raw) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
-        let source_of = |i: usize| match &records[i].1 {
-            Record::Event { source, .. } | Record::Rejected { source, .. } => source.as_str(),
+        let source_of = |i: usize| match records[i].1 {
+            RecordRef::Event { source, .. } | RecordRef::Rejected { source, .. } => source,
         };
         for (i, edge) in edges {
             match edge {
@@ -610,7 +634,7 @@ fn apply(
         }
         for (i, (_, record)) in records.iter().enumerate() {
             match record {
-                Record::Event { source, event: e } => {
+                RecordRef::Event { source, event: e } => {
                     if skipped.binary_search(&i).is_ok() {
                         continue;
                     }
@@ -628,7 +652,7 @@ fn apply(
                         ])?;
                     }
                 }
-                Record::Rejected {
+                RecordRef::Rejected {
                     source,
                     rejected: b,
                 } => {
@@ -828,11 +852,11 @@ fn event_body(v: &View<'_>, lsn: Lsn) -> Result<Option<serde_json::Value>, Store
     let Some(payload) = v.log.read(lsn).map_err(log_error)? else {
         return Ok(None);
     };
-    match record::decode(&payload).map_err(|e| StoreError::Corrupt(e.to_string()))? {
-        Record::Event { event, .. } => serde_json::from_str(&event.body)
+    match record::decode_ref(&payload).map_err(|e| StoreError::Corrupt(e.to_string()))? {
+        RecordRef::Event { event, .. } => serde_json::from_str(event.body)
             .map(Some)
             .map_err(|e| StoreError::Corrupt(e.to_string())),
-        Record::Rejected { .. } => Ok(None),
+        RecordRef::Rejected { .. } => Ok(None),
     }
 }
 
