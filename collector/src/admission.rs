@@ -270,7 +270,7 @@ fn admit_one(
     let group_id = identifier(&fields, "groupId")?;
     let event = optional_string(&fields, "event")?;
     let message_id = optional_string(&fields, "messageId")?;
-    let non_empty = |s: &Option<String>| s.as_deref().is_some_and(|v| !v.is_empty());
+    let non_empty = |s: &Option<Cow<'_, str>>| s.as_deref().is_some_and(|v| !v.is_empty());
     if !non_empty(&anonymous_id) && !non_empty(&user_id) {
         return Err(Rejection::new(
             "missing_identity",
@@ -348,7 +348,7 @@ fn admit_one(
     };
 
     let message_id = match message_id {
-        Some(id) if !id.is_empty() => id,
+        Some(id) if !id.is_empty() => id.into_owned(),
         _ => server_message_id().ok_or_else(|| {
             Rejection::new(
                 "internal",
@@ -372,12 +372,15 @@ fn admit_one(
         ("receivedAt", Some(received_text)),
     ];
     let body = stored_body(&fields, &set, merged_context.as_deref());
-    let keep = |id: Option<String>| id.filter(|id| !is_junk(id, facts.junk));
+    let keep = |id: Option<Cow<'_, str>>| {
+        id.filter(|id| !is_junk(id, facts.junk))
+            .map(Cow::into_owned)
+    };
     Ok((
         Ok(NewEvent {
             message_id,
             kind,
-            event,
+            event: event.map(Cow::into_owned),
             consent_record,
             junk_ids: junk,
             anonymous_id: keep(anonymous_id),
@@ -538,7 +541,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
 }
 
 /// A string field's value; `null` counts as absent.
-fn optional_string(fields: &Fields<'_>, name: &str) -> Result<Option<String>, Rejection> {
+fn optional_string<'a>(fields: &Fields<'a>, name: &str) -> Result<Option<Cow<'a, str>>, Rejection> {
     match fields.get(name) {
         None => Ok(None),
         Some(v) if v.get() == "null" => Ok(None),
@@ -546,8 +549,18 @@ fn optional_string(fields: &Fields<'_>, name: &str) -> Result<Option<String>, Re
     }
 }
 
-fn string(v: &RawValue, name: &str) -> Result<String, Rejection> {
-    serde_json::from_str::<String>(v.get())
+/// A JSON string value's text: borrowed when it has no escape (a valid
+/// JSON string without a backslash is its content between the quotes).
+fn string<'a>(v: &'a RawValue, name: &str) -> Result<Cow<'a, str>, Rejection> {
+    let text = v.get();
+    if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"'))
+        && !inner.contains('\\')
+        && !inner.contains('"')
+    {
+        return Ok(Cow::Borrowed(inner));
+    }
+    serde_json::from_str::<String>(text)
+        .map(Cow::Owned)
         .map_err(|_| Rejection::invalid(format!("`{name}` must be a string")))
 }
 
@@ -558,11 +571,16 @@ pub fn raw_identifiers(raw: &str) -> [Option<String>; 3] {
     let Ok(fields) = serde_json::from_str::<Fields<'_>>(raw) else {
         return [None, None, None];
     };
-    ["anonymousId", "userId", "previousId"].map(|name| identifier(&fields, name).ok().flatten())
+    ["anonymousId", "userId", "previousId"].map(|name| {
+        identifier(&fields, name)
+            .ok()
+            .flatten()
+            .map(Cow::into_owned)
+    })
 }
 
 /// An identifier: a string, or a number taken as its text; `null` is none.
-fn identifier(fields: &Fields<'_>, name: &str) -> Result<Option<String>, Rejection> {
+fn identifier<'a>(fields: &Fields<'a>, name: &str) -> Result<Option<Cow<'a, str>>, Rejection> {
     let Some(v) = fields.get(name) else {
         return Ok(None);
     };
@@ -574,7 +592,7 @@ fn identifier(fields: &Fields<'_>, name: &str) -> Result<Option<String>, Rejecti
         return string(v, name).map(Some);
     }
     match serde_json::from_str::<serde_json::Number>(text) {
-        Ok(n) => Ok(Some(n.to_string())),
+        Ok(n) => Ok(Some(Cow::Owned(n.to_string()))),
         Err(_) => Err(Rejection::invalid(format!(
             "`{name}`: identifiers must be strings (or numbers)"
         ))),
@@ -939,5 +957,17 @@ mod tests {
         assert!(err.reason.contains("duplicate field `k7`"), "{err:?}");
         let raw = format!(r#"{{"type":"page","userId":"u",{}}}"#, keys.join(","));
         assert!(prepare(&raw, None).is_ok());
+    }
+
+    #[test]
+    fn string_values_are_borrowed_unless_they_carry_escapes() {
+        let raw = |t: &'static str| serde_json::from_str::<&RawValue>(t).unwrap();
+        let plain = string(raw("\"anon-1 é\""), "x").unwrap();
+        assert!(matches!(plain, Cow::Borrowed("anon-1 é")), "{plain:?}");
+        let escaped = string(raw(r#""a\"b\u00e9\n""#), "x").unwrap();
+        assert!(matches!(escaped, Cow::Owned(_)));
+        assert_eq!(escaped, "a\"bé\n");
+        assert!(string(raw("12"), "x").is_err());
+        assert_eq!(string(raw(r#""""#), "x").unwrap(), "");
     }
 }
