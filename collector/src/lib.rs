@@ -52,6 +52,7 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod record;
 pub mod routes;
+pub mod segments;
 pub mod server;
 pub mod store;
 

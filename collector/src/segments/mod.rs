@@ -1,0 +1,455 @@
+//! Real-time segments (DESIGN.md §10): audiences whose membership changes
+//! the moment an event, a login or a consent decision changes who someone
+//! is.
+//!
+//! A segment is a key, a name and a [`rule::Rule`]. This module holds the
+//! definitions and the current memberships, in memory, and decides what an
+//! update means: which segments a change can affect ([`Segments::relevant`]),
+//! in which order to evaluate them (a segment after the segments its rule
+//! refers to), and what entered or left. The index (the log's consumer)
+//! evaluates profiles against it after each batch and stores the changes;
+//! see `store::sqlite`.
+
+pub mod rule;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde_json::Value;
+
+pub use rule::{Facts, Rule, RuleError};
+
+/// A segment as defined, and how far its membership is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Definition {
+    /// `[a-z0-9_-]{1,64}`.
+    pub key: String,
+    /// For people.
+    pub name: String,
+    /// The rule as given (answered back as is).
+    pub rule_json: Value,
+    /// The rule, checked.
+    pub rule: Rule,
+    /// When it was last put (RFC 3339 UTC millis).
+    pub updated_at: String,
+    /// `false` while every profile is being evaluated against a new rule.
+    pub ready: bool,
+}
+
+/// A membership change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The segment.
+    pub segment: String,
+    /// The profile.
+    pub profile_id: String,
+    /// Entered (`true`) or left.
+    pub entered: bool,
+    /// When (RFC 3339 UTC millis).
+    pub at: String,
+}
+
+/// What changed about a profile in a batch, for [`Segments::relevant`].
+#[derive(Debug, Default, Clone)]
+pub struct Touched {
+    /// Names of its new track events.
+    pub events: BTreeSet<String>,
+    /// It sent an identify (traits may have changed).
+    pub traits: bool,
+    /// It sent consent preferences.
+    pub consent: bool,
+    /// It was joined to other identifiers (its events and traits are now
+    /// those of more identifiers): every segment may change.
+    pub merged: bool,
+}
+
+/// The definitions and the current members.
+#[derive(Debug, Default)]
+pub struct Segments {
+    defs: BTreeMap<String, Definition>,
+    /// Keys, each after those its rule refers to.
+    order: Vec<String>,
+    /// segment -> profile -> when it entered.
+    members: HashMap<String, HashMap<String, String>>,
+}
+
+impl Segments {
+    /// Adds a definition as loaded at start (order is fixed by
+    /// [`Segments::reorder`]).
+    pub fn load(&mut self, def: Definition) {
+        self.defs.insert(def.key.clone(), def);
+        self.reorder();
+    }
+
+    /// A membership as loaded at start.
+    pub fn load_member(&mut self, segment: &str, profile_id: String, entered_at: String) {
+        self.members
+            .entry(segment.to_owned())
+            .or_default()
+            .insert(profile_id, entered_at);
+    }
+
+    /// Whether `rule` may be stored under `key`: every segment it refers to
+    /// exists, and none of them refers back to `key`, however indirectly.
+    pub fn check(&self, key: &str, rule: &Rule) -> Result<(), RuleError> {
+        for other in rule.segments() {
+            if other == key {
+                return Err(RuleError {
+                    reason: format!("the segment {key:?} cannot refer to itself"),
+                    path: "rule".into(),
+                });
+            }
+            if !self.defs.contains_key(other) {
+                return Err(RuleError {
+                    reason: format!("no segment {other:?}"),
+                    path: "rule".into(),
+                });
+            }
+            if self.reaches(other, key) {
+                return Err(RuleError {
+                    reason: format!(
+                        "{other:?} refers back to {key:?}: segments cannot form a cycle"
+                    ),
+                    path: "rule".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `from`'s rule refers to `to`, directly or through others.
+    fn reaches(&self, from: &str, to: &str) -> bool {
+        let mut pending = vec![from.to_owned()];
+        let mut seen = BTreeSet::new();
+        while let Some(k) = pending.pop() {
+            if k == to {
+                return true;
+            }
+            if !seen.insert(k.clone()) {
+                continue;
+            }
+            if let Some(d) = self.defs.get(&k) {
+                pending.extend(d.rule.segments().into_iter().map(str::to_owned));
+            }
+        }
+        false
+    }
+
+    /// Stores a definition (checked with [`Segments::check`]).
+    pub fn put(&mut self, def: Definition) {
+        self.defs.insert(def.key.clone(), def);
+        self.reorder();
+    }
+
+    /// Removes a segment and its members; answers whether it existed.
+    pub fn remove(&mut self, key: &str) -> bool {
+        self.members.remove(key);
+        let existed = self.defs.remove(key).is_some();
+        self.reorder();
+        existed
+    }
+
+    /// Marks a segment's recompute done.
+    pub fn set_ready(&mut self, key: &str) {
+        if let Some(d) = self.defs.get_mut(key) {
+            d.ready = true;
+        }
+    }
+
+    /// The segments whose rules refer to `key`, directly.
+    pub fn dependents(&self, key: &str) -> Vec<String> {
+        self.order
+            .iter()
+            .filter(|k| self.defs[*k].rule.segments().contains(&key))
+            .cloned()
+            .collect()
+    }
+
+    fn reorder(&mut self) {
+        // Depth-first: a segment after everything it refers to. Check()
+        // keeps the graph acyclic; `seen` keeps this finite regardless.
+        fn visit(
+            k: &str,
+            defs: &BTreeMap<String, Definition>,
+            seen: &mut BTreeSet<String>,
+            out: &mut Vec<String>,
+        ) {
+            if !seen.insert(k.to_owned()) {
+                return;
+            }
+            if let Some(d) = defs.get(k) {
+                for dep in d.rule.segments() {
+                    visit(dep, defs, seen, out);
+                }
+                out.push(k.to_owned());
+            }
+        }
+        let mut out = Vec::new();
+        let mut seen = BTreeSet::new();
+        for k in self.defs.keys() {
+            visit(k, &self.defs, &mut seen, &mut out);
+        }
+        self.order = out;
+    }
+
+    /// One definition.
+    pub fn get(&self, key: &str) -> Option<&Definition> {
+        self.defs.get(key)
+    }
+
+    /// Every definition, by key.
+    pub fn all(&self) -> impl Iterator<Item = &Definition> {
+        self.defs.values()
+    }
+
+    /// Whether there is any segment.
+    pub fn is_empty(&self) -> bool {
+        self.defs.is_empty()
+    }
+
+    /// How many profiles are in `key`.
+    pub fn size(&self, key: &str) -> usize {
+        self.members.get(key).map_or(0, HashMap::len)
+    }
+
+    /// Whether `profile_id` is in `key`.
+    pub fn is_member(&self, key: &str, profile_id: &str) -> bool {
+        self.members
+            .get(key)
+            .is_some_and(|m| m.contains_key(profile_id))
+    }
+
+    /// The segments `profile_id` is in, by key.
+    pub fn of_profile(&self, profile_id: &str) -> Vec<String> {
+        self.defs
+            .keys()
+            .filter(|k| self.is_member(k, profile_id))
+            .cloned()
+            .collect()
+    }
+
+    /// The members of `key` as (profile, entered_at), by profile id, after
+    /// `after` (a cursor: the last profile of the previous page).
+    pub fn members(&self, key: &str, after: Option<&str>, limit: usize) -> Vec<(String, String)> {
+        let Some(m) = self.members.get(key) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<(&String, &String)> = m
+            .iter()
+            .filter(|(p, _)| after.is_none_or(|a| p.as_str() > a))
+            .collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .take(limit)
+            .map(|(p, t)| (p.clone(), t.clone()))
+            .collect()
+    }
+
+    /// The keys to evaluate for a profile that was `touched`, in order: the
+    /// segments whose rule reads what changed, and those that refer to a
+    /// segment that will be evaluated (a membership may change there).
+    pub fn relevant(&self, touched: &Touched) -> Vec<String> {
+        let mut chosen: BTreeSet<&str> = BTreeSet::new();
+        for k in &self.order {
+            let r = &self.defs[k].rule;
+            let reads_change = touched.merged
+                || (touched.traits && r.uses_traits())
+                || (touched.consent && r.uses_consent())
+                || r.event_names().iter().any(|n| touched.events.contains(*n));
+            let follows = r.segments().iter().any(|s| chosen.contains(s));
+            if reads_change || follows {
+                chosen.insert(k);
+            }
+        }
+        // `order` puts dependencies first, so filtering it keeps that.
+        self.order
+            .iter()
+            .filter(|k| chosen.contains(k.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    /// Every key, dependencies first.
+    pub fn ordered(&self) -> &[String] {
+        &self.order
+    }
+
+    /// Evaluates `profile_id` against `keys` (in the order given: as from
+    /// [`Segments::relevant`]) with `facts`, applies what changed and
+    /// answers it. `member_of` conditions see the memberships this pass has
+    /// just decided.
+    pub fn evaluate(
+        &mut self,
+        profile_id: &str,
+        keys: &[String],
+        facts: &mut dyn Facts,
+        now: &str,
+    ) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for key in keys {
+            let Some(def) = self.defs.get(key) else {
+                continue;
+            };
+            let is_in = {
+                let mut with_members = WithMembers {
+                    facts: &mut *facts,
+                    segments: self,
+                    profile_id,
+                };
+                def.rule.matches(&mut with_members)
+            };
+            let was_in = self.is_member(key, profile_id);
+            if is_in != was_in {
+                changes.push(self.apply(key, profile_id, is_in, now));
+            }
+        }
+        changes
+    }
+
+    /// Takes `profile_id` out of every segment (it was merged into another
+    /// profile, or erased).
+    pub fn remove_profile(&mut self, profile_id: &str, now: &str) -> Vec<Change> {
+        let keys: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.contains_key(profile_id))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.iter()
+            .map(|k| self.apply(k, profile_id, false, now))
+            .collect()
+    }
+
+    fn apply(&mut self, key: &str, profile_id: &str, entered: bool, now: &str) -> Change {
+        let m = self.members.entry(key.to_owned()).or_default();
+        if entered {
+            m.insert(profile_id.to_owned(), now.to_owned());
+        } else {
+            m.remove(profile_id);
+        }
+        Change {
+            segment: key.to_owned(),
+            profile_id: profile_id.to_owned(),
+            entered,
+            at: now.to_owned(),
+        }
+    }
+}
+
+/// Facts with `member_of` answered from the current memberships.
+struct WithMembers<'a, 'f> {
+    facts: &'a mut (dyn Facts + 'f),
+    segments: &'a Segments,
+    profile_id: &'a str,
+}
+
+impl Facts for WithMembers<'_, '_> {
+    fn trait_value(&mut self, name: &str) -> Option<Value> {
+        self.facts.trait_value(name)
+    }
+    fn consent_grants(&mut self, category: &str) -> bool {
+        self.facts.consent_grants(category)
+    }
+    fn count_events(&mut self, condition: &rule::EventCondition) -> u64 {
+        self.facts.count_events(condition)
+    }
+    fn member_of(&mut self, key: &str) -> bool {
+        self.segments.is_member(key, self.profile_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn def(key: &str, rule: Value) -> Definition {
+        Definition {
+            key: key.into(),
+            name: key.into(),
+            rule: Rule::parse(&rule).unwrap(),
+            rule_json: rule,
+            updated_at: "2026-01-01T00:00:00.000Z".into(),
+            ready: true,
+        }
+    }
+
+    struct Plan(&'static str);
+    impl Facts for Plan {
+        fn trait_value(&mut self, name: &str) -> Option<Value> {
+            (name == "plan").then(|| json!(self.0))
+        }
+        fn consent_grants(&mut self, _: &str) -> bool {
+            false
+        }
+        fn count_events(&mut self, _: &rule::EventCondition) -> u64 {
+            0
+        }
+        fn member_of(&mut self, _: &str) -> bool {
+            unreachable!("answered by the segments")
+        }
+    }
+
+    #[test]
+    fn cycles_and_unknown_references_are_refused_and_order_follows_references() {
+        let mut s = Segments::default();
+        s.put(def(
+            "pro",
+            json!({"trait": "plan", "op": "eq", "value": "pro"}),
+        ));
+        s.put(def(
+            "pro-vip",
+            json!({"all": [{"segment": "pro"}, {"trait": "vip", "op": "exists"}]}),
+        ));
+        let refers = |k: &str| Rule::parse(&json!({"segment": k})).unwrap();
+        assert!(s.check("x", &refers("pro-vip")).is_ok());
+        assert_eq!(
+            s.check("x", &refers("nope")).unwrap_err().reason,
+            "no segment \"nope\""
+        );
+        assert!(s.check("pro", &refers("pro")).is_err(), "itself");
+        assert!(
+            s.check("pro", &refers("pro-vip")).is_err(),
+            "through another"
+        );
+        s.put(def("a-last", json!({"segment": "pro-vip"})));
+        let order = s.ordered().to_vec();
+        let at = |k: &str| order.iter().position(|x| x == k).unwrap();
+        assert!(at("pro") < at("pro-vip") && at("pro-vip") < at("a-last"));
+    }
+
+    #[test]
+    fn a_change_evaluates_what_can_change_and_what_follows_it() {
+        let mut s = Segments::default();
+        s.put(def(
+            "pro",
+            json!({"trait": "plan", "op": "eq", "value": "pro"}),
+        ));
+        s.put(def("pro-too", json!({"segment": "pro"})));
+        s.put(def("buyers", json!({"event": "Order Completed"})));
+        let traits = Touched {
+            traits: true,
+            ..Touched::default()
+        };
+        assert_eq!(s.relevant(&traits), ["pro", "pro-too"]);
+        let bought = Touched {
+            events: ["Order Completed".to_owned()].into(),
+            ..Touched::default()
+        };
+        assert_eq!(s.relevant(&bought), ["buyers"]);
+        let keys = s.relevant(&traits);
+        let changes = s.evaluate("user:u", &keys, &mut Plan("pro"), "t1");
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert!(changes.iter().all(|c| c.entered));
+        assert_eq!(s.of_profile("user:u"), ["pro", "pro-too"]);
+        assert!(
+            s.evaluate("user:u", &keys, &mut Plan("pro"), "t2")
+                .is_empty()
+        );
+        let left = s.evaluate("user:u", &keys, &mut Plan("free"), "t3");
+        assert_eq!(left.iter().filter(|c| !c.entered).count(), 2);
+        assert_eq!(s.size("pro"), 0);
+        s.evaluate("user:u", &keys, &mut Plan("pro"), "t4");
+        assert_eq!(s.remove_profile("user:u", "t5").len(), 2);
+        assert!(s.of_profile("user:u").is_empty());
+    }
+}
