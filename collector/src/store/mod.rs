@@ -13,6 +13,7 @@
 
 pub mod embedded;
 pub mod memory;
+pub mod profiles;
 pub mod sqlite;
 pub mod suppression;
 

@@ -18,7 +18,7 @@
 //! Delete the database and it is rebuilt from the log. Reads use separate
 //! connections; WAL lets them run beside the writer.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
@@ -27,16 +27,18 @@ use rusqlite::{Connection, OptionalExtension, params};
 use weft_protocol::MessageType;
 
 use crate::consumer::Consumer;
-use crate::identity::{self, Alias, Component, Edges, Identity, Link, device_profile_id};
 use crate::log::{LogLookup, LogReader, Lsn};
 use crate::record::{self, RecordRef};
 
-use super::memory::{self, CONSENT, IDENTIFY, MemoryIndex, NewEdge, WITH_USER};
+use super::memory::{MemoryIndex, NewEdge};
+use super::profiles::{
+    Resolved, View, consent_history, identifiers_to_suppress, profile, profile_events,
+    profile_graph, resolve,
+};
 
 use super::suppression::{IdHash, Suppression};
 use super::{
-    ConsentEntry, ErasureReport, EventCursor, EventsPage, GraphEdge, IdentityGraph, ProfileSummary,
-    StoreError,
+    ConsentEntry, ErasureReport, EventCursor, EventsPage, IdentityGraph, ProfileSummary, StoreError,
 };
 
 /// The index file inside the data directory.
@@ -149,13 +151,6 @@ pub struct IndexReaders {
     readers: Vec<Mutex<Connection>>,
     events: Arc<RwLock<MemoryIndex>>,
     log: LogLookup,
-}
-
-/// What a read holds: a connection and the event index, read-locked.
-struct View<'a> {
-    conn: &'a Connection,
-    events: &'a MemoryIndex,
-    log: &'a LogLookup,
 }
 
 fn open(path: &Path) -> Result<Connection, StoreError> {
@@ -583,7 +578,7 @@ fn write_lock(events: &RwLock<MemoryIndex>) -> RwLockWriteGuard<'_, MemoryIndex>
     events.write().unwrap_or_else(|e| e.into_inner())
 }
 
-fn log_error(e: crate::log::LogError) -> StoreError {
+pub(super) fn log_error(e: crate::log::LogError) -> StoreError {
     StoreError::Log(e.to_string())
 }
 
@@ -710,313 +705,8 @@ fn migrate_edges(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Most user IDs one alias component may hold before the walk stops.
-const MAX_COMPONENT: usize = 10_000;
-
-fn exists(conn: &Connection, sql: &str, arg: &str) -> Result<bool, StoreError> {
+pub(super) fn exists(conn: &Connection, sql: &str, arg: &str) -> Result<bool, StoreError> {
     Ok(conn.query_row(sql, [arg], |_| Ok(())).optional()?.is_some())
-}
-
-/// One event of a resolved profile.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Event {
-    /// Its timestamp, as stored.
-    at: String,
-    lsn: Lsn,
-    /// An identify call.
-    identify: bool,
-    /// Its body carries consent preferences.
-    consent: bool,
-}
-
-impl Event {
-    fn of(p: &memory::Posting) -> Event {
-        Event {
-            at: memory::format_millis(p.at),
-            lsn: p.lsn(),
-            identify: p.has(IDENTIFY),
-            consent: p.has(CONSENT),
-        }
-    }
-}
-
-/// A profile resolved from the identity tables: who it is, how its
-/// identifiers are joined, and which events are its.
-struct Resolved {
-    profile_id: String,
-    users: Vec<String>,
-    devices: Vec<String>,
-    links: Vec<Link>,
-    aliases: Vec<Alias>,
-    /// Unsorted.
-    events: Vec<Event>,
-}
-
-/// The profile `id` (a userId or anonymousId) belongs to, resolved with
-/// [`crate::identity`]: the user's alias component and the devices linked to
-/// it, and the events attributed to them (a shared device's anonymous-only
-/// events go to the user logged in around their time).
-fn resolve(v: &View<'_>, id: &str) -> Result<Option<Resolved>, StoreError> {
-    let c = match identity::resolve(&MemoryEdges(v), id, MAX_COMPONENT)? {
-        Identity::Device(device) => return resolve_device(v, &device),
-        Identity::Person(c) => c,
-    };
-    let mut events = Vec::new();
-    for u in &c.users {
-        events.extend(v.events.user(u).iter().map(Event::of));
-    }
-    for d in &c.devices {
-        for p in v.events.device(d) {
-            if p.has(WITH_USER) {
-                continue;
-            }
-            let e = Event::of(p);
-            if c.owns(Some(d), None, &e.at) {
-                events.push(e);
-            }
-        }
-    }
-    let Component {
-        profile_id,
-        mut users,
-        mut devices,
-        mut links,
-        aliases,
-        ..
-    } = c;
-    // Links of other users on shared devices explain attribution but are
-    // not this profile's edges.
-    links.retain(|l| users.contains(&l.user_id));
-    users.sort();
-    devices.sort();
-    Ok(Some(Resolved {
-        profile_id,
-        users,
-        devices,
-        links,
-        aliases,
-        events,
-    }))
-}
-
-/// The memory index's identity graph, as [`identity::resolve`] reads it.
-struct MemoryEdges<'v, 'a>(&'v View<'a>);
-
-impl Edges for MemoryEdges<'_, '_> {
-    type Error = StoreError;
-
-    fn is_user(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self.0.events.is_user(id))
-    }
-
-    fn device_links(&self, device: &str) -> Result<Vec<Link>, StoreError> {
-        Ok(self.0.events.device_links(device))
-    }
-
-    fn aliases_of(&self, user: &str) -> Result<Vec<Alias>, StoreError> {
-        Ok(self.0.events.aliases_of(user))
-    }
-
-    fn devices_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
-        Ok(self.0.events.devices_of(user))
-    }
-}
-
-/// A device never linked to a user: a profile of its own.
-fn resolve_device(v: &View<'_>, device: &str) -> Result<Option<Resolved>, StoreError> {
-    let events: Vec<Event> = v.events.device(device).iter().map(Event::of).collect();
-    // A device whose events are gone (retention) still answers while its
-    // consent records, proof of consent, are kept.
-    if events.is_empty()
-        && !exists(
-            v.conn,
-            "SELECT 1 FROM consent_log WHERE anonymous_id = ?1 LIMIT 1",
-            device,
-        )?
-    {
-        return Ok(None);
-    }
-    Ok(Some(Resolved {
-        profile_id: device_profile_id(device),
-        users: Vec::new(),
-        devices: vec![device.to_owned()],
-        links: Vec::new(),
-        aliases: Vec::new(),
-        events,
-    }))
-}
-
-/// The stored body of the event at `lsn`, read from the log; `None` if the
-/// log no longer holds it (retention or an erasure got there first).
-fn event_body(v: &View<'_>, lsn: Lsn) -> Result<Option<serde_json::Value>, StoreError> {
-    let Some(payload) = v.log.read(lsn).map_err(log_error)? else {
-        return Ok(None);
-    };
-    match record::decode_ref(&payload).map_err(|e| StoreError::Corrupt(e.to_string()))? {
-        RecordRef::Event { event, .. } => serde_json::from_str(event.body)
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt(e.to_string())),
-        RecordRef::Rejected { .. } => Ok(None),
-    }
-}
-
-/// An identify's traits: those in `context.traits` (where RudderStack's
-/// SDKs put them) overlaid by the top-level `traits` (Segment's place), so
-/// a key given in both takes the top-level value.
-fn identify_traits(mut body: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
-    let mut take = |at: &str| match body.pointer_mut(at).map(serde_json::Value::take) {
-        Some(serde_json::Value::Object(t)) => t,
-        _ => serde_json::Map::new(),
-    };
-    let mut traits = take("/context/traits");
-    traits.extend(take("/traits"));
-    traits
-}
-
-/// The summary: identifiers, first/last seen, count, traits merged from
-/// identify calls (per trait, the latest timestamp wins; within one call,
-/// `traits` over `context.traits`) and the latest consent preferences.
-fn profile(v: &View<'_>, id: &str) -> Result<Option<ProfileSummary>, StoreError> {
-    let Some(mut p) = resolve(v, id)? else {
-        return Ok(None);
-    };
-    p.events.sort();
-    let mut traits = serde_json::Map::new();
-    let mut consent = serde_json::Value::Object(Default::default());
-    // Only bodies that can matter are read and parsed: identify calls for
-    // traits (chosen by type, so traits only in `context.traits` count
-    // too), and (newest first, until one is found) bodies that mention
-    // consent preferences.
-    for e in p.events.iter().filter(|e| e.identify) {
-        if let Some(body) = event_body(v, e.lsn)? {
-            traits.extend(identify_traits(body));
-        }
-    }
-    for e in p.events.iter().rev().filter(|e| e.consent) {
-        if let Some(body) = event_body(v, e.lsn)? {
-            let prefs = &body["context"]["consent"]["categoryPreferences"];
-            if prefs.is_object() {
-                consent = prefs.clone();
-                break;
-            }
-        }
-    }
-    Ok(Some(ProfileSummary {
-        profile_id: p.profile_id,
-        first_seen: p.events.first().map(|e| e.at.clone()).unwrap_or_default(),
-        last_seen: p.events.last().map(|e| e.at.clone()).unwrap_or_default(),
-        event_count: p.events.len() as u64,
-        user_ids: p.users,
-        anonymous_ids: p.devices,
-        traits: serde_json::Value::Object(traits),
-        consent,
-    }))
-}
-
-/// A page of a profile's events, newest first, strictly before `before`.
-fn profile_events(
-    v: &View<'_>,
-    id: &str,
-    limit: usize,
-    before: Option<&EventCursor>,
-) -> Result<Option<EventsPage>, StoreError> {
-    let Some(mut p) = resolve(v, id)? else {
-        return Ok(None);
-    };
-    p.events.sort_by(|a, b| b.cmp(a));
-    let start = match before {
-        Some(c) => p
-            .events
-            .partition_point(|e| (e.at.as_str(), e.lsn as i64) >= (c.timestamp.as_str(), c.seq)),
-        None => 0,
-    };
-    let page: Vec<&Event> = p.events[start..].iter().take(limit).collect();
-    let mut events = Vec::with_capacity(page.len());
-    for e in &page {
-        if let Some(body) = event_body(v, e.lsn)? {
-            events.push(body);
-        }
-    }
-    let next = (start + page.len() < p.events.len())
-        .then(|| page.last())
-        .flatten()
-        .map(|e| EventCursor {
-            timestamp: e.at.clone(),
-            seq: e.lsn as i64,
-        });
-    Ok(Some(EventsPage {
-        profile_id: p.profile_id,
-        events,
-        next,
-    }))
-}
-
-fn consent_history(v: &View<'_>, id: &str) -> Result<Option<Vec<ConsentEntry>>, StoreError> {
-    let Some(p) = resolve(v, id)? else {
-        return Ok(None);
-    };
-    let mut stmt = v.conn.prepare_cached(
-        "SELECT seq, at, received_at, anonymous_id, user_id, preferences, policy, policy_version, message_id
-         FROM consent_log WHERE user_id = ?1 OR anonymous_id = ?1",
-    )?;
-    let mut rows: BTreeMap<i64, ConsentEntry> = BTreeMap::new();
-    for ident in p.users.iter().chain(&p.devices) {
-        for row in stmt.query_map([ident], |r| {
-            let prefs: String = r.get(5)?;
-            Ok((
-                r.get::<_, i64>(0)?,
-                ConsentEntry {
-                    at: r.get(1)?,
-                    received_at: r.get(2)?,
-                    anonymous_id: r.get(3)?,
-                    user_id: r.get(4)?,
-                    preferences: serde_json::from_str(&prefs).unwrap_or_default(),
-                    policy: r.get(6)?,
-                    policy_version: r.get(7)?,
-                    message_id: r.get(8)?,
-                },
-            ))
-        })? {
-            let (seq, entry) = row?;
-            rows.insert(seq, entry);
-        }
-    }
-    let mut entries: Vec<ConsentEntry> = rows.into_values().collect();
-    entries.sort_by(|a, b| (&a.at, &a.received_at).cmp(&(&b.at, &b.received_at)));
-    Ok(Some(entries))
-}
-
-/// The identifiers of a profile and the edges that joined them.
-fn profile_graph(v: &View<'_>, id: &str) -> Result<Option<IdentityGraph>, StoreError> {
-    let Some(p) = resolve(v, id)? else {
-        return Ok(None);
-    };
-    let mut edges = Vec::new();
-    for l in &p.links {
-        edges.push(GraphEdge {
-            kind: "link",
-            from: l.anonymous_id.clone(),
-            to: l.user_id.clone(),
-            at: l.at.clone(),
-            message_id: l.message_id.clone(),
-        });
-    }
-    for a in &p.aliases {
-        edges.push(GraphEdge {
-            kind: "alias",
-            from: a.previous_id.clone(),
-            to: a.user_id.clone(),
-            at: a.at.clone(),
-            message_id: a.message_id.clone(),
-        });
-    }
-    edges.sort_by(|a, b| (&a.at, &a.message_id).cmp(&(&b.at, &b.message_id)));
-    Ok(Some(IdentityGraph {
-        profile_id: p.profile_id,
-        user_ids: p.users,
-        anonymous_ids: p.devices,
-        edges,
-    }))
 }
 
 /// The suppressed hashes, under `salt`.
@@ -1027,23 +717,6 @@ fn load_suppression(conn: &Connection, salt: Vec<u8>) -> Result<Suppression, Sto
         .filter_map(|h| h.ok().and_then(|h| IdHash::try_from(h.as_slice()).ok()))
         .collect::<Vec<_>>();
     Ok(Suppression::new(salt, hashes))
-}
-
-/// The identifiers of `p` an erasure suppresses: its users, and its devices
-/// that no one else used.
-fn identifiers_to_suppress(v: &View<'_>, p: &Resolved) -> Result<Vec<String>, StoreError> {
-    let mut identifiers: Vec<String> = p.users.clone();
-    for d in &p.devices {
-        let others = v
-            .events
-            .device_links(d)
-            .iter()
-            .any(|l| !p.users.contains(&l.user_id));
-        if !others {
-            identifiers.push(d.clone());
-        }
-    }
-    Ok(identifiers)
 }
 
 /// Erases profile `p` from the database on the writer connection, then
