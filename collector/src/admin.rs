@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use crate::app::App;
 use crate::error::{ApiError, Resp, json_response};
-use crate::store::EventCursor;
+use crate::store::{EventCursor, SegmentInfo};
+use http_body_util::BodyExt as _;
 
 /// Checks `Authorization: Bearer <admin token>` in constant time.
 pub fn authorize(app: &App, req: &Request<Incoming>) -> Result<(), ApiError> {
@@ -51,6 +52,7 @@ pub async fn profile(app: Arc<App>, id: String) -> Result<Resp, ApiError> {
             "first_seen": p.first_seen,
             "last_seen": p.last_seen,
             "event_count": p.event_count,
+            "segments": p.segments,
         }),
     ))
 }
@@ -155,6 +157,164 @@ pub async fn graph(app: Arc<App>, id: String) -> Result<Resp, ApiError> {
         .ok_or(ApiError::NotFound("profile"))?;
     let body = serde_json::to_value(&graph).map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(json_response(StatusCode::OK, &body))
+}
+
+/// Most bytes of a segment definition.
+const MAX_SEGMENT_BODY: usize = 64 * 1024;
+
+fn segment_json(s: &SegmentInfo) -> serde_json::Value {
+    serde_json::json!({
+        "key": s.key,
+        "name": s.name,
+        "rule": s.rule,
+        "size": s.size,
+        "status": s.status,
+        "updated_at": s.updated_at,
+    })
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    Ok(tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??)
+}
+
+/// `PUT /v1/segments/{key}` with `{"name": "...", "rule": RULE}`.
+pub async fn put_segment(
+    app: Arc<App>,
+    key: String,
+    req: Request<Incoming>,
+) -> Result<Resp, ApiError> {
+    if !crate::segments::rule::valid_key(&key) {
+        return Err(ApiError::BadRequest(
+            "a segment key is 1 to 64 of a-z, 0-9, _ and -".into(),
+        ));
+    }
+    let body = http_body_util::Limited::new(req.into_body(), MAX_SEGMENT_BODY)
+        .collect()
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge {
+            limit: MAX_SEGMENT_BODY,
+        })?
+        .to_bytes();
+    let mut def: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    let Some(obj) = def.as_object_mut() else {
+        return Err(ApiError::MalformedJson(
+            r#"expected {"name": "...", "rule": {...}}"#.into(),
+        ));
+    };
+    if let Some(k) = obj.keys().find(|k| *k != "name" && *k != "rule") {
+        return Err(ApiError::BadRequest(format!(
+            "unknown field {k:?} (name, rule)"
+        )));
+    }
+    let name = match obj.get("name") {
+        None => key.clone(),
+        Some(serde_json::Value::String(n)) if !n.trim().is_empty() && n.len() <= 200 => n.clone(),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "name must be a non-empty string of at most 200 bytes".into(),
+            ));
+        }
+    };
+    let rule = obj.remove("rule").ok_or_else(|| ApiError::InvalidRule {
+        reason: "a segment needs a rule".into(),
+        path: "rule".into(),
+    })?;
+    let store = app.store.clone();
+    let info = blocking(move || store.put_segment(&key, &name, rule)).await?;
+    Ok(json_response(StatusCode::OK, &segment_json(&info)))
+}
+
+/// `GET /v1/segments/{key}`.
+pub async fn get_segment(app: Arc<App>, key: String) -> Result<Resp, ApiError> {
+    let store = app.store.clone();
+    let info = blocking(move || store.segment(&key))
+        .await?
+        .ok_or(ApiError::NotFound("segment"))?;
+    Ok(json_response(StatusCode::OK, &segment_json(&info)))
+}
+
+/// `GET /v1/segments`: every segment with its size and status.
+pub async fn list_segments(app: Arc<App>) -> Result<Resp, ApiError> {
+    let store = app.store.clone();
+    let all = blocking(move || store.segments()).await?;
+    let segments: Vec<serde_json::Value> = all
+        .iter()
+        .map(|s| {
+            serde_json::json!({"key": s.key, "name": s.name, "size": s.size, "status": s.status})
+        })
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "segments": segments }),
+    ))
+}
+
+/// `DELETE /v1/segments/{key}`: 204.
+pub async fn delete_segment(app: Arc<App>, key: String) -> Result<Resp, ApiError> {
+    let store = app.store.clone();
+    if !blocking(move || store.delete_segment(&key)).await? {
+        return Err(ApiError::NotFound("segment"));
+    }
+    let mut resp = json_response(StatusCode::NO_CONTENT, &serde_json::Value::Null);
+    *resp.body_mut() = http_body_util::Full::new(hyper::body::Bytes::new());
+    resp.headers_mut().remove(hyper::header::CONTENT_TYPE);
+    Ok(resp)
+}
+
+/// `GET /v1/segments/{key}/profiles?limit=&cursor=`: members by profile id.
+pub async fn segment_members(
+    app: Arc<App>,
+    key: String,
+    query: Option<&str>,
+) -> Result<Resp, ApiError> {
+    let mut limit = DEFAULT_LIMIT;
+    let mut cursor = None;
+    for (k, value) in query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+    {
+        let value = percent_decode(&value.replace('+', " "))
+            .ok_or_else(|| ApiError::BadRequest(format!("{k}: bad escape")))?;
+        match k {
+            "limit" => {
+                limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!("limit must be 1..={MAX_LIMIT}"))
+                    })?;
+            }
+            "cursor" => cursor = Some(value),
+            _ => {}
+        }
+    }
+    let store = app.store.clone();
+    let page = blocking(move || store.segment_members(&key, limit, cursor.as_deref()))
+        .await?
+        .ok_or(ApiError::NotFound("segment"))?;
+    let profiles: Vec<serde_json::Value> = page
+        .profiles
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "profile_id": m.profile_id,
+                "user_ids": m.user_ids,
+                "anonymous_ids": m.anonymous_ids,
+                "entered_at": m.entered_at,
+            })
+        })
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({"profiles": profiles, "next": page.next}),
+    ))
 }
 
 /// Decodes `%XX` escapes in a path segment; `None` if they are malformed

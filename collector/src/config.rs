@@ -89,6 +89,10 @@ pub struct Config {
     pub retention: Option<Duration>,
     /// How often the retention sweep runs.
     pub retention_sweep_every: Duration,
+    /// How often segment memberships with `within` windows are checked for
+    /// windows that moved on (a profile leaves within this of the exact
+    /// time).
+    pub segment_tick: Duration,
 }
 
 impl Config {
@@ -109,6 +113,7 @@ impl Config {
             junk_ids: Vec::new(),
             retention: None,
             retention_sweep_every: Duration::from_secs(3600),
+            segment_tick: Duration::from_secs(10),
         }
     }
 

@@ -50,6 +50,13 @@ pub enum ApiError {
     },
     /// The store is closed (shutting down) or failed.
     Unavailable,
+    /// A segment rule was refused: why, and where (`rule.all[2].op`).
+    InvalidRule {
+        /// Why.
+        reason: String,
+        /// Where.
+        path: String,
+    },
     /// A bug or an I/O failure; details are logged, not sent.
     Internal(String),
 }
@@ -58,9 +65,10 @@ impl ApiError {
     /// The HTTP status of the error.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::MalformedJson(_) | ApiError::BadEncoding(_) | ApiError::BadRequest(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::MalformedJson(_)
+            | ApiError::BadEncoding(_)
+            | ApiError::BadRequest(_)
+            | ApiError::InvalidRule { .. } => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MissingWriteKey | ApiError::UnknownWriteKey | ApiError::Unauthorized => {
                 StatusCode::UNAUTHORIZED
@@ -94,6 +102,7 @@ impl ApiError {
             ApiError::Overloaded => "overloaded",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Unavailable => "unavailable",
+            ApiError::InvalidRule { .. } => "invalid_rule",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -124,6 +133,7 @@ impl ApiError {
                 format!("this source's rate limit is exceeded; retry in {retry_after_secs} s")
             }
             ApiError::Unavailable => "store unavailable".into(),
+            ApiError::InvalidRule { reason, .. } => reason.clone(),
             ApiError::Internal(_) => "internal error".into(),
         }
     }
@@ -133,11 +143,14 @@ impl ApiError {
         if let ApiError::Internal(detail) = &self {
             tracing::error!(detail = %detail, "internal error");
         }
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "success": false,
             "error": self.code(),
             "reason": self.reason(),
         });
+        if let ApiError::InvalidRule { path, .. } = &self {
+            body["path"] = path.clone().into();
+        }
         let mut resp = json_response(self.status(), &body);
         let retry_after = match self {
             ApiError::Overloaded | ApiError::Unavailable => Some(1),
@@ -157,6 +170,10 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Overloaded => ApiError::Overloaded,
             StoreError::Closed | StoreError::Lagging => ApiError::Unavailable,
+            StoreError::InvalidRule(e) => ApiError::InvalidRule {
+                reason: e.reason,
+                path: e.path,
+            },
             other => ApiError::Internal(other.to_string()),
         }
     }

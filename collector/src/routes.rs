@@ -93,6 +93,27 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resu
             _ => Err(ApiError::NotFound("route")),
         };
     }
+    if path == "/v1/segments" || path.starts_with("/v1/segments/") {
+        admin::authorize(app, &req)?;
+        let rest = path.strip_prefix("/v1/segments").unwrap_or("");
+        let rest = rest.strip_prefix('/').unwrap_or(rest);
+        let (key, sub) = rest.split_once('/').unwrap_or((rest, ""));
+        let method = req.method().clone();
+        return match (method, key, sub) {
+            (Method::GET, "", "") => admin::list_segments(app.clone()).await,
+            (_, "", "") => Err(ApiError::MethodNotAllowed),
+            (Method::PUT, _, "") => admin::put_segment(app.clone(), key.to_owned(), req).await,
+            (Method::GET, _, "") => admin::get_segment(app.clone(), key.to_owned()).await,
+            (Method::DELETE, _, "") => admin::delete_segment(app.clone(), key.to_owned()).await,
+            (_, _, "") => Err(ApiError::MethodNotAllowed),
+            (Method::GET, _, "profiles") => {
+                let query = req.uri().query().map(str::to_owned);
+                admin::segment_members(app.clone(), key.to_owned(), query.as_deref()).await
+            }
+            (_, _, "profiles") => Err(ApiError::MethodNotAllowed),
+            _ => Err(ApiError::NotFound("route")),
+        };
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Err(ApiError::MethodNotAllowed);
     }

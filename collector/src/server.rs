@@ -69,7 +69,10 @@ pub async fn serve_with_clock(
     let stats = Arc::new(WriterStats::default());
     let store = EmbeddedStore::open(
         &config.data_dir,
-        StoreOptions::for_config(&config),
+        StoreOptions {
+            clock: clock.clone(),
+            ..StoreOptions::for_config(&config)
+        },
         stats.clone(),
     )
     .map_err(ServeError::Store)?;
@@ -111,6 +114,7 @@ pub async fn serve_store(
         .config
         .retention
         .map(|keep| tokio::spawn(retention_sweeper(app.clone(), keep)));
+    let ticker = tokio::spawn(segment_ticker(app.clone()));
     tokio::pin!(shutdown);
 
     loop {
@@ -151,6 +155,7 @@ pub async fn serve_store(
     if let Some(s) = sweeper {
         s.abort();
     }
+    ticker.abort();
     tracing::info!("shutting down: draining connections");
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
@@ -163,6 +168,22 @@ pub async fn serve_store(
         .ok();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Every `config.segment_tick`: memberships whose `within` windows moved
+/// on are evaluated again.
+async fn segment_ticker(app: Arc<App>) {
+    let mut tick = tokio::time::interval(app.config.segment_tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let store = app.store.clone();
+        match tokio::task::spawn_blocking(move || store.tick_segments()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(crate::store::StoreError::Closed)) | Err(_) => return,
+            Ok(Err(e)) => tracing::warn!(error = %e, "segment windows: check failed"),
+        }
+    }
 }
 
 /// Deletes events older than `keep`, now and every

@@ -103,7 +103,10 @@ impl TestCollector {
         let store = Arc::new(
             EmbeddedStore::open(
                 &config.data_dir,
-                StoreOptions::for_config(&config),
+                StoreOptions {
+                    clock: clock.clone(),
+                    ..StoreOptions::for_config(&config)
+                },
                 stats.clone(),
             )
             .expect("open the store"),

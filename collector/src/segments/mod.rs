@@ -155,6 +155,28 @@ impl Segments {
         }
     }
 
+    /// `key` and every segment that refers to it, however indirectly, in
+    /// evaluation order.
+    pub fn with_dependents(&self, key: &str) -> Vec<String> {
+        let mut chosen: BTreeSet<&str> = BTreeSet::new();
+        chosen.insert(key);
+        for k in &self.order {
+            if self.defs[k]
+                .rule
+                .segments()
+                .iter()
+                .any(|s| chosen.contains(s))
+            {
+                chosen.insert(k);
+            }
+        }
+        self.order
+            .iter()
+            .filter(|k| chosen.contains(k.as_str()))
+            .cloned()
+            .collect()
+    }
+
     /// The segments whose rules refer to `key`, directly.
     pub fn dependents(&self, key: &str) -> Vec<String> {
         self.order

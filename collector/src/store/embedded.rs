@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::clock::Clock;
 use crate::consumer::{ConsumerId, Progress};
 use crate::log::{LogOptions, LogReader, Lsn, SegmentLog};
 use crate::metrics::{Gauges, WriterStats};
@@ -45,7 +46,8 @@ use super::sqlite::{Erasure, IndexReaders, IndexWriter, open_index};
 use super::suppression::{self, IdHash, Suppression};
 use super::{
     AppendOutcome, AppendRequest, ConsentEntry, ErasureReport, EventCursor, EventStore, EventsPage,
-    IdentityGraph, Pending, ProfileSummary, ReadSide, StoreError, WriteSide,
+    IdentityGraph, MembersPage, Pending, ProfileSummary, ReadSide, SegmentInfo, StoreError,
+    WriteSide,
 };
 
 /// The log's directory inside the data directory.
@@ -56,7 +58,7 @@ const MAX_GROUP: usize = 1024;
 const READ_WAIT: Duration = Duration::from_secs(10);
 
 /// Settings of the embedded store.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StoreOptions {
     /// Bound of the write queue, in requests.
     pub queue_capacity: usize,
@@ -68,6 +70,8 @@ pub struct StoreOptions {
     /// waits for it (backpressure: the log may not simply grow, and a read
     /// never waits long for its writes).
     pub max_index_lag: u64,
+    /// The collector's clock: segment windows slide by it.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl StoreOptions {
@@ -88,6 +92,7 @@ impl Default for StoreOptions {
             dedup_window: 10_000_000,
             segment_bytes: 64 * 1024 * 1024,
             max_index_lag: 60_000,
+            clock: Arc::new(crate::clock::SystemClock),
         }
     }
 }
@@ -182,7 +187,14 @@ impl EmbeddedStore {
         let db = data_dir.join(super::sqlite::DB_FILE);
         // SQLite gives its WAL and shm files the database file's mode.
         create_private_file(&db)?;
-        let (index, readers) = open_index(&db, &log_dir, salt.clone(), &suppressed)?;
+        let (index, readers) = open_index(
+            &db,
+            &log_dir,
+            salt.clone(),
+            &suppressed,
+            options.clock.clone(),
+        )?;
+        let to_recompute = index.segments_to_recompute();
         restrict_files(data_dir)?;
         let writer_suppression = Suppression::new(salt, suppressed.iter().copied());
         let window = DedupWindow::rebuild(&log_dir, log.next_lsn(), options.dedup_window)?;
@@ -209,14 +221,52 @@ impl EmbeddedStore {
                 .name("weft-log-writer".into())
                 .spawn(move || w.run(rx))?
         };
-        Ok(EmbeddedStore {
+        let store = EmbeddedStore {
             sender: RwLock::new(Some(tx)),
             capacity,
             progress,
             index,
             readers,
             threads: Mutex::new(vec![writer, indexer]),
-        })
+        };
+        // A recompute a stop interrupted starts again; segments with
+        // windows are gone through once to know when each membership is
+        // due again.
+        for key in to_recompute {
+            store.recompute_in_background(key);
+        }
+        Ok(store)
+    }
+
+    /// Evaluates every profile against segment `key` (and those that refer
+    /// to it) on the indexer's thread, a few thousand identifiers per job
+    /// so that indexing goes on between them; the segment is ready after
+    /// the last.
+    fn recompute_in_background(&self, key: String) {
+        const STEP: u32 = 4096;
+        let progress = self.progress.clone();
+        let index = self.index;
+        let spawned = std::thread::Builder::new()
+            .name("weft-segment-recompute".into())
+            .spawn(move || {
+                let mut from = Some(0u32);
+                while let Some(at) = from {
+                    let key = key.clone();
+                    match progress.run(index, move |w: &mut IndexWriter| {
+                        w.recompute(&key, at, STEP)
+                    }) {
+                        Ok(next) => from = next,
+                        Err(StoreError::Closed) => return,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "segment recompute: retrying");
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "segment recompute: cannot start a thread");
+        }
     }
 
     /// Waits (blocking, at most `timeout`) until the index has applied
@@ -407,6 +457,47 @@ impl EventStore for EmbeddedStore {
             return Err(StoreError::Closed);
         }
         self.readers.check()
+    }
+
+    fn put_segment(
+        &self,
+        key: &str,
+        name: &str,
+        rule: serde_json::Value,
+    ) -> Result<SegmentInfo, StoreError> {
+        let (k, n) = (key.to_owned(), name.to_owned());
+        self.index_job(move |index| index.put_segment(&k, &n, rule))?;
+        self.recompute_in_background(key.to_owned());
+        self.readers.segment(key).ok_or(StoreError::Closed)
+    }
+
+    fn segment(&self, key: &str) -> Result<Option<SegmentInfo>, StoreError> {
+        self.wait_indexed(READ_WAIT)?;
+        Ok(self.readers.segment(key))
+    }
+
+    fn segments(&self) -> Result<Vec<SegmentInfo>, StoreError> {
+        self.wait_indexed(READ_WAIT)?;
+        Ok(self.readers.segments())
+    }
+
+    fn delete_segment(&self, key: &str) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        self.index_job(move |index| index.delete_segment(&key))
+    }
+
+    fn segment_members(
+        &self,
+        key: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Option<MembersPage>, StoreError> {
+        self.wait_indexed(READ_WAIT)?;
+        self.readers.segment_members(key, limit, cursor)
+    }
+
+    fn tick_segments(&self) -> Result<(), StoreError> {
+        self.index_job(|index| index.tick())
     }
 
     fn gauges(&self) -> Gauges {

@@ -41,13 +41,17 @@ pub struct Posting {
     pub at: i64,
     /// The LSN in the low 56 bits, flags above.
     lsn_flags: u64,
+    /// A track event's name, numbered ([`MemoryIndex::event_name`]); 0 for
+    /// other calls. What segments' event conditions count.
+    pub name: u32,
 }
 
 impl Posting {
-    fn new(at: i64, lsn: Lsn, flags: u8) -> Posting {
+    fn new(at: i64, lsn: Lsn, flags: u8, name: u32) -> Posting {
         Posting {
             at,
             lsn_flags: (lsn & LSN_MASK) | (u64::from(flags) << LSN_BITS),
+            name,
         }
     }
 
@@ -109,6 +113,8 @@ pub struct NewEdge {
 pub struct MemoryIndex {
     ids: HashMap<Box<str>, u32>,
     names: Vec<Box<str>>,
+    /// Track event names, numbered from 1.
+    event_names: HashMap<Box<str>, u32>,
     entries: Vec<Entry>,
     links: Vec<Edge>,
     aliases: Vec<Edge>,
@@ -127,18 +133,22 @@ impl MemoryIndex {
         if e.body.contains("\"categoryPreferences\"") {
             flags |= CONSENT;
         }
+        let name = match (e.kind, e.event) {
+            (MessageType::Track, Some(n)) => self.intern_event_name(n),
+            _ => 0,
+        };
         if let Some(a) = e.anonymous_id {
             let with_user = if e.user_id.is_some() { WITH_USER } else { 0 };
             let i = self.intern(a);
             self.entries[i as usize]
                 .device
-                .push(Posting::new(at, lsn, flags | with_user));
+                .push(Posting::new(at, lsn, flags | with_user, name));
         }
         if let Some(u) = e.user_id {
             let i = self.intern(u);
             self.entries[i as usize]
                 .user
-                .push(Posting::new(at, lsn, flags));
+                .push(Posting::new(at, lsn, flags, name));
         }
         if e.anonymous_id.is_some() || e.user_id.is_some() {
             self.events += 1;
@@ -155,6 +165,30 @@ impl MemoryIndex {
         self.names.push(id.into());
         self.entries.push(Entry::default());
         i
+    }
+
+    fn intern_event_name(&mut self, name: &str) -> u32 {
+        if let Some(&i) = self.event_names.get(name) {
+            return i;
+        }
+        let i = self.event_names.len() as u32 + 1;
+        self.event_names.insert(name.into(), i);
+        i
+    }
+
+    /// The number of a track event name, if any event had it.
+    pub fn event_name(&self, name: &str) -> Option<u32> {
+        self.event_names.get(name).copied()
+    }
+
+    /// Every identifier with its number, for a pass over all profiles.
+    pub fn identifier(&self, i: u32) -> Option<&str> {
+        self.names.get(i as usize).map(|n| &**n)
+    }
+
+    /// How many identifiers are numbered.
+    pub fn identifiers(&self) -> u32 {
+        self.names.len() as u32
     }
 
     fn name(&self, i: u32) -> &str {

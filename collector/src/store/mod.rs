@@ -128,6 +128,48 @@ pub struct ProfileSummary {
     pub traits: serde_json::Value,
     /// The latest `context.consent.categoryPreferences` seen.
     pub consent: serde_json::Value,
+    /// The segments it is in, by key.
+    pub segments: Vec<String>,
+}
+
+/// A segment as the API shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentInfo {
+    /// Its key.
+    pub key: String,
+    /// Its display name.
+    pub name: String,
+    /// Its rule, as given.
+    pub rule: serde_json::Value,
+    /// Profiles in it now.
+    pub size: usize,
+    /// `computing` until every profile was evaluated against the rule,
+    /// then `ready`.
+    pub status: &'static str,
+    /// When it was last put.
+    pub updated_at: String,
+}
+
+/// A member of a segment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentMember {
+    /// The profile.
+    pub profile_id: String,
+    /// Its user IDs.
+    pub user_ids: Vec<String>,
+    /// Its device IDs.
+    pub anonymous_ids: Vec<String>,
+    /// When it entered.
+    pub entered_at: String,
+}
+
+/// A page of a segment's members.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MembersPage {
+    /// The members, by profile id.
+    pub profiles: Vec<SegmentMember>,
+    /// The cursor of the next page, if there is one.
+    pub next: Option<String>,
 }
 
 /// Where a page of events ends: the last event's timestamp and sequence.
@@ -240,6 +282,8 @@ pub enum StoreError {
     Lagging,
     /// Stored data could not be read back.
     Corrupt(String),
+    /// A segment rule was refused.
+    InvalidRule(crate::segments::RuleError),
 }
 
 impl std::fmt::Display for StoreError {
@@ -252,6 +296,7 @@ impl std::fmt::Display for StoreError {
             StoreError::Log(e) => write!(f, "event log: {e}"),
             StoreError::Lagging => f.write_str("the index is behind the log; retry"),
             StoreError::Corrupt(e) => write!(f, "stored data unreadable: {e}"),
+            StoreError::InvalidRule(e) => write!(f, "invalid rule: {e}"),
         }
     }
 }
@@ -328,4 +373,40 @@ pub trait EventStore: WriteSide + ReadSide {
     /// Requests waiting for the writer, and how far the log and the
     /// derived state have got.
     fn gauges(&self) -> crate::metrics::Gauges;
+
+    /// Creates or replaces segment `key` (`[a-z0-9_-]{1,64}`, checked by
+    /// the caller) with `rule` (DESIGN.md §10); every profile is evaluated
+    /// against it in the background (`status` `computing` until then).
+    /// [`StoreError::InvalidRule`] names what is wrong. Blocking.
+    fn put_segment(
+        &self,
+        key: &str,
+        name: &str,
+        rule: serde_json::Value,
+    ) -> Result<SegmentInfo, StoreError>;
+
+    /// One segment, if it exists. Blocking.
+    fn segment(&self, key: &str) -> Result<Option<SegmentInfo>, StoreError>;
+
+    /// Every segment, by key. Blocking.
+    fn segments(&self) -> Result<Vec<SegmentInfo>, StoreError>;
+
+    /// Deletes a segment and its memberships; `false` if unknown. A
+    /// segment other segments refer to is refused
+    /// ([`StoreError::InvalidRule`]). Blocking.
+    fn delete_segment(&self, key: &str) -> Result<bool, StoreError>;
+
+    /// A page of a segment's members by profile id, after `cursor`; `None`
+    /// if the segment is unknown. Blocking.
+    fn segment_members(
+        &self,
+        key: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Option<MembersPage>, StoreError>;
+
+    /// Re-evaluates the memberships whose `within` windows have moved on
+    /// since they were last evaluated (profiles leave, or enter, without a
+    /// new event). Blocking; the server calls it periodically.
+    fn tick_segments(&self) -> Result<(), StoreError>;
 }

@@ -34,6 +34,10 @@ pub(super) struct Event {
     /// Its timestamp, as stored.
     pub(super) at: String,
     pub(super) lsn: Lsn,
+    /// Its timestamp in milliseconds.
+    pub(super) ms: i64,
+    /// Its track event name, numbered; 0 for other calls.
+    pub(super) name: u32,
     /// An identify call.
     pub(super) identify: bool,
     /// Its body carries consent preferences.
@@ -45,6 +49,8 @@ impl Event {
         Event {
             at: memory::format_millis(p.at),
             lsn: p.lsn(),
+            ms: p.at,
+            name: p.name,
             identify: p.has(IDENTIFY),
             consent: p.has(CONSENT),
         }
@@ -221,6 +227,7 @@ pub(super) fn profile(v: &View<'_>, id: &str) -> Result<Option<ProfileSummary>, 
         anonymous_ids: p.devices,
         traits: serde_json::Value::Object(traits),
         consent,
+        segments: Vec::new(),
     }))
 }
 
@@ -351,4 +358,144 @@ pub(super) fn identifiers_to_suppress(
         }
     }
     Ok(identifiers)
+}
+
+/// What a segment rule asks of a resolved profile at `now`: read from the
+/// memory index, and from the log only when a condition needs a body
+/// (identify calls for traits, the newest consent, events with property
+/// filters). Each is read once per evaluation.
+pub(super) struct ProfileFacts<'v, 'a> {
+    view: &'v View<'a>,
+    profile: &'v Resolved,
+    now_ms: i64,
+    traits: Option<serde_json::Map<String, serde_json::Value>>,
+    consent: Option<serde_json::Value>,
+}
+
+impl<'v, 'a> ProfileFacts<'v, 'a> {
+    /// Facts of `profile` (its events sorted by time) at `now_ms`.
+    pub(super) fn new(view: &'v View<'a>, profile: &'v Resolved, now_ms: i64) -> Self {
+        ProfileFacts {
+            view,
+            profile,
+            now_ms,
+            traits: None,
+            consent: None,
+        }
+    }
+
+    fn body(&self, lsn: Lsn) -> Option<serde_json::Value> {
+        match event_body(self.view, lsn) {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::warn!(lsn, error = %e, "segments: an event body could not be read");
+                None
+            }
+        }
+    }
+
+    /// When, at the earliest, a `within` window of `rule` lets one of this
+    /// profile's events go (so its membership may change without a new
+    /// event), in milliseconds.
+    pub(super) fn next_change(&self, rule: &crate::segments::Rule) -> Option<i64> {
+        let mut next: Option<i64> = None;
+        let mut consider = |e: &crate::segments::rule::EventCondition| {
+            let (Some(w), Some(id)) = (e.within_ms, self.view.events.event_name(&e.name)) else {
+                return;
+            };
+            let from = self.now_ms - w;
+            if let Some(oldest) = self
+                .profile
+                .events
+                .iter()
+                .filter(|ev| ev.name == id && ev.ms > from)
+                .map(|ev| ev.ms)
+                .min()
+            {
+                let due = oldest + w;
+                next = Some(next.map_or(due, |n| n.min(due)));
+            }
+        };
+        visit_events(rule, &mut consider);
+        next
+    }
+}
+
+fn visit_events(
+    rule: &crate::segments::Rule,
+    f: &mut impl FnMut(&crate::segments::rule::EventCondition),
+) {
+    use crate::segments::Rule;
+    match rule {
+        Rule::All(rs) | Rule::Any(rs) => rs.iter().for_each(|r| visit_events(r, f)),
+        Rule::Not(r) => visit_events(r, f),
+        Rule::Event(e) => f(e),
+        _ => {}
+    }
+}
+
+impl crate::segments::Facts for ProfileFacts<'_, '_> {
+    fn trait_value(&mut self, name: &str) -> Option<serde_json::Value> {
+        if self.traits.is_none() {
+            let mut traits = serde_json::Map::new();
+            for e in self.profile.events.iter().filter(|e| e.identify) {
+                if let Some(body) = self.body(e.lsn) {
+                    traits.extend(identify_traits(body));
+                }
+            }
+            self.traits = Some(traits);
+        }
+        self.traits.as_ref().and_then(|t| t.get(name)).cloned()
+    }
+
+    fn consent_grants(&mut self, category: &str) -> bool {
+        if category == "necessary" {
+            return true;
+        }
+        if self.consent.is_none() {
+            let mut prefs = serde_json::Value::Null;
+            for e in self.profile.events.iter().rev().filter(|e| e.consent) {
+                if let Some(body) = self.body(e.lsn) {
+                    let p = &body["context"]["consent"]["categoryPreferences"];
+                    if p.is_object() {
+                        prefs = p.clone();
+                        break;
+                    }
+                }
+            }
+            self.consent = Some(prefs);
+        }
+        self.consent
+            .as_ref()
+            .is_some_and(|p| p[category] == serde_json::Value::Bool(true))
+    }
+
+    fn count_events(&mut self, c: &crate::segments::rule::EventCondition) -> u64 {
+        let Some(id) = self.view.events.event_name(&c.name) else {
+            return 0;
+        };
+        let from = c.within_ms.map(|w| self.now_ms - w);
+        let mut n = 0;
+        for e in &self.profile.events {
+            if e.name != id || from.is_some_and(|f| e.ms <= f) {
+                continue;
+            }
+            if !c.filters.is_empty() {
+                let Some(body) = self.body(e.lsn) else {
+                    continue;
+                };
+                let props = &body["properties"];
+                if !c.filters.iter().all(|f| f.holds(props.get(&f.name))) {
+                    continue;
+                }
+            }
+            n += 1;
+        }
+        n
+    }
+
+    fn member_of(&mut self, _: &str) -> bool {
+        // Answered from the memberships by `Segments::evaluate`.
+        false
+    }
 }

@@ -18,7 +18,7 @@
 //! Delete the database and it is rebuilt from the log. Reads use separate
 //! connections; WAL lets them run beside the writer.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
@@ -26,19 +26,23 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OptionalExtension, params};
 use weft_protocol::MessageType;
 
+use crate::clock::Clock;
 use crate::consumer::Consumer;
+use crate::identity;
 use crate::log::{LogLookup, LogReader, Lsn};
 use crate::record::{self, RecordRef};
+use crate::segments::{Change, Definition, Rule, Segments, Touched};
 
-use super::memory::{MemoryIndex, NewEdge};
+use super::memory::{self, MemoryIndex, NewEdge};
 use super::profiles::{
-    Resolved, View, consent_history, identifiers_to_suppress, profile, profile_events,
-    profile_graph, resolve,
+    ProfileFacts, Resolved, View, consent_history, identifiers_to_suppress, profile,
+    profile_events, profile_graph, resolve,
 };
 
 use super::suppression::{IdHash, Suppression};
 use super::{
-    ConsentEntry, ErasureReport, EventCursor, EventsPage, IdentityGraph, ProfileSummary, StoreError,
+    ConsentEntry, ErasureReport, EventCursor, EventsPage, IdentityGraph, MembersPage,
+    ProfileSummary, SegmentInfo, SegmentMember, StoreError,
 };
 
 /// The index file inside the data directory.
@@ -102,6 +106,29 @@ CREATE TABLE IF NOT EXISTS suppressed (
     hash BLOB PRIMARY KEY,
     at   TEXT NOT NULL
 ) WITHOUT ROWID;
+-- Segments (DESIGN.md §10): definitions, current members, and every
+-- entering and leaving (what destinations receive next).
+CREATE TABLE IF NOT EXISTS segments (
+    key        TEXT PRIMARY KEY,
+    name       TEXT NOT NULL,
+    rule       TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    ready      INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS segment_members (
+    segment    TEXT NOT NULL,
+    profile_id TEXT NOT NULL,
+    entered_at TEXT NOT NULL,
+    PRIMARY KEY (segment, profile_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS segment_changes (
+    seq        INTEGER PRIMARY KEY,
+    segment    TEXT NOT NULL,
+    profile_id TEXT NOT NULL,
+    at         TEXT NOT NULL,
+    entered    INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS segment_changes_by_profile ON segment_changes (profile_id);
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -143,6 +170,12 @@ pub struct IndexWriter {
     applied: Lsn,
     /// When the database's position was last written.
     position_written: Instant,
+    segments: Arc<RwLock<Segments>>,
+    clock: Arc<dyn Clock>,
+    /// (segment, profile) -> when (ms): memberships to evaluate again
+    /// because a `within` window moves past one of the profile's events
+    /// then.
+    due: HashMap<(String, String), i64>,
 }
 
 /// The reading half: connections for the admin API, the event index and
@@ -150,6 +183,7 @@ pub struct IndexWriter {
 pub struct IndexReaders {
     readers: Vec<Mutex<Connection>>,
     events: Arc<RwLock<MemoryIndex>>,
+    segments: Arc<RwLock<Segments>>,
     log: LogLookup,
 }
 
@@ -188,6 +222,7 @@ pub fn open_index(
     log_dir: &Path,
     salt: Vec<u8>,
     suppressed: &[IdHash],
+    clock: Arc<dyn Clock>,
 ) -> Result<(IndexWriter, IndexReaders), StoreError> {
     let conn = open(path)?;
     // The index is derived: after a crash it replays the log from its
@@ -201,6 +236,7 @@ pub fn open_index(
         .map(|_| open(path).map(Mutex::new))
         .collect::<Result<Vec<_>, _>>()?;
     let events = Arc::new(RwLock::new(MemoryIndex::default()));
+    let segments = Arc::new(RwLock::new(Segments::default()));
     let mut writer = IndexWriter {
         conn,
         suppression,
@@ -208,11 +244,17 @@ pub fn open_index(
         log_dir: log_dir.to_path_buf(),
         applied: 0,
         position_written: Instant::now(),
+        segments: segments.clone(),
+        clock,
+        due: HashMap::new(),
     };
-    writer.load()?;
+    let until = writer.position()?;
+    writer.load(until)?;
+    writer.load_segments()?;
     let readers = IndexReaders {
         readers,
         events,
+        segments,
         log: LogLookup::new(log_dir),
     };
     Ok((writer, readers))
@@ -231,43 +273,336 @@ impl Consumer for IndexWriter {
         Ok(v.unwrap_or(0).max(0) as Lsn)
     }
 
-    /// One transaction for the records and the position: exactly once,
-    /// whatever crashes when. The memory index follows once it committed.
+    /// One transaction for the records, the segment changes they cause and
+    /// the position: exactly once, whatever crashes when. The memory index
+    /// and memberships change inside it; if it then fails, both are rebuilt
+    /// (edges and memberships from the database, postings from the log up
+    /// to where this batch starts) before the batch is retried.
     fn apply(&mut self, records: &[(Lsn, RecordRef<'_>)], next: Lsn) -> Result<(), StoreError> {
-        // 1. Which records are erased, and which identity edges are new.
         let (skipped, edges) = {
             let events = self.events.read().unwrap_or_else(|e| e.into_inner());
             plan(&events, records, &self.suppression)
         };
-        // 2. The database, when the batch has something for it (or its
-        //    position is due).
-        let for_database = !edges.is_empty()
-            || records.iter().enumerate().any(|(i, (_, r))| match r {
-                RecordRef::Event { event: e, .. } => {
-                    e.consent_record.is_some() && skipped.binary_search(&i).is_err()
+        let from = self.applied;
+        match self.apply_batch(records, next, &skipped, &edges) {
+            Ok(()) => {
+                self.applied = next;
+                Ok(())
+            }
+            Err(e) => {
+                if let Err(reload) = self.load(from).and_then(|()| self.load_segments()) {
+                    tracing::error!(error = %reload, "index: cannot rebuild its memory after a failed batch");
                 }
-                RecordRef::Rejected { .. } => true,
-            });
-        if for_database || self.position_written.elapsed() >= POSITION_EVERY {
-            apply(&mut self.conn, records, next, &skipped, &edges)?;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl IndexWriter {
+    fn apply_batch(
+        &mut self,
+        records: &[(Lsn, RecordRef<'_>)],
+        next: Lsn,
+        skipped: &[usize],
+        edges: &[(usize, Edge)],
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        // 1. The database's part of the records.
+        let mut wrote = write_records(&tx, records, skipped, edges)?;
+        // 2. The memory index.
+        {
+            let mut events = write_lock(&self.events);
+            for (i, (lsn, record)) in records.iter().enumerate() {
+                if let RecordRef::Event { event: e, .. } = record
+                    && skipped.binary_search(&i).is_err()
+                {
+                    events.add(*lsn, e);
+                }
+            }
+            for (_, edge) in edges {
+                match edge {
+                    Edge::Link(e) => events.add_link(e),
+                    Edge::Alias(e) => events.add_alias(e),
+                }
+            }
+        }
+        // 3. Segments: the profiles the batch touched.
+        let has_segments = !read_lock(&self.segments).is_empty();
+        if has_segments {
+            let (touched, absorbed) = touched(records, skipped, edges);
+            let now_ms = now_millis(&*self.clock);
+            let events = self.events.read().unwrap_or_else(|e| e.into_inner());
+            let log = LogLookup::new(&self.log_dir);
+            let view = View {
+                conn: &tx,
+                events: &events,
+                log: &log,
+            };
+            let mut segments = write_lock(&self.segments);
+            let changes = evaluate(
+                &view,
+                &mut segments,
+                touched,
+                &absorbed,
+                now_ms,
+                &mut self.due,
+            )?;
+            if !changes.is_empty() {
+                write_changes(&tx, &changes)?;
+                wrote = true;
+            }
+        }
+        // 4. The position, with anything written (or once a second).
+        if wrote || self.position_written.elapsed() >= POSITION_EVERY {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![POSITION_KEY, next as i64],
+            )?;
+            tx.commit()?;
             self.position_written = Instant::now();
         }
-        self.applied = next;
-        // 3. The memory index (nothing here can fail).
-        let mut events = write_lock(&self.events);
-        for (i, (lsn, record)) in records.iter().enumerate() {
-            if let RecordRef::Event { event: e, .. } = record
-                && skipped.binary_search(&i).is_err()
-            {
-                events.add(*lsn, e);
+        Ok(())
+    }
+
+    /// Segments and memberships from the database, afresh.
+    fn load_segments(&mut self) -> Result<(), StoreError> {
+        let mut segments = Segments::default();
+        {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT key, name, rule, updated_at, ready FROM segments")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, bool>(4)?,
+                ))
+            })?;
+            for row in rows {
+                let (key, name, rule_text, updated_at, ready) = row?;
+                let rule_json: serde_json::Value = serde_json::from_str(&rule_text)
+                    .map_err(|e| StoreError::Corrupt(format!("segment {key}: {e}")))?;
+                match Rule::parse(&rule_json) {
+                    Ok(rule) => segments.load(Definition {
+                        key,
+                        name,
+                        rule_json,
+                        rule,
+                        updated_at,
+                        ready,
+                    }),
+                    Err(e) => {
+                        tracing::error!(segment = %key, error = %e, "segment rule no longer valid; skipped")
+                    }
+                }
+            }
+            let mut stmt = self
+                .conn
+                .prepare("SELECT segment, profile_id, entered_at FROM segment_members")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })?;
+            for row in rows {
+                let (segment, profile, at) = row?;
+                segments.load_member(&segment, profile, at);
             }
         }
-        for (_, edge) in &edges {
-            match edge {
-                Edge::Link(e) => events.add_link(e),
-                Edge::Alias(e) => events.add_alias(e),
-            }
+        *write_lock(&self.segments) = segments;
+        Ok(())
+    }
+
+    /// Creates or replaces a segment (not ready until
+    /// [`IndexWriter::recompute`] has been through every profile).
+    pub fn put_segment(
+        &mut self,
+        key: &str,
+        name: &str,
+        rule_json: serde_json::Value,
+    ) -> Result<Definition, StoreError> {
+        let rule = Rule::parse(&rule_json).map_err(StoreError::InvalidRule)?;
+        read_lock(&self.segments)
+            .check(key, &rule)
+            .map_err(StoreError::InvalidRule)?;
+        let def = Definition {
+            key: key.to_owned(),
+            name: name.to_owned(),
+            rule_json,
+            rule,
+            updated_at: crate::clock::format_utc_millis(self.clock.now()),
+            ready: false,
+        };
+        self.conn.execute(
+            "INSERT INTO segments (key, name, rule, updated_at, ready) VALUES (?1, ?2, ?3, ?4, 0)
+             ON CONFLICT (key) DO UPDATE SET name = excluded.name, rule = excluded.rule,
+                 updated_at = excluded.updated_at, ready = 0",
+            params![def.key, def.name, def.rule_json.to_string(), def.updated_at],
+        )?;
+        write_lock(&self.segments).put(def.clone());
+        Ok(def)
+    }
+
+    /// Deletes a segment; every member leaves it. `Ok(false)` if unknown.
+    pub fn delete_segment(&mut self, key: &str) -> Result<bool, StoreError> {
+        let now = crate::clock::format_utc_millis(self.clock.now());
+        let mut segments = write_lock(&self.segments);
+        if segments.get(key).is_none() {
+            return Ok(false);
         }
+        if let Some(other) = segments.dependents(key).first() {
+            return Err(StoreError::InvalidRule(crate::segments::RuleError {
+                reason: format!("segment {other:?} refers to {key:?}; change or delete it first"),
+                path: "key".into(),
+            }));
+        }
+        let leaving: Vec<Change> = segments
+            .members(key, None, usize::MAX)
+            .into_iter()
+            .map(|(profile_id, _)| Change {
+                segment: key.to_owned(),
+                profile_id,
+                entered: false,
+                at: now.clone(),
+            })
+            .collect();
+        let tx = self.conn.transaction()?;
+        write_changes(&tx, &leaving)?;
+        tx.execute("DELETE FROM segments WHERE key = ?1", [key])?;
+        tx.commit()?;
+        segments.remove(key);
+        self.due.retain(|(s, _), _| s != key);
+        Ok(true)
+    }
+
+    /// The segments whose memberships a pass over every profile must
+    /// settle: those not ready (a new or changed rule), and those with
+    /// windows (their due times live in memory only).
+    pub fn segments_to_recompute(&self) -> Vec<String> {
+        let segments = read_lock(&self.segments);
+        segments
+            .all()
+            .filter(|d| !d.ready || !d.rule.windows().is_empty())
+            .map(|d| d.key.clone())
+            .collect()
+    }
+
+    /// Part of a pass over every profile for segment `key` (and those that
+    /// refer to it): the identifiers numbered `from..from + limit`, each
+    /// evaluated if it names its profile. Answers where the next part
+    /// starts, or `None` once done (the segment is then ready).
+    pub fn recompute(
+        &mut self,
+        key: &str,
+        from: u32,
+        limit: u32,
+    ) -> Result<Option<u32>, StoreError> {
+        let keys = {
+            let segments = read_lock(&self.segments);
+            if segments.get(key).is_none() {
+                return Ok(None);
+            }
+            segments.with_dependents(key)
+        };
+        let now_ms = now_millis(&*self.clock);
+        let now = memory::format_millis(now_ms);
+        let tx = self.conn.transaction()?;
+        let (changes, next) = {
+            let events = self.events.read().unwrap_or_else(|e| e.into_inner());
+            let log = LogLookup::new(&self.log_dir);
+            let view = View {
+                conn: &tx,
+                events: &events,
+                log: &log,
+            };
+            let mut segments = write_lock(&self.segments);
+            let end = from.saturating_add(limit).min(events.identifiers());
+            let mut changes = Vec::new();
+            for i in from..end {
+                let Some(id) = events.identifier(i) else {
+                    continue;
+                };
+                let Some(mut p) = resolve(&view, id)? else {
+                    continue;
+                };
+                // Once a profile: from its canonical user, or its device.
+                if p.profile_id != identity::user_profile_id(id)
+                    && p.profile_id != identity::device_profile_id(id)
+                {
+                    continue;
+                }
+                p.events.sort();
+                let mut facts = ProfileFacts::new(&view, &p, now_ms);
+                changes.extend(segments.evaluate(&p.profile_id, &keys, &mut facts, &now));
+                schedule(&segments, &keys, &facts, &p.profile_id, &mut self.due);
+            }
+            (changes, (end < events.identifiers()).then_some(end))
+        };
+        write_changes(&tx, &changes)?;
+        if next.is_none() {
+            tx.execute("UPDATE segments SET ready = 1 WHERE key = ?1", [key])?;
+        }
+        tx.commit()?;
+        if next.is_none() {
+            write_lock(&self.segments).set_ready(key);
+        }
+        Ok(next)
+    }
+
+    /// Evaluates again the memberships whose windows moved on by now.
+    pub fn tick(&mut self) -> Result<(), StoreError> {
+        let now_ms = now_millis(&*self.clock);
+        let due: Vec<(String, String)> = self
+            .due
+            .iter()
+            .filter(|(_, at)| **at <= now_ms)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        for k in &due {
+            self.due.remove(k);
+        }
+        let now = memory::format_millis(now_ms);
+        let tx = self.conn.transaction()?;
+        let changes = {
+            let events = self.events.read().unwrap_or_else(|e| e.into_inner());
+            let log = LogLookup::new(&self.log_dir);
+            let view = View {
+                conn: &tx,
+                events: &events,
+                log: &log,
+            };
+            let mut segments = write_lock(&self.segments);
+            let mut changes = Vec::new();
+            for (segment, profile_id) in due {
+                let id = profile_id
+                    .strip_prefix("user:")
+                    .or_else(|| profile_id.strip_prefix("anon:"))
+                    .unwrap_or(&profile_id);
+                let keys = segments.with_dependents(&segment);
+                match resolve(&view, id)? {
+                    Some(mut p) if p.profile_id == profile_id => {
+                        p.events.sort();
+                        let mut facts = ProfileFacts::new(&view, &p, now_ms);
+                        changes.extend(segments.evaluate(&profile_id, &keys, &mut facts, &now));
+                        schedule(&segments, &keys, &facts, &profile_id, &mut self.due);
+                    }
+                    // Merged into another profile, or gone.
+                    _ => changes.extend(segments.remove_profile(&profile_id, &now)),
+                }
+            }
+            changes
+        };
+        write_changes(&tx, &changes)?;
+        tx.commit()?;
         Ok(())
     }
 }
@@ -344,12 +679,13 @@ impl IndexWriter {
         )
     }
 
-    /// At open: the identity edges, then the postings from the log up to
-    /// the database's position (the records after it are the indexer's).
-    fn load(&mut self) -> Result<(), StoreError> {
-        let until = self.position()?;
+    /// At open (and after a failed batch): the memory index afresh, with
+    /// the identity edges from the database and the postings from the log
+    /// up to `until` (the records after it are the indexer's).
+    fn load(&mut self, until: Lsn) -> Result<(), StoreError> {
         self.applied = until;
         let mut events = self.events.write().unwrap_or_else(|e| e.into_inner());
+        *events = MemoryIndex::default();
         for (sql, alias) in [
             (
                 "SELECT anonymous_id, user_id, at, message_id FROM link_log ORDER BY rowid",
@@ -442,7 +778,30 @@ impl IndexWriter {
         let Some(p) = resolved else {
             return Ok(None);
         };
-        let report = erase(&mut self.conn, &p, identifiers, &self.suppression)?;
+        // Its profile, and the profiles of its own devices, leave every
+        // segment; their membership history goes too (profile ids carry
+        // identifiers in clear).
+        let mut profile_ids = vec![p.profile_id.clone()];
+        profile_ids.extend(
+            identifiers
+                .iter()
+                .filter(|i| !p.users.contains(i))
+                .map(|d| identity::device_profile_id(d)),
+        );
+        let report = erase(
+            &mut self.conn,
+            &p,
+            identifiers,
+            &self.suppression,
+            &profile_ids,
+        )?;
+        {
+            let mut segments = write_lock(&self.segments);
+            for id in &profile_ids {
+                segments.remove_profile(id, "");
+            }
+            self.due.retain(|(_, pid), _| !profile_ids.contains(pid));
+        }
         let mut lsns: Vec<Lsn> = p.events.iter().map(|e| e.lsn).collect();
         lsns.sort_unstable();
         let mut events = write_lock(&self.events);
@@ -541,7 +900,62 @@ impl IndexReaders {
 
     /// See [`crate::store::EventStore::profile`].
     pub fn profile(&self, id: &str) -> Result<Option<ProfileSummary>, StoreError> {
-        self.read(|v| profile(v, id))
+        let mut found = self.read(|v| profile(v, id))?;
+        if let Some(p) = &mut found {
+            p.segments = read_lock(&self.segments).of_profile(&p.profile_id);
+        }
+        Ok(found)
+    }
+
+    /// See [`crate::store::EventStore::segment`].
+    pub fn segment(&self, key: &str) -> Option<SegmentInfo> {
+        let segments = read_lock(&self.segments);
+        segments.get(key).map(|d| info(&segments, d))
+    }
+
+    /// See [`crate::store::EventStore::segments`].
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        let segments = read_lock(&self.segments);
+        segments.all().map(|d| info(&segments, d)).collect()
+    }
+
+    /// See [`crate::store::EventStore::segment_members`].
+    pub fn segment_members(
+        &self,
+        key: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Option<MembersPage>, StoreError> {
+        let page = {
+            let segments = read_lock(&self.segments);
+            if segments.get(key).is_none() {
+                return Ok(None);
+            }
+            segments.members(key, cursor, limit + 1)
+        };
+        let more = page.len() > limit;
+        let mut profiles = Vec::with_capacity(page.len().min(limit));
+        for (profile_id, entered_at) in page.into_iter().take(limit) {
+            let id = profile_id
+                .strip_prefix("user:")
+                .or_else(|| profile_id.strip_prefix("anon:"))
+                .unwrap_or(&profile_id)
+                .to_owned();
+            let graph = self.read(|v| profile_graph(v, &id))?;
+            let (user_ids, anonymous_ids) = graph
+                .map(|g| (g.user_ids, g.anonymous_ids))
+                .unwrap_or_default();
+            profiles.push(SegmentMember {
+                profile_id,
+                user_ids,
+                anonymous_ids,
+                entered_at,
+            });
+        }
+        let next = more
+            .then(|| profiles.last().map(|p| p.profile_id.clone()))
+            .flatten();
+        Ok(Some(MembersPage { profiles, next }))
     }
 
     /// See [`crate::store::EventStore::profile_events`].
@@ -574,8 +988,170 @@ impl IndexReaders {
 
 /// The event index, write-locked. A panic while holding the lock cannot
 /// leave a posting list half pushed; keep serving.
-fn write_lock(events: &RwLock<MemoryIndex>) -> RwLockWriteGuard<'_, MemoryIndex> {
-    events.write().unwrap_or_else(|e| e.into_inner())
+fn write_lock<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn info(segments: &Segments, d: &Definition) -> SegmentInfo {
+    SegmentInfo {
+        key: d.key.clone(),
+        name: d.name.clone(),
+        rule: d.rule_json.clone(),
+        size: segments.size(&d.key),
+        status: if d.ready { "ready" } else { "computing" },
+        updated_at: d.updated_at.clone(),
+    }
+}
+
+/// A lock read; see [`write_lock`].
+fn read_lock<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now_millis(clock: &dyn Clock) -> i64 {
+    (clock.now().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// What a batch changed, by identifier (for [`Segments::relevant`]), and
+/// the profile ids its new edges may have absorbed into others.
+fn touched(
+    records: &[(Lsn, RecordRef<'_>)],
+    skipped: &[usize],
+    edges: &[(usize, Edge)],
+) -> (HashMap<String, Touched>, Vec<String>) {
+    let mut touched: HashMap<String, Touched> = HashMap::new();
+    for (i, (_, record)) in records.iter().enumerate() {
+        let RecordRef::Event { event: e, .. } = record else {
+            continue;
+        };
+        if skipped.binary_search(&i).is_ok() {
+            continue;
+        }
+        for id in [e.anonymous_id, e.user_id, e.previous_id]
+            .into_iter()
+            .flatten()
+        {
+            let t = touched.entry(id.to_owned()).or_default();
+            if let (weft_protocol::MessageType::Track, Some(name)) = (e.kind, e.event) {
+                t.events.insert(name.to_owned());
+            }
+            t.traits |= e.kind == weft_protocol::MessageType::Identify;
+            t.consent |= e.consent_record.is_some() || e.body.contains("\"categoryPreferences\"");
+        }
+    }
+    let mut absorbed = Vec::new();
+    for (_, edge) in edges {
+        let (Edge::Link(e) | Edge::Alias(e)) = edge;
+        for id in [&e.from, &e.to] {
+            touched.entry(id.clone()).or_default().merged = true;
+        }
+        match edge {
+            Edge::Link(e) => absorbed.push(identity::device_profile_id(&e.from)),
+            Edge::Alias(e) => absorbed.push(identity::user_profile_id(&e.from)),
+        }
+        absorbed.push(identity::user_profile_id(&e.to));
+    }
+    (touched, absorbed)
+}
+
+/// Evaluates the profiles of the `touched` identifiers against the
+/// segments their changes make relevant; profiles `absorbed` into another
+/// leave every segment. Answers the changes.
+fn evaluate(
+    view: &View<'_>,
+    segments: &mut Segments,
+    touched: HashMap<String, Touched>,
+    absorbed: &[String],
+    now_ms: i64,
+    due: &mut HashMap<(String, String), i64>,
+) -> Result<Vec<Change>, StoreError> {
+    let now = memory::format_millis(now_ms);
+    let mut profiles: HashMap<String, (super::profiles::Resolved, Touched)> = HashMap::new();
+    for (id, t) in touched {
+        let Some(p) = resolve(view, &id)? else {
+            continue;
+        };
+        match profiles.get_mut(&p.profile_id) {
+            Some((_, seen)) => {
+                seen.events.extend(t.events);
+                seen.traits |= t.traits;
+                seen.consent |= t.consent;
+                seen.merged |= t.merged;
+            }
+            None => {
+                profiles.insert(p.profile_id.clone(), (p, t));
+            }
+        }
+    }
+    let mut changes = Vec::new();
+    let gone: BTreeSet<&String> = absorbed
+        .iter()
+        .filter(|id| !profiles.contains_key(*id))
+        .collect();
+    for id in gone {
+        changes.extend(segments.remove_profile(id, &now));
+        due.retain(|(_, p), _| p != id);
+    }
+    for (profile_id, (mut p, t)) in profiles {
+        let keys = segments.relevant(&t);
+        if keys.is_empty() {
+            continue;
+        }
+        p.events.sort();
+        let mut facts = ProfileFacts::new(view, &p, now_ms);
+        changes.extend(segments.evaluate(&profile_id, &keys, &mut facts, &now));
+        schedule(segments, &keys, &facts, &profile_id, due);
+    }
+    Ok(changes)
+}
+
+/// Remembers when the profile's memberships of `keys` with windows must be
+/// evaluated again.
+fn schedule(
+    segments: &Segments,
+    keys: &[String],
+    facts: &ProfileFacts<'_, '_>,
+    profile_id: &str,
+    due: &mut HashMap<(String, String), i64>,
+) {
+    for key in keys {
+        let Some(def) = segments.get(key) else {
+            continue;
+        };
+        let slot = (key.clone(), profile_id.to_owned());
+        match facts.next_change(&def.rule) {
+            Some(at) => {
+                due.insert(slot, at);
+            }
+            None => {
+                due.remove(&slot);
+            }
+        }
+    }
+}
+
+/// Stores membership changes: the members table and the history.
+fn write_changes(tx: &Connection, changes: &[Change]) -> Result<(), StoreError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let mut enter = tx.prepare_cached(
+        "INSERT OR REPLACE INTO segment_members (segment, profile_id, entered_at) VALUES (?1, ?2, ?3)",
+    )?;
+    let mut leave =
+        tx.prepare_cached("DELETE FROM segment_members WHERE segment = ?1 AND profile_id = ?2")?;
+    let mut history = tx.prepare_cached(
+        "INSERT INTO segment_changes (segment, profile_id, at, entered) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for c in changes {
+        if c.entered {
+            enter.execute(params![c.segment, c.profile_id, c.at])?;
+        } else {
+            leave.execute(params![c.segment, c.profile_id])?;
+        }
+        history.execute(params![c.segment, c.profile_id, c.at, c.entered])?;
+    }
+    Ok(())
 }
 
 pub(super) fn log_error(e: crate::log::LogError) -> StoreError {
@@ -583,16 +1159,15 @@ pub(super) fn log_error(e: crate::log::LogError) -> StoreError {
 }
 
 /// The database's part of a batch: the new identity edges, consent
-/// records and rejected messages of the records not `skipped`, and the
-/// position.
-fn apply(
-    conn: &mut Connection,
+/// records and rejected messages of the records not `skipped`. Answers
+/// whether it wrote anything.
+fn write_records(
+    tx: &Connection,
     records: &[(Lsn, RecordRef<'_>)],
-    next: Lsn,
     skipped: &[usize],
     edges: &[(usize, Edge)],
-) -> Result<(), StoreError> {
-    let tx = conn.transaction()?;
+) -> Result<bool, StoreError> {
+    let mut wrote = !edges.is_empty();
     {
         let mut insert_link = tx.prepare_cached(
             "INSERT INTO link_log (anonymous_id, user_id, at, message_id, source)
@@ -634,6 +1209,7 @@ fn apply(
                         continue;
                     }
                     if let Some(c) = &e.consent_record {
+                        wrote = true;
                         insert_consent.execute(params![
                             source,
                             e.anonymous_id,
@@ -651,6 +1227,7 @@ fn apply(
                     source,
                     rejected: b,
                 } => {
+                    wrote = true;
                     insert_rejected.execute(params![
                         source,
                         b.received_at,
@@ -661,14 +1238,8 @@ fn apply(
                 }
             }
         }
-        tx.execute(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![POSITION_KEY, next as i64],
-        )?;
     }
-    tx.commit()?;
-    Ok(())
+    Ok(wrote)
 }
 
 /// An index made before the edge tables were append-only kept them keyed
@@ -728,8 +1299,13 @@ fn erase(
     p: &Resolved,
     identifiers: &[String],
     suppression: &Suppression,
+    profile_ids: &[String],
 ) -> Result<ErasureReport, StoreError> {
     let tx = conn.transaction()?;
+    for id in profile_ids {
+        tx.execute("DELETE FROM segment_members WHERE profile_id = ?1", [id])?;
+        tx.execute("DELETE FROM segment_changes WHERE profile_id = ?1", [id])?;
+    }
     let mut report = ErasureReport {
         profile_id: p.profile_id.clone(),
         events: p.events.len(),
@@ -813,7 +1389,8 @@ mod tests {
             )
             .unwrap();
         }
-        let (_, readers) = open_index(&path, &log_dir, vec![7; 16], &[]).unwrap();
+        let clock = Arc::new(crate::clock::SystemClock);
+        let (_, readers) = open_index(&path, &log_dir, vec![7; 16], &[], clock).unwrap();
         let graph = readers.profile_graph("d1").unwrap().expect("d1 is known");
         assert_eq!(graph.user_ids, ["u0", "u1"]);
         assert_eq!(graph.anonymous_ids, ["d1"]);
