@@ -73,6 +73,13 @@ impl Request {
         r
     }
 
+    /// `PUT path` with a body.
+    pub fn put(path: &str, body: impl Into<Vec<u8>>) -> Self {
+        let mut r = Self::new("PUT", path);
+        r.body = body.into();
+        r
+    }
+
     /// Adds a header.
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.into(), value.into()));

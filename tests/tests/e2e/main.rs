@@ -11,6 +11,9 @@
 //! - `python_clients`: RudderStack's and Segment's own Python SDKs sending to
 //!   a real collector (identify traits in `traits` and `context.traits`).
 //! - `segment_client`: Segment's own Node SDK sending to a real collector.
+//! - `segments`: real-time audiences: rules refused with a path, membership
+//!   with the event's 200, sliding windows, merges, consent, erasure,
+//!   recomputes (10,000 profiles; one interrupted by a restart).
 //! - `serving`: the SDK files and the demo site as the collector serves them.
 
 mod browser;
@@ -23,4 +26,5 @@ mod ingest;
 mod python_clients;
 mod sdk;
 mod segment_client;
+mod segments;
 mod serving;
