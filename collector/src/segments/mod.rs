@@ -11,6 +11,7 @@
 //! see `store::sqlite`.
 
 pub mod rule;
+pub mod state;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

@@ -115,6 +115,8 @@ pub struct MemoryIndex {
     names: Vec<Box<str>>,
     /// Track event names, numbered from 1.
     event_names: HashMap<Box<str>, u32>,
+    /// The names by number (index = number - 1).
+    event_names_by_number: Vec<Box<str>>,
     entries: Vec<Entry>,
     links: Vec<Edge>,
     aliases: Vec<Edge>,
@@ -173,7 +175,14 @@ impl MemoryIndex {
         }
         let i = self.event_names.len() as u32 + 1;
         self.event_names.insert(name.into(), i);
+        self.event_names_by_number.push(name.into());
         i
+    }
+
+    /// The track event name numbered `i`.
+    pub fn event_name_of(&self, i: u32) -> Option<&str> {
+        let at = usize::try_from(i.checked_sub(1)?).ok()?;
+        self.event_names_by_number.get(at).map(|n| &**n)
     }
 
     /// The number of a track event name, if any event had it.

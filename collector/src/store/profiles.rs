@@ -74,15 +74,25 @@ pub(super) struct Resolved {
 /// it, and the events attributed to them (a shared device's anonymous-only
 /// events go to the user logged in around their time).
 pub(super) fn resolve(v: &View<'_>, id: &str) -> Result<Option<Resolved>, StoreError> {
+    resolve_with(v, id, true)
+}
+
+/// [`resolve`], with the profile's events only if `with_events` (the
+/// identity walk alone is much cheaper for a profile with a long history).
+pub(super) fn resolve_with(
+    v: &View<'_>,
+    id: &str,
+    with_events: bool,
+) -> Result<Option<Resolved>, StoreError> {
     let c = match identity::resolve(&MemoryEdges(v), id, MAX_COMPONENT)? {
-        Identity::Device(device) => return resolve_device(v, &device),
+        Identity::Device(device) => return resolve_device(v, &device, with_events),
         Identity::Person(c) => c,
     };
     let mut events = Vec::new();
-    for u in &c.users {
+    for u in c.users.iter().filter(|_| with_events) {
         events.extend(v.events.user(u).iter().map(Event::of));
     }
-    for d in &c.devices {
+    for d in c.devices.iter().filter(|_| with_events) {
         for p in v.events.device(d) {
             if p.has(WITH_USER) {
                 continue;
@@ -140,11 +150,20 @@ impl Edges for MemoryEdges<'_, '_> {
 }
 
 /// A device never linked to a user: a profile of its own.
-fn resolve_device(v: &View<'_>, device: &str) -> Result<Option<Resolved>, StoreError> {
-    let events: Vec<Event> = v.events.device(device).iter().map(Event::of).collect();
+fn resolve_device(
+    v: &View<'_>,
+    device: &str,
+    with_events: bool,
+) -> Result<Option<Resolved>, StoreError> {
+    let postings = v.events.device(device);
+    let events: Vec<Event> = if with_events {
+        postings.iter().map(Event::of).collect()
+    } else {
+        Vec::new()
+    };
     // A device whose events are gone (retention) still answers while its
     // consent records, proof of consent, are kept.
-    if events.is_empty()
+    if postings.is_empty()
         && !exists(
             v.conn,
             "SELECT 1 FROM consent_log WHERE anonymous_id = ?1 LIMIT 1",
@@ -177,18 +196,7 @@ fn event_body(v: &View<'_>, lsn: Lsn) -> Result<Option<serde_json::Value>, Store
     }
 }
 
-/// An identify's traits: those in `context.traits` (where RudderStack's
-/// SDKs put them) overlaid by the top-level `traits` (Segment's place), so
-/// a key given in both takes the top-level value.
-fn identify_traits(mut body: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
-    let mut take = |at: &str| match body.pointer_mut(at).map(serde_json::Value::take) {
-        Some(serde_json::Value::Object(t)) => t,
-        _ => serde_json::Map::new(),
-    };
-    let mut traits = take("/context/traits");
-    traits.extend(take("/traits"));
-    traits
-}
+use crate::segments::state::identify_traits;
 
 /// The summary: identifiers, first/last seen, count, traits merged from
 /// identify calls (per trait, the latest timestamp wins; within one call,
@@ -360,142 +368,32 @@ pub(super) fn identifiers_to_suppress(
     Ok(identifiers)
 }
 
-/// What a segment rule asks of a resolved profile at `now`: read from the
-/// memory index, and from the log only when a condition needs a body
-/// (identify calls for traits, the newest consent, events with property
-/// filters). Each is read once per evaluation.
-pub(super) struct ProfileFacts<'v, 'a> {
-    view: &'v View<'a>,
-    profile: &'v Resolved,
-    now_ms: i64,
-    traits: Option<serde_json::Map<String, serde_json::Value>>,
-    consent: Option<serde_json::Value>,
-}
-
-impl<'v, 'a> ProfileFacts<'v, 'a> {
-    /// Facts of `profile` (its events sorted by time) at `now_ms`.
-    pub(super) fn new(view: &'v View<'a>, profile: &'v Resolved, now_ms: i64) -> Self {
-        ProfileFacts {
-            view,
-            profile,
-            now_ms,
-            traits: None,
-            consent: None,
-        }
-    }
-
-    fn body(&self, lsn: Lsn) -> Option<serde_json::Value> {
-        match event_body(self.view, lsn) {
+/// A profile's segment state built from its whole history (its events
+/// sorted by time): what an incremental update would have reached.
+pub(super) fn build_state(
+    view: &View<'_>,
+    profile: &Resolved,
+    families: &crate::segments::state::Families,
+) -> crate::segments::state::ProfileState {
+    use crate::segments::state::{ProfileState, Seen};
+    let mut state = ProfileState::new(families);
+    for e in &profile.events {
+        let track = (e.name != 0)
+            .then(|| view.events.event_name_of(e.name))
+            .flatten();
+        let seen = Seen {
+            when: (e.ms, e.lsn),
+            track,
+            identify: e.identify,
+            consent: e.consent,
+        };
+        state.add(families, &seen, &mut || match event_body(view, e.lsn) {
             Ok(body) => body,
-            Err(e) => {
-                tracing::warn!(lsn, error = %e, "segments: an event body could not be read");
+            Err(err) => {
+                tracing::warn!(lsn = e.lsn, error = %err, "segments: an event body could not be read");
                 None
             }
-        }
+        });
     }
-
-    /// When, at the earliest, a `within` window of `rule` lets one of this
-    /// profile's events go (so its membership may change without a new
-    /// event), in milliseconds.
-    pub(super) fn next_change(&self, rule: &crate::segments::Rule) -> Option<i64> {
-        let mut next: Option<i64> = None;
-        let mut consider = |e: &crate::segments::rule::EventCondition| {
-            let (Some(w), Some(id)) = (e.within_ms, self.view.events.event_name(&e.name)) else {
-                return;
-            };
-            let from = self.now_ms - w;
-            if let Some(oldest) = self
-                .profile
-                .events
-                .iter()
-                .filter(|ev| ev.name == id && ev.ms > from)
-                .map(|ev| ev.ms)
-                .min()
-            {
-                let due = oldest + w;
-                next = Some(next.map_or(due, |n| n.min(due)));
-            }
-        };
-        visit_events(rule, &mut consider);
-        next
-    }
-}
-
-fn visit_events(
-    rule: &crate::segments::Rule,
-    f: &mut impl FnMut(&crate::segments::rule::EventCondition),
-) {
-    use crate::segments::Rule;
-    match rule {
-        Rule::All(rs) | Rule::Any(rs) => rs.iter().for_each(|r| visit_events(r, f)),
-        Rule::Not(r) => visit_events(r, f),
-        Rule::Event(e) => f(e),
-        _ => {}
-    }
-}
-
-impl crate::segments::Facts for ProfileFacts<'_, '_> {
-    fn trait_value(&mut self, name: &str) -> Option<serde_json::Value> {
-        if self.traits.is_none() {
-            let mut traits = serde_json::Map::new();
-            for e in self.profile.events.iter().filter(|e| e.identify) {
-                if let Some(body) = self.body(e.lsn) {
-                    traits.extend(identify_traits(body));
-                }
-            }
-            self.traits = Some(traits);
-        }
-        self.traits.as_ref().and_then(|t| t.get(name)).cloned()
-    }
-
-    fn consent_grants(&mut self, category: &str) -> bool {
-        if category == "necessary" {
-            return true;
-        }
-        if self.consent.is_none() {
-            let mut prefs = serde_json::Value::Null;
-            for e in self.profile.events.iter().rev().filter(|e| e.consent) {
-                if let Some(body) = self.body(e.lsn) {
-                    let p = &body["context"]["consent"]["categoryPreferences"];
-                    if p.is_object() {
-                        prefs = p.clone();
-                        break;
-                    }
-                }
-            }
-            self.consent = Some(prefs);
-        }
-        self.consent
-            .as_ref()
-            .is_some_and(|p| p[category] == serde_json::Value::Bool(true))
-    }
-
-    fn count_events(&mut self, c: &crate::segments::rule::EventCondition) -> u64 {
-        let Some(id) = self.view.events.event_name(&c.name) else {
-            return 0;
-        };
-        let from = c.within_ms.map(|w| self.now_ms - w);
-        let mut n = 0;
-        for e in &self.profile.events {
-            if e.name != id || from.is_some_and(|f| e.ms <= f) {
-                continue;
-            }
-            if !c.filters.is_empty() {
-                let Some(body) = self.body(e.lsn) else {
-                    continue;
-                };
-                let props = &body["properties"];
-                if !c.filters.iter().all(|f| f.holds(props.get(&f.name))) {
-                    continue;
-                }
-            }
-            n += 1;
-        }
-        n
-    }
-
-    fn member_of(&mut self, _: &str) -> bool {
-        // Answered from the memberships by `Segments::evaluate`.
-        false
-    }
+    state
 }

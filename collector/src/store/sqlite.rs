@@ -31,12 +31,13 @@ use crate::consumer::Consumer;
 use crate::identity;
 use crate::log::{LogLookup, LogReader, Lsn};
 use crate::record::{self, RecordRef};
+use crate::segments::state::{Families, ProfileState, Seen};
 use crate::segments::{Change, Definition, Rule, Segments, Touched};
 
 use super::memory::{self, MemoryIndex, NewEdge};
 use super::profiles::{
-    ProfileFacts, Resolved, View, consent_history, identifiers_to_suppress, profile,
-    profile_events, profile_graph, resolve,
+    Resolved, View, build_state, consent_history, identifiers_to_suppress, profile, profile_events,
+    profile_graph, resolve, resolve_with,
 };
 
 use super::suppression::{IdHash, Suppression};
@@ -176,6 +177,34 @@ pub struct IndexWriter {
     /// because a `within` window moves past one of the profile's events
     /// then.
     due: HashMap<(String, String), i64>,
+    /// What the segments' rules need of each profile evaluated so far,
+    /// kept up to date event by event ([`ProfileState`]).
+    engine: Engine,
+}
+
+/// The segments' event-condition families and the profiles' states.
+#[derive(Default)]
+struct Engine {
+    families: Families,
+    states: HashMap<String, ProfileState>,
+}
+
+impl Engine {
+    /// After the segment definitions changed: new families, states
+    /// rebuilt when next needed.
+    fn reset(&mut self, segments: &Segments) {
+        self.families = Families::of(segments.all().map(|d| &d.rule));
+        self.states.clear();
+    }
+
+    /// Makes sure `p` (its events sorted) has a state: built from its
+    /// history unless already known (and `fresh` is not asked).
+    fn ensure(&mut self, view: &View<'_>, p: &Resolved, fresh: bool) {
+        if fresh || !self.states.contains_key(&p.profile_id) {
+            let state = build_state(view, p, &self.families);
+            self.states.insert(p.profile_id.clone(), state);
+        }
+    }
 }
 
 /// The reading half: connections for the admin API, the event index and
@@ -247,6 +276,7 @@ pub fn open_index(
         segments: segments.clone(),
         clock,
         due: HashMap::new(),
+        engine: Engine::default(),
     };
     let until = writer.position()?;
     writer.load(until)?;
@@ -343,8 +373,12 @@ impl IndexWriter {
             let changes = evaluate(
                 &view,
                 &mut segments,
-                touched,
-                &absorbed,
+                &mut self.engine,
+                Batch {
+                    records,
+                    touched,
+                    absorbed: &absorbed,
+                },
                 now_ms,
                 &mut self.due,
             )?;
@@ -415,6 +449,7 @@ impl IndexWriter {
                 segments.load_member(&segment, profile, at);
             }
         }
+        self.engine.reset(&segments);
         *write_lock(&self.segments) = segments;
         Ok(())
     }
@@ -445,7 +480,9 @@ impl IndexWriter {
                  updated_at = excluded.updated_at, ready = 0",
             params![def.key, def.name, def.rule_json.to_string(), def.updated_at],
         )?;
-        write_lock(&self.segments).put(def.clone());
+        let mut segments = write_lock(&self.segments);
+        segments.put(def.clone());
+        self.engine.reset(&segments);
         Ok(def)
     }
 
@@ -477,6 +514,7 @@ impl IndexWriter {
         tx.execute("DELETE FROM segments WHERE key = ?1", [key])?;
         tx.commit()?;
         segments.remove(key);
+        self.engine.reset(&segments);
         self.due.retain(|(s, _), _| s != key);
         Ok(true)
     }
@@ -538,9 +576,19 @@ impl IndexWriter {
                     continue;
                 }
                 p.events.sort();
-                let mut facts = ProfileFacts::new(&view, &p, now_ms);
+                self.engine.ensure(&view, &p, false);
+                let (state, families) = (&self.engine.states[&p.profile_id], &self.engine.families);
+                let mut facts = state.facts(families, now_ms);
                 changes.extend(segments.evaluate(&p.profile_id, &keys, &mut facts, &now));
-                schedule(&segments, &keys, &facts, &p.profile_id, &mut self.due);
+                schedule(
+                    &segments,
+                    &keys,
+                    state,
+                    families,
+                    now_ms,
+                    &p.profile_id,
+                    &mut self.due,
+                );
             }
             (changes, (end < events.identifiers()).then_some(end))
         };
@@ -591,9 +639,20 @@ impl IndexWriter {
                 match resolve(&view, id)? {
                     Some(mut p) if p.profile_id == profile_id => {
                         p.events.sort();
-                        let mut facts = ProfileFacts::new(&view, &p, now_ms);
+                        self.engine.ensure(&view, &p, false);
+                        let (state, families) =
+                            (&self.engine.states[&profile_id], &self.engine.families);
+                        let mut facts = state.facts(families, now_ms);
                         changes.extend(segments.evaluate(&profile_id, &keys, &mut facts, &now));
-                        schedule(&segments, &keys, &facts, &profile_id, &mut self.due);
+                        schedule(
+                            &segments,
+                            &keys,
+                            state,
+                            families,
+                            now_ms,
+                            &profile_id,
+                            &mut self.due,
+                        );
                     }
                     // Merged into another profile, or gone.
                     _ => changes.extend(segments.remove_profile(&profile_id, &now)),
@@ -799,6 +858,7 @@ impl IndexWriter {
             let mut segments = write_lock(&self.segments);
             for id in &profile_ids {
                 segments.remove_profile(id, "");
+                self.engine.states.remove(id);
             }
             self.due.retain(|(_, pid), _| !profile_ids.contains(pid));
         }
@@ -864,6 +924,10 @@ impl IndexWriter {
         }
         let first = starts.first().copied().unwrap_or(0);
         let n = self.write_events().retain_log(first, &expired);
+        if n > 0 {
+            // Segment states counted those events: rebuilt when next needed.
+            self.engine.states.clear();
+        }
         self.conn
             .execute("DELETE FROM rejected WHERE received_at < ?1", [before])?;
         Ok(n as usize)
@@ -1012,14 +1076,15 @@ fn now_millis(clock: &dyn Clock) -> i64 {
     (clock.now().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-/// What a batch changed, by identifier (for [`Segments::relevant`]), and
-/// the profile ids its new edges may have absorbed into others.
+/// What a batch changed, by identifier (for [`Segments::relevant`]) with
+/// the indexes of its records, and the profile ids its new edges may have
+/// absorbed into others.
 fn touched(
     records: &[(Lsn, RecordRef<'_>)],
     skipped: &[usize],
     edges: &[(usize, Edge)],
-) -> (HashMap<String, Touched>, Vec<String>) {
-    let mut touched: HashMap<String, Touched> = HashMap::new();
+) -> (TouchedIds, Vec<String>) {
+    let mut touched: TouchedIds = HashMap::new();
     for (i, (_, record)) in records.iter().enumerate() {
         let RecordRef::Event { event: e, .. } = record else {
             continue;
@@ -1031,19 +1096,20 @@ fn touched(
             .into_iter()
             .flatten()
         {
-            let t = touched.entry(id.to_owned()).or_default();
+            let (t, at) = touched.entry(id.to_owned()).or_default();
             if let (weft_protocol::MessageType::Track, Some(name)) = (e.kind, e.event) {
                 t.events.insert(name.to_owned());
             }
             t.traits |= e.kind == weft_protocol::MessageType::Identify;
             t.consent |= e.consent_record.is_some() || e.body.contains("\"categoryPreferences\"");
+            at.push(i);
         }
     }
     let mut absorbed = Vec::new();
     for (_, edge) in edges {
         let (Edge::Link(e) | Edge::Alias(e)) = edge;
         for id in [&e.from, &e.to] {
-            touched.entry(id.clone()).or_default().merged = true;
+            touched.entry(id.clone()).or_default().0.merged = true;
         }
         match edge {
             Edge::Link(e) => absorbed.push(identity::device_profile_id(&e.from)),
@@ -1054,53 +1120,123 @@ fn touched(
     (touched, absorbed)
 }
 
-/// Evaluates the profiles of the `touched` identifiers against the
-/// segments their changes make relevant; profiles `absorbed` into another
-/// leave every segment. Answers the changes.
+/// What a batch changed per identifier, with the indexes of its records.
+type TouchedIds = HashMap<String, (Touched, Vec<usize>)>;
+
+/// A batch as segment evaluation sees it.
+struct Batch<'b, 'r> {
+    records: &'b [(Lsn, RecordRef<'r>)],
+    touched: TouchedIds,
+    absorbed: &'b [String],
+}
+
+/// Evaluates the profiles of the batch's touched identifiers against the
+/// segments their changes make relevant, updating each known profile state
+/// with the batch's events (a merged profile, or one with a shared device,
+/// is rebuilt from its history); profiles absorbed into another leave every
+/// segment. Answers the changes.
 fn evaluate(
     view: &View<'_>,
     segments: &mut Segments,
-    touched: HashMap<String, Touched>,
-    absorbed: &[String],
+    engine: &mut Engine,
+    batch: Batch<'_, '_>,
     now_ms: i64,
     due: &mut HashMap<(String, String), i64>,
 ) -> Result<Vec<Change>, StoreError> {
     let now = memory::format_millis(now_ms);
-    let mut profiles: HashMap<String, (super::profiles::Resolved, Touched)> = HashMap::new();
-    for (id, t) in touched {
-        let Some(p) = resolve(view, &id)? else {
+    let mut profiles: HashMap<String, (Resolved, Touched, BTreeSet<usize>)> = HashMap::new();
+    for (id, (t, at)) in batch.touched {
+        // Who it is; the events only if the state must be built.
+        let Some(p) = resolve_with(view, &id, false)? else {
             continue;
         };
+        // An anonymous event of a device several people used counts for
+        // whoever was logged in then: a full rebuild settles that.
+        let shared = view
+            .events
+            .device_links(&id)
+            .iter()
+            .map(|l| &l.user_id)
+            .collect::<BTreeSet<_>>()
+            .len()
+            > 1;
         match profiles.get_mut(&p.profile_id) {
-            Some((_, seen)) => {
+            Some((_, seen, records)) => {
                 seen.events.extend(t.events);
                 seen.traits |= t.traits;
                 seen.consent |= t.consent;
-                seen.merged |= t.merged;
+                seen.merged |= t.merged || shared;
+                records.extend(at);
             }
             None => {
-                profiles.insert(p.profile_id.clone(), (p, t));
+                let mut t = t;
+                t.merged |= shared;
+                profiles.insert(p.profile_id.clone(), (p, t, at.into_iter().collect()));
             }
         }
     }
     let mut changes = Vec::new();
-    let gone: BTreeSet<&String> = absorbed
+    let gone: BTreeSet<&String> = batch
+        .absorbed
         .iter()
         .filter(|id| !profiles.contains_key(*id))
         .collect();
     for id in gone {
         changes.extend(segments.remove_profile(id, &now));
         due.retain(|(_, p), _| p != id);
+        engine.states.remove(id);
     }
-    for (profile_id, (mut p, t)) in profiles {
+    for (profile_id, (mut p, t, records)) in profiles {
         let keys = segments.relevant(&t);
         if keys.is_empty() {
+            // Nothing reads what changed, but a known state must not miss
+            // the events: forget it (rebuilt when next needed).
+            if !records.is_empty() {
+                engine.states.remove(&profile_id);
+            }
             continue;
         }
-        p.events.sort();
-        let mut facts = ProfileFacts::new(view, &p, now_ms);
+        let rebuild = t.merged || !engine.states.contains_key(&profile_id);
+        if rebuild {
+            let id = profile_id
+                .strip_prefix("user:")
+                .or_else(|| profile_id.strip_prefix("anon:"))
+                .unwrap_or(&profile_id);
+            if let Some(full) = resolve_with(view, id, true)? {
+                p = full;
+            }
+            p.events.sort();
+            engine.ensure(view, &p, true);
+        } else if let Some(state) = engine.states.get_mut(&profile_id) {
+            for i in records {
+                let (lsn, RecordRef::Event { event: e, .. }) = &batch.records[i] else {
+                    continue;
+                };
+                let seen = Seen {
+                    when: (memory::timestamp_millis(e.timestamp), *lsn),
+                    track: (e.kind == weft_protocol::MessageType::Track)
+                        .then_some(e.event)
+                        .flatten(),
+                    identify: e.kind == weft_protocol::MessageType::Identify,
+                    consent: e.body.contains("\"categoryPreferences\""),
+                };
+                state.add(&engine.families, &seen, &mut || {
+                    serde_json::from_str(e.body).ok()
+                });
+            }
+        }
+        let state = &engine.states[&profile_id];
+        let mut facts = state.facts(&engine.families, now_ms);
         changes.extend(segments.evaluate(&profile_id, &keys, &mut facts, &now));
-        schedule(segments, &keys, &facts, &profile_id, due);
+        schedule(
+            segments,
+            &keys,
+            state,
+            &engine.families,
+            now_ms,
+            &profile_id,
+            due,
+        );
     }
     Ok(changes)
 }
@@ -1110,7 +1246,9 @@ fn evaluate(
 fn schedule(
     segments: &Segments,
     keys: &[String],
-    facts: &ProfileFacts<'_, '_>,
+    state: &ProfileState,
+    families: &Families,
+    now_ms: i64,
     profile_id: &str,
     due: &mut HashMap<(String, String), i64>,
 ) {
@@ -1119,7 +1257,7 @@ fn schedule(
             continue;
         };
         let slot = (key.clone(), profile_id.to_owned());
-        match facts.next_change(&def.rule) {
+        match state.next_change(families, &def.rule, now_ms) {
             Some(at) => {
                 due.insert(slot, at);
             }

@@ -1,0 +1,355 @@
+//! What segment rules need to know about a profile, kept up to date event
+//! by event instead of recomputed from the profile's whole history.
+//!
+//! Re-reading a profile's events on each of its new events costs time in
+//! proportion to its history (measured: 265 µs per event with 50 segments
+//! and 480 events per profile). Instead each profile has a
+//! [`ProfileState`]: its merged traits, its latest consent, and for each
+//! *family* of event conditions (same event name and property filters,
+//! whatever the count or window) the times of its matching events. A new
+//! event updates the state in O(families); a rule then reads counts by
+//! binary search. A state is built from the history once (when first
+//! needed, and again after the profile merged with another).
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+
+use super::rule::{Compare, EventCondition, Facts, Rule};
+
+/// Event conditions that match the same events: the same name and the same
+/// property filters (counts and windows differ).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Family {
+    /// The track event's name.
+    pub name: String,
+    /// Property filters, all of which must hold.
+    pub filters: Vec<Compare>,
+}
+
+/// The families of a set of rules.
+#[derive(Debug, Default, Clone)]
+pub struct Families(Vec<Family>);
+
+impl Families {
+    /// The families of every event condition of `rules`.
+    pub fn of<'r>(rules: impl IntoIterator<Item = &'r Rule>) -> Families {
+        let mut out = Families::default();
+        for rule in rules {
+            visit(rule, &mut |e| {
+                if out.index(e).is_none() {
+                    out.0.push(Family {
+                        name: e.name.clone(),
+                        filters: e.filters.clone(),
+                    });
+                }
+            });
+        }
+        out
+    }
+
+    /// The family of a condition.
+    pub fn index(&self, e: &EventCondition) -> Option<usize> {
+        self.0
+            .iter()
+            .position(|f| f.name == e.name && f.filters == e.filters)
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The families an event named `name` may match.
+    pub fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = (usize, &'a Family)> + 'a {
+        self.0
+            .iter()
+            .enumerate()
+            .filter(move |(_, f)| f.name == name)
+    }
+
+    /// Whether any family has property filters for events named `name` (so
+    /// its body must be read).
+    pub fn needs_properties(&self, name: &str) -> bool {
+        self.named(name).any(|(_, f)| !f.filters.is_empty())
+    }
+}
+
+fn visit<'r>(rule: &'r Rule, f: &mut impl FnMut(&'r EventCondition)) {
+    match rule {
+        Rule::All(rs) | Rule::Any(rs) => rs.iter().for_each(|r| visit(r, f)),
+        Rule::Not(r) => visit(r, f),
+        Rule::Event(e) => f(e),
+        _ => {}
+    }
+}
+
+/// Event time and LSN: the order in which a profile's calls count ("the
+/// latest identify wins" is by event time, then by log order).
+pub type When = (i64, u64);
+
+/// One event of a profile, as a state update sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Seen<'a> {
+    /// Event time (ms) and LSN.
+    pub when: When,
+    /// A track event's name.
+    pub track: Option<&'a str>,
+    /// An identify call.
+    pub identify: bool,
+    /// Its body mentions consent preferences.
+    pub consent: bool,
+}
+
+/// A profile's facts for segment rules.
+#[derive(Debug, Default, Clone)]
+pub struct ProfileState {
+    /// trait -> (value, when it was set).
+    traits: HashMap<String, (Value, When)>,
+    /// The latest `categoryPreferences`, and when.
+    consent: Option<(Value, When)>,
+    /// Per family: the times (ms) of matching events, sorted.
+    times: Vec<Vec<i64>>,
+}
+
+impl ProfileState {
+    /// An empty state for `families`.
+    pub fn new(families: &Families) -> ProfileState {
+        ProfileState {
+            times: vec![Vec::new(); families.len()],
+            ..ProfileState::default()
+        }
+    }
+
+    /// Takes one event into account. `body` gives the event's parsed body
+    /// when asked (only identify calls, consent carriers and events some
+    /// family filters by property need it).
+    pub fn add(
+        &mut self,
+        families: &Families,
+        event: &Seen<'_>,
+        read_body: &mut dyn FnMut() -> Option<Value>,
+    ) {
+        // The body, parsed at most once, and only if something needs it.
+        let mut parsed: Option<Option<Value>> = None;
+        let mut body = |parsed: &mut Option<Option<Value>>| {
+            if parsed.is_none() {
+                *parsed = Some(read_body());
+            }
+        };
+        if event.identify {
+            body(&mut parsed);
+            if let Some(Some(b)) = &parsed {
+                for (k, v) in identify_traits(b.clone()) {
+                    match self.traits.get(&k) {
+                        Some((_, at)) if *at > event.when => {}
+                        _ => {
+                            self.traits.insert(k, (v, event.when));
+                        }
+                    }
+                }
+            }
+        }
+        if event.consent && self.consent.as_ref().is_none_or(|(_, at)| *at < event.when) {
+            body(&mut parsed);
+            if let Some(Some(b)) = &parsed {
+                let prefs = &b["context"]["consent"]["categoryPreferences"];
+                if prefs.is_object() {
+                    self.consent = Some((prefs.clone(), event.when));
+                }
+            }
+        }
+        if let Some(name) = event.track {
+            for (i, family) in families.named(name) {
+                if !family.filters.is_empty() {
+                    body(&mut parsed);
+                    let Some(Some(b)) = &parsed else {
+                        continue;
+                    };
+                    let props = &b["properties"];
+                    if !family.filters.iter().all(|f| f.holds(props.get(&f.name))) {
+                        continue;
+                    }
+                }
+                let times = &mut self.times[i];
+                let at = times.partition_point(|t| *t <= event.when.0);
+                times.insert(at, event.when.0);
+            }
+        }
+    }
+
+    /// The facts at `now_ms` (for [`Rule::matches`]; `member_of` is
+    /// answered by the segments).
+    pub fn facts<'s>(&'s self, families: &'s Families, now_ms: i64) -> StateFacts<'s> {
+        StateFacts {
+            state: self,
+            families,
+            now_ms,
+        }
+    }
+
+    /// When, at the earliest, one of `rule`'s windows lets one of this
+    /// profile's events go (its membership may change then without a new
+    /// event), in ms after the epoch.
+    pub fn next_change(&self, families: &Families, rule: &Rule, now_ms: i64) -> Option<i64> {
+        let mut next: Option<i64> = None;
+        visit(rule, &mut |e| {
+            let (Some(w), Some(i)) = (e.within_ms, families.index(e)) else {
+                return;
+            };
+            let times = &self.times[i];
+            let first = times.partition_point(|t| *t <= now_ms - w);
+            if let Some(oldest) = times.get(first) {
+                let due = oldest + w;
+                next = Some(next.map_or(due, |n| n.min(due)));
+            }
+        });
+        next
+    }
+}
+
+/// An identify's traits: those in `context.traits` (where RudderStack's
+/// SDKs put them) overlaid by the top-level `traits` (Segment's place), so
+/// a key given in both takes the top-level value.
+pub fn identify_traits(mut body: Value) -> Map<String, Value> {
+    let mut take = |at: &str| match body.pointer_mut(at).map(Value::take) {
+        Some(Value::Object(t)) => t,
+        _ => Map::new(),
+    };
+    let mut traits = take("/context/traits");
+    traits.extend(take("/traits"));
+    traits
+}
+
+/// A [`ProfileState`] as [`Facts`].
+pub struct StateFacts<'s> {
+    state: &'s ProfileState,
+    families: &'s Families,
+    now_ms: i64,
+}
+
+impl Facts for StateFacts<'_> {
+    fn trait_value(&mut self, name: &str) -> Option<Value> {
+        self.state.traits.get(name).map(|(v, _)| v.clone())
+    }
+
+    fn consent_grants(&mut self, category: &str) -> bool {
+        category == "necessary"
+            || self
+                .state
+                .consent
+                .as_ref()
+                .is_some_and(|(p, _)| p[category] == Value::Bool(true))
+    }
+
+    fn count_events(&mut self, c: &EventCondition) -> u64 {
+        let Some(i) = self.families.index(c) else {
+            return 0;
+        };
+        let times = &self.state.times[i];
+        let from = match c.within_ms {
+            Some(w) => times.partition_point(|t| *t <= self.now_ms - w),
+            None => 0,
+        };
+        (times.len() - from) as u64
+    }
+
+    fn member_of(&mut self, _: &str) -> bool {
+        // Answered from the memberships by `Segments::evaluate`.
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rules() -> Vec<Rule> {
+        [
+            json!({"event": "Viewed", "within": "1h"}),
+            json!({"event": "Viewed", "count": {"op": "gte", "value": 3}}),
+            json!({"event": "Viewed", "where": [{"property": "cat", "op": "eq", "value": "shoes"}]}),
+            json!({"all": [{"trait": "plan", "op": "eq", "value": "pro"}, {"consent": "marketing"}]}),
+        ]
+        .iter()
+        .map(|r| Rule::parse(r).unwrap())
+        .collect()
+    }
+
+    fn track(ms: i64, lsn: u64) -> Seen<'static> {
+        Seen {
+            when: (ms, lsn),
+            track: Some("Viewed"),
+            identify: false,
+            consent: false,
+        }
+    }
+
+    #[test]
+    fn families_share_times_and_counts_follow_windows_filters_and_order() {
+        let rules = rules();
+        let families = Families::of(&rules);
+        assert_eq!(families.len(), 2, "same name and filters: one family");
+        let mut s = ProfileState::new(&families);
+        let hour = 3_600_000;
+        let shoes = || Some(json!({"properties": {"cat": "shoes"}}));
+        let hats = || Some(json!({"properties": {"cat": "hats"}}));
+        s.add(&families, &track(10 * hour, 1), &mut shoes.clone());
+        s.add(&families, &track(12 * hour, 3), &mut hats.clone());
+        // Late: an older event arrives after a newer one.
+        s.add(&families, &track(11 * hour, 2), &mut hats.clone());
+        let now = 12 * hour + 1;
+        let matches = |s: &ProfileState, r: &Rule| r.matches(&mut s.facts(&families, now));
+        assert!(matches(&s, &rules[0]), "one in the last hour");
+        assert!(matches(&s, &rules[1]), "three in all");
+        assert!(matches(&s, &rules[2]), "one with shoes");
+        let later = 13 * hour + 1;
+        assert!(!rules[0].matches(&mut s.facts(&families, later)));
+        assert_eq!(s.next_change(&families, &rules[0], now), Some(13 * hour));
+        assert_eq!(s.next_change(&families, &rules[0], later), None);
+    }
+
+    #[test]
+    fn the_latest_identify_and_consent_win_by_event_time() {
+        let rules = rules();
+        let families = Families::of(&rules);
+        let mut s = ProfileState::new(&families);
+        let call = |ms: i64, identify: bool, consent: bool| Seen {
+            when: (ms, ms as u64),
+            track: None,
+            identify,
+            consent,
+        };
+        let body = |plan: &str, marketing: bool| {
+            json!({"traits": {"plan": plan},
+                   "context": {"consent": {"categoryPreferences": {"marketing": marketing}}}})
+        };
+        s.add(&families, &call(2, true, true), &mut || {
+            Some(body("pro", true))
+        });
+        // An older call arriving later changes nothing.
+        s.add(&families, &call(1, true, true), &mut || {
+            Some(body("free", false))
+        });
+        assert!(rules[3].matches(&mut s.facts(&families, 10)));
+        s.add(&families, &call(3, false, true), &mut || {
+            Some(body("x", false))
+        });
+        assert!(
+            !rules[3].matches(&mut s.facts(&families, 10)),
+            "consent withdrawn"
+        );
+        let mut read = false;
+        s.add(&families, &call(4, false, false), &mut || {
+            read = true;
+            None
+        });
+        assert!(!read, "a body is read only when something needs it");
+    }
+}
