@@ -63,14 +63,29 @@ pub struct Touched {
     pub merged: bool,
 }
 
+/// What a segment's rule reads, worked out once.
+#[derive(Debug, Default, Clone)]
+struct Deps {
+    events: Vec<String>,
+    traits: bool,
+    consent: bool,
+    segments: Vec<String>,
+    windows: bool,
+}
+
 /// The definitions and the current members.
 #[derive(Debug, Default)]
 pub struct Segments {
     defs: BTreeMap<String, Definition>,
-    /// Keys, each after those its rule refers to.
-    order: Vec<String>,
-    /// segment -> profile -> when it entered.
-    members: HashMap<String, HashMap<String, String>>,
+    /// Keys, each after those its rule refers to, with what they read.
+    order: Vec<(String, Deps)>,
+    /// The event-condition families of every rule (each condition knows
+    /// its own).
+    families: state::Families,
+    /// profile -> segment -> when it entered.
+    members: HashMap<String, BTreeMap<String, String>>,
+    /// segment -> how many members.
+    sizes: HashMap<String, usize>,
 }
 
 impl Segments {
@@ -83,10 +98,20 @@ impl Segments {
 
     /// A membership as loaded at start.
     pub fn load_member(&mut self, segment: &str, profile_id: String, entered_at: String) {
-        self.members
-            .entry(segment.to_owned())
+        if self
+            .members
+            .entry(profile_id)
             .or_default()
-            .insert(profile_id, entered_at);
+            .insert(segment.to_owned(), entered_at)
+            .is_none()
+        {
+            *self.sizes.entry(segment.to_owned()).or_default() += 1;
+        }
+    }
+
+    /// The event-condition families of every rule.
+    pub fn families(&self) -> &state::Families {
+        &self.families
     }
 
     /// Whether `rule` may be stored under `key`: every segment it refers to
@@ -143,7 +168,11 @@ impl Segments {
 
     /// Removes a segment and its members; answers whether it existed.
     pub fn remove(&mut self, key: &str) -> bool {
-        self.members.remove(key);
+        self.members.retain(|_, m| {
+            m.remove(key);
+            !m.is_empty()
+        });
+        self.sizes.remove(key);
         let existed = self.defs.remove(key).is_some();
         self.reorder();
         existed
@@ -161,29 +190,22 @@ impl Segments {
     pub fn with_dependents(&self, key: &str) -> Vec<String> {
         let mut chosen: BTreeSet<&str> = BTreeSet::new();
         chosen.insert(key);
-        for k in &self.order {
-            if self.defs[k]
-                .rule
-                .segments()
-                .iter()
-                .any(|s| chosen.contains(s))
-            {
+        let mut out = Vec::new();
+        for (k, deps) in &self.order {
+            if k == key || deps.segments.iter().any(|s| chosen.contains(s.as_str())) {
                 chosen.insert(k);
+                out.push(k.clone());
             }
         }
-        self.order
-            .iter()
-            .filter(|k| chosen.contains(k.as_str()))
-            .cloned()
-            .collect()
+        out
     }
 
     /// The segments whose rules refer to `key`, directly.
     pub fn dependents(&self, key: &str) -> Vec<String> {
         self.order
             .iter()
-            .filter(|k| self.defs[*k].rule.segments().contains(&key))
-            .cloned()
+            .filter(|(_, deps)| deps.segments.iter().any(|s| s == key))
+            .map(|(k, _)| k.clone())
             .collect()
     }
 
@@ -211,7 +233,24 @@ impl Segments {
         for k in self.defs.keys() {
             visit(k, &self.defs, &mut seen, &mut out);
         }
-        self.order = out;
+        self.order = out
+            .into_iter()
+            .map(|k| {
+                let r = &self.defs[&k].rule;
+                let deps = Deps {
+                    events: r.event_names().into_iter().map(str::to_owned).collect(),
+                    traits: r.uses_traits(),
+                    consent: r.uses_consent(),
+                    segments: r.segments().into_iter().map(str::to_owned).collect(),
+                    windows: !r.windows().is_empty(),
+                };
+                (k, deps)
+            })
+            .collect();
+        self.families = state::Families::of(self.defs.values().map(|d| &d.rule));
+        for d in self.defs.values_mut() {
+            self.families.assign(&mut d.rule);
+        }
     }
 
     /// One definition.
@@ -231,34 +270,34 @@ impl Segments {
 
     /// How many profiles are in `key`.
     pub fn size(&self, key: &str) -> usize {
-        self.members.get(key).map_or(0, HashMap::len)
+        self.sizes.get(key).copied().unwrap_or(0)
     }
 
     /// Whether `profile_id` is in `key`.
     pub fn is_member(&self, key: &str, profile_id: &str) -> bool {
         self.members
-            .get(key)
-            .is_some_and(|m| m.contains_key(profile_id))
+            .get(profile_id)
+            .is_some_and(|m| m.contains_key(key))
     }
 
     /// The segments `profile_id` is in, by key.
     pub fn of_profile(&self, profile_id: &str) -> Vec<String> {
-        self.defs
-            .keys()
-            .filter(|k| self.is_member(k, profile_id))
-            .cloned()
-            .collect()
+        self.members
+            .get(profile_id)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The members of `key` as (profile, entered_at), by profile id, after
-    /// `after` (a cursor: the last profile of the previous page).
+    /// `after` (a cursor: the last profile of the previous page). A pass
+    /// over every member of any segment: for the admin API, not the
+    /// evaluation path.
     pub fn members(&self, key: &str, after: Option<&str>, limit: usize) -> Vec<(String, String)> {
-        let Some(m) = self.members.get(key) else {
-            return Vec::new();
-        };
-        let mut ids: Vec<(&String, &String)> = m
+        let mut ids: Vec<(&String, &String)> = self
+            .members
             .iter()
             .filter(|(p, _)| after.is_none_or(|a| p.as_str() > a))
+            .filter_map(|(p, m)| m.get(key).map(|t| (p, t)))
             .collect();
         ids.sort_unstable();
         ids.into_iter()
@@ -271,29 +310,29 @@ impl Segments {
     /// segments whose rule reads what changed, and those that refer to a
     /// segment that will be evaluated (a membership may change there).
     pub fn relevant(&self, touched: &Touched) -> Vec<String> {
-        let mut chosen: BTreeSet<&str> = BTreeSet::new();
-        for k in &self.order {
-            let r = &self.defs[k].rule;
+        let mut chosen: Vec<&str> = Vec::new();
+        // `order` puts dependencies first, so one pass in it keeps that.
+        for (k, deps) in &self.order {
             let reads_change = touched.merged
-                || (touched.traits && r.uses_traits())
-                || (touched.consent && r.uses_consent())
-                || r.event_names().iter().any(|n| touched.events.contains(*n));
-            let follows = r.segments().iter().any(|s| chosen.contains(s));
-            if reads_change || follows {
-                chosen.insert(k);
+                || (touched.traits && deps.traits)
+                || (touched.consent && deps.consent)
+                || deps.events.iter().any(|n| touched.events.contains(n));
+            let follows = || deps.segments.iter().any(|s| chosen.contains(&s.as_str()));
+            if reads_change || follows() {
+                chosen.push(k);
             }
         }
-        // `order` puts dependencies first, so filtering it keeps that.
-        self.order
-            .iter()
-            .filter(|k| chosen.contains(k.as_str()))
-            .cloned()
-            .collect()
+        chosen.into_iter().map(str::to_owned).collect()
+    }
+
+    /// Whether `key`'s rule has a `within` window.
+    pub fn has_windows(&self, key: &str) -> bool {
+        self.order.iter().any(|(k, d)| k == key && d.windows)
     }
 
     /// Every key, dependencies first.
-    pub fn ordered(&self) -> &[String] {
-        &self.order
+    pub fn ordered(&self) -> Vec<String> {
+        self.order.iter().map(|(k, _)| k.clone()).collect()
     }
 
     /// Evaluates `profile_id` against `keys` (in the order given: as from
@@ -308,20 +347,26 @@ impl Segments {
         now: &str,
     ) -> Vec<Change> {
         let mut changes = Vec::new();
+        // The profile's memberships, looked up once.
+        let mut mine: BTreeSet<String> = self
+            .members
+            .get(profile_id)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
         for key in keys {
             let Some(def) = self.defs.get(key) else {
                 continue;
             };
-            let is_in = {
-                let mut with_members = WithMembers {
-                    facts: &mut *facts,
-                    segments: self,
-                    profile_id,
-                };
-                def.rule.matches(&mut with_members)
-            };
-            let was_in = self.is_member(key, profile_id);
-            if is_in != was_in {
+            let is_in = def.rule.matches(&mut WithMembers {
+                facts: &mut *facts,
+                mine: &mine,
+            });
+            if is_in != mine.contains(key) {
+                if is_in {
+                    mine.insert(key.clone());
+                } else {
+                    mine.remove(key);
+                }
                 changes.push(self.apply(key, profile_id, is_in, now));
             }
         }
@@ -331,23 +376,27 @@ impl Segments {
     /// Takes `profile_id` out of every segment (it was merged into another
     /// profile, or erased).
     pub fn remove_profile(&mut self, profile_id: &str, now: &str) -> Vec<Change> {
-        let keys: Vec<String> = self
-            .members
-            .iter()
-            .filter(|(_, m)| m.contains_key(profile_id))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let keys = self.of_profile(profile_id);
         keys.iter()
             .map(|k| self.apply(k, profile_id, false, now))
             .collect()
     }
 
     fn apply(&mut self, key: &str, profile_id: &str, entered: bool, now: &str) -> Change {
-        let m = self.members.entry(key.to_owned()).or_default();
         if entered {
-            m.insert(profile_id.to_owned(), now.to_owned());
-        } else {
-            m.remove(profile_id);
+            let m = self.members.entry(profile_id.to_owned()).or_default();
+            if m.insert(key.to_owned(), now.to_owned()).is_none() {
+                *self.sizes.entry(key.to_owned()).or_default() += 1;
+            }
+        } else if let Some(m) = self.members.get_mut(profile_id) {
+            if m.remove(key).is_some()
+                && let Some(n) = self.sizes.get_mut(key)
+            {
+                *n = n.saturating_sub(1);
+            }
+            if m.is_empty() {
+                self.members.remove(profile_id);
+            }
         }
         Change {
             segment: key.to_owned(),
@@ -358,11 +407,10 @@ impl Segments {
     }
 }
 
-/// Facts with `member_of` answered from the current memberships.
+/// Facts with `member_of` answered from the profile's memberships.
 struct WithMembers<'a, 'f> {
     facts: &'a mut (dyn Facts + 'f),
-    segments: &'a Segments,
-    profile_id: &'a str,
+    mine: &'a BTreeSet<String>,
 }
 
 impl Facts for WithMembers<'_, '_> {
@@ -376,7 +424,7 @@ impl Facts for WithMembers<'_, '_> {
         self.facts.count_events(condition)
     }
     fn member_of(&mut self, key: &str) -> bool {
-        self.segments.is_member(key, self.profile_id)
+        self.mine.contains(key)
     }
 }
 

@@ -56,6 +56,9 @@ pub struct EventCondition {
     pub count: (CountOp, u64),
     /// Only events this recent (milliseconds), or all time.
     pub within_ms: Option<i64>,
+    /// Its family among the conditions of every segment
+    /// ([`super::state::Families`]), set when the segments change.
+    pub family: usize,
 }
 
 /// A comparison operator of trait and property conditions.
@@ -168,6 +171,16 @@ impl Rule {
             }
         });
         out
+    }
+
+    /// Calls `f` with every event condition, mutably.
+    pub fn event_conditions_mut(&mut self, f: &mut impl FnMut(&mut EventCondition)) {
+        match self {
+            Rule::All(rs) | Rule::Any(rs) => rs.iter_mut().for_each(|r| r.event_conditions_mut(f)),
+            Rule::Not(r) => r.event_conditions_mut(f),
+            Rule::Event(e) => f(e),
+            _ => {}
+        }
     }
 
     fn walk<'a>(&'a self, f: &mut impl FnMut(&'a Rule)) {
@@ -414,6 +427,7 @@ fn parse(value: &Value, path: &str, depth: usize, nodes: &mut usize) -> Result<R
                 filters,
                 count,
                 within_ms,
+                family: usize::MAX,
             }))
         }
     }

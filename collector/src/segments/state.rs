@@ -29,7 +29,7 @@ pub struct Family {
 
 /// The families of a set of rules.
 #[derive(Debug, Default, Clone)]
-pub struct Families(Vec<Family>);
+pub struct Families(Vec<Family>, HashMap<String, Vec<usize>>);
 
 impl Families {
     /// The families of every event condition of `rules`.
@@ -37,7 +37,8 @@ impl Families {
         let mut out = Families::default();
         for rule in rules {
             visit(rule, &mut |e| {
-                if out.index(e).is_none() {
+                if out.find(e).is_none() {
+                    out.1.entry(e.name.clone()).or_default().push(out.0.len());
                     out.0.push(Family {
                         name: e.name.clone(),
                         filters: e.filters.clone(),
@@ -48,11 +49,27 @@ impl Families {
         out
     }
 
-    /// The family of a condition.
+    /// The family of a condition: the one [`Families::assign`] set in it
+    /// (the segments assign every rule whenever their families change),
+    /// else found by name and filters.
     pub fn index(&self, e: &EventCondition) -> Option<usize> {
+        if e.family < self.0.len() {
+            return Some(e.family);
+        }
+        self.find(e)
+    }
+
+    fn find(&self, e: &EventCondition) -> Option<usize> {
         self.0
             .iter()
             .position(|f| f.name == e.name && f.filters == e.filters)
+    }
+
+    /// Sets each event condition's family in `rule`.
+    pub fn assign(&self, rule: &mut Rule) {
+        rule.event_conditions_mut(&mut |e| {
+            e.family = self.find(e).unwrap_or(usize::MAX);
+        });
     }
 
     /// How many.
@@ -202,7 +219,9 @@ impl ProfileState {
             let (Some(w), Some(i)) = (e.within_ms, families.index(e)) else {
                 return;
             };
-            let times = &self.times[i];
+            let Some(times) = self.times.get(i) else {
+                return;
+            };
             let first = times.partition_point(|t| *t <= now_ms - w);
             if let Some(oldest) = times.get(first) {
                 let due = oldest + w;
@@ -248,10 +267,9 @@ impl Facts for StateFacts<'_> {
     }
 
     fn count_events(&mut self, c: &EventCondition) -> u64 {
-        let Some(i) = self.families.index(c) else {
+        let Some(times) = self.families.index(c).and_then(|i| self.state.times.get(i)) else {
             return 0;
         };
-        let times = &self.state.times[i];
         let from = match c.within_ms {
             Some(w) => times.partition_point(|t| *t <= self.now_ms - w),
             None => 0,

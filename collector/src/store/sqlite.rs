@@ -193,7 +193,7 @@ impl Engine {
     /// After the segment definitions changed: new families, states
     /// rebuilt when next needed.
     fn reset(&mut self, segments: &Segments) {
-        self.families = Families::of(segments.all().map(|d| &d.rule));
+        self.families = segments.families().clone();
         self.states.clear();
     }
 
@@ -1220,8 +1220,21 @@ fn evaluate(
                     identify: e.kind == weft_protocol::MessageType::Identify,
                     consent: e.body.contains("\"categoryPreferences\""),
                 };
+                let only_properties = !seen.identify && !seen.consent;
                 state.add(&engine.families, &seen, &mut || {
-                    serde_json::from_str(e.body).ok()
+                    if only_properties {
+                        // Property filters read `properties` only: parse
+                        // nothing else of the body into values.
+                        #[derive(serde::Deserialize)]
+                        struct Properties {
+                            #[serde(default)]
+                            properties: serde_json::Value,
+                        }
+                        let p: Properties = serde_json::from_str(e.body).ok()?;
+                        Some(serde_json::json!({ "properties": p.properties }))
+                    } else {
+                        serde_json::from_str(e.body).ok()
+                    }
                 });
             }
         }
@@ -1252,7 +1265,7 @@ fn schedule(
     profile_id: &str,
     due: &mut HashMap<(String, String), i64>,
 ) {
-    for key in keys {
+    for key in keys.iter().filter(|k| segments.has_windows(k)) {
         let Some(def) = segments.get(key) else {
             continue;
         };
