@@ -86,6 +86,8 @@ pub struct Segments {
     members: HashMap<String, BTreeMap<String, String>>,
     /// segment -> how many members.
     sizes: HashMap<String, usize>,
+    /// The segments whose rules have a `within` window.
+    windowed: BTreeSet<String>,
 }
 
 impl Segments {
@@ -247,6 +249,12 @@ impl Segments {
                 (k, deps)
             })
             .collect();
+        self.windowed = self
+            .order
+            .iter()
+            .filter(|(_, d)| d.windows)
+            .map(|(k, _)| k.clone())
+            .collect();
         self.families = state::Families::of(self.defs.values().map(|d| &d.rule));
         for d in self.defs.values_mut() {
             self.families.assign(&mut d.rule);
@@ -327,7 +335,7 @@ impl Segments {
 
     /// Whether `key`'s rule has a `within` window.
     pub fn has_windows(&self, key: &str) -> bool {
-        self.order.iter().any(|(k, d)| k == key && d.windows)
+        self.windowed.contains(key)
     }
 
     /// Every key, dependencies first.
@@ -346,31 +354,30 @@ impl Segments {
         facts: &mut dyn Facts,
         now: &str,
     ) -> Vec<Change> {
-        let mut changes = Vec::new();
-        // The profile's memberships, looked up once.
-        let mut mine: BTreeSet<String> = self
-            .members
-            .get(profile_id)
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default();
-        for key in keys {
-            let Some(def) = self.defs.get(key) else {
-                continue;
-            };
-            let is_in = def.rule.matches(&mut WithMembers {
-                facts: &mut *facts,
-                mine: &mine,
-            });
-            if is_in != mine.contains(key) {
-                if is_in {
-                    mine.insert(key.clone());
-                } else {
-                    mine.remove(key);
+        // Decided first (memberships read, not written), applied after.
+        let mut decided: Vec<(&String, bool)> = Vec::new();
+        {
+            let current = self.members.get(profile_id);
+            for key in keys {
+                let Some(def) = self.defs.get(key) else {
+                    continue;
+                };
+                let mut with = WithMembers {
+                    facts: &mut *facts,
+                    current,
+                    decided: &decided,
+                };
+                let is_in = def.rule.matches(&mut with);
+                let was_in = with.member_of(key);
+                if is_in != was_in {
+                    decided.push((key, is_in));
                 }
-                changes.push(self.apply(key, profile_id, is_in, now));
             }
         }
-        changes
+        decided
+            .into_iter()
+            .map(|(key, is_in)| self.apply(key, profile_id, is_in, now))
+            .collect()
     }
 
     /// Takes `profile_id` out of every segment (it was merged into another
@@ -407,10 +414,12 @@ impl Segments {
     }
 }
 
-/// Facts with `member_of` answered from the profile's memberships.
+/// Facts with `member_of` answered from the profile's memberships and
+/// what this pass has decided so far.
 struct WithMembers<'a, 'f> {
     facts: &'a mut (dyn Facts + 'f),
-    mine: &'a BTreeSet<String>,
+    current: Option<&'a BTreeMap<String, String>>,
+    decided: &'a [(&'a String, bool)],
 }
 
 impl Facts for WithMembers<'_, '_> {
@@ -424,7 +433,10 @@ impl Facts for WithMembers<'_, '_> {
         self.facts.count_events(condition)
     }
     fn member_of(&mut self, key: &str) -> bool {
-        self.mine.contains(key)
+        match self.decided.iter().rev().find(|(k, _)| k.as_str() == key) {
+            Some((_, is_in)) => *is_in,
+            None => self.current.is_some_and(|m| m.contains_key(key)),
+        }
     }
 }
 

@@ -173,10 +173,10 @@ pub struct IndexWriter {
     position_written: Instant,
     segments: Arc<RwLock<Segments>>,
     clock: Arc<dyn Clock>,
-    /// (segment, profile) -> when (ms): memberships to evaluate again
-    /// because a `within` window moves past one of the profile's events
+    /// profile -> when (ms) its memberships of segments with windows must
+    /// be evaluated again: a `within` window moves past one of its events
     /// then.
-    due: HashMap<(String, String), i64>,
+    due: HashMap<String, i64>,
     /// What the segments' rules need of each profile evaluated so far,
     /// kept up to date event by event ([`ProfileState`]).
     engine: Engine,
@@ -515,7 +515,6 @@ impl IndexWriter {
         tx.commit()?;
         segments.remove(key);
         self.engine.reset(&segments);
-        self.due.retain(|(s, _), _| s != key);
         Ok(true)
     }
 
@@ -606,17 +605,17 @@ impl IndexWriter {
     /// Evaluates again the memberships whose windows moved on by now.
     pub fn tick(&mut self) -> Result<(), StoreError> {
         let now_ms = now_millis(&*self.clock);
-        let due: Vec<(String, String)> = self
+        let due: Vec<String> = self
             .due
             .iter()
             .filter(|(_, at)| **at <= now_ms)
-            .map(|(k, _)| k.clone())
+            .map(|(p, _)| p.clone())
             .collect();
         if due.is_empty() {
             return Ok(());
         }
-        for k in &due {
-            self.due.remove(k);
+        for p in &due {
+            self.due.remove(p);
         }
         let now = memory::format_millis(now_ms);
         let tx = self.conn.transaction()?;
@@ -630,12 +629,22 @@ impl IndexWriter {
             };
             let mut segments = write_lock(&self.segments);
             let mut changes = Vec::new();
-            for (segment, profile_id) in due {
+            // Every segment with a window, and those that refer to them.
+            let mut keys: Vec<String> = Vec::new();
+            for k in segments.ordered() {
+                if segments.has_windows(&k)
+                    || keys
+                        .iter()
+                        .any(|w| segments.with_dependents(w).contains(&k))
+                {
+                    keys.push(k);
+                }
+            }
+            for profile_id in due {
                 let id = profile_id
                     .strip_prefix("user:")
                     .or_else(|| profile_id.strip_prefix("anon:"))
                     .unwrap_or(&profile_id);
-                let keys = segments.with_dependents(&segment);
                 match resolve(&view, id)? {
                     Some(mut p) if p.profile_id == profile_id => {
                         p.events.sort();
@@ -860,7 +869,7 @@ impl IndexWriter {
                 segments.remove_profile(id, "");
                 self.engine.states.remove(id);
             }
-            self.due.retain(|(_, pid), _| !profile_ids.contains(pid));
+            self.due.retain(|pid, _| !profile_ids.contains(pid));
         }
         let mut lsns: Vec<Lsn> = p.events.iter().map(|e| e.lsn).collect();
         lsns.sort_unstable();
@@ -1141,7 +1150,7 @@ fn evaluate(
     engine: &mut Engine,
     batch: Batch<'_, '_>,
     now_ms: i64,
-    due: &mut HashMap<(String, String), i64>,
+    due: &mut HashMap<String, i64>,
 ) -> Result<Vec<Change>, StoreError> {
     let now = memory::format_millis(now_ms);
     let mut profiles: HashMap<String, (Resolved, Touched, BTreeSet<usize>)> = HashMap::new();
@@ -1183,7 +1192,7 @@ fn evaluate(
         .collect();
     for id in gone {
         changes.extend(segments.remove_profile(id, &now));
-        due.retain(|(_, p), _| p != id);
+        due.remove(id.as_str());
         engine.states.remove(id);
     }
     for (profile_id, (mut p, t, records)) in profiles {
@@ -1254,8 +1263,10 @@ fn evaluate(
     Ok(changes)
 }
 
-/// Remembers when the profile's memberships of `keys` with windows must be
-/// evaluated again.
+/// Remembers when the profile's memberships of segments with windows must
+/// be evaluated again: the earliest time one of its events leaves one of
+/// their windows. (`keys` were just evaluated: nothing to do unless one of
+/// them has a window.)
 fn schedule(
     segments: &Segments,
     keys: &[String],
@@ -1263,20 +1274,22 @@ fn schedule(
     families: &Families,
     now_ms: i64,
     profile_id: &str,
-    due: &mut HashMap<(String, String), i64>,
+    due: &mut HashMap<String, i64>,
 ) {
-    for key in keys.iter().filter(|k| segments.has_windows(k)) {
-        let Some(def) = segments.get(key) else {
-            continue;
-        };
-        let slot = (key.clone(), profile_id.to_owned());
-        match state.next_change(families, &def.rule, now_ms) {
-            Some(at) => {
-                due.insert(slot, at);
-            }
-            None => {
-                due.remove(&slot);
-            }
+    if !keys.iter().any(|k| segments.has_windows(k)) {
+        return;
+    }
+    let next = segments
+        .all()
+        .filter(|d| segments.has_windows(&d.key))
+        .filter_map(|d| state.next_change(families, &d.rule, now_ms))
+        .min();
+    match next {
+        Some(at) => {
+            due.insert(profile_id.to_owned(), at);
+        }
+        None => {
+            due.remove(profile_id);
         }
     }
 }
