@@ -62,18 +62,18 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long reading a server's counters may take.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
-const WRITE_KEY: &str = "wk_bench";
-const ADMIN_TOKEN: &str = "bench";
+pub(crate) const WRITE_KEY: &str = "wk_bench";
+pub(crate) const ADMIN_TOKEN: &str = "bench";
 
 /// What `bench collector` is asked for.
 #[derive(Debug, PartialEq)]
-struct Options {
+pub(crate) struct Options {
     /// Measured seconds of each run.
-    seconds: u64,
+    pub(crate) seconds: u64,
     /// One run of every target per count, in this order.
-    connections: Vec<u64>,
+    pub(crate) connections: Vec<u64>,
     /// Seconds of load before the measured window.
-    warmup: u64,
+    pub(crate) warmup: u64,
 }
 
 /// `cargo xtask bench collector [--seconds S] [--connections N] [--warmup S]`,
@@ -84,11 +84,12 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
         Some("collector") => collector(root, &args[1..]),
         Some("identity") => identity(root, &args[1..]),
         Some("sdk") => sdk(root, &args[1..]),
+        Some("segments") => crate::segments_bench::run(root, &args[1..]),
         other => Err(format!(
             "unknown bench {other:?}; usage: cargo xtask bench collector \
              [--seconds S] [--connections N] [--warmup S] | cargo xtask bench identity \
              [--people N] [--seed S] [--connections N] [--lookups N] | cargo xtask bench sdk \
-             [--rounds N] [--calls N]"
+             [--rounds N] [--calls N] | cargo xtask bench segments [--seconds S] [--people N]"
         )),
     }
 }
@@ -161,7 +162,7 @@ fn sdk(root: &Path, args: &[String]) -> Result<(), String> {
 }
 
 /// Builds the collector and the load tools (release).
-fn build(root: &Path) -> Result<(), String> {
+pub(crate) fn build(root: &Path) -> Result<(), String> {
     Step::new("build the collector and the load tools (release)").run(cargo(root).args([
         "build",
         "--release",
@@ -175,7 +176,7 @@ fn build(root: &Path) -> Result<(), String> {
 
 /// The release collector on `127.0.0.1:0` over `data_dir`, write key
 /// [`WRITE_KEY`] and admin token [`ADMIN_TOKEN`].
-fn collector_command(release: &Path, data_dir: &Path) -> Command {
+pub(crate) fn collector_command(release: &Path, data_dir: &Path) -> Command {
     let mut c = Command::new(release.join("weft-collector"));
     // Only the flags below configure it: no `WEFT_*` variables from
     // the caller's shell, no `./weft.toml` from the caller's directory.
@@ -193,11 +194,11 @@ fn collector_command(release: &Path, data_dir: &Path) -> Command {
 }
 
 /// How the collector's first stdout line begins.
-const COLLECTOR_ADDRESS_PREFIX: &str = "weft collector listening on http://";
+pub(crate) const COLLECTOR_ADDRESS_PREFIX: &str = "weft collector listening on http://";
 
 /// The servers `bench collector` measures, in the order it runs them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Bare,
     Limit,
     Weft,
@@ -206,7 +207,7 @@ enum Kind {
 impl Kind {
     const ALL: [Kind; 3] = [Kind::Bare, Kind::Limit, Kind::Weft];
 
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Kind::Bare => "bare hyper",
             Kind::Limit => "durable limit",
@@ -247,6 +248,7 @@ fn collector(root: &Path, args: &[String]) -> Result<(), String> {
                 command,
                 address_prefix,
                 data_dir: &data_dir.0,
+                setup: None,
             };
             rows.push(measure(target, &loadgen, &options, connections)?);
         }
@@ -255,7 +257,7 @@ fn collector(root: &Path, args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_options(args: &[String]) -> Result<Options, String> {
+pub(crate) fn parse_options(args: &[String]) -> Result<Options, String> {
     let mut seconds = 10;
     let mut warmup = 2;
     let mut connections = None;
@@ -295,49 +297,54 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
 
 /// A server to measure: how to start it, how its address line begins, and
 /// the data directory it writes to.
-struct Target<'a> {
-    kind: Kind,
-    command: Command,
-    address_prefix: &'static str,
-    data_dir: &'a Path,
+pub(crate) struct Target<'a> {
+    pub(crate) kind: Kind,
+    pub(crate) command: Command,
+    pub(crate) address_prefix: &'static str,
+    pub(crate) data_dir: &'a Path,
+    /// Runs once the server is up, before the load (given its address).
+    pub(crate) setup: Option<&'a Setup>,
 }
 
+/// What runs once a server is up, before the load (given its address).
+pub(crate) type Setup = dyn Fn(&str) -> Result<(), String>;
+
 /// The figures of one target at one connection count.
-struct Row {
-    kind: Kind,
-    connections: u64,
-    events_per_s: f64,
-    requests_per_s: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    peak_rss_mb: f64,
+pub(crate) struct Row {
+    pub(crate) kind: Kind,
+    pub(crate) connections: u64,
+    pub(crate) events_per_s: f64,
+    pub(crate) requests_per_s: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) peak_rss_mb: f64,
     non_200: u64,
-    errors: String,
+    pub(crate) errors: String,
     /// Server CPU over the measured window, in cores (1.0 = one core).
-    server_cores: f64,
+    pub(crate) server_cores: f64,
     /// Server CPU time per event answered in the measured window.
-    cpu_us_per_event: f64,
+    pub(crate) cpu_us_per_event: f64,
     /// The load generator's CPU over its whole run, in cores.
-    loadgen_cores: f64,
+    pub(crate) loadgen_cores: f64,
     /// What the server made the kernel write to storage (`write_bytes` of
     /// /proc/<pid>/io: log, index, WAL, checkpoints) per event.
-    disk_bytes_per_event: Option<f64>,
+    pub(crate) disk_bytes_per_event: Option<f64>,
     /// Bytes appended to the log (framing included) per event stored.
-    log_bytes_per_event: Option<f64>,
+    pub(crate) log_bytes_per_event: Option<f64>,
     /// weft: growth of the `weft.sqlite*` files per record indexed.
-    index_bytes_per_event: Option<f64>,
-    syncs_per_s: Option<f64>,
-    requests_per_sync: Option<f64>,
+    pub(crate) index_bytes_per_event: Option<f64>,
+    pub(crate) syncs_per_s: Option<f64>,
+    pub(crate) requests_per_sync: Option<f64>,
     /// Mean time of one group commit (framing, write, fdatasync).
-    commit_ms: Option<f64>,
+    pub(crate) commit_ms: Option<f64>,
     /// weft: records durable in the log and not yet in the index when the
     /// load stopped, and [`LAG_RECHECK`] later.
-    lag_records: Option<(f64, f64)>,
+    pub(crate) lag_records: Option<(f64, f64)>,
 }
 
 /// Starts `target`, loads it with `connections` connections, reads its
 /// counters at the start and the end of the measured window, then stops it.
-fn measure(
+pub(crate) fn measure(
     target: Target<'_>,
     loadgen: &Path,
     options: &Options,
@@ -346,6 +353,9 @@ fn measure(
     let label = target.kind.label();
     eprintln!("\n==> bench: {label}, {connections} connections");
     let mut server = Server::start(target.command, label, target.address_prefix)?;
+    if let Some(setup) = target.setup {
+        setup(&server.address)?;
+    }
     let probe = Probe {
         kind: target.kind,
         pid: server.pid(),
@@ -433,7 +443,7 @@ fn start_loadgen(
 
 /// Runs the load generator `command` (`loadgen` is its path) and returns
 /// the JSON summary line it printed last.
-fn summary_line(mut command: Command, loadgen: &Path) -> Result<String, String> {
+pub(crate) fn summary_line(mut command: Command, loadgen: &Path) -> Result<String, String> {
     let child = command
         .stdout(Stdio::piped())
         .spawn()
@@ -556,7 +566,7 @@ impl Probe<'_> {
 
 /// `GET path` on `address` over plain HTTP/1.1 (`Connection: close`): the
 /// body of a 200 answer.
-fn http_get(address: &str, path: &str) -> Result<String, String> {
+pub(crate) fn http_get(address: &str, path: &str) -> Result<String, String> {
     let fail = |e: std::io::Error| format!("GET http://{address}{path}: {e}");
     let mut stream = std::net::TcpStream::connect(address).map_err(fail)?;
     stream.set_read_timeout(Some(HTTP_TIMEOUT)).map_err(fail)?;
@@ -606,15 +616,15 @@ fn index_bytes(data_dir: &Path) -> u64 {
 // The server child process
 
 /// A server child process; stopped (and, failing that, killed) when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Option<Child>,
     label: &'static str,
-    address: String,
+    pub(crate) address: String,
 }
 
 impl Server {
     /// Starts `command` with stdout piped and waits for its address line.
-    fn start(
+    pub(crate) fn start(
         mut command: Command,
         label: &'static str,
         address_prefix: &str,
@@ -648,13 +658,13 @@ impl Server {
         Ok(server)
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
 
     /// Sends SIGTERM to this child and waits; kills it after
     /// [`STOP_TIMEOUT`].
-    fn stop(&mut self) -> Result<(), String> {
+    pub(crate) fn stop(&mut self) -> Result<(), String> {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
@@ -753,7 +763,7 @@ fn disk_write_bytes(pid: u32) -> Option<u64> {
 // Reading the summary line
 
 /// The number after `"name":` in a flat JSON text.
-fn json_number(json: &str, name: &str) -> Option<f64> {
+pub(crate) fn json_number(json: &str, name: &str) -> Option<f64> {
     let key = format!("\"{name}\":");
     let start = json.find(&key)? + key.len();
     let rest = json[start..].trim_start();
@@ -1167,10 +1177,10 @@ fn dir_size(dir: &Path) -> DirSize {
 // Temporary data directory
 
 /// A fresh directory under `target/`, removed when dropped.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl TempDir {
-    fn create(root: &Path) -> Result<Self, String> {
+    pub(crate) fn create(root: &Path) -> Result<Self, String> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());

@@ -25,6 +25,7 @@
 mod bench;
 mod cmd;
 mod sdk;
+mod segments_bench;
 mod tools;
 
 use std::path::{Path, PathBuf};

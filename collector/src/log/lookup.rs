@@ -33,6 +33,11 @@ pub struct LogLookup {
     tables: Mutex<BTreeMap<Lsn, Table>>,
 }
 
+/// How long a table is trusted before its file is checked again for a
+/// replacement by a rewrite or a deletion by retention (callers that know
+/// of either call [`LogLookup::invalidate`] at once).
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Where the records of one segment file are.
 #[derive(Debug)]
 struct Table {
@@ -46,6 +51,8 @@ struct Table {
     offsets: Vec<u32>,
     /// How far the file has been scanned: the end of the last whole record.
     scanned: u64,
+    /// When the file was last checked to be the one at `path`.
+    checked: std::time::Instant,
 }
 
 impl LogLookup {
@@ -55,6 +62,15 @@ impl LogLookup {
             dir: dir.to_path_buf(),
             tables: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Forgets every table: after an erasure rewrote segments, the next
+    /// reads open the files that replaced them.
+    pub fn invalidate(&self) {
+        self.tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// The payload of record `lsn`, or `None` if the log does not hold it
@@ -87,14 +103,28 @@ fn table_for<'t>(
     tables: &'t mut BTreeMap<Lsn, Table>,
     lsn: Lsn,
 ) -> Result<Option<&'t mut Table>, LogError> {
+    // The table that holds `lsn`, if known, checked now and then.
+    let known = tables
+        .range(..=lsn)
+        .next_back()
+        .map(|(first, t)| (*first, t.checked.elapsed() < RECHECK));
+    if let Some((first, true)) = known
+        && lsn < first + tables[&first].offsets.len() as u64
+    {
+        return Ok(tables.get_mut(&first));
+    }
     let segments = list_segments(dir)?;
     // Forget the segments retention deleted.
     tables.retain(|first, _| segments.iter().any(|(f, _)| f == first));
     let Some((first, path)) = segments.iter().rev().find(|(first, _)| *first <= lsn) else {
         return Ok(None);
     };
-    let replaced = match tables.get(first) {
-        Some(t) => !t.is_current()?,
+    let replaced = match tables.get_mut(first) {
+        Some(t) => {
+            let current = t.is_current()?;
+            t.checked = std::time::Instant::now();
+            !current
+        }
         None => true,
     };
     if replaced {
@@ -132,6 +162,7 @@ impl Table {
             first,
             offsets: Vec::new(),
             scanned: 0,
+            checked: std::time::Instant::now(),
         })
     }
 

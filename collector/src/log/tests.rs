@@ -766,9 +766,10 @@ fn lookup_reads_any_record_by_lsn_across_rollover_growth_erasure_and_retention()
     // The active segment grows after its table was built.
     append_each(&mut log, 5);
     assert_eq!(lookup.read(45).unwrap(), Some(payload(45)));
-    // Erasure rewrites segments under the lookup: removed records are
-    // gone, the others are found at their new offsets.
+    // Erasure rewrites segments under the lookup (which is told): removed
+    // records are gone, the others are found at their new offsets.
     log.remove_records(|lsn, _| lsn % 3 == 0).unwrap();
+    lookup.invalidate();
     for lsn in 1..=45 {
         let want = (lsn % 3 != 0).then(|| payload(lsn));
         assert_eq!(lookup.read(lsn).unwrap(), want, "lsn {lsn}");
@@ -776,6 +777,7 @@ fn lookup_reads_any_record_by_lsn_across_rollover_growth_erasure_and_retention()
     // Retention deletes old segments: their records are no longer found.
     let starts = super::segment_starts(dir.path()).unwrap();
     log.drop_segments_before(starts[2]).unwrap();
+    lookup.invalidate();
     assert_eq!(lookup.read(1).unwrap(), None);
     let kept = starts[2] + 1;
     let want = (kept % 3 != 0).then(|| payload(kept));

@@ -394,7 +394,10 @@ impl EventStore for EmbeddedStore {
                     lsns: HashSet::new(),
                 };
                 self.writer_job(|reply| WriterJob::Remove { erased, reply })?;
-                self.index_job(|_| Ok(()))?;
+                self.index_job(|index| {
+                    index.log_rewritten();
+                    Ok(())
+                })?;
             }
             return Ok(None);
         };
@@ -417,8 +420,11 @@ impl EventStore for EmbeddedStore {
         };
         self.writer_job(|reply| WriterJob::Remove { erased, reply })?;
         // 4. The indexer's reader lets go of the old files (it reopens on
-        //    the rewrite before it runs this job).
-        self.index_job(|_| Ok(()))?;
+        //    the rewrite before it runs this job), and so do reads by LSN.
+        self.index_job(|index| {
+            index.log_rewritten();
+            Ok(())
+        })?;
         Ok(Some(report))
     }
 
@@ -442,6 +448,10 @@ impl EventStore for EmbeddedStore {
         })?;
         if dropped > 0 {
             tracing::info!(segments = dropped, "retention dropped log segments");
+            self.index_job(|index| {
+                index.log_rewritten();
+                Ok(())
+            })?;
         }
         Ok(n)
     }

@@ -166,6 +166,8 @@ pub struct IndexWriter {
     suppression: Suppression,
     events: Arc<RwLock<MemoryIndex>>,
     log_dir: PathBuf,
+    /// Records by LSN, shared with the readers.
+    log: Arc<LogLookup>,
     /// Every record below this is applied (in memory; the database's
     /// position may be behind it, see [`POSITION_EVERY`]).
     applied: Lsn,
@@ -213,7 +215,7 @@ pub struct IndexReaders {
     readers: Vec<Mutex<Connection>>,
     events: Arc<RwLock<MemoryIndex>>,
     segments: Arc<RwLock<Segments>>,
-    log: LogLookup,
+    log: Arc<LogLookup>,
 }
 
 fn open(path: &Path) -> Result<Connection, StoreError> {
@@ -266,11 +268,13 @@ pub fn open_index(
         .collect::<Result<Vec<_>, _>>()?;
     let events = Arc::new(RwLock::new(MemoryIndex::default()));
     let segments = Arc::new(RwLock::new(Segments::default()));
+    let log = Arc::new(LogLookup::new(log_dir));
     let mut writer = IndexWriter {
         conn,
         suppression,
         events: events.clone(),
         log_dir: log_dir.to_path_buf(),
+        log: log.clone(),
         applied: 0,
         position_written: Instant::now(),
         segments: segments.clone(),
@@ -285,7 +289,7 @@ pub fn open_index(
         readers,
         events,
         segments,
-        log: LogLookup::new(log_dir),
+        log,
     };
     Ok((writer, readers))
 }
@@ -363,11 +367,11 @@ impl IndexWriter {
             let (touched, absorbed) = touched(records, skipped, edges);
             let now_ms = now_millis(&*self.clock);
             let events = self.events.read().unwrap_or_else(|e| e.into_inner());
-            let log = LogLookup::new(&self.log_dir);
+            let log = &*self.log;
             let view = View {
                 conn: &tx,
                 events: &events,
-                log: &log,
+                log,
             };
             let mut segments = write_lock(&self.segments);
             let changes = evaluate(
@@ -552,11 +556,11 @@ impl IndexWriter {
         let tx = self.conn.transaction()?;
         let (changes, next) = {
             let events = self.events.read().unwrap_or_else(|e| e.into_inner());
-            let log = LogLookup::new(&self.log_dir);
+            let log = &*self.log;
             let view = View {
                 conn: &tx,
                 events: &events,
-                log: &log,
+                log,
             };
             let mut segments = write_lock(&self.segments);
             let end = from.saturating_add(limit).min(events.identifiers());
@@ -565,15 +569,19 @@ impl IndexWriter {
                 let Some(id) = events.identifier(i) else {
                     continue;
                 };
-                let Some(mut p) = resolve(&view, id)? else {
+                // Once a profile: from its canonical user, or its device
+                // (the identity walk alone decides; events only then).
+                let Some(who) = resolve_with(&view, id, false)? else {
                     continue;
                 };
-                // Once a profile: from its canonical user, or its device.
-                if p.profile_id != identity::user_profile_id(id)
-                    && p.profile_id != identity::device_profile_id(id)
+                if who.profile_id != identity::user_profile_id(id)
+                    && who.profile_id != identity::device_profile_id(id)
                 {
                     continue;
                 }
+                let Some(mut p) = resolve(&view, id)? else {
+                    continue;
+                };
                 p.events.sort();
                 self.engine.ensure(&view, &p, false);
                 let (state, families) = (&self.engine.states[&p.profile_id], &self.engine.families);
@@ -621,11 +629,11 @@ impl IndexWriter {
         let tx = self.conn.transaction()?;
         let changes = {
             let events = self.events.read().unwrap_or_else(|e| e.into_inner());
-            let log = LogLookup::new(&self.log_dir);
+            let log = &*self.log;
             let view = View {
                 conn: &tx,
                 events: &events,
-                log: &log,
+                log,
             };
             let mut segments = write_lock(&self.segments);
             let mut changes = Vec::new();
@@ -740,11 +748,17 @@ impl IndexWriter {
         write_lock(&self.events)
     }
 
-    fn view(&self) -> (RwLockReadGuard<'_, MemoryIndex>, LogLookup) {
+    fn view(&self) -> (RwLockReadGuard<'_, MemoryIndex>, &LogLookup) {
         (
             self.events.read().unwrap_or_else(|e| e.into_inner()),
-            LogLookup::new(&self.log_dir),
+            &self.log,
         )
+    }
+
+    /// After the log writer rewrote segments (erasure): reads open the new
+    /// files from now on.
+    pub fn log_rewritten(&self) {
+        self.log.invalidate();
     }
 
     /// At open (and after a failed batch): the memory index afresh, with
@@ -815,7 +829,7 @@ impl IndexWriter {
         let view = View {
             conn: &self.conn,
             events: &events,
-            log: &log,
+            log,
         };
         let Some(p) = resolve(&view, id)? else {
             return Ok(None);
@@ -838,7 +852,7 @@ impl IndexWriter {
                 &View {
                     conn: &self.conn,
                     events: &events,
-                    log: &log,
+                    log,
                 },
                 id,
             )?
