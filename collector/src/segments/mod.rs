@@ -88,6 +88,8 @@ pub struct Segments {
     sizes: HashMap<String, usize>,
     /// The segments whose rules have a `within` window.
     windowed: BTreeSet<String>,
+    /// key -> its place in `order`.
+    index_of: HashMap<String, usize>,
 }
 
 impl Segments {
@@ -249,6 +251,12 @@ impl Segments {
                 (k, deps)
             })
             .collect();
+        self.index_of = self
+            .order
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (k.clone(), i))
+            .collect();
         self.windowed = self
             .order
             .iter()
@@ -318,24 +326,44 @@ impl Segments {
     /// segments whose rule reads what changed, and those that refer to a
     /// segment that will be evaluated (a membership may change there).
     pub fn relevant(&self, touched: &Touched) -> Vec<String> {
-        let mut chosen: Vec<&str> = Vec::new();
+        self.relevant_indices(touched)
+            .into_iter()
+            .map(|i| self.order[i].0.clone())
+            .collect()
+    }
+
+    /// [`Segments::relevant`] as places in the evaluation order (no copies
+    /// of keys: this runs for every event).
+    pub fn relevant_indices(&self, touched: &Touched) -> Vec<usize> {
+        let mut chosen: Vec<usize> = Vec::new();
         // `order` puts dependencies first, so one pass in it keeps that.
-        for (k, deps) in &self.order {
+        for (i, (_, deps)) in self.order.iter().enumerate() {
             let reads_change = touched.merged
                 || (touched.traits && deps.traits)
                 || (touched.consent && deps.consent)
                 || deps.events.iter().any(|n| touched.events.contains(n));
-            let follows = || deps.segments.iter().any(|s| chosen.contains(&s.as_str()));
+            let follows = || {
+                deps.segments
+                    .iter()
+                    .any(|s| self.index_of.get(s).is_some_and(|d| chosen.contains(d)))
+            };
             if reads_change || follows() {
-                chosen.push(k);
+                chosen.push(i);
             }
         }
-        chosen.into_iter().map(str::to_owned).collect()
+        chosen
     }
 
     /// Whether `key`'s rule has a `within` window.
     pub fn has_windows(&self, key: &str) -> bool {
         self.windowed.contains(key)
+    }
+
+    /// Whether any of these places holds a segment with a window.
+    pub fn any_windows(&self, places: &[usize]) -> bool {
+        places
+            .iter()
+            .any(|&i| self.order.get(i).is_some_and(|(_, d)| d.windows))
     }
 
     /// Every key, dependencies first.
@@ -354,29 +382,50 @@ impl Segments {
         facts: &mut dyn Facts,
         now: &str,
     ) -> Vec<Change> {
+        let places: Vec<usize> = keys
+            .iter()
+            .filter_map(|k| self.index_of.get(k).copied())
+            .collect();
+        self.evaluate_places(profile_id, &places, facts, now)
+    }
+
+    /// [`Segments::evaluate`] for places in the evaluation order.
+    pub fn evaluate_places(
+        &mut self,
+        profile_id: &str,
+        places: &[usize],
+        facts: &mut dyn Facts,
+        now: &str,
+    ) -> Vec<Change> {
         // Decided first (memberships read, not written), applied after.
-        let mut decided: Vec<(&String, bool)> = Vec::new();
+        let mut decided: Vec<(usize, bool)> = Vec::new();
         {
             let current = self.members.get(profile_id);
-            for key in keys {
+            for &place in places {
+                let Some((key, _)) = self.order.get(place) else {
+                    continue;
+                };
                 let Some(def) = self.defs.get(key) else {
                     continue;
                 };
-                let mut with = WithMembers {
+                let is_in = def.rule.matches(&mut WithMembers {
                     facts: &mut *facts,
                     current,
                     decided: &decided,
-                };
-                let is_in = def.rule.matches(&mut with);
-                let was_in = with.member_of(key);
+                    index_of: &self.index_of,
+                });
+                let was_in = current.is_some_and(|m| m.contains_key(key));
                 if is_in != was_in {
-                    decided.push((key, is_in));
+                    decided.push((place, is_in));
                 }
             }
         }
         decided
             .into_iter()
-            .map(|(key, is_in)| self.apply(key, profile_id, is_in, now))
+            .map(|(place, is_in)| {
+                let key = self.order[place].0.clone();
+                self.apply(&key, profile_id, is_in, now)
+            })
             .collect()
     }
 
@@ -419,7 +468,8 @@ impl Segments {
 struct WithMembers<'a, 'f> {
     facts: &'a mut (dyn Facts + 'f),
     current: Option<&'a BTreeMap<String, String>>,
-    decided: &'a [(&'a String, bool)],
+    decided: &'a [(usize, bool)],
+    index_of: &'a HashMap<String, usize>,
 }
 
 impl Facts for WithMembers<'_, '_> {
@@ -433,7 +483,11 @@ impl Facts for WithMembers<'_, '_> {
         self.facts.count_events(condition)
     }
     fn member_of(&mut self, key: &str) -> bool {
-        match self.decided.iter().rev().find(|(k, _)| k.as_str() == key) {
+        let decided = self
+            .index_of
+            .get(key)
+            .and_then(|i| self.decided.iter().find(|(p, _)| p == i));
+        match decided {
             Some((_, is_in)) => *is_in,
             None => self.current.is_some_and(|m| m.contains_key(key)),
         }

@@ -364,7 +364,7 @@ impl IndexWriter {
         // 3. Segments: the profiles the batch touched.
         let has_segments = !read_lock(&self.segments).is_empty();
         if has_segments {
-            let (touched, absorbed) = touched(records, skipped, edges);
+            let (touched, absorbed, consent) = touched(records, skipped, edges);
             let now_ms = now_millis(&*self.clock);
             let events = self.events.read().unwrap_or_else(|e| e.into_inner());
             let log = &*self.log;
@@ -380,6 +380,7 @@ impl IndexWriter {
                 &mut self.engine,
                 Batch {
                     records,
+                    consent,
                     touched,
                     absorbed: &absorbed,
                 },
@@ -589,7 +590,7 @@ impl IndexWriter {
                 changes.extend(segments.evaluate(&p.profile_id, &keys, &mut facts, &now));
                 schedule(
                     &segments,
-                    &keys,
+                    keys.iter().any(|k| segments.has_windows(k)),
                     state,
                     families,
                     now_ms,
@@ -663,7 +664,7 @@ impl IndexWriter {
                         changes.extend(segments.evaluate(&profile_id, &keys, &mut facts, &now));
                         schedule(
                             &segments,
-                            &keys,
+                            keys.iter().any(|k| segments.has_windows(k)),
                             state,
                             families,
                             now_ms,
@@ -1106,8 +1107,9 @@ fn touched(
     records: &[(Lsn, RecordRef<'_>)],
     skipped: &[usize],
     edges: &[(usize, Edge)],
-) -> (TouchedIds, Vec<String>) {
+) -> (TouchedIds, Vec<String>, Vec<bool>) {
     let mut touched: TouchedIds = HashMap::new();
+    let mut consent = vec![false; records.len()];
     for (i, (_, record)) in records.iter().enumerate() {
         let RecordRef::Event { event: e, .. } = record else {
             continue;
@@ -1115,6 +1117,7 @@ fn touched(
         if skipped.binary_search(&i).is_ok() {
             continue;
         }
+        consent[i] = e.consent_record.is_some() || e.body.contains("\"categoryPreferences\"");
         for id in [e.anonymous_id, e.user_id, e.previous_id]
             .into_iter()
             .flatten()
@@ -1124,7 +1127,7 @@ fn touched(
                 t.events.insert(name.to_owned());
             }
             t.traits |= e.kind == weft_protocol::MessageType::Identify;
-            t.consent |= e.consent_record.is_some() || e.body.contains("\"categoryPreferences\"");
+            t.consent |= consent[i];
             at.push(i);
         }
     }
@@ -1140,7 +1143,7 @@ fn touched(
         }
         absorbed.push(identity::user_profile_id(&e.to));
     }
-    (touched, absorbed)
+    (touched, absorbed, consent)
 }
 
 /// What a batch changed per identifier, with the indexes of its records.
@@ -1149,6 +1152,8 @@ type TouchedIds = HashMap<String, (Touched, Vec<usize>)>;
 /// A batch as segment evaluation sees it.
 struct Batch<'b, 'r> {
     records: &'b [(Lsn, RecordRef<'r>)],
+    /// Per record: its body mentions consent preferences.
+    consent: Vec<bool>,
     touched: TouchedIds,
     absorbed: &'b [String],
 }
@@ -1210,17 +1215,10 @@ fn evaluate(
         engine.states.remove(id);
     }
     for (profile_id, (mut p, t, records)) in profiles {
-        let keys = segments.relevant(&t);
-        if keys.is_empty() {
-            // Nothing reads what changed, but a known state must not miss
-            // the events: forget it (rebuilt when next needed).
-            if !records.is_empty() {
-                engine.states.remove(&profile_id);
-            }
-            continue;
-        }
-        let rebuild = t.merged || !engine.states.contains_key(&profile_id);
-        if rebuild {
+        let places = segments.relevant_indices(&t);
+        let known = engine.states.contains_key(&profile_id);
+        if t.merged || (!known && !places.is_empty()) {
+            // Built from the history (which holds this batch already).
             let id = profile_id
                 .strip_prefix("user:")
                 .or_else(|| profile_id.strip_prefix("anon:"))
@@ -1231,6 +1229,7 @@ fn evaluate(
             p.events.sort();
             engine.ensure(view, &p, true);
         } else if let Some(state) = engine.states.get_mut(&profile_id) {
+            // Known: the batch's events added to it.
             for i in records {
                 let (lsn, RecordRef::Event { event: e, .. }) = &batch.records[i] else {
                     continue;
@@ -1241,7 +1240,7 @@ fn evaluate(
                         .then_some(e.event)
                         .flatten(),
                     identify: e.kind == weft_protocol::MessageType::Identify,
-                    consent: e.body.contains("\"categoryPreferences\""),
+                    consent: batch.consent.get(i).copied().unwrap_or(false),
                 };
                 let only_properties = !seen.identify && !seen.consent;
                 state.add(&engine.families, &seen, &mut || {
@@ -1261,12 +1260,15 @@ fn evaluate(
                 });
             }
         }
+        if places.is_empty() {
+            continue;
+        }
         let state = &engine.states[&profile_id];
         let mut facts = state.facts(&engine.families, now_ms);
-        changes.extend(segments.evaluate(&profile_id, &keys, &mut facts, &now));
+        changes.extend(segments.evaluate_places(&profile_id, &places, &mut facts, &now));
         schedule(
             segments,
-            &keys,
+            segments.any_windows(&places),
             state,
             &engine.families,
             now_ms,
@@ -1279,18 +1281,18 @@ fn evaluate(
 
 /// Remembers when the profile's memberships of segments with windows must
 /// be evaluated again: the earliest time one of its events leaves one of
-/// their windows. (`keys` were just evaluated: nothing to do unless one of
-/// them has a window.)
+/// their windows. (`windows`: whether one of the segments just evaluated
+/// has a window; nothing to do otherwise.)
 fn schedule(
     segments: &Segments,
-    keys: &[String],
+    windows: bool,
     state: &ProfileState,
     families: &Families,
     now_ms: i64,
     profile_id: &str,
     due: &mut HashMap<String, i64>,
 ) {
-    if !keys.iter().any(|k| segments.has_windows(k)) {
+    if !windows {
         return;
     }
     let next = segments
