@@ -90,6 +90,8 @@ pub struct Segments {
     windowed: BTreeSet<String>,
     /// key -> its place in `order`.
     index_of: HashMap<String, usize>,
+    /// The rules by place in `order` (no lookup by key per evaluation).
+    rules: Vec<Rule>,
 }
 
 impl Segments {
@@ -267,6 +269,11 @@ impl Segments {
         for d in self.defs.values_mut() {
             self.families.assign(&mut d.rule);
         }
+        self.rules = self
+            .order
+            .iter()
+            .map(|(k, _)| self.defs[k].rule.clone())
+            .collect();
     }
 
     /// One definition.
@@ -397,27 +404,29 @@ impl Segments {
         facts: &mut dyn Facts,
         now: &str,
     ) -> Vec<Change> {
-        // Decided first (memberships read, not written), applied after.
-        let mut decided: Vec<(usize, bool)> = Vec::new();
-        {
-            let current = self.members.get(profile_id);
-            for &place in places {
-                let Some((key, _)) = self.order.get(place) else {
-                    continue;
-                };
-                let Some(def) = self.defs.get(key) else {
-                    continue;
-                };
-                let is_in = def.rule.matches(&mut WithMembers {
-                    facts: &mut *facts,
-                    current,
-                    decided: &decided,
-                    index_of: &self.index_of,
-                });
-                let was_in = current.is_some_and(|m| m.contains_key(key));
-                if is_in != was_in {
-                    decided.push((place, is_in));
+        // The profile's memberships by place, read once; decided first,
+        // applied after.
+        let mut member = vec![false; self.order.len()];
+        if let Some(m) = self.members.get(profile_id) {
+            for key in m.keys() {
+                if let Some(&i) = self.index_of.get(key) {
+                    member[i] = true;
                 }
+            }
+        }
+        let mut decided: Vec<(usize, bool)> = Vec::new();
+        for &place in places {
+            let Some(rule) = self.rules.get(place) else {
+                continue;
+            };
+            let is_in = rule.matches(&mut WithMembers {
+                facts: &mut *facts,
+                member: &member,
+                index_of: &self.index_of,
+            });
+            if is_in != member[place] {
+                member[place] = is_in;
+                decided.push((place, is_in));
             }
         }
         decided
@@ -467,8 +476,8 @@ impl Segments {
 /// what this pass has decided so far.
 struct WithMembers<'a, 'f> {
     facts: &'a mut (dyn Facts + 'f),
-    current: Option<&'a BTreeMap<String, String>>,
-    decided: &'a [(usize, bool)],
+    /// By place: a member now (this pass's decisions included).
+    member: &'a [bool],
     index_of: &'a HashMap<String, usize>,
 }
 
@@ -483,14 +492,9 @@ impl Facts for WithMembers<'_, '_> {
         self.facts.count_events(condition)
     }
     fn member_of(&mut self, key: &str) -> bool {
-        let decided = self
-            .index_of
+        self.index_of
             .get(key)
-            .and_then(|i| self.decided.iter().find(|(p, _)| p == i));
-        match decided {
-            Some((_, is_in)) => *is_in,
-            None => self.current.is_some_and(|m| m.contains_key(key)),
-        }
+            .is_some_and(|&i| self.member.get(i).copied().unwrap_or(false))
     }
 }
 

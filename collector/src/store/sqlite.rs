@@ -1245,15 +1245,7 @@ fn evaluate(
                 let only_properties = !seen.identify && !seen.consent;
                 state.add(&engine.families, &seen, &mut || {
                     if only_properties {
-                        // Property filters read `properties` only: parse
-                        // nothing else of the body into values.
-                        #[derive(serde::Deserialize)]
-                        struct Properties {
-                            #[serde(default)]
-                            properties: serde_json::Value,
-                        }
-                        let p: Properties = serde_json::from_str(e.body).ok()?;
-                        Some(serde_json::json!({ "properties": p.properties }))
+                        properties_only(e.body)
                     } else {
                         serde_json::from_str(e.body).ok()
                     }
@@ -1308,6 +1300,41 @@ fn schedule(
             due.remove(profile_id);
         }
     }
+}
+
+/// `{"properties": ...}` of a stored body, read without parsing the rest
+/// of it into values, and without reading past `properties` (property
+/// filters need nothing else; a body's `context` is often most of it).
+fn properties_only(body: &str) -> Option<serde_json::Value> {
+    use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
+    struct Find<'a>(&'a mut Option<serde_json::Value>);
+    impl<'de> Visitor<'de> for Find<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if key == "properties" {
+                    *self.0 = Some(map.next_value()?);
+                    // Stop here: the caller has what it needs (serde_json
+                    // then reports the unread rest, which is ignored).
+                    return Ok(());
+                }
+                map.next_value::<IgnoredAny>()?;
+            }
+            Ok(())
+        }
+    }
+    let mut found = None;
+    let mut de = serde_json::Deserializer::from_str(body);
+    let _ = (&mut de).deserialize_map(Find(&mut found));
+    let mut object = serde_json::Map::new();
+    object.insert(
+        "properties".into(),
+        found.unwrap_or(serde_json::Value::Null),
+    );
+    Some(serde_json::Value::Object(object))
 }
 
 /// Stores membership changes: the members table and the history.
@@ -1585,5 +1612,20 @@ mod tests {
             .collect();
         assert!(!tables.contains(&"links".to_owned()), "{tables:?}");
         assert!(!tables.contains(&"aliases".to_owned()), "{tables:?}");
+    }
+
+    #[test]
+    fn properties_are_read_alone_wherever_they_are_in_the_body() {
+        let p = |body: &str| properties_only(body).unwrap()["properties"].clone();
+        assert_eq!(
+            p(r#"{"type":"track","properties":{"a":1,"b":{"c":"x"}},"context":{"big":[1,2,3]}}"#),
+            serde_json::json!({"a": 1, "b": {"c": "x"}})
+        );
+        assert_eq!(
+            p(r#"{"context":{"properties":{"no":1}},"properties":{"yes":"\u00e9"}}"#),
+            serde_json::json!({"yes": "é"})
+        );
+        assert_eq!(p(r#"{"type":"track"}"#), serde_json::Value::Null);
+        assert_eq!(p("not json"), serde_json::Value::Null);
     }
 }
