@@ -366,6 +366,15 @@ impl Segments {
         self.windowed.contains(key)
     }
 
+    /// The rules that have a `within` window.
+    pub fn windowed_rules(&self) -> impl Iterator<Item = &Rule> {
+        self.order
+            .iter()
+            .zip(&self.rules)
+            .filter(|((_, d), _)| d.windows)
+            .map(|(_, r)| r)
+    }
+
     /// Whether any of these places holds a segment with a window.
     pub fn any_windows(&self, places: &[usize]) -> bool {
         places

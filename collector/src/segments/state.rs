@@ -95,6 +95,19 @@ impl Families {
     pub fn needs_properties(&self, name: &str) -> bool {
         self.named(name).any(|(_, f)| !f.filters.is_empty())
     }
+
+    /// The properties the families of events named `name` filter by.
+    pub fn filtered_properties<'a>(&'a self, name: &'a str) -> Vec<&'a str> {
+        let mut out: Vec<&str> = Vec::new();
+        for (_, f) in self.named(name) {
+            for c in &f.filters {
+                if !out.contains(&c.name.as_str()) {
+                    out.push(&c.name);
+                }
+            }
+        }
+        out
+    }
 }
 
 fn visit<'r>(rule: &'r Rule, f: &mut impl FnMut(&'r EventCondition)) {

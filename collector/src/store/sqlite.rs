@@ -1243,9 +1243,14 @@ fn evaluate(
                     consent: batch.consent.get(i).copied().unwrap_or(false),
                 };
                 let only_properties = !seen.identify && !seen.consent;
-                state.add(&engine.families, &seen, &mut || {
+                let families = &engine.families;
+                let wanted = seen
+                    .track
+                    .map(|n| families.filtered_properties(n))
+                    .unwrap_or_default();
+                state.add(families, &seen, &mut || {
                     if only_properties {
-                        properties_only(e.body)
+                        properties_only(e.body, &wanted)
                     } else {
                         serde_json::from_str(e.body).ok()
                     }
@@ -1288,9 +1293,8 @@ fn schedule(
         return;
     }
     let next = segments
-        .all()
-        .filter(|d| segments.has_windows(&d.key))
-        .filter_map(|d| state.next_change(families, &d.rule, now_ms))
+        .windowed_rules()
+        .filter_map(|r| state.next_change(families, r, now_ms))
         .min();
     match next {
         Some(at) => {
@@ -1302,13 +1306,66 @@ fn schedule(
     }
 }
 
-/// `{"properties": ...}` of a stored body, read without parsing the rest
-/// of it into values, and without reading past `properties` (property
-/// filters need nothing else; a body's `context` is often most of it).
-fn properties_only(body: &str) -> Option<serde_json::Value> {
-    use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
-    struct Find<'a>(&'a mut Option<serde_json::Value>);
-    impl<'de> Visitor<'de> for Find<'_> {
+/// `{"properties": {...}}` of a stored body with only the `wanted`
+/// properties, read without parsing anything else into values and without
+/// reading past `properties` (property filters need nothing else; a body's
+/// `context` is often most of it).
+fn properties_only(body: &str, wanted: &[&str]) -> Option<serde_json::Value> {
+    use serde::de::{DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, Visitor};
+    use serde_json::{Map, Value};
+    /// The wanted entries of the `properties` object.
+    struct Pick<'w>(&'w [&'w str]);
+    impl<'de> DeserializeSeed<'de> for Pick<'_> {
+        type Value = Map<String, Value>;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Pick<'_> {
+        type Value = Map<String, Value>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("properties")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Map::new();
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if self.0.contains(&key.as_ref()) {
+                    out.insert(key.into_owned(), map.next_value()?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(out)
+        }
+        // Properties that are not an object filter nothing.
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(Map::new())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Map::new())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(Map::new())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(Map::new())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Map::new())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(Map::new())
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(Map::new())
+        }
+    }
+    struct Find<'a, 'w>(&'a mut Option<Map<String, Value>>, &'w [&'w str]);
+    impl<'de> Visitor<'de> for Find<'_, '_> {
         type Value = ();
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("a JSON object")
@@ -1316,7 +1373,7 @@ fn properties_only(body: &str) -> Option<serde_json::Value> {
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
             while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                 if key == "properties" {
-                    *self.0 = Some(map.next_value()?);
+                    *self.0 = Some(map.next_value_seed(Pick(self.1))?);
                     // Stop here: the caller has what it needs (serde_json
                     // then reports the unread rest, which is ignored).
                     return Ok(());
@@ -1328,13 +1385,13 @@ fn properties_only(body: &str) -> Option<serde_json::Value> {
     }
     let mut found = None;
     let mut de = serde_json::Deserializer::from_str(body);
-    let _ = (&mut de).deserialize_map(Find(&mut found));
-    let mut object = serde_json::Map::new();
+    let _ = (&mut de).deserialize_map(Find(&mut found, wanted));
+    let mut object = Map::new();
     object.insert(
         "properties".into(),
-        found.unwrap_or(serde_json::Value::Null),
+        found.map_or(Value::Null, Value::Object),
     );
-    Some(serde_json::Value::Object(object))
+    Some(Value::Object(object))
 }
 
 /// Stores membership changes: the members table and the history.
@@ -1616,11 +1673,16 @@ mod tests {
 
     #[test]
     fn properties_are_read_alone_wherever_they_are_in_the_body() {
-        let p = |body: &str| properties_only(body).unwrap()["properties"].clone();
+        let p =
+            |body: &str| properties_only(body, &["a", "b", "yes"]).unwrap()["properties"].clone();
         assert_eq!(
-            p(r#"{"type":"track","properties":{"a":1,"b":{"c":"x"}},"context":{"big":[1,2,3]}}"#),
-            serde_json::json!({"a": 1, "b": {"c": "x"}})
+            p(
+                r#"{"type":"track","properties":{"a":1,"z":2,"b":{"c":"x"}},"context":{"big":[1,2,3]}}"#
+            ),
+            serde_json::json!({"a": 1, "b": {"c": "x"}}),
+            "only the wanted properties"
         );
+        assert_eq!(p(r#"{"properties":[1,2]}"#), serde_json::json!({}));
         assert_eq!(
             p(r#"{"context":{"properties":{"no":1}},"properties":{"yes":"\u00e9"}}"#),
             serde_json::json!({"yes": "é"})
