@@ -1103,12 +1103,12 @@ fn now_millis(clock: &dyn Clock) -> i64 {
 /// What a batch changed, by identifier (for [`Segments::relevant`]) with
 /// the indexes of its records, and the profile ids its new edges may have
 /// absorbed into others.
-fn touched(
-    records: &[(Lsn, RecordRef<'_>)],
+fn touched<'r>(
+    records: &[(Lsn, RecordRef<'r>)],
     skipped: &[usize],
-    edges: &[(usize, Edge)],
-) -> (TouchedIds, Vec<String>, Vec<bool>) {
-    let mut touched: TouchedIds = HashMap::new();
+    edges: &'r [(usize, Edge)],
+) -> (TouchedIds<'r>, Vec<String>, Vec<bool>) {
+    let mut touched: TouchedIds<'r> = HashMap::new();
     let mut consent = vec![false; records.len()];
     for (i, (_, record)) in records.iter().enumerate() {
         let RecordRef::Event { event: e, .. } = record else {
@@ -1122,8 +1122,10 @@ fn touched(
             .into_iter()
             .flatten()
         {
-            let (t, at) = touched.entry(id.to_owned()).or_default();
-            if let (weft_protocol::MessageType::Track, Some(name)) = (e.kind, e.event) {
+            let (t, at) = touched.entry(id).or_default();
+            if let (weft_protocol::MessageType::Track, Some(name)) = (e.kind, e.event)
+                && !t.events.contains(name)
+            {
                 t.events.insert(name.to_owned());
             }
             t.traits |= e.kind == weft_protocol::MessageType::Identify;
@@ -1135,7 +1137,7 @@ fn touched(
     for (_, edge) in edges {
         let (Edge::Link(e) | Edge::Alias(e)) = edge;
         for id in [&e.from, &e.to] {
-            touched.entry(id.clone()).or_default().0.merged = true;
+            touched.entry(id.as_str()).or_default().0.merged = true;
         }
         match edge {
             Edge::Link(e) => absorbed.push(identity::device_profile_id(&e.from)),
@@ -1146,15 +1148,16 @@ fn touched(
     (touched, absorbed, consent)
 }
 
-/// What a batch changed per identifier, with the indexes of its records.
-type TouchedIds = HashMap<String, (Touched, Vec<usize>)>;
+/// What a batch changed per identifier (borrowed from its records), with
+/// the indexes of its records.
+type TouchedIds<'r> = HashMap<&'r str, (Touched, Vec<usize>)>;
 
 /// A batch as segment evaluation sees it.
 struct Batch<'b, 'r> {
     records: &'b [(Lsn, RecordRef<'r>)],
     /// Per record: its body mentions consent preferences.
     consent: Vec<bool>,
-    touched: TouchedIds,
+    touched: TouchedIds<'b>,
     absorbed: &'b [String],
 }
 
@@ -1175,14 +1178,14 @@ fn evaluate(
     let mut profiles: HashMap<String, (Resolved, Touched, BTreeSet<usize>)> = HashMap::new();
     for (id, (t, at)) in batch.touched {
         // Who it is; the events only if the state must be built.
-        let Some(p) = resolve_with(view, &id, false)? else {
+        let Some(p) = resolve_with(view, id, false)? else {
             continue;
         };
         // An anonymous event of a device several people used counts for
         // whoever was logged in then: a full rebuild settles that.
         let shared = view
             .events
-            .device_links(&id)
+            .device_links(id)
             .iter()
             .map(|l| &l.user_id)
             .collect::<BTreeSet<_>>()
@@ -1216,7 +1219,7 @@ fn evaluate(
     }
     for (profile_id, (mut p, t, records)) in profiles {
         let places = segments.relevant_indices(&t);
-        let known = engine.states.contains_key(&profile_id);
+        let known = !t.merged && engine.states.contains_key(&profile_id);
         if t.merged || (!known && !places.is_empty()) {
             // Built from the history (which holds this batch already).
             let id = profile_id
@@ -1313,6 +1316,28 @@ fn schedule(
 fn properties_only(body: &str, wanted: &[&str]) -> Option<serde_json::Value> {
     use serde::de::{DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, Visitor};
     use serde_json::{Map, Value};
+    use std::borrow::Cow;
+    /// A key, borrowed from the body unless it has escapes (serde's own
+    /// `Cow` always copies).
+    struct Key<'de>(Cow<'de, str>);
+    impl<'de> serde::Deserialize<'de> for Key<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Key<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a key")
+                }
+                fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Borrowed(v)))
+                }
+                fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Owned(v.to_owned())))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
     /// The wanted entries of the `properties` object.
     struct Pick<'w>(&'w [&'w str]);
     impl<'de> DeserializeSeed<'de> for Pick<'_> {
@@ -1328,7 +1353,7 @@ fn properties_only(body: &str, wanted: &[&str]) -> Option<serde_json::Value> {
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut out = Map::new();
-            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
                 if self.0.contains(&key.as_ref()) {
                     out.insert(key.into_owned(), map.next_value()?);
                 } else {
@@ -1371,7 +1396,7 @@ fn properties_only(body: &str, wanted: &[&str]) -> Option<serde_json::Value> {
             f.write_str("a JSON object")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
                 if key == "properties" {
                     *self.0 = Some(map.next_value_seed(Pick(self.1))?);
                     // Stop here: the caller has what it needs (serde_json
