@@ -71,6 +71,8 @@ struct Deps {
     consent: bool,
     segments: Vec<String>,
     windows: bool,
+    /// See [`Rule::grows_with_events`].
+    grows: bool,
 }
 
 /// The definitions and the current members.
@@ -249,6 +251,7 @@ impl Segments {
                     consent: r.uses_consent(),
                     segments: r.segments().into_iter().map(str::to_owned).collect(),
                     windows: !r.windows().is_empty(),
+                    grows: r.grows_with_events(),
                 };
                 (k, deps)
             })
@@ -342,13 +345,25 @@ impl Segments {
     /// [`Segments::relevant`] as places in the evaluation order (no copies
     /// of keys: this runs for every event).
     pub fn relevant_indices(&self, touched: &Touched) -> Vec<usize> {
+        self.relevant_for(None, touched)
+    }
+
+    /// [`Segments::relevant_indices`] for `profile_id`, leaving out the
+    /// segments it is in whose rules only grow with events when only events
+    /// changed (it stays in them; see [`Rule::grows_with_events`]).
+    pub fn relevant_for(&self, profile_id: Option<&str>, touched: &Touched) -> Vec<usize> {
+        let mine = profile_id.and_then(|p| self.members.get(p));
         let mut chosen: Vec<usize> = Vec::new();
         // `order` puts dependencies first, so one pass in it keeps that.
-        for (i, (_, deps)) in self.order.iter().enumerate() {
-            let reads_change = touched.merged
+        for (i, (key, deps)) in self.order.iter().enumerate() {
+            let other_change = touched.merged
                 || (touched.traits && deps.traits)
-                || (touched.consent && deps.consent)
-                || deps.events.iter().any(|n| touched.events.contains(n));
+                || (touched.consent && deps.consent);
+            if !other_change && deps.grows && mine.is_some_and(|m| m.contains_key(key)) {
+                continue;
+            }
+            let reads_change =
+                other_change || deps.events.iter().any(|n| touched.events.contains(n));
             let follows = || {
                 deps.segments
                     .iter()
@@ -601,5 +616,44 @@ mod tests {
         s.evaluate("user:u", &keys, &mut Plan("pro"), "t4");
         assert_eq!(s.remove_profile("user:u", "t5").len(), 2);
         assert!(s.of_profile("user:u").is_empty());
+    }
+
+    #[test]
+    fn a_member_of_a_rule_that_only_grows_with_events_is_not_evaluated_again_for_events() {
+        let mut s = Segments::default();
+        s.put(def("viewers", json!({"event": "Viewed"})));
+        s.put(def(
+            "few",
+            json!({"event": "Viewed", "count": {"op": "lt", "value": 3}}),
+        ));
+        s.put(def(
+            "pro-viewers",
+            json!({"all": [{"event": "Viewed"}, {"trait": "plan", "op": "eq", "value": "pro"}]}),
+        ));
+        let viewed = Touched {
+            events: ["Viewed".to_owned()].into(),
+            ..Touched::default()
+        };
+        let all = s.relevant_for(Some("user:u"), &viewed).len();
+        assert_eq!(all, 3);
+        s.load_member("viewers", "user:u".into(), "t".into());
+        s.load_member("few", "user:u".into(), "t".into());
+        s.load_member("pro-viewers", "user:u".into(), "t".into());
+        let keys: Vec<&str> = s
+            .relevant_for(Some("user:u"), &viewed)
+            .into_iter()
+            .map(|i| s.ordered()[i].clone())
+            .map(|k| if k == "few" { "few" } else { "other" })
+            .collect();
+        assert_eq!(keys, ["few"], "only `few` can be left by more events");
+        let identified = Touched {
+            traits: true,
+            ..viewed.clone()
+        };
+        assert_eq!(
+            s.relevant_for(Some("user:u"), &identified).len(),
+            2,
+            "traits changed"
+        );
     }
 }

@@ -173,6 +173,24 @@ impl Rule {
         out
     }
 
+    /// Whether a profile that matches can only go on matching as it sends
+    /// more events (at the same time): its event conditions all count
+    /// "at least" (`gte`, `gt`) and none is under a `not`, and it refers to
+    /// no other segment. Traits and consent may appear (their changes are
+    /// evaluated anyway); windows may too (time passing is a tick's work).
+    pub fn grows_with_events(&self) -> bool {
+        fn ok(r: &Rule, positive: bool) -> bool {
+            match r {
+                Rule::All(rs) | Rule::Any(rs) => rs.iter().all(|r| ok(r, positive)),
+                Rule::Not(r) => ok(r, !positive),
+                Rule::Event(e) => positive && matches!(e.count.0, CountOp::Gte | CountOp::Gt),
+                Rule::Segment(_) => false,
+                Rule::Trait(_) | Rule::Consent(_) => true,
+            }
+        }
+        ok(self, true)
+    }
+
     /// Calls `f` with every event condition, mutably.
     pub fn event_conditions_mut(&mut self, f: &mut impl FnMut(&mut EventCondition)) {
         match self {
@@ -781,5 +799,17 @@ mod tests {
         assert_eq!(r.segments(), ["s"]);
         assert_eq!(r.windows(), [3_600_000]);
         assert!(r.uses_consent() && !r.uses_traits());
+        let grows = |v: serde_json::Value| Rule::parse(&v).unwrap().grows_with_events();
+        assert!(grows(
+            json!({"all": [{"event": "A"}, {"trait": "t", "op": "exists"}]})
+        ));
+        assert!(grows(
+            json!({"any": [{"event": "A", "count": {"op": "gt", "value": 2}}]})
+        ));
+        assert!(!grows(json!({"not": {"event": "A"}})));
+        assert!(!grows(
+            json!({"event": "A", "count": {"op": "lt", "value": 2}})
+        ));
+        assert!(!grows(json!({"segment": "s"})));
     }
 }

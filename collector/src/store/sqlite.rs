@@ -1218,7 +1218,7 @@ fn evaluate(
         engine.states.remove(id);
     }
     for (profile_id, (mut p, t, records)) in profiles {
-        let places = segments.relevant_indices(&t);
+        let places = segments.relevant_for(Some(&profile_id), &t);
         let known = !t.merged && engine.states.contains_key(&profile_id);
         if t.merged || (!known && !places.is_empty()) {
             // Built from the history (which holds this batch already).
