@@ -453,6 +453,14 @@ impl EventStore for EmbeddedStore {
                 Ok(())
             })?;
         }
+        if n > 0 {
+            // Events counted by segment rules are gone: every segment is
+            // evaluated again for everyone, in the background.
+            let keys = self.index_job(|index| Ok(index.segment_keys()))?;
+            for key in keys {
+                self.recompute_in_background(key);
+            }
+        }
         Ok(n)
     }
 

@@ -523,6 +523,14 @@ impl IndexWriter {
         Ok(true)
     }
 
+    /// Every segment's key.
+    pub fn segment_keys(&self) -> Vec<String> {
+        read_lock(&self.segments)
+            .all()
+            .map(|d| d.key.clone())
+            .collect()
+    }
+
     /// The segments whose memberships a pass over every profile must
     /// settle: those not ready (a new or changed rule), and those with
     /// windows (their due times live in memory only).
@@ -598,7 +606,26 @@ impl IndexWriter {
                     &mut self.due,
                 );
             }
-            (changes, (end < events.identifiers()).then_some(end))
+            let next = (end < events.identifiers()).then_some(end);
+            if next.is_none() {
+                // Members whose profile no longer exists as such (its events
+                // expired, or it was merged) leave.
+                for key in &keys {
+                    for (profile_id, _) in segments.members(key, None, usize::MAX) {
+                        let id = profile_id
+                            .strip_prefix("user:")
+                            .or_else(|| profile_id.strip_prefix("anon:"))
+                            .unwrap_or(&profile_id);
+                        let exists = resolve_with(&view, id, false)?
+                            .is_some_and(|p| p.profile_id == profile_id);
+                        if !exists {
+                            changes.extend(segments.remove_profile(&profile_id, &now));
+                            self.engine.states.remove(&profile_id);
+                        }
+                    }
+                }
+            }
+            (changes, next)
         };
         write_changes(&tx, &changes)?;
         if next.is_none() {

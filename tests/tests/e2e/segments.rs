@@ -381,3 +381,38 @@ async fn a_recompute_interrupted_by_a_restart_finishes_after_it() {
     let s = ready(&c, "pro").await;
     assert_eq!(s["size"], 6667, "{s}");
 }
+
+#[tokio::test]
+async fn retention_takes_people_out_of_segments_whose_events_it_deleted() {
+    let clock = Arc::new(ManualClock::new(
+        time::macros::datetime!(2026-03-01 12:00 UTC),
+    ));
+    let c = TestCollector::start_with_clock(
+        |config| {
+            config.retention = Some(Duration::from_secs(30 * 86_400));
+            config.retention_sweep_every = Duration::from_millis(100);
+        },
+        clock.clone(),
+    )
+    .await;
+    put(&c, "buyers", json!({"event": "Order Completed"})).await;
+    ready(&c, "buyers").await;
+    send(
+        &c,
+        json!([track(Some("r-1"), None, "Order Completed", json!({}))]),
+    )
+    .await;
+    assert_eq!(segments_of(&c, "r-1").await, ["buyers"]);
+    // Two months on, the sweep deletes the event; the all-time rule no
+    // longer holds for anyone.
+    clock.advance(time::Duration::days(60));
+    weft_e2e::eventually(
+        Duration::from_secs(20),
+        "retention to empty the segment",
+        || async {
+            let (_, s) = get(&c, "/v1/segments/buyers").await;
+            (s["size"] == 0).then_some(())
+        },
+    )
+    .await;
+}
