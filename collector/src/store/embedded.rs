@@ -241,7 +241,8 @@ impl EmbeddedStore {
     /// Evaluates every profile against segment `key` (and those that refer
     /// to it) on the indexer's thread, a few thousand identifiers per job
     /// so that indexing goes on between them; the segment is ready after
-    /// the last.
+    /// the last. A pass whose rule is replaced meanwhile stops; the new
+    /// rule's pass marks it ready.
     fn recompute_in_background(&self, key: String) {
         const STEP: u32 = 4096;
         let progress = self.progress.clone();
@@ -250,12 +251,17 @@ impl EmbeddedStore {
             .name("weft-segment-recompute".into())
             .spawn(move || {
                 let mut from = Some(0u32);
+                let mut version: Option<String> = None;
                 while let Some(at) = from {
                     let key = key.clone();
+                    let started = version.clone();
                     match progress.run(index, move |w: &mut IndexWriter| {
-                        w.recompute(&key, at, STEP)
+                        w.recompute(&key, at, STEP, started.as_deref())
                     }) {
-                        Ok(next) => from = next,
+                        Ok((next, v)) => {
+                            from = next;
+                            version = Some(v);
+                        }
                         Err(StoreError::Closed) => return,
                         Err(e) => {
                             tracing::warn!(error = %e, "segment recompute: retrying");

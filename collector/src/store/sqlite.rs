@@ -545,21 +545,28 @@ impl IndexWriter {
 
     /// Part of a pass over every profile for segment `key` (and those that
     /// refer to it): the identifiers numbered `from..from + limit`, each
-    /// evaluated if it names its profile. Answers where the next part
-    /// starts, or `None` once done (the segment is then ready).
+    /// evaluated if it names its profile. `version` is the definition's
+    /// `updated_at` the pass started with (`None` for its first part): a
+    /// pass whose rule has since been replaced stops (the new rule's own
+    /// pass goes on). Answers where the next part starts, or `None` once
+    /// done (the segment is then ready), and the version.
     pub fn recompute(
         &mut self,
         key: &str,
         from: u32,
         limit: u32,
-    ) -> Result<Option<u32>, StoreError> {
-        let keys = {
+        version: Option<&str>,
+    ) -> Result<(Option<u32>, String), StoreError> {
+        let (keys, current) = {
             let segments = read_lock(&self.segments);
-            if segments.get(key).is_none() {
-                return Ok(None);
-            }
-            segments.with_dependents(key)
+            let Some(def) = segments.get(key) else {
+                return Ok((None, String::new()));
+            };
+            (segments.with_dependents(key), def.updated_at.clone())
         };
+        if version.is_some_and(|v| v != current) {
+            return Ok((None, current));
+        }
         let now_ms = now_millis(&*self.clock);
         let now = memory::format_millis(now_ms);
         let tx = self.conn.transaction()?;
@@ -635,7 +642,7 @@ impl IndexWriter {
         if next.is_none() {
             write_lock(&self.segments).set_ready(key);
         }
-        Ok(next)
+        Ok((next, current))
     }
 
     /// Evaluates again the memberships whose windows moved on by now.

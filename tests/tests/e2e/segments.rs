@@ -337,7 +337,14 @@ async fn a_new_rule_is_computed_for_10000_profiles_in_the_background() {
         }
     }
     assert_eq!(seen.len(), 3334);
-    // A changed rule is computed again.
+    // A changed rule is computed again; changed twice in a row, `ready`
+    // means the last rule's pass is done.
+    put(
+        &c,
+        "pro",
+        json!({"trait": "plan", "op": "eq", "value": "pro"}),
+    )
+    .await;
     put(
         &c,
         "pro",
