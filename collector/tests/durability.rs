@@ -206,19 +206,18 @@ fn every_acknowledged_message_survives_kill_9() {
     assert_eq!(get_profile(addr, "after"), Some(200));
     // The log holds no message twice, and the index (read through the
     // admin API) counts for each device exactly the events the log holds.
-    let mut reader = LogReader::open(&dir.path().join("log"), 0).unwrap();
-    let mut raw = Vec::new();
-    while reader.next_batch(u64::MAX, 10_000, &mut raw).unwrap() > 0 {}
     let mut stored = Vec::new();
     let mut per_device: std::collections::HashMap<String, u64> = Default::default();
-    for (_, p) in &raw {
+    weft_collector::log::scan(&dir.path().join("log"), 0, u64::MAX, |_, p| {
         if let Ok(Record::Event { event, .. }) = record::decode(p) {
             *per_device
                 .entry(event.anonymous_id.clone().unwrap_or_default())
                 .or_default() += 1;
             stored.push(event.message_id);
         }
-    }
+        true
+    })
+    .unwrap();
     let unique: HashSet<&String> = stored.iter().collect();
     assert_eq!(unique.len(), stored.len(), "no message stored twice");
     let lost: Vec<&String> = acked.iter().filter(|id| !unique.contains(*id)).collect();

@@ -188,23 +188,11 @@ impl TestCollector {
 /// The events in the event log of the data directory `data_dir`, in log
 /// order, read with the collector's own log reader.
 pub fn logged_events(data_dir: &std::path::Path) -> Vec<StoredEvent> {
-    use weft_collector::log::LogReader;
     use weft_collector::record::{self, Record};
-    let mut reader = LogReader::open(&data_dir.join("log"), 0).expect("open the event log");
-    let mut raw = Vec::new();
-    // Bounded: a log of a test holds far fewer records than this.
-    for _ in 0..10_000 {
-        if reader
-            .next_batch(u64::MAX, 10_000, &mut raw)
-            .expect("read the event log")
-            == 0
-        {
-            break;
-        }
-    }
-    raw.iter()
-        .filter_map(|(_, payload)| match record::decode(payload) {
-            Ok(Record::Event { event: e, .. }) => Some(StoredEvent {
+    let mut events = Vec::new();
+    weft_collector::log::scan(&data_dir.join("log"), 0, u64::MAX, |_, payload| {
+        if let Ok(Record::Event { event: e, .. }) = record::decode(payload) {
+            events.push(StoredEvent {
                 kind: e.kind.as_str().to_owned(),
                 event: e.event,
                 anonymous_id: e.anonymous_id,
@@ -214,10 +202,12 @@ pub fn logged_events(data_dir: &std::path::Path) -> Vec<StoredEvent> {
                 received_at: e.received_at,
                 body: serde_json::from_str(&e.body).expect("stored bodies are JSON"),
                 raw: e.body,
-            }),
-            _ => None,
-        })
-        .collect()
+            });
+        }
+        true
+    })
+    .expect("read the event log");
+    events
 }
 
 /// One stored event, as the event log holds it.

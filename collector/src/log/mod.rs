@@ -78,7 +78,7 @@ use std::path::PathBuf;
 
 pub use format::MAX_PAYLOAD;
 pub use lookup::LogLookup;
-pub use reader::LogReader;
+pub use reader::{LogReader, scan};
 pub use writer::SegmentLog;
 
 /// The first LSN of every segment in `dir`, oldest first.

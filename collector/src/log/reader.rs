@@ -265,6 +265,31 @@ impl LogReader {
     }
 }
 
+/// Calls `each(lsn, payload)` with every record of the log in `dir` from
+/// `from` up to (not including) `until`, in order, until it answers
+/// `false`: one pass for start-up rebuilds, retention and tests.
+pub fn scan(
+    dir: &Path,
+    from: Lsn,
+    until: Lsn,
+    mut each: impl FnMut(Lsn, &[u8]) -> bool,
+) -> Result<(), LogError> {
+    let mut reader = LogReader::open(dir, from)?;
+    let (mut buf, mut records) = (Vec::new(), Vec::new());
+    loop {
+        buf.clear();
+        records.clear();
+        if reader.next_batch_into(until, 8192, &mut buf, &mut records)? == 0 {
+            return Ok(());
+        }
+        for (lsn, range) in &records {
+            if !each(*lsn, &buf[range.clone()]) {
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// The first LSN of the oldest segment newer than the one from `first_lsn`.
 fn newer_segment(dir: &Path, first_lsn: Lsn) -> Result<Option<Lsn>, LogError> {
     Ok(list_segments(dir)?

@@ -38,7 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::Clock;
 use crate::consumer::{ConsumerId, Progress};
-use crate::log::{LogOptions, LogReader, Lsn, SegmentLog};
+use crate::log::{LogOptions, Lsn, SegmentLog};
 use crate::metrics::{Gauges, WriterStats};
 use crate::record::{self, Record};
 
@@ -572,13 +572,14 @@ impl DedupWindow {
         let mut window = DedupWindow::new(capacity);
         // Only the tail can be in the window: the last `capacity` records.
         let from = until.saturating_sub(capacity as u64);
-        scan_log(log_dir, from, until, |payload| {
+        crate::log::scan(log_dir, from, until, |_, payload| {
             if let Some((source, id)) = record::event_key(payload) {
                 let key = window.key(source, id);
                 window.insert(key);
             }
             true
-        })?;
+        })
+        .map_err(log_error)?;
         Ok(window)
     }
 
@@ -818,14 +819,15 @@ impl LogWriter {
                 break;
             }
             let mut all_old = true;
-            scan_log(self.log.dir(), segment.first_lsn, end, |p| {
+            crate::log::scan(self.log.dir(), segment.first_lsn, end, |_, p| {
                 all_old = match record::decode(p) {
                     Ok(Record::Event { event, .. }) => event.received_at.as_str() < before,
                     Ok(Record::Rejected { rejected, .. }) => rejected.received_at.as_str() < before,
                     Err(_) => false,
                 };
                 all_old
-            })?;
+            })
+            .map_err(log_error)?;
             if !all_old {
                 break;
             }
@@ -846,33 +848,6 @@ impl LogWriter {
 fn names_suppressed(raw: &str, suppression: &Suppression) -> bool {
     let [a, u, p] = crate::admission::raw_identifiers(raw);
     suppression.any(&[a.as_deref(), u.as_deref(), p.as_deref()])
-}
-
-/// Calls `each` with every record of the log in `log_dir` from `from` up
-/// to (not including) `until`, in order, until it answers `false`.
-fn scan_log(
-    log_dir: &Path,
-    from: Lsn,
-    until: Lsn,
-    mut each: impl FnMut(&[u8]) -> bool,
-) -> Result<(), StoreError> {
-    let mut reader = LogReader::open(log_dir, from).map_err(log_error)?;
-    let mut batch = Vec::new();
-    loop {
-        batch.clear();
-        if reader
-            .next_batch(until, 8192, &mut batch)
-            .map_err(log_error)?
-            == 0
-        {
-            return Ok(());
-        }
-        for (_, payload) in &batch {
-            if !each(payload) {
-                return Ok(());
-            }
-        }
-    }
 }
 
 fn log_error(e: crate::log::LogError) -> StoreError {
@@ -1098,7 +1073,7 @@ mod tests {
     /// The event records in the log of the store in `dir`.
     fn logged_events(dir: &Path) -> Vec<NewEvent> {
         let mut events = Vec::new();
-        scan_log(&dir.join(LOG_DIR), 0, Lsn::MAX, |payload| {
+        crate::log::scan(&dir.join(LOG_DIR), 0, Lsn::MAX, |_, payload| {
             if let Ok(Record::Event { event, .. }) = record::decode(payload) {
                 events.push(event);
             }

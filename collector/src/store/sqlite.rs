@@ -29,7 +29,7 @@ use weft_protocol::MessageType;
 use crate::clock::Clock;
 use crate::consumer::Consumer;
 use crate::identity;
-use crate::log::{LogLookup, LogReader, Lsn};
+use crate::log::{LogLookup, Lsn};
 use crate::record::{self, RecordRef};
 use crate::segments::state::{Families, ProfileState, Seen};
 use crate::segments::{Change, Definition, Rule, Segments, Touched};
@@ -832,27 +832,16 @@ impl IndexWriter {
         if until == 0 {
             return Ok(());
         }
-        let mut reader = LogReader::open(&self.log_dir, 0).map_err(log_error)?;
-        let mut batch = Vec::new();
-        loop {
-            batch.clear();
-            if reader
-                .next_batch(until, 8192, &mut batch)
-                .map_err(log_error)?
-                == 0
+        let suppression = &self.suppression;
+        crate::log::scan(&self.log_dir, 0, until, |lsn, payload| {
+            if let Ok(RecordRef::Event { event: e, .. }) = record::decode_ref(payload)
+                && !suppression.any(&[e.anonymous_id, e.user_id, e.previous_id])
             {
-                break;
+                events.add(lsn, &e);
             }
-            for (lsn, payload) in &batch {
-                if let Ok(RecordRef::Event { event: e, .. }) = record::decode_ref(payload)
-                    && !self
-                        .suppression
-                        .any(&[e.anonymous_id, e.user_id, e.previous_id])
-                {
-                    events.add(*lsn, &e);
-                }
-            }
-        }
+            true
+        })
+        .map_err(log_error)?;
         tracing::info!(events = events.events(), "event index rebuilt from the log");
         Ok(())
     }
@@ -956,26 +945,16 @@ impl IndexWriter {
                 break;
             }
             let mut any = false;
-            let mut reader = LogReader::open(&self.log_dir, first).map_err(log_error)?;
-            let mut batch = Vec::new();
-            loop {
-                batch.clear();
-                if reader
-                    .next_batch(end, 8192, &mut batch)
-                    .map_err(log_error)?
-                    == 0
+            crate::log::scan(&self.log_dir, first, end, |lsn, payload| {
+                if let Ok(RecordRef::Event { event: e, .. }) = record::decode_ref(payload)
+                    && e.received_at < before
                 {
-                    break;
+                    expired.push(lsn);
+                    any = true;
                 }
-                for (lsn, payload) in &batch {
-                    if let Ok(RecordRef::Event { event: e, .. }) = record::decode_ref(payload)
-                        && e.received_at < before
-                    {
-                        expired.push(*lsn);
-                        any = true;
-                    }
-                }
-            }
+                true
+            })
+            .map_err(log_error)?;
             if !any {
                 break;
             }
