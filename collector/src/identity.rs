@@ -51,6 +51,15 @@ pub fn device_profile_id(anonymous_id: &str) -> String {
     format!("anon:{anonymous_id}")
 }
 
+/// The identifier a `profile_id` was made from (the canonical user, or the
+/// device): what resolves to that profile again.
+pub fn profile_identifier(profile_id: &str) -> &str {
+    profile_id
+        .strip_prefix("user:")
+        .or_else(|| profile_id.strip_prefix("anon:"))
+        .unwrap_or(profile_id)
+}
+
 /// A device seen logged in as a user.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Link {
@@ -344,6 +353,14 @@ mod tests {
             previous_id: previous.into(),
             user_id: user.into(),
             message_id: format!("a-{previous}-{user}"),
+        }
+    }
+
+    #[test]
+    fn a_profile_id_gives_back_the_identifier_it_was_made_from() {
+        for id in ["u1", "anon:x", "user:y", ""] {
+            assert_eq!(profile_identifier(&user_profile_id(id)), id);
+            assert_eq!(profile_identifier(&device_profile_id(id)), id);
         }
     }
 

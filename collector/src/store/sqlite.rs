@@ -619,10 +619,7 @@ impl IndexWriter {
                 // expired, or it was merged) leave.
                 for key in &keys {
                     for (profile_id, _) in segments.members(key, None, usize::MAX) {
-                        let id = profile_id
-                            .strip_prefix("user:")
-                            .or_else(|| profile_id.strip_prefix("anon:"))
-                            .unwrap_or(&profile_id);
+                        let id = identity::profile_identifier(&profile_id);
                         let exists = resolve_with(&view, id, false)?
                             .is_some_and(|p| p.profile_id == profile_id);
                         if !exists {
@@ -684,10 +681,7 @@ impl IndexWriter {
                 }
             }
             for profile_id in due {
-                let id = profile_id
-                    .strip_prefix("user:")
-                    .or_else(|| profile_id.strip_prefix("anon:"))
-                    .unwrap_or(&profile_id);
+                let id = identity::profile_identifier(&profile_id);
                 match resolve(&view, id)? {
                     Some(mut p) if p.profile_id == profile_id => {
                         p.events.sort();
@@ -1037,11 +1031,7 @@ impl IndexReaders {
         let more = page.len() > limit;
         let mut profiles = Vec::with_capacity(page.len().min(limit));
         for (profile_id, entered_at) in page.into_iter().take(limit) {
-            let id = profile_id
-                .strip_prefix("user:")
-                .or_else(|| profile_id.strip_prefix("anon:"))
-                .unwrap_or(&profile_id)
-                .to_owned();
+            let id = identity::profile_identifier(&profile_id).to_owned();
             let graph = self.read(|v| profile_graph(v, &id))?;
             let (user_ids, anonymous_ids) = graph
                 .map(|g| (g.user_ids, g.anonymous_ids))
@@ -1235,10 +1225,7 @@ fn evaluate(
         let known = !t.merged && engine.states.contains_key(&profile_id);
         if t.merged || (!known && !places.is_empty()) {
             // Built from the history (which holds this batch already).
-            let id = profile_id
-                .strip_prefix("user:")
-                .or_else(|| profile_id.strip_prefix("anon:"))
-                .unwrap_or(&profile_id);
+            let id = identity::profile_identifier(&profile_id);
             if let Some(full) = resolve_with(view, id, true)? {
                 p = full;
             }
