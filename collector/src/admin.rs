@@ -57,7 +57,31 @@ pub async fn profile(app: Arc<App>, id: String) -> Result<Resp, ApiError> {
     ))
 }
 
-/// Default and largest page size of `/events`.
+/// The `key=value` pairs of a query string, values percent-decoded (`+`
+/// is a space); a bad escape is a 400 naming its key.
+fn query_pairs(query: Option<&str>) -> Result<Vec<(&str, String)>, ApiError> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(key, value)| {
+            percent_decode(&value.replace('+', " "))
+                .map(|v| (key, v))
+                .ok_or_else(|| ApiError::BadRequest(format!("{key}: bad escape")))
+        })
+        .collect()
+}
+
+/// A page size `limit=`: 1..=[`MAX_LIMIT`], else a 400.
+fn page_limit(value: &str) -> Result<usize, ApiError> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=MAX_LIMIT).contains(n))
+        .ok_or_else(|| ApiError::BadRequest(format!("limit must be 1..={MAX_LIMIT}")))
+}
+
+/// Default and largest page size of `/events` and segment members.
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 1000;
 
@@ -66,23 +90,9 @@ const MAX_LIMIT: usize = 1000;
 pub async fn events(app: Arc<App>, id: String, query: Option<&str>) -> Result<Resp, ApiError> {
     let mut limit = DEFAULT_LIMIT;
     let mut before = None;
-    for (key, value) in query
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-    {
-        let value = percent_decode(&value.replace('+', " "))
-            .ok_or_else(|| ApiError::BadRequest(format!("{key}: bad escape")))?;
+    for (key, value) in query_pairs(query)? {
         match key {
-            "limit" => {
-                limit = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::BadRequest(format!("limit must be 1..={MAX_LIMIT}"))
-                    })?;
-            }
+            "limit" => limit = page_limit(&value)?,
             "before" => {
                 before = Some(EventCursor::decode(&value).ok_or_else(|| {
                     ApiError::BadRequest(
@@ -274,23 +284,9 @@ pub async fn segment_members(
 ) -> Result<Resp, ApiError> {
     let mut limit = DEFAULT_LIMIT;
     let mut cursor = None;
-    for (k, value) in query
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-    {
-        let value = percent_decode(&value.replace('+', " "))
-            .ok_or_else(|| ApiError::BadRequest(format!("{k}: bad escape")))?;
-        match k {
-            "limit" => {
-                limit = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::BadRequest(format!("limit must be 1..={MAX_LIMIT}"))
-                    })?;
-            }
+    for (key, value) in query_pairs(query)? {
+        match key {
+            "limit" => limit = page_limit(&value)?,
             "cursor" => cursor = Some(value),
             _ => {}
         }
