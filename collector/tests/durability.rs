@@ -47,26 +47,8 @@ fn start(data_dir: &std::path::Path) -> (Child, SocketAddr) {
     (child, addr)
 }
 
-/// `GET /v1/profiles/{id}` with the admin token: the status.
-fn get_profile(addr: SocketAddr, id: &str) -> Option<u16> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
-    let head = format!(
-        "GET /v1/profiles/{id} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
-         Authorization: Bearer t\r\n\r\n"
-    );
-    s.write_all(head.as_bytes()).ok()?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).ok()?;
-    String::from_utf8_lossy(&resp)
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-/// `GET /v1/profiles/{id}`: its `event_count`, if it answers 200.
-fn profile_event_count(addr: SocketAddr, id: &str) -> Option<u64> {
+/// `GET /v1/profiles/{id}` with the admin token: the status and the body.
+fn get_profile_answer(addr: SocketAddr, id: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
     let head = format!(
@@ -77,11 +59,23 @@ fn profile_event_count(addr: SocketAddr, id: &str) -> Option<u64> {
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).ok()?;
     let text = String::from_utf8_lossy(&resp);
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    if head.split_whitespace().nth(1) != Some("200") {
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+/// `GET /v1/profiles/{id}` with the admin token: the status.
+fn get_profile(addr: SocketAddr, id: &str) -> Option<u16> {
+    get_profile_answer(addr, id).map(|(status, _)| status)
+}
+
+/// `GET /v1/profiles/{id}`: its `event_count`, if it answers 200.
+fn profile_event_count(addr: SocketAddr, id: &str) -> Option<u64> {
+    let (status, body) = get_profile_answer(addr, id)?;
+    if status != 200 {
         return None;
     }
-    let profile: serde_json::Value = serde_json::from_str(body).ok()?;
+    let profile: serde_json::Value = serde_json::from_str(&body).ok()?;
     profile["event_count"].as_u64()
 }
 
