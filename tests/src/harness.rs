@@ -145,6 +145,17 @@ impl TestCollector {
         request.send(self.addr).await
     }
 
+    /// `POST /v1/batch` of `messages` with [`WRITE_KEY`]; asserts a 200
+    /// with nothing rejected.
+    pub async fn send_batch(&self, messages: serde_json::Value) {
+        let body = serde_json::json!({"writeKey": WRITE_KEY, "batch": messages});
+        let r = self
+            .send(Request::post("/v1/batch", body.to_string()))
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.json());
+        assert_eq!(r.json()["rejected"], 0, "{:?}", r.json());
+    }
+
     /// `GET /v1/profiles/{id}` with the admin token.
     pub async fn profile(&self, id: &str) -> Response {
         self.send(Request::get(&format!("/v1/profiles/{id}")).bearer(ADMIN_TOKEN))

@@ -13,10 +13,7 @@ use weft_e2e::harness::{ADMIN_TOKEN, TestCollector, WRITE_KEY};
 use weft_e2e::http::Request;
 
 async fn send(c: &TestCollector, messages: Value) {
-    let body = json!({"writeKey": WRITE_KEY, "batch": messages});
-    let r = c.send(Request::post("/v1/batch", body.to_string())).await;
-    assert_eq!(r.status, 200, "{:?}", r.json());
-    assert_eq!(r.json()["rejected"], 0, "{:?}", r.json());
+    c.send_batch(messages).await;
 }
 
 async fn put(c: &TestCollector, key: &str, rule: Value) -> (u16, Value) {
