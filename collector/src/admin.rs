@@ -271,7 +271,7 @@ pub async fn delete_segment(app: Arc<App>, key: String) -> Result<Resp, ApiError
         return Err(ApiError::NotFound("segment"));
     }
     let mut resp = json_response(StatusCode::NO_CONTENT, &serde_json::Value::Null);
-    *resp.body_mut() = http_body_util::Full::new(hyper::body::Bytes::new());
+    *resp.body_mut() = crate::error::full(hyper::body::Bytes::new());
     resp.headers_mut().remove(hyper::header::CONTENT_TYPE);
     Ok(resp)
 }
@@ -330,6 +330,175 @@ pub fn percent_decode(segment: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+/// Most bytes of a destination's settings.
+const MAX_DESTINATION_BODY: usize = 64 * 1024;
+
+async fn json_body(req: Request<Incoming>, limit: usize) -> Result<serde_json::Value, ApiError> {
+    let body = http_body_util::Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge { limit })?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))
+}
+
+fn no_content() -> Resp {
+    let mut resp = json_response(StatusCode::NO_CONTENT, &serde_json::Value::Null);
+    *resp.body_mut() = crate::error::full(hyper::body::Bytes::new());
+    resp.headers_mut().remove(hyper::header::CONTENT_TYPE);
+    resp
+}
+
+async fn dest_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::destinations::DestinationError> + Send + 'static,
+) -> Result<T, ApiError> {
+    Ok(tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??)
+}
+
+/// `PUT /v1/destinations/{name}`: creates or replaces a destination.
+pub async fn put_destination(
+    app: Arc<App>,
+    name: String,
+    req: Request<Incoming>,
+) -> Result<Resp, ApiError> {
+    let body = json_body(req, MAX_DESTINATION_BODY).await?;
+    let d = app.destinations.clone();
+    let view = dest_blocking(move || d.put(&name, &body)).await?;
+    Ok(json_response(StatusCode::OK, &view))
+}
+
+/// `GET /v1/destinations/{name}`: settings (secrets left out) and status.
+pub fn get_destination(app: &App, name: &str) -> Result<Resp, ApiError> {
+    let view = app
+        .destinations
+        .get(name)
+        .ok_or(ApiError::NotFound("destination"))?;
+    Ok(json_response(StatusCode::OK, &view))
+}
+
+/// `GET /v1/destinations`: every destination's status.
+pub fn list_destinations(app: &App) -> Resp {
+    json_response(StatusCode::OK, &app.destinations.list())
+}
+
+/// `DELETE /v1/destinations/{name}`: 204.
+pub async fn delete_destination(app: Arc<App>, name: String) -> Result<Resp, ApiError> {
+    let d = app.destinations.clone();
+    if !dest_blocking(move || d.delete(&name)).await? {
+        return Err(ApiError::NotFound("destination"));
+    }
+    Ok(no_content())
+}
+
+/// `GET /v1/destinations/{name}/dead?limit=&cursor=`.
+pub async fn dead_letters(
+    app: Arc<App>,
+    name: String,
+    query: Option<&str>,
+) -> Result<Resp, ApiError> {
+    let mut limit = DEFAULT_LIMIT;
+    let mut after = 0i64;
+    for (key, value) in query_pairs(query)? {
+        match key {
+            "limit" => limit = page_limit(&value)?,
+            "cursor" => {
+                after = value
+                    .parse()
+                    .map_err(|_| ApiError::BadRequest("cursor is not one this API gave".into()))?;
+            }
+            _ => {}
+        }
+    }
+    let d = app.destinations.clone();
+    let page = dest_blocking(move || d.dead(&name, after, limit))
+        .await?
+        .ok_or(ApiError::NotFound("destination"))?;
+    Ok(json_response(StatusCode::OK, &page))
+}
+
+/// `POST /v1/destinations/{name}/replay` with `{"ids": [...]}` or `{}`
+/// (every dead letter).
+pub async fn replay(app: Arc<App>, name: String, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let body = json_body(req, MAX_DESTINATION_BODY).await?;
+    let bad = || ApiError::BadRequest(r#"expected {"ids": [id, ...]} or {}"#.into());
+    let obj = body.as_object().ok_or_else(bad)?;
+    if obj.keys().any(|k| k != "ids") {
+        return Err(bad());
+    }
+    let ids: Vec<i64> = match obj.get("ids") {
+        None => Vec::new(),
+        Some(serde_json::Value::Array(ids)) if !ids.is_empty() && ids.len() <= 10_000 => ids
+            .iter()
+            .map(|v| {
+                v.as_i64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                    .ok_or_else(bad)
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(bad()),
+    };
+    let d = app.destinations.clone();
+    let n = dest_blocking(move || d.replay(&name, &ids))
+        .await?
+        .ok_or(ApiError::NotFound("destination"))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "requeued": n }),
+    ))
+}
+
+/// `GET /v1/export?from=&to=` (RFC 3339; by the time each event was
+/// stored, `from` included, `to` excluded; both optional): the stored
+/// events as NDJSON, streamed.
+pub async fn export(app: Arc<App>, query: Option<&str>) -> Result<Resp, ApiError> {
+    let mut from = String::new();
+    let mut to = String::from("~");
+    for (key, value) in query_pairs(query)? {
+        let bound = || {
+            crate::clock::parse_rfc3339(&value)
+                .map(crate::clock::format_utc_millis)
+                .ok_or_else(|| ApiError::BadRequest(format!("{key} is not an RFC 3339 time")))
+        };
+        match key {
+            "from" => from = bound()?,
+            "to" => to = bound()?,
+            _ => {}
+        }
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<hyper::body::Bytes>(16);
+    let store = app.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut chunk: Vec<u8> = Vec::with_capacity(64 * 1024);
+        let mut open = true;
+        let result = store.export(&from, &to, &mut |body| {
+            chunk.extend_from_slice(body.as_bytes());
+            chunk.push(b'\n');
+            if chunk.len() >= 60 * 1024 {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(64 * 1024));
+                // The client went away: stop reading the log.
+                open = tx.blocking_send(full.into()).is_ok();
+            }
+            open
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "export stopped");
+            return;
+        }
+        if open && !chunk.is_empty() {
+            let _ = tx.blocking_send(chunk.into());
+        }
+    });
+    let mut resp =
+        hyper::Response::new(http_body_util::Either::Right(crate::error::ChannelBody(rx)));
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/x-ndjson"),
+    );
+    Ok(resp)
 }
 
 #[cfg(test)]

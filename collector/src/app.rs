@@ -20,4 +20,6 @@ pub struct App {
     pub metrics: Metrics,
     /// Per-source request budgets.
     pub limiter: RateLimiter,
+    /// Where stored data goes next.
+    pub destinations: Arc<crate::destinations::Destinations>,
 }

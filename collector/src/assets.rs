@@ -9,7 +9,6 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::header::{
     ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderValue, VARY,
 };
@@ -116,7 +115,7 @@ fn response(
     encoding: Option<&'static str>,
     cache: &'static str,
 ) -> Resp {
-    let mut resp = Response::new(Full::new(body));
+    let mut resp = Response::new(crate::error::full(body));
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));

@@ -76,6 +76,9 @@ pub const DEFAULT_CONFIG_FILE: &str = "weft.toml";
 struct ConfigFile {
     #[serde(default, rename = "source")]
     sources: Vec<Source>,
+    /// Checked by the destinations' own parser, which names the field.
+    #[serde(default, rename = "destination")]
+    destinations: Vec<toml::Table>,
 }
 
 /// Why the flags could not become a configuration.
@@ -111,8 +114,10 @@ impl From<std::io::Error> for CliError {
     }
 }
 
-/// Reads and checks a sources file.
-fn read_sources(path: &Path) -> Result<Vec<Source>, CliError> {
+type Destination = crate::destinations::config::DestinationConfig;
+
+/// Reads and checks a sources file: its sources and destinations.
+fn read_sources(path: &Path) -> Result<(Vec<Source>, Vec<Destination>), CliError> {
     let err = |reason: String| CliError::ConfigFile {
         path: path.to_owned(),
         reason,
@@ -136,7 +141,18 @@ fn read_sources(path: &Path) -> Result<Vec<Source>, CliError> {
             s.name = s.write_key.clone();
         }
     }
-    Ok(sources)
+    let mut destinations: Vec<Destination> = Vec::new();
+    for table in file.destinations {
+        let body = serde_json::to_value(&table).map_err(|e| err(e.to_string()))?;
+        let name = body.get("name").and_then(|n| n.as_str()).unwrap_or("");
+        let d = Destination::from_json(name, &body, None)
+            .map_err(|e| err(format!("destination {name:?}: {e}")))?;
+        if destinations.iter().any(|x| x.name == d.name) {
+            return Err(err(format!("destination {name:?} is configured twice")));
+        }
+        destinations.push(d);
+    }
+    Ok((sources, destinations))
 }
 
 /// Where the admin token came from, so the binary can say so.
@@ -154,12 +170,12 @@ impl Cli {
     /// Builds the configuration: creates the data directory, resolves the
     /// admin token, applies development defaults with a warning each.
     pub fn into_config(self) -> Result<(Config, TokenOrigin), CliError> {
-        let mut sources = match &self.config {
+        let (mut sources, destinations) = match &self.config {
             Some(path) => read_sources(path)?,
             None if Path::new(DEFAULT_CONFIG_FILE).is_file() => {
                 read_sources(Path::new(DEFAULT_CONFIG_FILE))?
             }
-            None => Vec::new(),
+            None => (Vec::new(), Vec::new()),
         };
         std::fs::create_dir_all(&self.data_dir)?;
         let (admin_token, origin) = match self.admin_token {
@@ -198,6 +214,7 @@ impl Cli {
         config.www_dir = self.www_dir;
         config.sdk_dir = self.sdk_dir;
         config.keep_full_ip = self.keep_full_ip;
+        config.destinations = destinations;
         config.junk_ids = self.junk_ids;
         config.dedup_window = usize::try_from(self.dedup_window).unwrap_or(usize::MAX);
         config.retention = self

@@ -93,6 +93,9 @@ pub struct Config {
     /// windows that moved on (a profile leaves within this of the exact
     /// time).
     pub segment_tick: Duration,
+    /// Destinations from the configuration file (`[[destination]]`),
+    /// applied at start; more come by the API.
+    pub destinations: Vec<crate::destinations::config::DestinationConfig>,
 }
 
 impl Config {
@@ -114,6 +117,7 @@ impl Config {
             retention: None,
             retention_sweep_every: Duration::from_secs(3600),
             segment_tick: Duration::from_secs(10),
+            destinations: Vec::new(),
         }
     }
 

@@ -151,6 +151,25 @@ pub fn check(parts: Parts<'_>, missing: MissingConsent) -> Result<Option<Consent
     }))
 }
 
+#[derive(Deserialize)]
+struct MessageView {
+    #[serde(default)]
+    context: Option<ContextView>,
+}
+
+/// Whether a stored message's own `context.consent.categoryPreferences`
+/// grants `category`; `None` when it has none (the source's setting then
+/// decides). What destinations filter on.
+pub fn grants(message: &str, category: &str) -> Option<bool> {
+    // Most messages of server SDKs carry no preferences: skip the parse.
+    if !message.contains("categoryPreferences") {
+        return None;
+    }
+    let view: MessageView = serde_json::from_str(message).ok()?;
+    let prefs = view.context?.consent?.category_preferences?;
+    Some(prefs.get(category).is_some_and(granted))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +213,17 @@ mod tests {
         check_case(none, Required, Err(Drop::Missing));
         let necessary = r#"{"type":"track","event":"X","context":{"consent":{"category":"necessary","categoryPreferences":{"analytics":false}}}}"#;
         check_case(necessary, Required, Ok(false));
+    }
+
+    #[test]
+    fn a_stored_message_grants_what_its_own_preferences_say() {
+        let m = r#"{"type":"track","event":"E","context":{"consent":{"categoryPreferences":{"analytics":true,"marketing":"denied"}}}}"#;
+        assert_eq!(grants(m, "analytics"), Some(true));
+        assert_eq!(grants(m, "marketing"), Some(false));
+        assert_eq!(grants(m, "personalization"), Some(false));
+        assert_eq!(grants(r#"{"type":"page","context":{}}"#, "analytics"), None);
+        let gcm = r#"{"properties":{"categoryPreferences":1},"context":{"consent":{"categoryPreferences":{"marketing":"granted"}}}}"#;
+        assert_eq!(grants(gcm, "marketing"), Some(true));
     }
 
     #[test]

@@ -47,6 +47,18 @@ pub trait Consumer: Send + 'static {
     fn apply(&mut self, records: &[(Lsn, RecordRef<'_>)], next: Lsn) -> Result<(), StoreError>;
 }
 
+/// A consumer chosen at run time (destinations are configured, not
+/// compiled in). Jobs address the box's type, `Box<dyn Consumer>`.
+impl Consumer for Box<dyn Consumer> {
+    fn position(&mut self) -> Result<Lsn, StoreError> {
+        (**self).position()
+    }
+
+    fn apply(&mut self, records: &[(Lsn, RecordRef<'_>)], next: Lsn) -> Result<(), StoreError> {
+        (**self).apply(records, next)
+    }
+}
+
 /// A registered consumer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConsumerId(usize);
@@ -54,7 +66,9 @@ pub struct ConsumerId(usize);
 type Job = Box<dyn FnOnce(&mut dyn Any) + Send>;
 
 struct Slot {
-    name: &'static str,
+    name: String,
+    /// Asked to stop (its owner let go of it).
+    stop: bool,
     applied: Lsn,
     jobs: VecDeque<Job>,
     /// Stopped (or failed to start).
@@ -103,7 +117,7 @@ impl Progress {
     /// waits while it is too far behind ([`Progress::wait_to_keep_up`]).
     pub fn start<C: Consumer>(
         self: &Arc<Self>,
-        name: &'static str,
+        name: &str,
         mut consumer: C,
         log_dir: PathBuf,
         keeps_up: bool,
@@ -122,7 +136,8 @@ impl Progress {
             let applied = from.min(state.durable);
             let caught_up = applied >= state.durable;
             state.slots.push(Slot {
-                name,
+                name: name.to_owned(),
+                stop: false,
                 applied,
                 jobs: VecDeque::new(),
                 done: false,
@@ -171,6 +186,20 @@ impl Progress {
     pub fn writer_stopped(&self) {
         self.lock().writer_done = true;
         self.wake.notify_all();
+    }
+
+    /// Asks consumer `id` to stop after its current batch (its thread
+    /// ends; join it to know when).
+    pub fn stop(&self, id: ConsumerId) {
+        if let Some(slot) = self.lock().slots.get_mut(id.0) {
+            slot.stop = true;
+        }
+        self.wake.notify_all();
+    }
+
+    /// Whether consumer `id` was asked to stop or stopped.
+    pub fn stopping(&self, id: ConsumerId) -> bool {
+        self.lock().slots.get(id.0).is_none_or(|s| s.stop || s.done)
     }
 
     /// Whether consumer `id` stopped.
@@ -314,7 +343,8 @@ fn run<C: Consumer>(
         .lock()
         .slots
         .get(id.0)
-        .map_or("consumer", |s| s.name);
+        .map_or_else(|| "consumer".to_owned(), |s| s.name.clone());
+    let name = name.as_str();
     let mut reader = match LogReader::open(log_dir, from) {
         Ok(r) => r,
         Err(e) => {
@@ -340,6 +370,9 @@ fn run<C: Consumer>(
                 let Some(slot) = state.slots.get_mut(id.0) else {
                     break Next::Stop;
                 };
+                if slot.stop {
+                    break Next::Stop;
+                }
                 if let Some(job) = slot.jobs.pop_front() {
                     break Next::Job(job);
                 }
@@ -400,7 +433,11 @@ fn run<C: Consumer>(
         let next = reader.position();
         while let Err(e) = consumer.apply(&records, next) {
             tracing::error!(consumer = name, error = %e, "could not apply a batch; retrying");
-            if progress.lock().writer_done {
+            let stopping = {
+                let state = progress.lock();
+                state.writer_done || state.slots.get(id.0).is_none_or(|s| s.stop)
+            };
+            if stopping {
                 // Stopping: the next start retries from the position.
                 return;
             }

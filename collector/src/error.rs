@@ -11,8 +11,37 @@ use hyper::{Response, StatusCode};
 
 use crate::store::StoreError;
 
-/// A response with a fully buffered body, the only kind the collector sends.
-pub type Resp = Response<Full<Bytes>>;
+/// A response body: buffered (nearly every answer), or streamed from a
+/// channel (the NDJSON export).
+pub type Body = http_body_util::Either<Full<Bytes>, ChannelBody>;
+
+/// A response.
+pub type Resp = Response<Body>;
+
+/// A buffered body.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    http_body_util::Either::Left(Full::new(bytes.into()))
+}
+
+/// A body streamed from a bounded channel: the producer waits while the
+/// client reads slowly, so memory stays bounded. Ends when the sender is
+/// dropped.
+#[derive(Debug)]
+pub struct ChannelBody(pub tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(hyper::body::Frame::data(c))))
+    }
+}
 
 /// What went wrong with a request.
 #[derive(Debug)]
@@ -50,6 +79,13 @@ pub enum ApiError {
     },
     /// The store is closed (shutting down) or failed.
     Unavailable,
+    /// A destination's settings were refused: why, and which field.
+    InvalidDestination {
+        /// Why.
+        reason: String,
+        /// The field.
+        field: String,
+    },
     /// A segment rule was refused: why, and where (`rule.all[2].op`).
     InvalidRule {
         /// Why.
@@ -68,7 +104,8 @@ impl ApiError {
             ApiError::MalformedJson(_)
             | ApiError::BadEncoding(_)
             | ApiError::BadRequest(_)
-            | ApiError::InvalidRule { .. } => StatusCode::BAD_REQUEST,
+            | ApiError::InvalidRule { .. }
+            | ApiError::InvalidDestination { .. } => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MissingWriteKey | ApiError::UnknownWriteKey | ApiError::Unauthorized => {
                 StatusCode::UNAUTHORIZED
@@ -103,6 +140,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Unavailable => "unavailable",
             ApiError::InvalidRule { .. } => "invalid_rule",
+            ApiError::InvalidDestination { .. } => "invalid_destination",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -134,6 +172,7 @@ impl ApiError {
             }
             ApiError::Unavailable => "store unavailable".into(),
             ApiError::InvalidRule { reason, .. } => reason.clone(),
+            ApiError::InvalidDestination { reason, field } => format!("{field}: {reason}"),
             ApiError::Internal(_) => "internal error".into(),
         }
     }
@@ -150,6 +189,9 @@ impl ApiError {
         });
         if let ApiError::InvalidRule { path, .. } = &self {
             body["path"] = path.clone().into();
+        }
+        if let ApiError::InvalidDestination { field, .. } = &self {
+            body["field"] = field.clone().into();
         }
         let mut resp = json_response(self.status(), &body);
         let retry_after = match self {
@@ -179,9 +221,23 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::destinations::DestinationError> for ApiError {
+    fn from(e: crate::destinations::DestinationError) -> Self {
+        use crate::destinations::DestinationError as D;
+        match e {
+            D::Config(c) => ApiError::InvalidDestination {
+                reason: c.reason,
+                field: c.field,
+            },
+            D::Store(s) => s.into(),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
 /// A JSON response.
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Resp {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut resp = Response::new(full(body.to_string()));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -40,6 +40,7 @@ pub mod clock;
 pub mod config;
 pub mod consent;
 pub mod consumer;
+pub mod destinations;
 pub mod error;
 #[cfg(test)]
 mod fuzz;

@@ -18,7 +18,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
@@ -114,6 +113,37 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resu
             _ => Err(ApiError::NotFound("route")),
         };
     }
+    if path == "/v1/destinations" || path.starts_with("/v1/destinations/") {
+        admin::authorize(app, &req)?;
+        let rest = path.strip_prefix("/v1/destinations").unwrap_or("");
+        let rest = rest.strip_prefix('/').unwrap_or(rest);
+        let (name, sub) = rest.split_once('/').unwrap_or((rest, ""));
+        let name = name.to_owned();
+        let method = req.method().clone();
+        return match (method, name.as_str(), sub) {
+            (Method::GET, "", "") => Ok(admin::list_destinations(app)),
+            (_, "", "") => Err(ApiError::MethodNotAllowed),
+            (Method::PUT, _, "") => admin::put_destination(app.clone(), name, req).await,
+            (Method::GET, _, "") => admin::get_destination(app, &name),
+            (Method::DELETE, _, "") => admin::delete_destination(app.clone(), name).await,
+            (_, _, "") => Err(ApiError::MethodNotAllowed),
+            (Method::GET, _, "dead") => {
+                let query = req.uri().query().map(str::to_owned);
+                admin::dead_letters(app.clone(), name, query.as_deref()).await
+            }
+            (Method::POST, _, "replay") => admin::replay(app.clone(), name, req).await,
+            (_, _, "dead" | "replay") => Err(ApiError::MethodNotAllowed),
+            _ => Err(ApiError::NotFound("route")),
+        };
+    }
+    if path == "/v1/export" {
+        admin::authorize(app, &req)?;
+        if req.method() != Method::GET {
+            return Err(ApiError::MethodNotAllowed);
+        }
+        let query = req.uri().query().map(str::to_owned);
+        return admin::export(app.clone(), query.as_deref()).await;
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Err(ApiError::MethodNotAllowed);
     }
@@ -129,17 +159,17 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resu
                 &serde_json::json!({"ready": true}),
             ))
         }
-        "/metrics" => Ok(text(
-            StatusCode::OK,
-            app.metrics.render(app.store.gauges()),
-            "text/plain; version=0.0.4",
-        )),
+        "/metrics" => {
+            let mut body = app.metrics.render(app.store.gauges());
+            app.destinations.render_metrics(&mut body);
+            Ok(text(StatusCode::OK, body, "text/plain; version=0.0.4"))
+        }
         _ => assets::serve(app, path, req.headers()).await,
     }
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Resp {
-    let mut resp = Response::new(Full::new(body.into()));
+    let mut resp = Response::new(crate::error::full(body));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -150,7 +180,7 @@ fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) 
 /// per write key when the POST arrives; the preflight only says what a
 /// request may look like.
 fn preflight() -> Resp {
-    let mut resp = Response::new(Full::new(Bytes::new()));
+    let mut resp = Response::new(crate::error::full(Bytes::new()));
     *resp.status_mut() = StatusCode::NO_CONTENT;
     let h = resp.headers_mut();
     h.insert(

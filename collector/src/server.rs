@@ -36,6 +36,8 @@ pub enum ServeError {
     Store(StoreError),
     /// The OS gives no randomness (for server-made messageIds).
     NoRandomness,
+    /// The destinations could not be opened.
+    Destinations(crate::destinations::DestinationError),
 }
 
 impl std::fmt::Display for ServeError {
@@ -43,6 +45,7 @@ impl std::fmt::Display for ServeError {
         match self {
             ServeError::Store(e) => write!(f, "cannot open the store: {e}"),
             ServeError::NoRandomness => f.write_str("the OS gives no randomness"),
+            ServeError::Destinations(e) => write!(f, "cannot open the destinations: {e}"),
         }
     }
 }
@@ -96,6 +99,13 @@ pub async fn serve_store(
         writer: stats,
         ..Metrics::default()
     };
+    let destinations = crate::destinations::Destinations::open(
+        &config.data_dir,
+        store.clone(),
+        &config.sources,
+        &config.destinations,
+    )
+    .map_err(ServeError::Destinations)?;
     let connections = Arc::new(Semaphore::new(config.max_connections));
     let mut builder = http1::Builder::new();
     builder
@@ -108,6 +118,7 @@ pub async fn serve_store(
         clock,
         metrics,
         limiter: RateLimiter::default(),
+        destinations: destinations.clone(),
     });
     let graceful = GracefulShutdown::new();
     let sweeper = app
@@ -163,9 +174,13 @@ pub async fn serve_store(
     {
         tracing::warn!("connections still open after the drain timeout; closing them");
     }
-    tokio::task::spawn_blocking(move || store.close())
-        .await
-        .ok();
+    // Destinations first: they follow the log the store is about to close.
+    tokio::task::spawn_blocking(move || {
+        destinations.close();
+        store.close();
+    })
+    .await
+    .ok();
     tracing::info!("stopped");
     Ok(())
 }

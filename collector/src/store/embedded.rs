@@ -45,9 +45,9 @@ use crate::record::{self, Record};
 use super::sqlite::{Erasure, IndexReaders, IndexWriter, open_index};
 use super::suppression::{self, IdHash, Suppression};
 use super::{
-    AppendOutcome, AppendRequest, ConsentEntry, ErasureReport, EventCursor, EventStore, EventsPage,
-    IdentityGraph, MembersPage, Pending, ProfileSummary, ReadSide, SegmentInfo, StoreError,
-    WriteSide,
+    AppendOutcome, AppendRequest, AudienceChange, ConsentEntry, ErasureReport, EventCursor,
+    EventStore, EventsPage, Following, IdentityGraph, MembersPage, Pending, ProfileSummary,
+    ReadSide, SegmentInfo, StoreError, StoreListener, WriteSide,
 };
 
 /// The log's directory inside the data directory.
@@ -157,6 +157,9 @@ pub struct EmbeddedStore {
     index: ConsumerId,
     readers: IndexReaders,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    log_dir: PathBuf,
+    /// Told of erasures and expiries (destinations).
+    listeners: RwLock<Vec<Arc<dyn StoreListener>>>,
 }
 
 impl EmbeddedStore {
@@ -200,7 +203,7 @@ impl EmbeddedStore {
         let window = DedupWindow::rebuild(&log_dir, log.next_lsn(), options.dedup_window)?;
 
         let progress = Progress::new(log.next_lsn());
-        let (index, indexer) = progress.start("indexer", index, log_dir, true)?;
+        let (index, indexer) = progress.start("indexer", index, log_dir.clone(), true)?;
         let capacity = options.queue_capacity.max(1);
         let (tx, rx) = mpsc::channel(capacity);
         let writer = {
@@ -228,6 +231,8 @@ impl EmbeddedStore {
             index,
             readers,
             threads: Mutex::new(vec![writer, indexer]),
+            log_dir,
+            listeners: RwLock::new(Vec::new()),
         };
         // A recompute a stop interrupted starts again; segments with
         // windows are gone through once to know when each membership is
@@ -399,11 +404,20 @@ impl EventStore for EmbeddedStore {
                     identifiers: [id].into_iter().collect(),
                     lsns: HashSet::new(),
                 };
+                let identifiers = erased.identifiers.clone();
                 self.writer_job(|reply| WriterJob::Remove { erased, reply })?;
                 self.index_job(|index| {
                     index.log_rewritten();
                     Ok(())
                 })?;
+                for l in self
+                    .listeners
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                {
+                    l.erased(&identifiers, &HashSet::new());
+                }
             }
             return Ok(None);
         };
@@ -424,13 +438,26 @@ impl EventStore for EmbeddedStore {
             identifiers: identifiers.into_iter().collect(),
             lsns: lsns.into_iter().collect(),
         };
-        self.writer_job(|reply| WriterJob::Remove { erased, reply })?;
+        let erased = {
+            let (identifiers, lsns) = (erased.identifiers.clone(), erased.lsns.clone());
+            self.writer_job(|reply| WriterJob::Remove { erased, reply })?;
+            Erased { identifiers, lsns }
+        };
         // 4. The indexer's reader lets go of the old files (it reopens on
         //    the rewrite before it runs this job), and so do reads by LSN.
         self.index_job(|index| {
             index.log_rewritten();
             Ok(())
         })?;
+        // 5. Outboxes forget them.
+        for l in self
+            .listeners
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            l.erased(&erased.identifiers, &erased.lsns);
+        }
         Ok(Some(report))
     }
 
@@ -446,9 +473,9 @@ impl EventStore for EmbeddedStore {
             self.index_job(move |index| index.expire(&before))?
         };
         let below = self.positions().1;
-        let before = before.to_owned();
+        let cutoff = before.to_owned();
         let dropped = self.writer_job(|reply| WriterJob::DropExpired {
-            before,
+            before: cutoff,
             below,
             reply,
         })?;
@@ -458,6 +485,14 @@ impl EventStore for EmbeddedStore {
                 index.log_rewritten();
                 Ok(())
             })?;
+        }
+        for l in self
+            .listeners
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            l.expired(before);
         }
         if n > 0 {
             // Events counted by segment rules are gone: every segment is
@@ -522,6 +557,62 @@ impl EventStore for EmbeddedStore {
 
     fn tick_segments(&self) -> Result<(), StoreError> {
         self.index_job(|index| index.tick())
+    }
+
+    fn follow(
+        &self,
+        name: &str,
+        consumer: Box<dyn crate::consumer::Consumer>,
+    ) -> Result<Following, StoreError> {
+        let (id, thread) = self
+            .progress
+            .start(name, consumer, self.log_dir.clone(), false)?;
+        Ok(Following::new(self.progress.clone(), id, thread))
+    }
+
+    fn audience_changes(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<AudienceChange>, StoreError> {
+        self.readers.audience_changes(after, limit)
+    }
+
+    fn last_audience_change(&self) -> Result<i64, StoreError> {
+        self.readers.last_audience_change()
+    }
+
+    fn export(
+        &self,
+        from: &str,
+        to: &str,
+        each: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<u64, StoreError> {
+        let until = self.progress.durable();
+        let mut n = 0;
+        crate::log::scan(
+            &self.log_dir,
+            0,
+            until,
+            |_, payload| match record::decode_ref(payload) {
+                Ok(record::RecordRef::Event { event, .. })
+                    if event.received_at >= from && event.received_at < to =>
+                {
+                    n += 1;
+                    each(event.body)
+                }
+                _ => true,
+            },
+        )
+        .map_err(log_error)?;
+        Ok(n)
+    }
+
+    fn listen(&self, listener: Arc<dyn StoreListener>) {
+        self.listeners
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(listener);
     }
 
     fn gauges(&self) -> Gauges {

@@ -353,8 +353,111 @@ pub trait ReadSide: Send + Sync + 'static {
     fn consent_history(&self, id: &str) -> Result<Option<Vec<ConsentEntry>>, StoreError>;
 }
 
+/// A consumer following the log on its own thread ([`EventStore::follow`]);
+/// dropping it stops the consumer and waits for its thread.
+pub struct Following {
+    progress: std::sync::Arc<crate::consumer::Progress>,
+    id: crate::consumer::ConsumerId,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Following {
+    /// A consumer started on `progress`.
+    pub fn new(
+        progress: std::sync::Arc<crate::consumer::Progress>,
+        id: crate::consumer::ConsumerId,
+        thread: std::thread::JoinHandle<()>,
+    ) -> Self {
+        Following {
+            progress,
+            id,
+            thread: Some(thread),
+        }
+    }
+
+    /// Whether its thread has stopped.
+    pub fn stopped(&self) -> bool {
+        self.progress.stopped(self.id)
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.progress.stop(self.id);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One segment membership change (DESIGN.md §10), as destinations deliver
+/// it (`weft.audience`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AudienceChange {
+    /// Its place in the history, increasing.
+    pub seq: i64,
+    /// The segment's key.
+    pub segment: String,
+    /// The profile.
+    pub profile_id: String,
+    /// Its login identifiers now.
+    pub user_ids: Vec<String>,
+    /// Its device identifiers now.
+    pub anonymous_ids: Vec<String>,
+    /// When it entered or left.
+    pub at: String,
+    /// Entered (`true`) or left.
+    pub entered: bool,
+    /// The profile's current `categoryPreferences`.
+    pub consent: serde_json::Value,
+}
+
+/// Told what the store removed, so state kept outside it (destinations'
+/// outboxes) forgets the same.
+pub trait StoreListener: Send + Sync {
+    /// A person was erased: their identifiers, and the LSNs of the events
+    /// the index attributed to them.
+    fn erased(
+        &self,
+        identifiers: &std::collections::HashSet<String>,
+        lsns: &std::collections::HashSet<crate::log::Lsn>,
+    );
+    /// Events received before `before` (RFC 3339 UTC millis) expired.
+    fn expired(&self, before: &str);
+}
+
 /// A whole store: both sides, and the maintenance that spans them.
 pub trait EventStore: WriteSide + ReadSide {
+    /// Starts `consumer` on a thread of its own, reading the stored records
+    /// from its position (never past what is durable); it runs until the
+    /// answer is dropped or the store closes.
+    fn follow(
+        &self,
+        name: &str,
+        consumer: Box<dyn crate::consumer::Consumer>,
+    ) -> Result<Following, StoreError>;
+
+    /// Segment membership changes after `after` (by `seq`), oldest first,
+    /// at most `limit`. Blocking.
+    fn audience_changes(&self, after: i64, limit: usize)
+    -> Result<Vec<AudienceChange>, StoreError>;
+
+    /// The `seq` of the latest membership change (0: none). Blocking.
+    fn last_audience_change(&self) -> Result<i64, StoreError>;
+
+    /// Calls `each` with every stored event (as JSON) received in
+    /// `[from, to)` (RFC 3339 UTC millis; compared as text), in log order,
+    /// until it answers `false`; answers how many it was given. Blocking.
+    fn export(
+        &self,
+        from: &str,
+        to: &str,
+        each: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<u64, StoreError>;
+
+    /// Tells `listener` of every erasure and expiry from now on.
+    fn listen(&self, listener: std::sync::Arc<dyn StoreListener>);
+
     /// Erases the profile `id` belongs to: its events, identity edges and
     /// the rejected messages naming its identifiers, in the log and the
     /// derived state; suppresses its identifiers (those of devices shared

@@ -1069,6 +1069,53 @@ impl IndexReaders {
         self.read(|v| consent_history(v, id))
     }
 
+    /// See [`crate::store::EventStore::audience_changes`].
+    pub fn audience_changes(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<crate::store::AudienceChange>, StoreError> {
+        let rows: Vec<(i64, String, String, String, bool)> = {
+            let conn = self.reader();
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, segment, profile_id, at, entered FROM segment_changes
+                 WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            stmt.query_map(params![after, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<Result<_, _>>()?
+        };
+        let mut changes = Vec::with_capacity(rows.len());
+        for (seq, segment, profile_id, at, entered) in rows {
+            let id = identity::profile_identifier(&profile_id).to_owned();
+            let found = self.read(|v| profile(v, &id))?;
+            let (user_ids, anonymous_ids, consent) = found
+                .map(|p| (p.user_ids, p.anonymous_ids, p.consent))
+                .unwrap_or_default();
+            changes.push(crate::store::AudienceChange {
+                seq,
+                segment,
+                profile_id,
+                user_ids,
+                anonymous_ids,
+                at,
+                entered,
+                consent,
+            });
+        }
+        Ok(changes)
+    }
+
+    /// See [`crate::store::EventStore::last_audience_change`].
+    pub fn last_audience_change(&self) -> Result<i64, StoreError> {
+        Ok(self.reader().query_row(
+            "SELECT coalesce(max(seq), 0) FROM segment_changes",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
     /// Whether the index answers.
     pub fn check(&self) -> Result<(), StoreError> {
         self.reader()
