@@ -7,12 +7,15 @@
 //!   exactly the bytes they mean (including malformed ones).
 //! - [`chromium`]: real headless Chromium driven over the DevTools protocol,
 //!   observed from outside the page.
+//! - [`receiver`]: a real HTTP receiver that records requests and answers
+//!   as scripted (destinations' tests and bench).
 //! - [`site`]: the SDK fixture pages and a flaky proxy that fails batches
 //!   before letting them through to a collector.
 
 pub mod chromium;
 pub mod harness;
 pub mod http;
+pub mod receiver;
 pub mod site;
 
 use std::time::{Duration, Instant};

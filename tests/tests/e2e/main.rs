@@ -6,6 +6,9 @@
 //! - `cross_origin`: the script tag on a site of another origin than the
 //!   collector (CORS for the SDK's files and the ingest endpoints).
 //! - `consent`: server-side consent enforcement and the consent audit log.
+//! - `destinations`: webhooks, GA4 and files against real local receivers:
+//!   outages, retries, dead letters, replay, 410, isolation, consent,
+//!   audiences, erasure, and the NDJSON export.
 //! - `identity`: profiles from devices, logins and aliases, over HTTP.
 //! - `ingest`: the collector's HTTP API with a real store on disk.
 //! - `python_clients`: RudderStack's and Segment's own Python SDKs sending to
@@ -21,6 +24,7 @@ mod consent;
 mod consent_browser;
 mod cross_origin;
 mod csp;
+mod destinations;
 mod identity;
 mod ingest;
 mod python_clients;
