@@ -85,11 +85,13 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
         Some("identity") => identity(root, &args[1..]),
         Some("sdk") => sdk(root, &args[1..]),
         Some("segments") => crate::segments_bench::run(root, &args[1..]),
+        Some("destinations") => crate::destinations_bench::run(root, &args[1..]),
         other => Err(format!(
             "unknown bench {other:?}; usage: cargo xtask bench collector \
              [--seconds S] [--connections N] [--warmup S] | cargo xtask bench identity \
              [--people N] [--seed S] [--connections N] [--lookups N] | cargo xtask bench sdk \
-             [--rounds N] [--calls N] | cargo xtask bench segments [--seconds S] [--people N]"
+             [--rounds N] [--calls N] | cargo xtask bench segments [--seconds S] [--people N] | \
+             cargo xtask bench destinations [--seconds S]"
         )),
     }
 }
@@ -249,6 +251,7 @@ fn collector(root: &Path, args: &[String]) -> Result<(), String> {
                 address_prefix,
                 data_dir: &data_dir.0,
                 setup: None,
+                after_load: None,
             };
             rows.push(measure(target, &loadgen, &options, connections)?);
         }
@@ -304,6 +307,8 @@ pub(crate) struct Target<'a> {
     pub(crate) data_dir: &'a Path,
     /// Runs once the server is up, before the load (given its address).
     pub(crate) setup: Option<&'a Setup>,
+    /// Runs after the load, before the server is stopped.
+    pub(crate) after_load: Option<&'a Setup>,
 }
 
 /// What runs once a server is up, before the load (given its address).
@@ -374,6 +379,9 @@ pub(crate) fn measure(
         std::thread::sleep(LAG_RECHECK);
         probe.sample()
     });
+    if let Some(after) = target.after_load {
+        after(&server.address)?;
+    }
     let peak_rss_kb = peak_rss_kb(server.pid());
     server.stop()?;
     let figures = figures?;

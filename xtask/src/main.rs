@@ -24,6 +24,7 @@
 
 mod bench;
 mod cmd;
+mod destinations_bench;
 mod sdk;
 mod segments_bench;
 mod tools;

@@ -154,6 +154,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
             address_prefix: COLLECTOR_ADDRESS_PREFIX,
             data_dir: &data_dir.0,
             setup: with.then_some(&setup as &Setup),
+            after_load: None,
         };
         eprintln!(
             "\n==> bench segments: weft with {} segments",

@@ -170,7 +170,7 @@ pub struct Progress {
 }
 
 fn save_in(tx: &Connection, name: &str, p: &Progress) -> Result<(), DestinationError> {
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE destinations SET
             position = coalesce(?2, position),
             audience_seq = coalesce(?3, audience_seq),
@@ -179,16 +179,16 @@ fn save_in(tx: &Connection, name: &str, p: &Progress) -> Result<(), DestinationE
             last_error = coalesce(?6, last_error),
             file_state = coalesce(?7, file_state)
          WHERE name = ?1",
-        params![
-            name,
-            p.position.map(|l| l as i64),
-            p.audience_seq,
-            p.delivered as i64,
-            p.failed as i64,
-            p.last_error,
-            p.file_state,
-        ],
-    )?;
+    )?
+    .execute(params![
+        name,
+        p.position.map(|l| l as i64),
+        p.audience_seq,
+        p.delivered as i64,
+        p.failed as i64,
+        p.last_error,
+        p.file_state,
+    ])?;
     Ok(())
 }
 
