@@ -432,7 +432,6 @@ fn run<C: Consumer>(
         }
         let next = reader.position();
         while let Err(e) = consumer.apply(&records, next) {
-            tracing::error!(consumer = name, error = %e, "could not apply a batch; retrying");
             let stopping = {
                 let state = progress.lock();
                 state.writer_done || state.slots.get(id.0).is_none_or(|s| s.stop)
@@ -441,6 +440,7 @@ fn run<C: Consumer>(
                 // Stopping: the next start retries from the position.
                 return;
             }
+            tracing::error!(consumer = name, error = %e, "could not apply a batch; retrying");
             std::thread::sleep(Duration::from_secs(1));
         }
         drop(records);
