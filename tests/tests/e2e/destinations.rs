@@ -241,8 +241,9 @@ async fn retry_after_is_honoured() {
 #[tokio::test]
 async fn a_400_goes_to_the_dead_letters_the_rest_goes_on_and_a_replay_delivers_it() {
     let c = TestCollector::start().await;
+    // The first two batches are refused, everything after is taken.
     let receiver = Receiver::start_scripted(|n, _| {
-        if n == 0 {
+        if n < 2 {
             Reply::status(400).body(r#"{"error":"field n is not allowed"}"#)
         } else {
             Reply::status(200)
@@ -250,15 +251,16 @@ async fn a_400_goes_to_the_dead_letters_the_rest_goes_on_and_a_replay_delivers_i
     })
     .await;
     put(&c, "hook", webhook(&receiver, json!({"batch_size": 1}))).await;
-    c.send_batch(json!([track("eve", 0)])).await;
-    c.send_batch(json!([track("eve", 1)])).await;
+    for n in 0..3 {
+        c.send_batch(json!([track("eve", n)])).await;
+    }
     weft_e2e::eventually(
         Duration::from_secs(10),
-        "the next batch after the 400",
-        || async { (receiver.count() >= 2).then_some(()) },
+        "the batch after the 400s",
+        || async { (receiver.count() >= 3).then_some(()) },
     )
     .await;
-    let (_, dead) = get(&c, "/v1/destinations/hook/dead").await;
+    let (_, dead) = get(&c, "/v1/destinations/hook/dead?limit=1").await;
     let items = dead["items"].as_array().unwrap();
     assert_eq!(items.len(), 1, "{dead}");
     let item = &items[0];
@@ -275,31 +277,64 @@ async fn a_400_goes_to_the_dead_letters_the_rest_goes_on_and_a_replay_delivers_i
         "{item}"
     );
     assert!(item["first_attempt_at"].is_string() && item["last_attempt_at"].is_string());
+    let cursor = dead["next"].as_str().expect("a second page").to_owned();
+    let (_, page2) = get(
+        &c,
+        &format!("/v1/destinations/hook/dead?limit=1&cursor={cursor}"),
+    )
+    .await;
+    assert!(
+        page2["items"][0]["request_sample"]
+            .as_str()
+            .unwrap()
+            .contains("eve-1"),
+        "{page2}"
+    );
+    assert!(page2["next"].is_null());
     let (_, s) = get(&c, "/v1/destinations/hook").await;
     assert_eq!(
         (s["dead"].as_u64(), s["delivered"].as_u64()),
-        (Some(1), Some(1)),
+        (Some(2), Some(1)),
         "{s}"
     );
-    // Replay all: delivered now, and gone from the dead letters.
-    let r = c
-        .send(Request::post("/v1/destinations/hook/replay", "{}").bearer(ADMIN_TOKEN))
-        .await;
-    assert_eq!(r.status, 200);
-    assert_eq!(r.json()["requeued"], 1);
+    let replay = |body: Value| {
+        let c = &c;
+        async move {
+            let r = c
+                .send(
+                    Request::post("/v1/destinations/hook/replay", body.to_string())
+                        .bearer(ADMIN_TOKEN),
+                )
+                .await;
+            assert_eq!(r.status, 200);
+            r.json()["requeued"].as_u64().unwrap()
+        }
+    };
+    // One by its id (an unknown id requeues nothing), then all the rest.
+    assert_eq!(replay(json!({"ids": [987654]})).await, 0);
+    assert_eq!(replay(json!({"ids": [item["id"]]})).await, 1);
     weft_e2e::eventually(Duration::from_secs(10), "the replay", || async {
-        (receiver.count() >= 3).then_some(())
+        (receiver.count() >= 4).then_some(())
     })
     .await;
-    let replayed = &receiver.requests()[2];
+    let replayed = &receiver.requests()[3];
     assert_eq!(replayed.json()["data"][0]["messageId"], "eve-0");
     assert_eq!(
         replayed.header("webhook-id"),
         receiver.requests()[0].header("webhook-id"),
         "a replay is a retry of the same batch"
     );
+    assert_eq!(replay(json!({})).await, 1);
+    weft_e2e::eventually(Duration::from_secs(10), "the second replay", || async {
+        (receiver.count() >= 5).then_some(())
+    })
+    .await;
+    assert_eq!(
+        receiver.requests()[4].json()["data"][0]["messageId"],
+        "eve-1"
+    );
     let (_, dead) =
-        weft_e2e::eventually(Duration::from_secs(5), "the dead letter to go", || async {
+        weft_e2e::eventually(Duration::from_secs(5), "the dead letters to go", || async {
             let d = get(&c, "/v1/destinations/hook/dead").await;
             d.1["items"].as_array().unwrap().is_empty().then_some(d)
         })
@@ -308,9 +343,13 @@ async fn a_400_goes_to_the_dead_letters_the_rest_goes_on_and_a_replay_delivers_i
     let (_, s) = get(&c, "/v1/destinations/hook").await;
     assert_eq!(
         (s["dead"].as_u64(), s["delivered"].as_u64()),
-        (Some(0), Some(2)),
+        (Some(0), Some(3)),
         "{s}"
     );
+    let r = c
+        .send(Request::post("/v1/destinations/hook/replay", r#"{"ids":"all"}"#).bearer(ADMIN_TOKEN))
+        .await;
+    assert_eq!(r.status, 400);
 }
 
 #[tokio::test]
@@ -757,4 +796,66 @@ async fn export_streams_the_stored_events_as_ndjson() {
         .send(Request::get("/v1/export?from=yesterday").bearer(ADMIN_TOKEN))
         .await;
     assert_eq!(r.status, 400);
+}
+
+#[tokio::test]
+async fn retention_removes_expired_messages_from_outboxes_and_dead_letters() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let clock = Arc::new(weft_collector::clock::ManualClock::new(
+        time::macros::datetime!(2026-09-01 10:00:00 UTC),
+    ));
+    let c = TestCollector::start_with_clock(
+        |config| {
+            config.retention = Some(Duration::from_secs(30 * 86_400));
+            config.retention_sweep_every = Duration::from_millis(100);
+        },
+        clock.clone(),
+    )
+    .await;
+    let up = Arc::new(AtomicBool::new(false));
+    let is_up = up.clone();
+    let receiver = Receiver::start_scripted(move |_, r| {
+        if String::from_utf8_lossy(&r.body).contains("rex-0") {
+            Reply::status(422)
+        } else if is_up.load(Ordering::SeqCst) {
+            Reply::status(200)
+        } else {
+            Reply::status(503)
+        }
+    })
+    .await;
+    put(&c, "hook", webhook(&receiver, json!({"batch_size": 1}))).await;
+    c.send_batch(json!([track("rex", 0)])).await;
+    weft_e2e::eventually(Duration::from_secs(10), "the dead letter", || async {
+        (get(&c, "/v1/destinations/hook").await.1["dead"] == 1).then_some(())
+    })
+    .await;
+    c.send_batch(json!([track("rex", 1)])).await;
+    weft_e2e::eventually(Duration::from_secs(10), "a failed attempt", || async {
+        (receiver.count() >= 2).then_some(())
+    })
+    .await;
+    // Forty days later both are past the 30-day retention.
+    clock.advance(time::Duration::days(40));
+    c.send_batch(json!([track("sam", 0)])).await;
+    weft_e2e::eventually(Duration::from_secs(10), "the sweep", || async {
+        (c.profile("rex").await.status == 404).then_some(())
+    })
+    .await;
+    let (_, s) = get(&c, "/v1/destinations/hook").await;
+    assert_eq!(s["dead"], 0, "{s}");
+    let (_, dead) = get(&c, "/v1/destinations/hook/dead").await;
+    assert_eq!(dead["items"], json!([]));
+    up.store(true, Ordering::SeqCst);
+    weft_e2e::eventually(Duration::from_secs(15), "sam's event", || async {
+        let got = delivered_messages(&receiver.requests());
+        got.iter().any(|m| m["anonymousId"] == "sam").then_some(())
+    })
+    .await;
+    let delivered: Vec<String> = delivered_messages(&receiver.requests())
+        .iter()
+        .map(|m| m["messageId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(delivered, ["sam-0"], "expired messages are not delivered");
 }
