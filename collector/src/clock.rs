@@ -96,6 +96,46 @@ fn format_general(t: OffsetDateTime) -> String {
         .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".to_owned())
 }
 
+/// The Unix milliseconds of a stored time ([`format_utc_millis`]'s form,
+/// read by hand: destinations do it for every message), or of any other
+/// RFC 3339 time through the general parser.
+pub fn unix_millis(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    let fixed = b.len() == 24
+        && [4, 7].iter().all(|&i| b[i] == b'-')
+        && b[10] == b'T'
+        && b[13] == b':'
+        && b[16] == b':'
+        && b[19] == b'.'
+        && b[23] == b'Z';
+    if !fixed {
+        return parse_rfc3339(text).map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64);
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        b[r].iter().try_fold(0i64, |n, &d| {
+            d.is_ascii_digit().then(|| n * 10 + i64::from(d - b'0'))
+        })
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, s, ms) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    // A leap second reads as the last millisecond before it, as `time` has it.
+    let (s, ms) = if s == 60 { (59, 999) } else { (s, ms) };
+    // Days since 1970-01-01 of the civil date (proleptic Gregorian).
+    let (y, m) = if mo <= 2 {
+        (y - 1, mo + 9)
+    } else {
+        (y, mo - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + (153 * m + 2) / 5 + d - 1;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 24 + h) * 60 + mi) * 60_000 + s * 1000 + ms)
+}
+
 /// Parses an RFC 3339 timestamp (`Z` or an offset).
 pub fn parse_rfc3339(text: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
@@ -103,6 +143,24 @@ pub fn parse_rfc3339(text: &str) -> Option<OffsetDateTime> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn stored_times_read_back_as_the_general_parser_reads_them() {
+        for text in [
+            "1970-01-01T00:00:00.000Z",
+            "2026-12-02T10:00:00.123Z",
+            "2024-02-29T23:59:59.999Z",
+            "1999-12-31T23:59:60.000Z",
+            "2026-12-02T11:00:00.5+01:00",
+            "0001-01-01T00:00:00.000Z",
+        ] {
+            let general =
+                super::parse_rfc3339(text).map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64);
+            assert_eq!(super::unix_millis(text), general, "{text}");
+        }
+        assert_eq!(super::unix_millis("2026-13-02T10:00:00.000Z"), None);
+        assert_eq!(super::unix_millis("soon"), None);
+    }
+
     #[test]
     fn the_fast_formatter_agrees_with_the_general_one() {
         use time::macros::datetime;

@@ -196,7 +196,7 @@ pub struct Intake {
 
 /// The Unix ms of an RFC 3339 time (0 if it is not one).
 pub fn unix_ms(text: &str) -> i64 {
-    crate::clock::parse_rfc3339(text).map_or(0, |t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+    crate::clock::unix_millis(text).unwrap_or(0)
 }
 
 impl Intake {
