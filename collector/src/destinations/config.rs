@@ -134,9 +134,10 @@ const COMMON: [&str; 11] = [
 
 /// What a GET answers beyond the settings: accepted in a PUT (so a GET's
 /// answer can be edited and sent back) and ignored.
-const READ_ONLY: [&str; 7] = [
+const READ_ONLY: [&str; 8] = [
     "secret_set",
     "pending",
+    "unread_records",
     "delivered",
     "failed",
     "dead",

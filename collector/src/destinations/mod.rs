@@ -97,6 +97,12 @@ struct Runner {
     delivery: Option<JoinHandle<()>>,
 }
 
+impl Drop for Runner {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 impl Runner {
     /// Stops both threads (blocking).
     fn stop(&mut self) {
@@ -115,6 +121,8 @@ pub struct Destinations {
     sources: Arc<HashMap<String, MissingConsent>>,
     db: Mutex<rusqlite::Connection>,
     runners: Mutex<BTreeMap<String, Runner>>,
+    /// Held through a PUT or DELETE: one change at a time.
+    editing: Mutex<()>,
     me: Weak<Destinations>,
 }
 
@@ -156,6 +164,7 @@ impl Destinations {
             sources: Arc::new(sources),
             db: Mutex::new(conn),
             runners: Mutex::new(BTreeMap::new()),
+            editing: Mutex::new(()),
             me: me.clone(),
         });
         store.listen(Arc::new(Listener(Arc::downgrade(&d))));
@@ -335,32 +344,36 @@ impl Destinations {
 
     /// `PUT /v1/destinations/{name}`: creates or replaces one. Blocking.
     pub fn put(&self, name: &str, body: &Value) -> Result<Value, DestinationError> {
+        let _one_at_a_time = self.editing.lock().unwrap_or_else(|e| e.into_inner());
         let previous = self.stored_config(name)?;
         let config = DestinationConfig::from_json(name, body, previous.as_ref())?;
-        if let Some(mut r) = self.lock_runners().remove(name) {
-            r.stop();
-        }
+        // Stopped outside the lock: a delivery thread may need it to finish.
+        let old = self.lock_runners().remove(name);
+        drop(old);
         self.save_config(&config, previous.is_none())?;
         let row = db::get(&self.lock_db(), name)?
             .ok_or_else(|| DestinationError::Db("the saved destination is missing".into()))?;
         let runner = self.start(config, &row)?;
-        let view = view(&runner);
-        self.lock_runners().insert(name.to_owned(), runner);
+        let view = view(&runner, self.store.durable_position());
+        let replaced = self.lock_runners().insert(name.to_owned(), runner);
+        drop(replaced);
         Ok(view)
     }
 
     /// `GET /v1/destinations/{name}`: settings (no secrets) and status.
     pub fn get(&self, name: &str) -> Option<Value> {
-        self.lock_runners().get(name).map(view)
+        let durable = self.store.durable_position();
+        self.lock_runners().get(name).map(|r| view(r, durable))
     }
 
     /// `GET /v1/destinations`.
     pub fn list(&self) -> Value {
+        let durable = self.store.durable_position();
         let runners = self.lock_runners();
         let list: Vec<Value> = runners
             .values()
             .map(|r| {
-                let mut v = status_json(r);
+                let mut v = status_json(r, durable);
                 v["name"] = r.config.name.clone().into();
                 v["kind"] = r.config.kind.name().into();
                 v
@@ -371,10 +384,9 @@ impl Destinations {
 
     /// `DELETE /v1/destinations/{name}`. Blocking.
     pub fn delete(&self, name: &str) -> Result<bool, DestinationError> {
+        let _one_at_a_time = self.editing.lock().unwrap_or_else(|e| e.into_inner());
         let runner = self.lock_runners().remove(name);
-        if let Some(mut r) = runner {
-            r.stop();
-        }
+        drop(runner);
         db::delete(&mut self.lock_db(), name)
     }
 
@@ -535,11 +547,12 @@ fn stored(name: &str, text: &str) -> Result<DestinationConfig, DestinationError>
     Ok(DestinationConfig::from_json(name, &v, None)?)
 }
 
-fn status_json(r: &Runner) -> Value {
+fn status_json(r: &Runner, durable: Lsn) -> Value {
     let f = r.status.figures();
     json!({
         "enabled": f.enabled,
         "pending": r.shared.pending(),
+        "unread_records": durable.saturating_sub(r.shared.lock().scanned),
         "delivered": f.delivered,
         "failed": f.failed,
         "dead": f.dead,
@@ -548,9 +561,9 @@ fn status_json(r: &Runner) -> Value {
     })
 }
 
-fn view(r: &Runner) -> Value {
+fn view(r: &Runner, durable: Lsn) -> Value {
     let mut v = r.config.to_public_json();
-    if let (Some(obj), Value::Object(status)) = (v.as_object_mut(), status_json(r)) {
+    if let (Some(obj), Value::Object(status)) = (v.as_object_mut(), status_json(r, durable)) {
         obj.extend(status);
     }
     v
