@@ -501,6 +501,87 @@ pub async fn export(app: Arc<App>, query: Option<&str>) -> Result<Resp, ApiError
     Ok(resp)
 }
 
+/// `GET /v1/stats`: the dashboard overview: traffic of the last hour and
+/// day, visitors, top pages and events, consent decisions, what was
+/// refused since start, and latencies since start.
+pub async fn stats(app: Arc<App>) -> Result<Resp, ApiError> {
+    let now = app.clock.now();
+    let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+    let mut body = app.stats.overview(now_ms);
+    let labeled = |c: &crate::metrics::LabeledCounter| -> serde_json::Value {
+        c.snapshot()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), serde_json::Value::from(v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let ms = |h: &crate::metrics::Histogram| {
+        serde_json::json!({
+            "p50": h.quantile(0.5).map(|s| s * 1e3),
+            "p95": h.quantile(0.95).map(|s| s * 1e3),
+            "count": h.count(),
+        })
+    };
+    let m = &app.metrics;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    body["since_start"] = serde_json::json!({
+        "received": load(&m.events_received),
+        "accepted": load(&m.events_accepted),
+        "deduplicated": load(&m.events_deduplicated),
+        "rejected": labeled(&m.events_rejected),
+        "dropped": labeled(&m.events_dropped),
+        "suppressed": load(&m.events_suppressed),
+        "failed_requests": labeled(&m.requests_failed),
+    });
+    body["latency_ms"] = serde_json::json!({
+        "ingest": ms(&m.ingest_seconds.0),
+        "commit": ms(&m.writer.commit_seconds),
+    });
+    body["now"] = crate::clock::format_utc_millis(now).into();
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+/// `GET /v1/live?after=&limit=&wait=`: the stored events after `after` (a
+/// position this answered before; 0: the newest), oldest first; waits up to
+/// `wait` seconds (default 20, at most 25) for one. `missed`: events the
+/// reader fell too far behind to get (the ring keeps the newest 1000).
+pub async fn live(app: Arc<App>, query: Option<&str>) -> Result<Resp, ApiError> {
+    let mut after = 0u64;
+    let mut limit = 100usize;
+    let mut wait = 20u64;
+    for (key, value) in query_pairs(query)? {
+        let n = || {
+            value
+                .parse::<u64>()
+                .map_err(|_| ApiError::BadRequest(format!("{key} must be a whole number")))
+        };
+        match key {
+            "after" => after = n()?,
+            "limit" => limit = page_limit(&value)?,
+            "wait" => wait = n()?.min(25),
+            _ => {}
+        }
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
+    loop {
+        let added = app.stats.added.notified();
+        tokio::pin!(added);
+        added.as_mut().enable();
+        if let Some((events, next, missed)) = app.stats.live_after(after, limit) {
+            return Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({"events": events, "next": next, "missed": missed}),
+            ));
+        }
+        if tokio::time::timeout_at(deadline, added).await.is_err() {
+            return Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({"events": [], "next": after, "missed": 0}),
+            ));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

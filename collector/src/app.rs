@@ -20,6 +20,8 @@ pub struct App {
     pub metrics: Metrics,
     /// Per-source request budgets.
     pub limiter: RateLimiter,
+    /// The dashboard's traffic figures and live stream.
+    pub stats: Arc<crate::stats::Stats>,
     /// Where stored data goes next.
     pub destinations: Arc<crate::destinations::Destinations>,
 }

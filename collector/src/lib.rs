@@ -55,6 +55,7 @@ pub mod record;
 pub mod routes;
 pub mod segments;
 pub mod server;
+pub mod stats;
 pub mod store;
 
 pub use config::{Config, Source};

@@ -33,7 +33,8 @@ impl LabeledCounter {
             .unwrap_or(0)
     }
 
-    fn snapshot(&self) -> Vec<(&'static str, u64)> {
+    /// Every label and its count.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
         let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         map.iter().map(|(k, v)| (*k, *v)).collect()
     }
@@ -73,6 +74,24 @@ impl Histogram {
         self.sum_micros
             .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The upper bound of the bucket holding quantile `q` (0..1) of the
+    /// observations, in seconds; `None` before any.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let count = self.count();
+        if count == 0 {
+            return None;
+        }
+        let want = ((q * count as f64).ceil() as u64).max(1);
+        let mut cumulative = 0;
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            if cumulative >= want {
+                return Some(*bound);
+            }
+        }
+        self.bounds.last().copied()
     }
 
     /// Number of observations.
@@ -119,9 +138,21 @@ impl Default for WriterStats {
     }
 }
 
+/// Ingest requests from their start to the answer (a 200 waits for the sync).
+#[derive(Debug)]
+pub struct RequestLatency(pub Histogram);
+
+impl Default for RequestLatency {
+    fn default() -> Self {
+        RequestLatency(Histogram::new(COMMIT_BUCKETS))
+    }
+}
+
 /// The collector's counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// Time to answer ingest requests.
+    pub ingest_seconds: RequestLatency,
     /// Messages received in ingest requests that passed auth.
     pub events_received: AtomicU64,
     /// Messages stored.
@@ -247,6 +278,11 @@ impl Metrics {
             &mut out,
             "weft_commit_seconds",
             "Time to commit a group durably",
+        );
+        self.ingest_seconds.0.render(
+            &mut out,
+            "weft_ingest_request_seconds",
+            "Time to answer an ingest request",
         );
         let _ = writeln!(
             out,

@@ -66,7 +66,12 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resu
     let path = req.uri().path();
     if let Some(single) = ingest_endpoint(path) {
         return match *req.method() {
-            Method::POST => ingest::handle(app, req, peer, single).await,
+            Method::POST => {
+                let started = std::time::Instant::now();
+                let answer = ingest::handle(app, req, peer, single).await;
+                app.metrics.ingest_seconds.0.observe(started.elapsed());
+                answer
+            }
             Method::OPTIONS => Ok(preflight()),
             _ => Err(ApiError::MethodNotAllowed),
         };
@@ -135,6 +140,17 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resu
             (_, _, "dead" | "replay") => Err(ApiError::MethodNotAllowed),
             _ => Err(ApiError::NotFound("route")),
         };
+    }
+    if path == "/v1/stats" || path == "/v1/live" {
+        admin::authorize(app, &req)?;
+        if req.method() != Method::GET {
+            return Err(ApiError::MethodNotAllowed);
+        }
+        if path == "/v1/stats" {
+            return admin::stats(app.clone()).await;
+        }
+        let query = req.uri().query().map(str::to_owned);
+        return admin::live(app.clone(), query.as_deref()).await;
     }
     if path == "/v1/export" {
         admin::authorize(app, &req)?;

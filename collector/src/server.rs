@@ -106,6 +106,19 @@ pub async fn serve_store(
         &config.destinations,
     )
     .map_err(ServeError::Destinations)?;
+    let stats = Arc::new(crate::stats::Stats::default());
+    let following_stats = store
+        .follow(
+            "stats",
+            Box::new(crate::stats::StatsConsumer {
+                stats: stats.clone(),
+                position: 0,
+            }),
+        )
+        .map_err(ServeError::Store)?;
+    store.listen(Arc::new(crate::stats::ForgetOnErasure(Arc::downgrade(
+        &stats,
+    ))));
     let connections = Arc::new(Semaphore::new(config.max_connections));
     let mut builder = http1::Builder::new();
     builder
@@ -119,6 +132,7 @@ pub async fn serve_store(
         metrics,
         limiter: RateLimiter::default(),
         destinations: destinations.clone(),
+        stats,
     });
     let graceful = GracefulShutdown::new();
     let sweeper = app
@@ -177,6 +191,7 @@ pub async fn serve_store(
     // Destinations first: they follow the log the store is about to close.
     tokio::task::spawn_blocking(move || {
         destinations.close();
+        drop(following_stats);
         store.close();
     })
     .await

@@ -24,6 +24,7 @@
 
 mod bench;
 mod cmd;
+mod dashboard;
 mod destinations_bench;
 mod sdk;
 mod segments_bench;
@@ -74,6 +75,7 @@ fn run(root: &Path, args: &[String]) -> Result<(), String> {
     };
     let tools = tools::ensure_sdk_tools(root)?;
     sdk::build(root, &tools)?;
+    dashboard::vendor(root)?;
     Step::new("build the collector (release)").run(cargo(root).args([
         "build",
         "--release",
@@ -129,6 +131,7 @@ fn test(root: &Path) -> Result<(), String> {
 
     let report = sdk::build(root, &tools)?;
     report.check_budget()?;
+    dashboard::vendor(root)?;
 
     Step::new("tests: unit, integration, end-to-end (headless Chromium)").run(
         cargo(root)

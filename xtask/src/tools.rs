@@ -195,7 +195,7 @@ fn ensure_wasm_target() -> Result<(), String> {
     }
 }
 
-fn ensure_npm() -> Result<(), String> {
+pub(crate) fn ensure_npm() -> Result<(), String> {
     if output(Command::new("npm").arg("--version")).is_some() {
         return Ok(());
     }

@@ -6,6 +6,9 @@
 //! - `cross_origin`: the script tag on a site of another origin than the
 //!   collector (CORS for the SDK's files and the ingest endpoints).
 //! - `consent`: server-side consent enforcement and the consent audit log.
+//! - `dashboard`: every view in real Chromium (token, overview, profile
+//!   with its identity graph, live within 2 s), screenshots in
+//!   `target/screenshots/`; the stats and live endpoints.
 //! - `destinations`: webhooks, GA4 and files against real local receivers:
 //!   outages, retries, dead letters, replay, 410, isolation, consent,
 //!   audiences, erasure, and the NDJSON export.
@@ -24,6 +27,7 @@ mod consent;
 mod consent_browser;
 mod cross_origin;
 mod csp;
+mod dashboard;
 mod destinations;
 mod identity;
 mod ingest;
