@@ -859,3 +859,65 @@ async fn retention_removes_expired_messages_from_outboxes_and_dead_letters() {
         .collect();
     assert_eq!(delivered, ["sam-0"], "expired messages are not delivered");
 }
+
+#[tokio::test]
+async fn https_receivers_are_reached_over_tls_and_an_untrusted_certificate_is_refused() {
+    // A real TLS server (Python's ssl) with a self-signed certificate: the
+    // handshake happens, and the certificate, signed by no public root, is
+    // refused; nothing is sent in clear.
+    let tls = weft_e2e::harness::workspace_root().join("tests/fixtures/tls");
+    let script = r#"
+import http.server, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.send_response(200); self.end_headers()
+    def log_message(self, *a):
+        pass
+s = http.server.HTTPServer(("127.0.0.1", 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1] + "/cert.pem", sys.argv[1] + "/key.pem")
+s.socket = ctx.wrap_socket(s.socket, server_side=True)
+print(s.server_address[1], flush=True)
+s.timeout = 1
+for _ in range(60):
+    s.handle_request()
+"#;
+    let mut server = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&tls)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs");
+    let mut line = String::new();
+    {
+        use tokio::io::AsyncBufReadExt as _;
+        let stdout = server.stdout.take().unwrap();
+        tokio::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .await
+            .unwrap();
+    }
+    let port: u16 = line.trim().parse().expect("the server's port");
+    let c = TestCollector::start().await;
+    let (status, d) = put(
+        &c,
+        "secure",
+        json!({"kind": "webhook", "url": format!("https://127.0.0.1:{port}/hook"), "secret": SECRET, "max_age_ms": 50}),
+    )
+    .await;
+    assert_eq!(status, 200, "{d}");
+    c.send_batch(json!([track("tess", 0)])).await;
+    let s = weft_e2e::eventually(Duration::from_secs(10), "a failed attempt", || async {
+        let (_, s) = get(&c, "/v1/destinations/secure").await;
+        s["last_error"].is_string().then_some(s)
+    })
+    .await;
+    let error = s["last_error"].as_str().unwrap();
+    assert!(error.contains("certificate"), "{error}");
+    eprintln!("https receiver: {error}");
+    assert_eq!(s["delivered"], 0);
+    assert_eq!(s["pending"], 1, "kept for a retry: {s}");
+    let _ = server.kill().await;
+}
