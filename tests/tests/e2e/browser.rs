@@ -1,18 +1,33 @@
-//! The walking skeleton in a real browser: the demo page's script tag loads
-//! the SDK; once the visitor accepts the consent banner (the default policy
-//! is opt-in), the page view held until then and a click are delivered to
-//! the collector and stored under the browser's new anonymousId.
+//! The demo shop in a real browser, as a visitor uses it: the script tag
+//! on every page, the consent banner (opt-in: nothing before a decision),
+//! a product page, add to cart, the single-page checkout (client-side
+//! routes), an order, log in (`identify`) and log out (`reset`). The
+//! collector ends up with one profile holding the visitor's anonymous
+//! history and their login, every step in order; after log out the
+//! browser is someone new. The shop uses only weft's public API.
 
 use std::time::Duration;
 
-use serde_json::Value;
-use weft_e2e::chromium::Chromium;
+use serde_json::{Value, json};
+use weft_e2e::chromium::{Chromium, Page};
 use weft_e2e::eventually;
 use weft_e2e::harness::TestCollector;
 use weft_e2e::site::sdk_ready;
 
+/// Clicks `selector` (a link) and waits for the next page's load event
+/// and SDK.
+async fn click_to_page(page: &Page, selector: &str) {
+    let before = page.events("Page.loadEventFired").len();
+    page.click(selector).await;
+    eventually(Duration::from_secs(20), "the next page", || async {
+        (page.events("Page.loadEventFired").len() > before).then_some(())
+    })
+    .await;
+    sdk_ready(page).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn page_view_and_click_are_stored_under_the_persisted_anonymous_id() {
+async fn the_demo_shop_flow_makes_one_profile_from_first_visit_to_order_and_logout() {
     let collector = TestCollector::start().await;
     let chromium = Chromium::launch().await;
     let page = chromium.new_page().await;
@@ -23,7 +38,13 @@ async fn page_view_and_click_are_stored_under_the_persisted_anonymous_id() {
         Value::Null,
         "no identity before a consent decision"
     );
+    assert_eq!(
+        page.eval("document.getElementById('consent').hidden").await,
+        false,
+        "the banner asks"
+    );
 
+    // Consent: accept all.
     page.click("#consent-accept").await;
     let aid = eventually(
         Duration::from_secs(5),
@@ -37,11 +58,7 @@ async fn page_view_and_click_are_stored_under_the_persisted_anonymous_id() {
     )
     .await;
     assert_eq!(aid.len(), 36, "anonymousId is a UUID: {aid}");
-    assert_eq!(
-        page.eval("localStorage.getItem('weft.aid')").await,
-        aid.as_str()
-    );
-    let cookies = page.call("Network.getCookies", serde_json::json!({})).await;
+    let cookies = page.call("Network.getCookies", json!({})).await;
     assert!(
         cookies["cookies"]
             .as_array()
@@ -51,88 +68,190 @@ async fn page_view_and_click_are_stored_under_the_persisted_anonymous_id() {
         "anonymousId mirrored in a first-party cookie: {cookies}"
     );
 
-    page.click("#buy").await;
-    page.eval("weft.flush()").await;
+    // Browse: a product page, add to cart.
+    click_to_page(&page, "#product-trail-shoes").await;
+    page.click("#add").await;
+    page.wait_for(
+        Duration::from_secs(5),
+        "!document.getElementById('added').hidden",
+    )
+    .await;
 
-    let is_buy = |r: &weft_e2e::harness::StoredEvent| {
-        r.is_track("Element Clicked") && r.body["properties"]["id"] == "buy"
-    };
-    eventually(
-        Duration::from_secs(20),
-        "page view, consent record and click stored",
+    // The single-page checkout: two client-side routes, then the order.
+    click_to_page(&page, "#added a").await;
+    page.click("#to-shipping").await;
+    page.wait_for(
+        Duration::from_secs(5),
+        "!!document.getElementById('place-order')",
+    )
+    .await;
+    page.click("#place-order").await;
+    page.wait_for(Duration::from_secs(5), "location.search === '?step=done'")
+        .await;
+
+    // Log in on the account page, then log out.
+    page.goto(&collector.url("/account.html")).await;
+    sdk_ready(&page).await;
+    page.click("#user").await;
+    page.insert_text("ana").await;
+    page.click("#email").await;
+    page.insert_text("ana@example.com").await;
+    page.click("#login button").await;
+    page.wait_for(
+        Duration::from_secs(5),
+        "!document.getElementById('logged-in').hidden",
+    )
+    .await;
+    eventually(Duration::from_secs(5), "the user", || async {
+        (page.eval("weft.userId()").await == "ana").then_some(())
+    })
+    .await;
+    page.eval("weft.flush()").await;
+    page.click("#logout").await;
+    let after = eventually(
+        Duration::from_secs(5),
+        "a new identity after log out",
         || async {
-            let rows = collector.rows();
-            (rows.iter().any(|r| r.kind == "page")
-                && rows.iter().any(|r| r.is_track("Consent Updated"))
-                && rows.iter().any(is_buy))
-            .then_some(())
+            page.eval("weft.anonymousId()")
+                .await
+                .as_str()
+                .filter(|a| *a != aid)
+                .map(str::to_owned)
         },
     )
     .await;
-    // Let any straggler arrive before counting.
+    assert_eq!(page.eval("weft.userId()").await, Value::Null);
     page.eval("weft.flush()").await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
 
-    // What is on disk, read from the store itself. The click on the accept
-    // button itself may or may not be captured; the rest is exact.
-    let rows = collector.rows();
-    let summary: Vec<String> = rows
-        .iter()
-        .map(|r| format!("{} {:?}", r.kind, r.event))
-        .collect();
-    for row in &rows {
-        assert_eq!(
-            row.anonymous_id.as_deref(),
-            Some(aid.as_str()),
-            "{}",
-            row.raw
-        );
-    }
-    let pages: Vec<_> = rows.iter().filter(|r| r.kind == "page").collect();
-    assert_eq!(pages.len(), 1, "{summary:?}");
-    let page_view = &pages[0].body;
-    assert_eq!(page_view["context"]["page"]["path"], "/");
-    assert_eq!(page_view["context"]["page"]["title"], "weft demo shop");
-    assert_eq!(page_view["context"]["library"]["name"], "weft.js");
+    // The profile: the anonymous history and the login, one person.
+    let profile = eventually(Duration::from_secs(20), "the whole flow stored", || async {
+        let r = collector.profile("ana").await;
+        if r.status != 200 {
+            return None;
+        }
+        let p = r.json();
+        let events = collector
+            .send(
+                weft_e2e::http::Request::get("/v1/profiles/ana/events?limit=200")
+                    .bearer(weft_e2e::harness::ADMIN_TOKEN),
+            )
+            .await
+            .json();
+        let names: Vec<String> = events["events"]
+            .as_array()?
+            .iter()
+            .map(|e| {
+                e["event"]
+                    .as_str()
+                    .unwrap_or(e["type"].as_str().unwrap_or(""))
+                    .to_owned()
+            })
+            .collect();
+        names
+            .iter()
+            .any(|n| n == "Order Completed")
+            .then_some((p, events))
+    })
+    .await;
+    let (p, events) = profile;
+    assert_eq!(p["user_ids"], json!(["ana"]));
     assert_eq!(
-        page_view["context"]["consent"]["categoryPreferences"]["analytics"],
-        true
+        p["anonymous_ids"],
+        json!([aid]),
+        "the browser's history joined the login"
     );
+    assert_eq!(p["traits"]["email"], "ana@example.com");
+    assert_eq!(p["consent"]["marketing"], true);
+    let mut stored: Vec<Value> = events["events"].as_array().unwrap().clone();
+    stored.reverse(); // oldest first
+    let step = |e: &Value| -> String {
+        match e["type"].as_str().unwrap_or("") {
+            "page" => format!(
+                "page {}{}",
+                e["context"]["page"]["path"].as_str().unwrap_or(""),
+                e["context"]["page"]["search"].as_str().unwrap_or("")
+            ),
+            "track" if e["event"] == "Element Clicked" => String::new(),
+            "track" => e["event"].as_str().unwrap_or("").to_owned(),
+            other => other.to_owned(),
+        }
+    };
+    let flow: Vec<String> = stored.iter().map(step).filter(|s| !s.is_empty()).collect();
+    // The product page's automatic page view and the page's own first call
+    // can land in either order within a few milliseconds (both are kept);
+    // everything else is in the order the visitor did it.
+    let product_page = "page /product.html?sku=trail-shoes";
     assert_eq!(
-        rows.iter()
-            .filter(|r| r.is_track("Consent Updated"))
-            .count(),
+        flow.iter().filter(|s| *s == product_page).count(),
         1,
-        "{summary:?}"
+        "{flow:?}"
     );
-    let clicks: Vec<_> = rows.iter().filter(|r| is_buy(r)).collect();
-    assert_eq!(clicks.len(), 1, "{summary:?}");
-    let click = &clicks[0].body;
-    assert_eq!(click["properties"]["tag"], "button");
-    assert_eq!(click["properties"]["text"], "Add to cart");
-    assert_ne!(page_view["messageId"], click["messageId"]);
-    let accept_click = |r: &weft_e2e::harness::StoredEvent| {
-        r.is_track("Element Clicked") && r.body["properties"]["id"] == "consent-accept"
-    };
-    let expected = |r: &weft_e2e::harness::StoredEvent| {
-        r.kind == "page" || r.is_track("Consent Updated") || is_buy(r) || accept_click(r)
-    };
-    let others = rows.iter().filter(|r| !expected(r)).count();
-    assert_eq!(others, 0, "nothing else was stored: {summary:?}");
-
-    let profile = collector.profile(&aid).await;
-    assert_eq!(profile.status, 200);
-    assert_eq!(profile.json()["anonymous_ids"], serde_json::json!([aid]));
-
-    let batches = page
-        .requests()
-        .into_iter()
-        .filter(|(m, url)| m == "POST" && url.ends_with("/v1/batch"))
-        .count();
-    assert!(batches >= 1, "the SDK posted to /v1/batch");
+    let ordered: Vec<&str> = flow
+        .iter()
+        .map(String::as_str)
+        .filter(|s| *s != product_page)
+        .collect();
+    assert_eq!(
+        ordered,
+        [
+            "page /",
+            "Consent Updated",
+            "Product Viewed",
+            "Product Added",
+            "page /app.html",
+            "page /app.html?step=shipping",
+            "Order Completed",
+            "page /app.html?step=done",
+            "page /account.html",
+            "identify",
+        ],
+        "the visit in order: {flow:?}"
+    );
+    let order = stored
+        .iter()
+        .find(|e| e["event"] == "Order Completed")
+        .unwrap();
+    assert_eq!(order["properties"]["total"], 119);
+    assert_eq!(
+        order["properties"]["products"][0]["product_id"],
+        "trail-shoes"
+    );
+    assert!(
+        !serde_json::to_string(&stored).unwrap().contains("Oslo"),
+        "no typed input value is captured"
+    );
+    let clicks: Vec<&Value> = stored
+        .iter()
+        .filter(|e| e["event"] == "Element Clicked")
+        .collect();
+    assert!(
+        clicks
+            .iter()
+            .any(|c| c["properties"]["text"] == "Add to cart"),
+        "clicks are captured: {clicks:?}"
+    );
+    // After log out the browser is someone else, joined to nobody.
+    let other = collector.profile(&after).await;
+    if other.status == 200 {
+        assert_eq!(other.json()["user_ids"], json!([]), "{}", other.json());
+    }
     assert_eq!(
         page.exceptions(),
         Vec::<String>::new(),
-        "no uncaught errors on the page"
+        "no uncaught errors"
     );
+    // The shop reads none of weft's storage keys.
+    for file in [
+        "shop.js",
+        "index.html",
+        "product.html",
+        "app.html",
+        "account.html",
+    ] {
+        let text = std::fs::read_to_string(weft_e2e::harness::www_dir().join(file)).unwrap();
+        assert!(
+            !text.contains("weft.aid") && !text.contains("weft.consent\""),
+            "{file} reads weft's storage"
+        );
+    }
 }
