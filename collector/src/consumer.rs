@@ -118,9 +118,24 @@ impl Progress {
     pub fn start<C: Consumer>(
         self: &Arc<Self>,
         name: &str,
+        consumer: C,
+        log_dir: PathBuf,
+        keeps_up: bool,
+    ) -> Result<(ConsumerId, JoinHandle<()>), StoreError> {
+        self.start_paced(name, consumer, log_dir, keeps_up, Duration::ZERO)
+    }
+
+    /// [`Progress::start`] for a consumer that need not see each commit at
+    /// once: it reads at most once per `pace`, in larger batches, instead of
+    /// waking for every group the writer syncs (a thousand times a second
+    /// under load; the wake-ups cost more than the work).
+    pub fn start_paced<C: Consumer>(
+        self: &Arc<Self>,
+        name: &str,
         mut consumer: C,
         log_dir: PathBuf,
         keeps_up: bool,
+        pace: Duration,
     ) -> Result<(ConsumerId, JoinHandle<()>), StoreError> {
         let from = consumer.position()?;
         let id = {
@@ -149,7 +164,7 @@ impl Progress {
         let progress = self.clone();
         let thread = std::thread::Builder::new()
             .name(format!("weft-{name}"))
-            .spawn(move || run(&progress, id, &mut consumer, &log_dir, from))?;
+            .spawn(move || run(&progress, id, &mut consumer, &log_dir, from, pace))?;
         Ok((id, thread))
     }
 
@@ -337,8 +352,10 @@ fn run<C: Consumer>(
     consumer: &mut C,
     log_dir: &std::path::Path,
     from: Lsn,
+    pace: Duration,
 ) {
     let _finish = Finish(progress, id);
+    let mut last_read: Option<Instant> = None;
     let name = progress
         .lock()
         .slots
@@ -406,6 +423,14 @@ fn run<C: Consumer>(
             }
             Next::Read { until } => until,
         };
+        // Paced, and the last read had caught up: let more records gather,
+        // then read up to what is durable by then. A backlog is read at once.
+        if let Some(wait) = last_read.and_then(|t| pace.checked_sub(t.elapsed()))
+            && !wait.is_zero()
+        {
+            std::thread::sleep(wait);
+            continue;
+        }
         raw.clear();
         buf.clear();
         let n = match reader.next_batch_into(until, BATCH, &mut buf, &mut raw) {
@@ -416,6 +441,7 @@ fn run<C: Consumer>(
                 continue;
             }
         };
+        last_read = (n < BATCH).then(Instant::now);
         if n == 0 {
             // Everything below `until` is applied (gaps are erased records).
             progress.publish(id, until);

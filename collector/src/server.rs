@@ -114,6 +114,7 @@ pub async fn serve_store(
                 stats: stats.clone(),
                 position: 0,
             }),
+            crate::stats::PACE,
         )
         .map_err(ServeError::Store)?;
     store.listen(Arc::new(crate::stats::ForgetOnErasure(Arc::downgrade(

@@ -26,6 +26,9 @@ use crate::log::Lsn;
 use crate::record::RecordRef;
 use crate::store::StoreError;
 
+/// How often the figures catch up with the log (the live view shows an
+/// event within this and a poll).
+pub const PACE: std::time::Duration = std::time::Duration::from_millis(200);
 /// Events kept for the live view.
 pub const LIVE_RING: usize = 1000;
 /// Distinct names (events, pages) counted per hour; the rest count as other.

@@ -431,10 +431,12 @@ pub trait EventStore: WriteSide + ReadSide {
     /// Starts `consumer` on a thread of its own, reading the stored records
     /// from its position (never past what is durable); it runs until the
     /// answer is dropped or the store closes.
+    /// Reads at most once per `pace` once caught up (zero: at every commit).
     fn follow(
         &self,
         name: &str,
         consumer: Box<dyn crate::consumer::Consumer>,
+        pace: std::time::Duration,
     ) -> Result<Following, StoreError>;
 
     /// Segment membership changes after `after` (by `seq`), oldest first,
