@@ -814,7 +814,8 @@ impl LogWriter {
         self.ranges.clear();
         let mut outcomes = Vec::with_capacity(group.len());
         let mut keys = Vec::new();
-        let mut in_group = HashSet::new();
+        let mut in_group: HashSet<u64, std::hash::BuildHasherDefault<KeyHasher>> =
+            HashSet::default();
         for (r, _) in group.iter() {
             let mut outcome = AppendOutcome::default();
             for e in &r.events {
