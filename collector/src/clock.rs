@@ -96,10 +96,10 @@ fn format_general(t: OffsetDateTime) -> String {
         .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".to_owned())
 }
 
-/// The Unix milliseconds of a stored time ([`format_utc_millis`]'s form,
-/// read by hand: destinations do it for every message), or of any other
-/// RFC 3339 time through the general parser.
-pub fn unix_millis(text: &str) -> Option<i64> {
+/// The Unix milliseconds of `2026-12-02T10:00:00.123Z`, the form every
+/// stored time and the SDK's timestamps take, read by hand; `None` for any
+/// other form (the general parser takes those).
+fn fixed_millis(text: &str) -> Option<i64> {
     let b = text.as_bytes();
     let fixed = b.len() == 24
         && [4, 7].iter().all(|&i| b[i] == b'-')
@@ -109,7 +109,7 @@ pub fn unix_millis(text: &str) -> Option<i64> {
         && b[19] == b'.'
         && b[23] == b'Z';
     if !fixed {
-        return parse_rfc3339(text).map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64);
+        return None;
     }
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         b[r].iter().try_fold(0i64, |n, &d| {
@@ -118,7 +118,14 @@ pub fn unix_millis(text: &str) -> Option<i64> {
     };
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (h, mi, s, ms) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+    let days_in_month = match mo {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if !(1..=days_in_month).contains(&d) || h > 23 || mi > 59 || s > 60 {
         return None;
     }
     // A leap second reads as the last millisecond before it, as `time` has it.
@@ -136,8 +143,23 @@ pub fn unix_millis(text: &str) -> Option<i64> {
     Some(((days * 24 + h) * 60 + mi) * 60_000 + s * 1000 + ms)
 }
 
-/// Parses an RFC 3339 timestamp (`Z` or an offset).
+/// The Unix milliseconds of an RFC 3339 time (destinations read every
+/// stored message's this way).
+pub fn unix_millis(text: &str) -> Option<i64> {
+    fixed_millis(text)
+        .or_else(|| parse_general(text).map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64))
+}
+
+/// Parses an RFC 3339 timestamp (`Z` or an offset). The common fixed form
+/// is read by hand (it runs for nearly every message at ingest).
 pub fn parse_rfc3339(text: &str) -> Option<OffsetDateTime> {
+    match fixed_millis(text) {
+        Some(ms) => OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok(),
+        None => parse_general(text),
+    }
+}
+
+fn parse_general(text: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
 }
 
@@ -157,7 +179,14 @@ mod tests {
                 super::parse_rfc3339(text).map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64);
             assert_eq!(super::unix_millis(text), general, "{text}");
         }
-        assert_eq!(super::unix_millis("2026-13-02T10:00:00.000Z"), None);
+        for bad in [
+            "2026-13-02T10:00:00.000Z",
+            "2026-02-30T10:00:00.000Z",
+            "2025-02-29T10:00:00.000Z",
+        ] {
+            assert_eq!(super::unix_millis(bad), None, "{bad}");
+            assert_eq!(super::parse_rfc3339(bad), None, "{bad}");
+        }
         assert_eq!(super::unix_millis("soon"), None);
     }
 

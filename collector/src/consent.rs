@@ -109,9 +109,11 @@ pub struct Parts<'a> {
 /// Decides whether a validated message may be stored, and extracts its
 /// consent record if it is one.
 pub fn check(parts: Parts<'_>, missing: MissingConsent) -> Result<Option<ConsentRecord>, Drop> {
-    // A context this cannot read carries no consent context.
+    // A context this cannot read carries no consent context; one that does
+    // not name it is not parsed at all (most server messages).
     let context = parts
         .context
+        .filter(|c| c.contains("consent"))
         .and_then(|c| serde_json::from_str::<ContextView>(c).ok());
     let is_record =
         parts.kind == weft_protocol::MessageType::Track && parts.event == Some(CONSENT_EVENT);

@@ -299,9 +299,11 @@ async fn the_live_endpoint_waits_for_events_and_says_what_a_slow_reader_missed()
         c.send_batch(Value::Array(batch)).await;
     }
     // The figures follow the log a moment behind (at most 200 ms, paced).
-    weft_e2e::eventually(Duration::from_secs(5), "the figures to catch up", || async {
-        (get("/v1/stats".into()).await["events_24h"] == 1501).then_some(())
-    })
+    weft_e2e::eventually(
+        Duration::from_secs(5),
+        "the figures to catch up",
+        || async { (get("/v1/stats".into()).await["events_24h"] == 1501).then_some(()) },
+    )
     .await;
     let page = get(format!("/v1/live?wait=0&after={after}&limit=1000")).await;
     assert_eq!(page["events"].as_array().unwrap().len(), 1000);
