@@ -1268,7 +1268,8 @@ fn evaluate(
         engine.states.remove(id);
     }
     for (profile_id, (mut p, t, records)) in profiles {
-        let places = segments.relevant_for(Some(&profile_id), &t);
+        let member = segments.member_mask(Some(&profile_id));
+        let places = segments.relevant_with(&member, &t);
         let known = !t.merged && engine.states.contains_key(&profile_id);
         if t.merged || (!known && !places.is_empty()) {
             // Built from the history (which holds this batch already).
@@ -1312,7 +1313,7 @@ fn evaluate(
         }
         let state = &engine.states[&profile_id];
         let mut facts = state.facts(&engine.families, now_ms);
-        changes.extend(segments.evaluate_places(&profile_id, &places, &mut facts, &now));
+        changes.extend(segments.evaluate_with(&profile_id, &places, member, &mut facts, &now));
         schedule(
             segments,
             segments.any_windows(&places),
