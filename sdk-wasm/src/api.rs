@@ -9,21 +9,41 @@
 //! as a second guard.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 
 use wasm_bindgen::prelude::*;
-use weft_protocol::Json;
 
-use crate::browser::{self, BrowserEnv, Listener, Sender, Timer};
-use crate::consent::{self, Category, Policy};
+use crate::browser::{self, BrowserEnv};
+use crate::consent::{self, Category, Policy, Signals};
 use crate::delivery::Outcome;
-use crate::tracker::{Call, ClickedElement, Config, Tracker};
+use crate::queue::Part;
+use crate::tracker::{Call, Config, Tracker};
 
-/// The methods of `window.weft`, as numbered for [`call`]. The loader's
-/// table (`js/loader.js`) must match.
+/// The methods of `window.weft` that reach Rust, in the order of their
+/// numbers in [`op`]: `js/loader.js`'s `METHODS` must be this list, and
+/// `js/weft.d.ts` and the inline stub must name them (checked below).
+pub const METHODS: [&str; 12] = [
+    "page",
+    "track",
+    "identify",
+    "alias",
+    "group",
+    "reset",
+    "flush",
+    "anonymousId",
+    "userId",
+    "consent.set",
+    "consent.get",
+    "debug",
+];
+
+/// The numbers of [`call`]: the public methods (as in [`METHODS`]), then
+/// what only the loader calls.
 pub mod op {
     /// `page(name?, properties?)`
     pub const PAGE: u32 = 0;
-    /// `track(event, properties?, options?)`
+    /// `track(event, properties?, category?)`: the loader passes the
+    /// options' category.
     pub const TRACK: u32 = 1;
     /// `identify(userId, traits?)`
     pub const IDENTIFY: u32 = 2;
@@ -35,41 +55,52 @@ pub mod op {
     pub const RESET: u32 = 5;
     /// `flush()`
     pub const FLUSH: u32 = 6;
-    /// The URL may have changed (history API, `popstate`).
-    pub const ROUTE: u32 = 7;
-    /// `consent.set(preferences)`
-    pub const CONSENT_SET: u32 = 8;
-    /// `consent.get()`
-    pub const CONSENT_GET: u32 = 9;
     /// `anonymousId()`
-    pub const ANONYMOUS_ID: u32 = 10;
+    pub const ANONYMOUS_ID: u32 = 7;
     /// `userId()`
-    pub const USER_ID: u32 = 11;
+    pub const USER_ID: u32 = 8;
+    /// `consent.set(preferences)`
+    pub const CONSENT_SET: u32 = 9;
+    /// `consent.get()`
+    pub const CONSENT_GET: u32 = 10;
+    /// `debug()`: the counts of what is queued, held and lost, as JSON.
+    pub const DEBUG: u32 = 11;
+    /// A single-page app's route changed: a page view, with the previous
+    /// URL as referrer.
+    pub const ROUTE: u32 = 12;
+    /// Timer `a` (see [`super::timer`]) fired.
+    pub const TICK: u32 = 13;
+    /// The request in flight answered: status `a` (none: a network
+    /// failure), `Retry-After` `b`.
+    pub const SENT: u32 = 14;
+    /// The page is being hidden or unloaded.
+    pub const HIDE: u32 = 15;
+}
+
+/// The SDK's timers (`weftHost.later`).
+pub mod timer {
+    /// The next send.
+    pub const SEND: u32 = 0;
+    /// Writing the queue to storage, at the next idle moment.
+    pub const SAVE: u32 = 1;
 }
 
 /// The last request's budget for the queue's messages when the page goes
 /// away (the browser's keepalive budget is 64 KB for all of them).
 const BEACON_BYTES: usize = weft_protocol::limits::KEEPALIVE_BUDGET_BYTES - 1024;
+/// The longest a changed queue waits for an idle moment to be written.
+const SAVE_WAIT_MS: f64 = 500.0;
 
 struct Sdk {
     tracker: Tracker<BrowserEnv>,
-    sender: Sender,
-    /// The route of the last page view (see [`crate::url::route_key`]) and
-    /// its full URL, the next SPA page view's referrer.
-    route: Option<String>,
-    url: Option<String>,
-    capture_spa: bool,
-    /// The loader's function that describes the page (see
-    /// [`browser::context`]).
-    describe: JsValue,
-    /// One timer for the next send; `timer_set` while it is pending.
-    timer: Timer,
-    timer_set: bool,
-    /// One timer to write the queue once per burst of calls.
-    saver: Timer,
+    /// The page's context members, as the loader last described them.
+    page: Option<Part>,
+    /// When the send timer fires (ms since the epoch), while it is set.
+    send_at: Option<f64>,
+    /// The saver is waiting for an idle moment.
     saver_set: bool,
-    /// Owned browser resources: dropping the SDK removes them.
-    _listeners: Vec<Listener>,
+    /// The tracker's losses last reported (`data-debug`).
+    reported: [u32; 4],
 }
 
 thread_local! {
@@ -86,11 +117,6 @@ fn with_sdk<R>(f: impl FnOnce(&mut Sdk) -> R) -> Option<R> {
     .flatten()
 }
 
-/// `data-*="false"` turns an on-by-default option off.
-fn enabled(options: &JsValue, key: &str) -> bool {
-    browser::option(options, key).as_deref() != Some("false")
-}
-
 /// A positive number option, else `default`.
 fn number(options: &JsValue, key: &str, default: f64) -> f64 {
     browser::option(options, key)
@@ -99,13 +125,12 @@ fn number(options: &JsValue, key: &str, default: f64) -> f64 {
         .map_or(default, |n| n.min(86_400_000) as f64)
 }
 
-/// Starts the SDK with the script tag's `dataset` as `options`: works out
+/// Starts the SDK with the loader's options (the script tag's `data-*`
+/// values, and the browser's `gpc` and honoured `dnt` signals): works out
 /// consent, restores identity and the queue when allowed, records the page
-/// view and installs click capture and the page-hide flush. `host` is the
-/// collector's origin (`https://collector.example.com`); `describe` the
-/// loader's page-context function.
+/// view and has what is queued sent soon (not now: the page is loading).
 #[wasm_bindgen]
-pub fn start(options: JsValue, host: JsValue, describe: JsValue) {
+pub fn start(options: JsValue) {
     let already = SDK
         .try_with(|cell| cell.try_borrow().map(|s| s.is_some()).unwrap_or(true))
         .unwrap_or(true);
@@ -117,51 +142,31 @@ pub fn start(options: JsValue, host: JsValue, describe: JsValue) {
     config.policy_version = browser::option(&options, "policyVersion").unwrap_or_default();
     config.flush_interval_ms = number(&options, "flushInterval", config.flush_interval_ms);
     config.batch_count = number(&options, "batchSize", 20.0) as usize;
-    let signals = browser::signals(browser::option(&options, "dnt").as_deref() == Some("true"));
-    let env = BrowserEnv::new(browser::option(&options, "cookieDomain"));
-    let tracker = Tracker::new(env, config, signals);
-
-    let mut listeners = Vec::new();
-    if enabled(&options, "captureClicks") {
-        listeners.extend(browser::on_click(|el| record(Record::Click(el))));
-    }
-    listeners.extend(browser::on_page_hide(page_hidden));
-
-    // `host` as a `JsValue`: a `String` parameter links in a formatted
-    // panic (the glue's boxed-slice conversion).
-    let mut endpoint = host.as_string().unwrap_or_default();
-    while endpoint.as_bytes().last() == Some(&b'/') {
-        endpoint.pop();
-    }
-    endpoint.push_str("/v1/batch");
-    let url = browser::location_href();
+    let signals = Signals {
+        gpc: browser::flag(&options, "gpc"),
+        dnt: browser::flag(&options, "dnt"),
+    };
     let sdk = Sdk {
-        tracker,
-        sender: Sender::new(endpoint, sent),
-        route: url.as_deref().map(|u| crate::url::route_key(u).to_owned()),
-        url,
-        capture_spa: enabled(&options, "captureSpa"),
-        describe,
-        timer: Timer::new(timer_fired),
-        timer_set: false,
-        saver: Timer::new(save),
+        tracker: Tracker::new(BrowserEnv, config, signals),
+        page: None,
+        send_at: None,
         saver_set: false,
-        _listeners: listeners,
+        reported: [0; 4],
     };
     let _ = SDK.try_with(|cell| {
         if let Ok(mut s) = cell.try_borrow_mut() {
             *s = Some(sdk);
         }
     });
-    if enabled(&options, "capturePages") {
+    if browser::option(&options, "capturePages").as_deref() != Some("false") {
         record(Record::Page(Call::default(), None));
     }
-    flush(true);
+    with_sdk(schedule);
 }
 
-/// Every method of `window.weft` (see [`op`]); the loader passes up to three
-/// arguments as they came. Returns the answer of the getters, else
-/// `undefined`. Named `op` in JavaScript (`call` would shadow
+/// Every method of `window.weft` and the loader's calls (see [`op`]); the
+/// loader passes up to three arguments. Returns the answer of the getters,
+/// else `undefined`. Named `op` in JavaScript (`call` would shadow
 /// `Function.prototype.call` on the glue's function object).
 #[wasm_bindgen(js_name = op)]
 pub fn call(op: u32, a: JsValue, b: JsValue, c: JsValue) -> JsValue {
@@ -183,10 +188,10 @@ pub fn call(op: u32, a: JsValue, b: JsValue, c: JsValue) -> JsValue {
             };
             record(Record::Page(call, None));
         }
+        op::ROUTE => record(Record::Page(Call::default(), text(&a))),
         op::TRACK => {
             if let Some(event) = text(&a) {
-                let category = browser::option(&c, "category")
-                    .map_or(Category::Analytics, |name| Category::parse(&name));
+                let category = text(&c).map_or(Category::Analytics, |name| Category::parse(&name));
                 record(Record::Track(event, json(&b), category));
             }
         }
@@ -209,7 +214,6 @@ pub fn call(op: u32, a: JsValue, b: JsValue, c: JsValue) -> JsValue {
             with_sdk(|s| s.tracker.reset());
         }
         op::FLUSH => flush(false),
-        op::ROUTE => route_changed(),
         op::CONSENT_SET => set_consent(&a),
         op::CONSENT_GET => {
             return with_sdk(|s| browser::prefs_object(s.tracker.prefs()))
@@ -226,6 +230,27 @@ pub fn call(op: u32, a: JsValue, b: JsValue, c: JsValue) -> JsValue {
             });
             return id.flatten().unwrap_or(JsValue::UNDEFINED);
         }
+        op::DEBUG => {
+            return with_sdk(|s| JsValue::from_str(&s.tracker.debug_json()))
+                .unwrap_or(JsValue::UNDEFINED);
+        }
+        op::TICK => {
+            let kind = a.as_f64().unwrap_or_default() as u32;
+            if kind == timer::SAVE {
+                with_sdk(|s| {
+                    s.saver_set = false;
+                    s.tracker.save();
+                });
+            } else {
+                with_sdk(|s| s.send_at = None);
+                flush(false);
+            }
+        }
+        op::SENT => {
+            let status = a.as_f64().map(|s| s as u16);
+            sent(Outcome::of(status, text(&b).as_deref()));
+        }
+        op::HIDE => page_hidden(),
         _ => {}
     }
     JsValue::UNDEFINED
@@ -235,84 +260,65 @@ pub fn call(op: u32, a: JsValue, b: JsValue, c: JsValue) -> JsValue {
 enum Record {
     /// A page view, with the referrer of a single-page app's route change.
     Page(Call, Option<String>),
-    Track(String, Option<Json>, Category),
-    Identify(String, Option<Json>),
+    Track(String, Option<weft_protocol::Json>, Category),
+    Identify(String, Option<weft_protocol::Json>),
     Alias(String, Option<String>),
-    Group(String, Option<Json>),
-    Click(ClickedElement),
+    Group(String, Option<weft_protocol::Json>),
 }
 
-/// Records a call with the page's context of now, then sends at once if a
-/// batch is full, else makes sure a send is scheduled. One function for
+/// Records a call with the page's context of now, then makes sure a send
+/// is scheduled (at once, in a task of its own, when a batch is full: the
+/// call itself never waits for a request to start). One function for
 /// every kind of call, so the tracker's message building is in the wasm
 /// once rather than inlined at each caller.
 fn record(what: Record) {
-    let full = with_sdk(|s| {
+    with_sdk(|s| {
         let referrer = match &what {
             Record::Page(_, referrer) => referrer.as_deref(),
             _ => None,
         };
-        let context = browser::context(&s.describe, referrer);
+        if let Some(members) = browser::describe(referrer) {
+            s.page = Some(Rc::new(members));
+        }
+        let page = s.page.clone();
         let t = &mut s.tracker;
         match what {
-            Record::Page(call, _) => t.page(call, context),
+            Record::Page(call, _) => t.page(call, page),
             Record::Track(event, properties, category) => {
-                t.track(event, properties, category, context)
+                t.track(event, properties, category, page)
             }
-            Record::Identify(user, traits) => t.identify(user, traits, context),
-            Record::Alias(user, previous) => t.alias(user, previous, context),
-            Record::Group(group, traits) => t.group(group, traits, context),
-            Record::Click(element) => t.click(&element, context),
+            Record::Identify(user, traits) => t.identify(user, traits, page),
+            Record::Alias(user, previous) => t.alias(user, previous, page),
+            Record::Group(group, traits) => t.group(group, traits, page),
         }
-        t.batch_ready()
+        schedule(s);
     });
-    if full == Some(true) {
-        flush(false);
-    } else {
-        with_sdk(schedule);
-    }
-}
-
-/// A single-page app may have changed route: records a page view when the
-/// route differs from the last one's, with that page's URL as referrer.
-fn route_changed() {
-    let change = with_sdk(|s| {
-        let url = browser::location_href()?;
-        let route = crate::url::route_key(&url).to_owned();
-        if !s.capture_spa || s.route.as_deref() == Some(route.as_str()) {
-            return None;
-        }
-        s.route = Some(route);
-        Some(s.url.replace(url))
-    });
-    // Outer `Option`s: the SDK is there, the route changed; inner: the
-    // previous URL.
-    if let Some(Some(referrer)) = change {
-        record(Record::Page(Call::default(), referrer));
-    }
 }
 
 /// `consent.set(preferences)`: applies the decision; a withdrawal's record
 /// goes out at once with `sendBeacon` (the queue it would wait in is gone).
 fn set_consent(values: &JsValue) {
     let values = browser::consent_values(values);
-    let withdrawal = with_sdk(|s| {
+    with_sdk(|s| {
         let prefs = consent::apply(s.tracker.prefs(), values);
-        let context = browser::context(&s.describe, None);
-        let body = s.tracker.set_consent(prefs, context);
-        body.map(|b| browser::beacon(s.sender.url(), &b))
+        if let Some(members) = browser::describe(None) {
+            s.page = Some(Rc::new(members));
+        }
+        let page = s.page.clone();
+        if let Some(body) = s.tracker.set_consent(prefs, page, &browser::shared()) {
+            browser::beacon(&body);
+        }
+        schedule(s);
     });
-    if withdrawal.flatten().is_none() {
-        flush(false);
-    }
 }
 
 /// Sends the next batch, unless one is in flight or a retry is not due
-/// (`force`: the page is starting or going away, try now).
+/// (`force`: the page is going away, try now).
 fn flush(force: bool) {
     with_sdk(|s| {
-        if let Some(body) = s.tracker.next_batch(force)
-            && !s.sender.send(&body, force)
+        if s.tracker.queued() > 0
+            && let Some(body) = s.tracker.next_batch(force, &browser::shared())
+            && !browser::send(&body, force)
         {
             s.tracker.delivered(Outcome::Retry(None));
         }
@@ -320,34 +326,25 @@ fn flush(force: bool) {
     });
 }
 
-/// Makes sure the timer is set when something waits to be sent, and the
-/// saver when the queue changed.
+/// Makes sure the send timer is set for when the next request is due, and
+/// the saver when the queue changed; says what was lost (`data-debug`).
 fn schedule(s: &mut Sdk) {
-    if !s.saver_set && s.tracker.unsaved() {
-        s.saver_set = s.saver.start(0.0);
-        if !s.saver_set {
-            s.tracker.save();
-        }
+    let losses = s.tracker.losses();
+    if losses != s.reported {
+        s.reported = losses;
+        browser::dropped(&s.tracker.debug_json());
     }
-    if s.timer_set {
-        return;
+    if !s.saver_set && s.tracker.unsaved() {
+        s.saver_set = true;
+        browser::later(timer::SAVE, SAVE_WAIT_MS);
     }
     if let Some(ms) = s.tracker.send_delay() {
-        s.timer_set = s.timer.start(ms);
+        let at = browser::now_ms() + ms;
+        if s.send_at.is_none_or(|t| at < t) {
+            s.send_at = Some(at);
+            browser::later(timer::SEND, ms);
+        }
     }
-}
-
-/// Writes the queue after a burst of calls (one write, not one per call).
-fn save() {
-    with_sdk(|s| {
-        s.saver_set = false;
-        s.tracker.save();
-    });
-}
-
-fn timer_fired() {
-    with_sdk(|s| s.timer_set = false);
-    flush(false);
 }
 
 /// The answer to the batch in flight: on success the next one goes at once,
@@ -364,16 +361,16 @@ fn sent(outcome: Outcome) {
     }
 }
 
-/// The page is being hidden or unloaded: the last chance to send. The next
-/// batch goes with fetch `keepalive` (which outlives the page) if none is
-/// in flight; what the in-flight request does not carry goes with
-/// `sendBeacon`.
+/// The page is being hidden or unloaded: the last chance to send and to
+/// save. The next batch goes with fetch `keepalive` (which outlives the
+/// page) if none is in flight; what the in-flight request does not carry
+/// goes with `sendBeacon`; the queue is written at once.
 fn page_hidden() {
     flush(true);
     with_sdk(|s| {
         s.tracker.save();
-        if let Some((body, n)) = s.tracker.beacon_batch(BEACON_BYTES)
-            && browser::beacon(s.sender.url(), &body)
+        if let Some((body, n)) = s.tracker.beacon_batch(BEACON_BYTES, &browser::shared())
+            && browser::beacon(&body)
         {
             s.tracker.beacon_sent(n);
             s.tracker.save();
