@@ -86,7 +86,14 @@ var storage = function () {
   } catch (e) {}
 };
 var UTM = { campaign: "name", source: "source", medium: "medium", term: "term", content: "content" };
-var contextKey, zone;
+var contextKey, zone, fresh, pool, used = 4096, timers = [], armed;
+// Work for after the current task (one microtask, no browser call now): a
+// burst of calls in one task pays for the page's URL, timers and the like
+// once, and not inside the call.
+var soon = function (f) {
+  Promise.resolve().then(f);
+};
+var stale = function () { fresh = 0; };
 var weftHost = {
   // localStorage, with the anonymous ID mirrored in a first-party cookie
   // (it survives a cleared localStorage and reaches the site's subdomains).
@@ -113,10 +120,15 @@ var weftHost = {
   // The page's part of `context` as JSON members (`"page":{..},...`), or
   // undefined when it is what the last call returned: a burst of calls on
   // one page builds it once. `referrer`: a single-page app's previous route.
+  // The URL and title are read once per task (and again after a history
+  // change, which the hooks below report).
   describe: function (referrer) {
     return safely(function () {
+      if (fresh && !referrer) return;
       var l = location, n = navigator, s = w.screen || {}, q, c, k, v;
       var key = l.href + "\n" + d.title + "\n" + (referrer || "");
+      if (!referrer) soon(stale);
+      fresh = !referrer;
       if (key === contextKey) return;
       contextKey = key;
       q = new URLSearchParams(l.search);
@@ -161,23 +173,42 @@ var weftHost = {
     return !!safely(function () { return navigator.sendBeacon(endpoint, body); });
   },
   // Timer `kind` (`api::timer`) fires `op(TICK, kind)` after `ms`, replacing
-  // the one pending; the saver waits for an idle moment.
+  // the one pending; the saver waits for an idle moment. Set after the
+  // current task.
   later: function (kind, ms) {
-    safely(function () {
-      var fire = function () { op(TICK, kind); };
-      if (kind) {
-        w.requestIdleCallback ? requestIdleCallback(fire, { timeout: ms }) : setTimeout(fire, ms);
-      } else {
-        clearTimeout(weftHost.t);
-        weftHost.t = setTimeout(fire, ms);
-      }
-    });
+    timers[kind] = ms;
+    if (!armed) {
+      armed = 1;
+      soon(function () {
+        armed = 0;
+        timers.forEach(function (ms, kind) {
+          safely(function () {
+            var fire = function () { op(TICK, kind); };
+            if (kind) { // 1 (the saver)
+              w.requestIdleCallback ? requestIdleCallback(fire, { timeout: ms }) : setTimeout(fire, ms);
+            } else {
+              clearTimeout(weftHost.t);
+              weftHost.t = setTimeout(fire, ms);
+            }
+          });
+        });
+        timers = [];
+      });
+    }
   },
+  // Random bytes from a pool filled 4 KB at a time.
   random: function (bytes) {
-    try {
-      crypto.getRandomValues(bytes);
-    } catch (e) {
-      for (var i = 0; i < bytes.length; i++) bytes[i] = Math.random() * 256;
+    for (var i = 0; i < bytes.length; i++) {
+      if (used === 4096) {
+        pool = new Uint8Array(4096);
+        used = 0;
+        try {
+          crypto.getRandomValues(pool);
+        } catch (e) {
+          for (var j = 0; j < 4096; j++) pool[j] = Math.random() * 256;
+        }
+      }
+      bytes[i] = pool[used++];
     }
   },
   // A counter of dropped calls or messages went up (`data-debug` says so).
@@ -235,41 +266,42 @@ METHODS.concat("ready", "consent.grantAll", "consent.denyAll", "consent.onChange
 w.weft = weft;
 
 // ---- Automatic capture. ----
-// Single-page apps: one check per burst of history changes, after the
-// current task, so a router's pushState + replaceState counts once; a page
-// view when the route (the URL without a plain `#fragment`; `#/..` and
+// Single-page apps (unless `data-capture-spa="false"`; the page's context is
+// read again after any history change either way): one check per burst of
+// history changes, after the current task, so a router's pushState +
+// replaceState counts once; a page view when the route (the URL without a plain `#fragment`; `#/..` and
 // `#!..` are routes) differs from the last one's, with that URL as referrer.
 var routeKey = function (href) {
   return /#[\/!]/.test(href) ? href : href.split("#")[0];
 };
 var lastUrl = location.href;
-if (data.captureSpa !== "false") {
-  var pending = 0;
-  var routeChanged = function () {
-    if (pending) return;
-    pending = setTimeout(function () {
-      pending = 0;
-      var url = location.href, previous = lastUrl;
-      if (sdk && routeKey(url) !== routeKey(previous)) {
-        lastUrl = url;
-        op(ROUTE, previous);
-      }
-    }, 0);
-  };
-  safely(function () {
-    ["pushState", "replaceState"].forEach(function (name) {
-      var original = history[name];
-      if (typeof original !== "function") return;
-      history[name] = function () {
-        var result = original.apply(this, arguments);
-        safely(routeChanged);
-        return result;
-      };
-    });
-    w.addEventListener("popstate", routeChanged);
-    w.addEventListener("hashchange", routeChanged);
+var spa = data.captureSpa !== "false";
+var pending = 0;
+var routeChanged = function () {
+  stale();
+  if (!spa || pending) return;
+  pending = setTimeout(function () {
+    pending = 0;
+    var url = location.href, previous = lastUrl;
+    if (sdk && routeKey(url) !== routeKey(previous)) {
+      lastUrl = url;
+      op(ROUTE, previous);
+    }
+  }, 0);
+};
+safely(function () {
+  ["pushState", "replaceState"].forEach(function (name) {
+    var original = history[name];
+    if (typeof original !== "function") return;
+    history[name] = function () {
+      var result = original.apply(this, arguments);
+      safely(routeChanged);
+      return result;
+    };
   });
-}
+  w.addEventListener("popstate", routeChanged);
+  w.addEventListener("hashchange", routeChanged);
+});
 
 // Clicks on links, buttons and `data-weft-*` elements: tag, id, classes,
 // href and a short text, never an input's value, nor the text of or around

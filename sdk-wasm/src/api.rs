@@ -377,3 +377,148 @@ fn page_hidden() {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of the workspace.
+    fn read(path: &str) -> String {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// The methods only the loader answers (never numbered).
+    const LOADER_ONLY: [&str; 4] = [
+        "ready",
+        "consent.grantAll",
+        "consent.denyAll",
+        "consent.onChange",
+    ];
+    /// The getters: answered at once, so not queued by the stub.
+    const GETTERS: [&str; 4] = ["anonymousId", "userId", "consent.get", "debug"];
+
+    #[test]
+    fn the_numbers_are_the_positions_in_the_method_list() {
+        let numbered = [
+            ("page", op::PAGE),
+            ("track", op::TRACK),
+            ("identify", op::IDENTIFY),
+            ("alias", op::ALIAS),
+            ("group", op::GROUP),
+            ("reset", op::RESET),
+            ("flush", op::FLUSH),
+            ("anonymousId", op::ANONYMOUS_ID),
+            ("userId", op::USER_ID),
+            ("consent.set", op::CONSENT_SET),
+            ("consent.get", op::CONSENT_GET),
+            ("debug", op::DEBUG),
+        ];
+        assert_eq!(numbered.len(), METHODS.len());
+        for (name, n) in numbered {
+            assert_eq!(METHODS.get(n as usize), Some(&name), "op {n}");
+        }
+    }
+
+    #[test]
+    fn the_loader_numbers_its_methods_and_operations_as_rust_does() {
+        let loader = read("sdk-wasm/js/loader.js");
+        let list = format!("var METHODS = \"{}\".split(\" \");", METHODS.join(" "));
+        assert!(loader.contains(&list), "loader.js must say: {list}");
+        let internal = format!(
+            "var ROUTE = {}, TICK = {}, SENT = {}, HIDE = {};",
+            op::ROUTE,
+            op::TICK,
+            op::SENT,
+            op::HIDE
+        );
+        assert!(loader.contains(&internal), "loader.js must say: {internal}");
+        let timers = format!("if (kind) {{ // {} (the saver)", timer::SAVE);
+        assert!(
+            timer::SEND == 0 && loader.contains(&timers),
+            "loader.js's `later` tells the saver by a non-zero kind: {timers}"
+        );
+        for name in LOADER_ONLY {
+            assert!(loader.contains(&format!("\"{name}\"")), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_types_declare_every_method() {
+        let types = read("sdk-wasm/js/weft.d.ts");
+        let (weft, consent) = types
+            .split_once("export interface WeftConsent {")
+            .and_then(|(_, rest)| rest.split_once("export interface Weft {"))
+            .map(|(consent, weft)| (weft.to_owned(), consent.to_owned()))
+            .expect("weft.d.ts declares WeftConsent, then Weft");
+        let declared = |body: &str| -> Vec<String> {
+            body.lines()
+                .filter_map(|l| {
+                    let l = l.trim();
+                    let name = l.split_once('(')?.0;
+                    name.chars()
+                        .all(|c| c.is_ascii_alphanumeric())
+                        .then(|| name.to_owned())
+                })
+                .collect()
+        };
+        let mut all: Vec<String> = declared(&weft);
+        all.extend(declared(&consent).iter().map(|n| format!("consent.{n}")));
+        all.sort();
+        all.dedup();
+        let mut expected: Vec<String> = METHODS
+            .iter()
+            .chain(LOADER_ONLY.iter())
+            .map(|s| s.to_string())
+            .collect();
+        expected.sort();
+        assert_eq!(all, expected, "the methods weft.d.ts declares");
+    }
+
+    #[test]
+    fn every_copy_of_the_inline_stub_is_the_one_stub_and_queues_every_method() {
+        let stub = read("sdk-wasm/js/stub.min.js");
+        let stub = stub.trim();
+        // What it queues: every method but the getters.
+        let queued = |prefix: &str| -> String {
+            METHODS
+                .iter()
+                .chain(LOADER_ONLY.iter())
+                .filter(|m| !GETTERS.contains(m))
+                .filter_map(|m| match m.split_once('.') {
+                    Some((p, n)) if p == prefix => Some(n),
+                    None if prefix.is_empty() => Some(*m),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert!(
+            stub.contains(&format!("\"{}\".split", queued(""))),
+            "{stub}"
+        );
+        assert!(
+            stub.contains(&format!("\"{}\".split", queued("consent"))),
+            "{stub}"
+        );
+        for path in [
+            "README.md",
+            "www/index.html",
+            "tests/src/bin/sdk_bench.rs",
+            "tests/fixtures/sdk/stub.html",
+            "tests/fixtures/csp/strict.html",
+            "tests/fixtures/csp/header.html",
+            "tests/fixtures/csp/nonce.html",
+            "tests/fixtures/csp/normal.html",
+            "tests/fixtures/csp/missing-sdk.html",
+            "tests/fixtures/csp/missing-wasm.html",
+            "tests/fixtures/csp/missing-fallback.html",
+        ] {
+            let text = read(path);
+            assert!(
+                text.contains(stub),
+                "{path} must hold the inline stub of sdk-wasm/js/stub.min.js"
+            );
+        }
+    }
+}

@@ -61,7 +61,12 @@ fn the_clock_writes_what_date_to_iso_string_writes() {
     assert_eq!(env.now_iso().len(), 24);
     assert_eq!(Some(iso_utc(now)), date.as_string());
     // Across years, leap days and the end of a day.
-    for ms in [0.0, 951_868_799_999.0, 4_102_444_800_000.0, 1_709_164_800_000.0] {
+    for ms in [
+        0.0,
+        951_868_799_999.0,
+        4_102_444_800_000.0,
+        1_709_164_800_000.0,
+    ] {
         let date = js_eval(&format!("new Date({ms}).toISOString()"));
         assert_eq!(Some(iso_utc(ms)), date.as_string(), "{ms}");
     }

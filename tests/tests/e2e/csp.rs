@@ -166,8 +166,17 @@ async fn run(chromium: &Chromium, www: &Path, page_name: &str) -> Run {
         },
     )
     .await;
-    let profile = collector.profile(&aid).await;
-    assert_eq!(profile.status, 200, "profile of {aid} on {page_name}");
+    // The log is read as written: an event can be there a moment before
+    // its sync is done and the admin API answers for it.
+    let profile = eventually(
+        Duration::from_secs(10),
+        &format!("the profile of {aid} on {page_name}"),
+        || async {
+            let p = collector.profile(&aid).await;
+            (p.status == 200).then_some(p)
+        },
+    )
+    .await;
     assert_eq!(profile.json()["anonymous_ids"], json!([aid]));
 
     let run = Run {
