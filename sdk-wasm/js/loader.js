@@ -32,6 +32,8 @@ var weft = { consent: {} };
 // numbers in `api::op` (its tests check this list, `weft.d.ts` and the
 // inline stub against `api::METHODS`).
 var METHODS = "page track identify alias group reset flush anonymousId userId consent.set consent.get debug".split(" ");
+// What `consent.set` reads, in the order of Rust's `consent::NAMES`.
+var CONSENT_NAMES = "analytics marketing personalization analytics_storage ad_storage ad_user_data ad_personalization personalization_storage".split(" ");
 // Answered at once, never queued before load.
 var GETTERS = { anonymousId: 1, userId: 1, "consent.get": 1, debug: 1 };
 // Rust's internal operations (`api::op`): a route change, a timer, a
@@ -236,10 +238,18 @@ var invoke = function (name, args) {
   }
   var n = METHODS.indexOf(name);
   if (name === "consent.set") {
-    sdk.op(n, a);
-    var prefs = sdk.op(n + 1);
+    // Each of `consent::NAMES`: 1 granted, 0 denied, - not given.
+    sdk.op(n, CONSENT_NAMES.map(function (k) {
+      var v = a && a[k];
+      return v === true || v === "granted" ? 1 : v === false || v === "denied" ? 0 : "-";
+    }).join(""));
+    var prefs = invoke("consent.get", []);
     changeCallbacks.forEach(function (cb) { safely(cb, prefs); });
     return;
+  }
+  if (name === "consent.get") {
+    var bits = sdk.op(n);
+    return { necessary: true, analytics: !!(bits & 1), marketing: !!(bits & 2), personalization: !!(bits & 4) };
   }
   if (name === "debug") return JSON.parse(sdk.op(n));
   // Names and IDs as text; `page(properties)` keeps its object; a track's

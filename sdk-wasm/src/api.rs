@@ -216,7 +216,7 @@ pub fn call(op: u32, a: JsValue, b: JsValue, c: JsValue) -> JsValue {
         op::FLUSH => flush(false),
         op::CONSENT_SET => set_consent(&a),
         op::CONSENT_GET => {
-            return with_sdk(|s| browser::prefs_object(s.tracker.prefs()))
+            return with_sdk(|s| browser::prefs_bits(s.tracker.prefs()))
                 .unwrap_or(JsValue::UNDEFINED);
         }
         op::ANONYMOUS_ID | op::USER_ID => {
@@ -438,6 +438,9 @@ mod tests {
             timer::SEND == 0 && loader.contains(&timers),
             "loader.js's `later` tells the saver by a non-zero kind: {timers}"
         );
+        let names: Vec<&str> = crate::consent::NAMES.iter().map(|(n, _)| *n).collect();
+        let consent = format!("var CONSENT_NAMES = \"{}\".split(\" \");", names.join(" "));
+        assert!(loader.contains(&consent), "loader.js must say: {consent}");
         for name in LOADER_ONLY {
             assert!(loader.contains(&format!("\"{name}\"")), "{name}");
         }

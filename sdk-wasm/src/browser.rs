@@ -85,45 +85,29 @@ pub fn flag(options: &JsValue, key: &str) -> bool {
     prop(options, key).as_bool() == Some(true)
 }
 
-/// Reads `consent.set`'s argument: for each of [`NAMES`], `true`/`false`
-/// or Google Consent Mode's `"granted"`/`"denied"`; anything else is
-/// "not given".
-pub fn consent_values(prefs: &JsValue) -> [Option<bool>; NAMES.len()] {
-    NAMES.map(|(name, _)| {
-        let v = prop(prefs, name);
-        v.as_bool().or_else(|| match v.as_string().as_deref() {
-            Some("granted") => Some(true),
-            Some("denied") => Some(false),
+/// Reads `consent.set`'s argument as the loader gives it: for each of
+/// [`NAMES`] in order, `1` (granted: `true` or Consent Mode's `"granted"`),
+/// `0` (denied) or anything else (not given).
+pub fn consent_values(values: &JsValue) -> [Option<bool>; NAMES.len()] {
+    let text = values.as_string().unwrap_or_default();
+    let mut out = [None; NAMES.len()];
+    for (slot, b) in out.iter_mut().zip(text.bytes()) {
+        *slot = match b {
+            b'1' => Some(true),
+            b'0' => Some(false),
             _ => None,
-        })
-    })
-}
-
-/// `consent.get()`'s answer: `{necessary, analytics, marketing,
-/// personalization}`, built from JSON (one `JSON.parse` in the glue is
-/// cheaper in bytes than setting properties one by one).
-pub fn prefs_object(prefs: Prefs) -> JsValue {
-    let mut w = weft_protocol::json::Writer::new();
-    w.object_start();
-    w.key("necessary");
-    w.bool(true);
-    for (key, on) in [
-        ("analytics", prefs.analytics),
-        ("marketing", prefs.marketing),
-        ("personalization", prefs.personalization),
-    ] {
-        w.key(key);
-        w.bool(on);
+        };
     }
-    w.object_end();
-    parse(&w.finish())
+    out
 }
 
-#[wasm_bindgen]
-extern "C" {
-    /// `JSON.parse(text)` of text this module wrote.
-    #[wasm_bindgen(js_namespace = JSON, js_name = parse)]
-    fn parse(text: &str) -> JsValue;
+/// `consent.get()`'s answer for the loader, which makes the object: a bit
+/// for each of analytics (1), marketing (2) and personalization (4).
+pub fn prefs_bits(prefs: Prefs) -> JsValue {
+    let bits = u8::from(prefs.analytics)
+        | u8::from(prefs.marketing) << 1
+        | u8::from(prefs.personalization) << 2;
+    JsValue::from_f64(f64::from(bits))
 }
 
 /// Sends `body` with `navigator.sendBeacon`; `true` when the browser took

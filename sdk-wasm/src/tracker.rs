@@ -16,7 +16,7 @@
 use std::rc::Rc;
 
 use weft_protocol::json::Writer;
-use weft_protocol::{Json, Message, MessageType};
+use weft_protocol::{Json, MessageType};
 
 use crate::consent::{self, Category, Policy, Prefs, Signals};
 use crate::delivery::{Outcome, backoff_ms};
@@ -92,9 +92,74 @@ pub struct Call {
     pub data: Option<Json>,
 }
 
+/// A message being made: what the call said, stamped with the user and
+/// time of the call; identity and context come when it is queued.
+#[derive(Debug)]
+struct Draft {
+    kind: MessageType,
+    user_id: Option<String>,
+    timestamp: String,
+    /// `event` (track) or `name` (page).
+    name: Option<String>,
+    /// `previousId` (alias) or `groupId` (group).
+    id: Option<String>,
+    /// `properties` (track, page) or `traits` (identify, group).
+    data: Option<Json>,
+}
+
+impl Draft {
+    fn new(kind: MessageType, name: Option<String>, data: Option<Json>) -> Self {
+        Draft {
+            kind,
+            user_id: None,
+            timestamp: String::new(),
+            name,
+            id: None,
+            data,
+        }
+    }
+
+    /// The message's JSON (without its context), in the Segment spec's
+    /// names: one writer for every kind of call.
+    fn write(&self, message_id: &str, anonymous_id: Option<&str>) -> String {
+        let (name, id, data) = match self.kind {
+            MessageType::Track => ("event", "", "properties"),
+            MessageType::Page | MessageType::Screen => ("name", "", "properties"),
+            MessageType::Identify => ("", "", "traits"),
+            MessageType::Alias => ("", "previousId", ""),
+            MessageType::Group => ("", "groupId", "traits"),
+        };
+        // An alias without a previous ID joins this browser's.
+        let id_value = match self.kind {
+            MessageType::Alias => self.id.as_deref().or(anonymous_id),
+            _ => self.id.as_deref(),
+        };
+        let mut w = Writer::new();
+        w.object_start();
+        for (key, value) in [
+            ("type", Some(self.kind.as_str())),
+            ("messageId", Some(message_id)),
+            ("anonymousId", anonymous_id),
+            ("userId", self.user_id.as_deref()),
+            ("timestamp", Some(&self.timestamp)),
+            (name, self.name.as_deref()),
+            (id, id_value),
+        ] {
+            if !key.is_empty() {
+                w.opt_string(key, value);
+            }
+        }
+        if !data.is_empty() {
+            w.opt_raw(data, self.data.as_ref());
+        }
+        w.object_end();
+        w.finish()
+    }
+}
+
 /// A message waiting for an opt-in decision, with what it was made under.
 struct Held {
-    message: Message,
+    message: Draft,
     category: Category,
     page: Option<Part>,
 }
@@ -243,9 +308,7 @@ impl<E: Env> Tracker<E> {
 
     /// Records a page view.
     pub fn page(&mut self, call: Call, page: Option<Part>) {
-        let mut m = Message::new(MessageType::Page);
-        m.name = call.name;
-        m.properties = call.data;
+        let m = Draft::new(MessageType::Page, call.name, call.data);
         self.record(m, Category::Analytics, page);
     }
 
@@ -257,9 +320,7 @@ impl<E: Env> Tracker<E> {
         category: Category,
         page: Option<Part>,
     ) {
-        let mut m = Message::new(MessageType::Track);
-        m.event = Some(event);
-        m.properties = properties;
+        let m = Draft::new(MessageType::Track, Some(event), properties);
         self.record(m, category, page);
     }
 
@@ -269,25 +330,23 @@ impl<E: Env> Tracker<E> {
             self.env.set(keys::USER_ID, &user_id);
         }
         self.user_id = Some(user_id);
-        let mut m = Message::new(MessageType::Identify);
-        m.traits = traits;
+        let m = Draft::new(MessageType::Identify, None, traits);
         self.record(m, Category::Analytics, page);
     }
 
     /// Joins `previous_id` (default: the current user, else this browser's
     /// anonymous ID) to `user_id`.
     pub fn alias(&mut self, user_id: String, previous_id: Option<String>, page: Option<Part>) {
-        let mut m = Message::new(MessageType::Alias);
-        m.previous_id = previous_id.or_else(|| self.user_id.clone());
+        let mut m = Draft::new(MessageType::Alias, None, None);
+        m.id = previous_id.or_else(|| self.user_id.clone());
         m.user_id = Some(user_id);
         self.record(m, Category::Analytics, page);
     }
 
     /// Associates the user with a group (company, team, account).
     pub fn group(&mut self, group_id: String, traits: Option<Json>, page: Option<Part>) {
-        let mut m = Message::new(MessageType::Group);
-        m.group_id = Some(group_id);
-        m.traits = traits;
+        let mut m = Draft::new(MessageType::Group, None, traits);
+        m.id = Some(group_id);
         self.record(m, Category::Analytics, page);
     }
 
@@ -331,7 +390,7 @@ impl<E: Env> Tracker<E> {
         let body = self.anonymous_id.clone().map(|_| {
             let mut record = record;
             record.user_id = self.user_id.clone();
-            record.timestamp = Some(self.env.now_iso());
+            record.timestamp = self.env.now_iso();
             let item = self.finish(record, Category::Necessary, page);
             write_batch(&[item], extra, &self.env.now_iso(), &self.config.write_key)
         });
@@ -339,7 +398,7 @@ impl<E: Env> Tracker<E> {
         body
     }
 
-    fn consent_record(&self, prefs: Prefs) -> Message {
+    fn consent_record(&self, prefs: Prefs) -> Draft {
         let mut w = Writer::new();
         w.object_start();
         w.key("categoryPreferences");
@@ -350,10 +409,11 @@ impl<E: Env> Tracker<E> {
             Some(self.config.policy_version.as_str()).filter(|v| !v.is_empty()),
         );
         w.object_end();
-        let mut m = Message::new(MessageType::Track);
-        m.event = Some(CONSENT_EVENT.into());
-        m.properties = Some(Json::from_trusted(w.finish()));
-        m
+        Draft::new(
+            MessageType::Track,
+            Some(CONSENT_EVENT.into()),
+            Some(Json::from_trusted(w.finish())),
+        )
     }
 
     /// Deletes every identifier, the session and the queue, in storage and
@@ -390,11 +450,11 @@ impl<E: Env> Tracker<E> {
 
     /// Stamps a call with the user and time of now, then holds, queues or
     /// drops it by consent.
-    fn record(&mut self, mut m: Message, category: Category, page: Option<Part>) {
+    fn record(&mut self, mut m: Draft, category: Category, page: Option<Part>) {
         if m.user_id.is_none() {
             m.user_id = self.user_id.clone();
         }
-        m.timestamp = Some(self.env.now_iso());
+        m.timestamp = self.env.now_iso();
         if self.undecided {
             if self.held.len() < MAX_HELD {
                 self.held.push(Held {
@@ -412,7 +472,7 @@ impl<E: Env> Tracker<E> {
 
     /// Queues a message if its category is granted (and `analytics`, which
     /// every stored identity needs).
-    fn admit(&mut self, m: Message, category: Category, page: Option<Part>) {
+    fn admit(&mut self, m: Draft, category: Category, page: Option<Part>) {
         if !(self.prefs.analytics && self.prefs.allows(category)) {
             return;
         }
@@ -430,12 +490,8 @@ impl<E: Env> Tracker<E> {
 
     /// Adds identity, encodes, and gives the message its context: the
     /// page's part, the library's, and the session's and consent's.
-    fn finish(&mut self, mut m: Message, category: Category, page: Option<Part>) -> Item {
-        m.message_id = Some(uuid_v4(&self.env));
-        m.anonymous_id = self.anonymous_id.clone();
-        if m.kind == MessageType::Alias && m.previous_id.is_none() {
-            m.previous_id = self.anonymous_id.clone();
-        }
+    fn finish(&mut self, m: Draft, category: Category, page: Option<Part>) -> Item {
+        let body = m.write(&uuid_v4(&self.env), self.anonymous_id.as_deref());
         let session = self.session_id();
         let part = match &self.session_part {
             Some((s, c, p, part)) if *s == session && *c == category && *p == self.prefs => {
@@ -464,10 +520,7 @@ impl<E: Env> Tracker<E> {
         parts.extend(page.filter(|p| !p.is_empty()));
         parts.push(self.library.clone());
         parts.push(part);
-        Item {
-            body: m.to_json(),
-            parts,
-        }
+        Item { body, parts }
     }
 
     /// The current session's ID (its start), starting a new one after
@@ -648,6 +701,7 @@ mod tests {
     use std::cell::{Cell, RefCell};
     use std::collections::HashMap;
     use std::rc::Rc;
+    use weft_protocol::Message;
 
     /// An in-memory host: shared storage (so a second tracker sees what the
     /// first stored, like a reload) that counts writes, a clock the test

@@ -90,18 +90,6 @@ fn properties_are_json_of_plain_objects_only() {
 }
 
 #[wasm_bindgen_test]
-fn consent_values_read_booleans_and_consent_mode_words() {
-    let values = browser::consent_values(&js_eval(
-        "({analytics: true, marketing: 'denied', ad_storage: 'granted', personalization: 1})",
-    ));
-    assert_eq!(values[0], Some(true));
-    assert_eq!(values[1], Some(false));
-    assert_eq!(values[2], None, "1 is neither a boolean nor a word");
-    assert_eq!(values[4], Some(true), "ad_storage");
-    assert_eq!(browser::consent_values(&JsValue::UNDEFINED), [None; 8]);
-}
-
-#[wasm_bindgen_test]
 fn the_queue_and_identity_survive_a_new_tracker_like_a_reload() {
     install_host();
     let mut t = tracker();
