@@ -96,6 +96,19 @@ var soon = function (f) {
   Promise.resolve().then(f);
 };
 var stale = function () { fresh = 0; };
+// Starts a POST of a batch body; 1 if it started. Its answer goes to Rust.
+var post = function (data, keepalive) {
+  return safely(function () {
+    var init = { method: "POST", body: data, keepalive: keepalive };
+    safely(function () { init.signal = AbortSignal.timeout(30000); });
+    fetch(endpoint, init).then(function (r) {
+      op(SENT, r.status, r.headers.get("Retry-After"));
+    }, function () {
+      op(SENT);
+    });
+    return 1;
+  });
+};
 var weftHost = {
   // localStorage, with the anonymous ID mirrored in a first-party cookie
   // (it survives a cleared localStorage and reaches the site's subdomains).
@@ -156,18 +169,19 @@ var weftHost = {
     }
     return zone;
   },
-  // POSTs a batch as text/plain (no CORS preflight); the answer goes to
-  // Rust. `keepalive` only for the page's last requests: the browser counts
-  // unread keepalive responses against a 64 KB quota. Aborted after 30 s.
+  // POSTs a batch with no custom header (no CORS preflight); the answer
+  // goes to Rust. Compressed with gzip where the browser can (the collector
+  // knows gzip by its first bytes), except the page's last requests, which
+  // must start before it goes: those use `keepalive`, which only they may
+  // (the browser counts unread keepalive responses against a 64 KB quota).
+  // Aborted after 30 s.
   send: function (body, keepalive) {
     return !!safely(function () {
-      var init = { method: "POST", body: body, keepalive: keepalive };
-      safely(function () { init.signal = AbortSignal.timeout(30000); });
-      fetch(endpoint, init).then(function (r) {
-        op(SENT, r.status, r.headers.get("Retry-After"));
-      }, function () {
-        op(SENT);
-      });
+      if (keepalive || !w.CompressionStream) return post(body, keepalive);
+      var fail = function () { post(body) || op(SENT); };
+      new Response(new Blob([body]).stream().pipeThrough(new CompressionStream("gzip")))
+        .arrayBuffer()
+        .then(function (gz) { post(gz) || op(SENT); }, fail);
       return 1;
     });
   },

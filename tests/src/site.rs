@@ -430,7 +430,8 @@ fn header(req: &Request<Incoming>, name: &str) -> Option<String> {
 }
 
 fn message_ids(body: &[u8]) -> Vec<String> {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+    let text = crate::chromium::text_of(body.to_vec()).unwrap_or_default();
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
         return Vec::new();
     };
     v["batch"]

@@ -1146,7 +1146,7 @@ async fn batch_bodies(page: &weft_e2e::chromium::Page) -> Vec<Value> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_of_a_thousand_arrives_whole_with_the_shared_context_sent_once_a_batch() {
+async fn a_burst_of_a_thousand_arrives_whole_compressed_with_the_shared_context_once_a_batch() {
     let c = fixture_collector().await;
     let site = fixture_site(&c).await;
     let chromium = Chromium::launch().await;
@@ -1197,6 +1197,22 @@ async fn a_burst_of_a_thousand_arrives_whole_with_the_shared_context_sent_once_a
             assert!(m["context"].get("library").is_none(), "sent twice: {m}");
         }
     }
+    // And compressed: the bytes as sent are gzip, a few dozen per event.
+    let mut wire = Vec::new();
+    for e in page.events("Network.requestWillBeSent") {
+        let r = &e["request"];
+        if !r["url"].as_str().is_some_and(|u| u.ends_with("/v1/batch")) {
+            continue;
+        }
+        let b64 = r["postDataEntries"][0]["bytes"].as_str().unwrap_or("");
+        assert!(b64.starts_with("H4sI"), "not gzip: {}", r["postData"]);
+        wire.push(b64.len() * 3 / 4);
+    }
+    let per_event = wire.iter().sum::<usize>() as f64 / 1001.0;
+    assert!(
+        per_event < 100.0,
+        "{per_event} B/event on the wire: {wire:?}"
+    );
     let debug = page.eval("weft.debug()").await;
     assert_eq!(debug["queueDropped"], 0, "{debug}");
     assert_eq!(debug["queued"], 0, "{debug}");
