@@ -51,6 +51,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+
+#[path = "sdk_bench/anchors.rs"]
+mod anchors;
 use serde_json::{Value, json};
 use weft_e2e::chromium::{Chromium, Page};
 use weft_e2e::harness::{TestCollector, sdk_dir};
@@ -66,6 +69,10 @@ struct Args {
     /// Calls per timing round.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(10..=100_000))]
     calls: u32,
+    /// A `node_modules` directory with `posthog-js` and
+    /// `@snowplow/browser-tracker`: also measure them, side by side.
+    #[arg(long)]
+    anchors: Option<std::path::PathBuf>,
 }
 
 /// The event every measurement sends.
@@ -757,6 +764,19 @@ async fn run(args: &Args) -> Result<bool, String> {
     println!("\n{download}");
     for n in &notes {
         println!("{n}");
+    }
+
+    if let Some(dir) = &args.anchors {
+        anchors::run(
+            &chromium,
+            &collector,
+            pages.path(),
+            dir,
+            &sdk,
+            rounds,
+            calls,
+        )
+        .await?;
     }
 
     let mut exceptions = Vec::new();
