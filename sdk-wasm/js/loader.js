@@ -22,6 +22,14 @@ var report = function () {
     try { console.warn.apply(console, ["weft:"].concat([].slice.call(arguments))); } catch (_) {}
   }
 };
+// weft.wasm is asked for first: its download is most of the time to ready.
+// A page whose CSP blocks wasm gets an empty stand-in: no download.
+var loading;
+try {
+  loading = wasm_bindgen({ module_or_path: cspBlocksWasm ? new Response("") : base + "weft.wasm" });
+} catch (e) {
+  report(e);
+}
 var prior = w.weft && typeof w.weft === "object" ? w.weft : {};
 var queue = Array.isArray(prior._q) ? prior._q : [];
 var readyCallbacks = [];
@@ -362,8 +370,7 @@ safely(function () {
 });
 
 try {
-  // A page whose CSP blocks wasm gets an empty stand-in: no download.
-  wasm_bindgen({ module_or_path: cspBlocksWasm ? new Response("") : base + "weft.wasm" })
+  loading
     .then(function () {
       var nav = navigator;
       wasm_bindgen.start({
