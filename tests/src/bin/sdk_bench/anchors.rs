@@ -48,6 +48,8 @@ struct Sdk {
     track_page: &'static str,
     /// A JavaScript statement tracking `EVENT` with properties `p`.
     track: &'static str,
+    /// Measured for ready time only.
+    ready_only: bool,
 }
 
 /// What the stub receiver saw: (path, bytes as sent, events decoded).
@@ -205,6 +207,16 @@ fn brotli_len(data: &[u8]) -> usize {
 /// are the bench's own `ready.html` and `track.html`); returns the three
 /// SDKs.
 fn write_pages(www: &Path, anchors: &Path, sdk: &Path, stub: &str) -> Result<Vec<Sdk>, String> {
+    // weft's ready page with the preload hint the README's snippet has:
+    // the wasm downloads while weft.js does.
+    let ready =
+        std::fs::read_to_string(www.join("ready.html")).map_err(|e| format!("ready.html: {e}"))?;
+    let preload = ready.replacen(
+        "<script async src=\"/weft.js\"",
+        "<link rel=\"preload\" href=\"/weft.wasm\" as=\"fetch\" crossorigin>\n<script async src=\"/weft.js\"",
+        1,
+    );
+    std::fs::write(www.join("ready-preload.html"), preload).map_err(|e| format!("{e}"))?;
     let posthog = anchors.join("posthog-js/dist/array.js");
     let snowplow = anchors.join("@snowplow/browser-tracker/dist/index.umd.min.js");
     for (from, to) in [(&posthog, "posthog.js"), (&snowplow, "snowplow.js")] {
@@ -255,6 +267,15 @@ fn write_pages(www: &Path, anchors: &Path, sdk: &Path, stub: &str) -> Result<Vec
             ready_page: "/ready.html",
             track_page: "/track.html",
             track: "weft.track(E, p)",
+            ready_only: false,
+        },
+        Sdk {
+            name: "weft + preload hint",
+            files: vec![sdk.join("weft.js"), sdk.join("weft.wasm")],
+            ready_page: "/ready-preload.html",
+            track_page: "/track.html",
+            track: "weft.track(E, p)",
+            ready_only: true,
         },
         Sdk {
             name: "PostHog",
@@ -262,6 +283,7 @@ fn write_pages(www: &Path, anchors: &Path, sdk: &Path, stub: &str) -> Result<Vec
             ready_page: "/posthog-ready.html",
             track_page: "/posthog-track.html",
             track: "posthog.capture(E, p)",
+            ready_only: false,
         },
         Sdk {
             name: "Snowplow",
@@ -270,6 +292,7 @@ fn write_pages(www: &Path, anchors: &Path, sdk: &Path, stub: &str) -> Result<Vec
             track_page: "/snowplow-track.html",
             track: "snowplowBrowserTracking.trackSelfDescribingEvent({event: {schema: \
                     'iglu:com.example/product_viewed/jsonschema/1-0-0', data: p}})",
+            ready_only: false,
         },
     ])
 }
@@ -354,12 +377,12 @@ pub async fn run(
         for k in 0..sdks.len() {
             let s = (i + k) % sdks.len();
             let script = match sdks[s].name {
-                "weft" => "/weft.js",
                 "PostHog" => "/posthog.js",
-                _ => "/snowplow.js",
+                "Snowplow" => "/snowplow.js",
+                _ => "/weft.js",
             };
             let url = collector.url(sdks[s].ready_page);
-            let ms = if sdks[s].name == "weft" {
+            let ms = if script == "/weft.js" {
                 // The weft page's probe notes weft.js's start itself.
                 loader.goto(&url).await;
                 let v = loader
@@ -387,6 +410,18 @@ pub async fn run(
     let mut bytes = Vec::new();
     let mut delivered = Vec::new();
     for s in &sdks {
+        if s.ready_only {
+            for v in [
+                &mut sync20,
+                &mut async20,
+                &mut burst,
+                &mut bytes,
+                &mut delivered,
+            ] {
+                v.push(f64::NAN);
+            }
+            continue;
+        }
         eprintln!("weft-sdk-bench: side by side: {} track page", s.name);
         let page = page_as_chrome(chromium, &user_agent).await;
         page.goto(&collector.url(s.track_page)).await;
@@ -446,6 +481,16 @@ pub async fn run(
             }
         }
         page.call("Page.close", json!({})).await;
+        // What the closed page still sends (on its way out) must not count
+        // for the next burst.
+        settle(|| {
+            if weft {
+                collector.rows().len()
+            } else {
+                stub.totals().0
+            }
+        })
+        .await;
 
         // Delivery of a burst of 1,050 on a fresh page.
         let page = page_as_chrome(chromium, &user_agent).await;
@@ -458,22 +503,14 @@ pub async fn run(
             s.track
         ))
         .await;
-        // Until nothing more arrives for 4 s (PostHog sends every 3 s), at
-        // most 30 s.
-        let (mut last, mut still, mut got) = (usize::MAX, 0, 0);
-        for _ in 0..30 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            got = if weft {
+        let got = settle(|| {
+            if weft {
                 collector.rows().len() - rows
             } else {
                 stub.totals().0 - stub_events
-            };
-            still = if got == last { still + 1 } else { 0 };
-            if still == 4 {
-                break;
             }
-            last = got;
-        }
+        })
+        .await;
         if !weft && got == 0 {
             let seen = stub.seen.lock().unwrap().len();
             eprintln!(
@@ -539,12 +576,32 @@ pub async fn run(
                 } else {
                     v / best
                 };
-                format!("{} ({ratio:.2}x)", super::format_value(*v, unit))
+                if v.is_finite() {
+                    format!("{} ({ratio:.2}x)", super::format_value(*v, unit))
+                } else {
+                    "n/a".to_owned()
+                }
             })
             .collect();
         println!("| {what} | {} |", cells.join(" | "));
     }
     Ok(())
+}
+
+/// Waits until `count` has not changed for 4 s (PostHog sends every 3 s),
+/// 30 s at most; returns its last value.
+async fn settle(count: impl Fn() -> usize) -> usize {
+    let (mut last, mut still) = (usize::MAX, 0);
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = count();
+        still = if now == last { still + 1 } else { 0 };
+        if still == 4 {
+            return now;
+        }
+        last = now;
+    }
+    last
 }
 
 /// Bytes of weft's `/v1/batch` requests as sent so far.
