@@ -43,19 +43,23 @@ pub fn iso_utc(ms: f64) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + u64::from(month <= 2);
     let mut out = *b"0000-00-00T00:00:00.000Z";
-    for (value, end, width) in [
-        (year, 4, 4),
-        (month, 7, 2),
-        (day, 10, 2),
-        (in_day / 3_600_000, 13, 2),
-        (in_day / 60_000 % 60, 16, 2),
-        (in_day / 1_000 % 60, 19, 2),
-        (in_day % 1_000, 23, 3),
-    ] {
-        let mut v = value;
-        for slot in out.iter_mut().take(end).rev().take(width) {
-            *slot = b'0' + (v % 10) as u8;
-            v /= 10;
+    // Each field's digits, right-aligned before its separator: (value,
+    // index of its last digit, digits).
+    let fields = [
+        (year, 3, 4),
+        (month, 6, 2),
+        (day, 9, 2),
+        (in_day / 3_600_000, 12, 2),
+        (in_day / 60_000 % 60, 15, 2),
+        (in_day / 1_000 % 60, 18, 2),
+        (in_day % 1_000, 22, 3),
+    ];
+    for (mut value, last, digits) in fields {
+        for i in 0..digits {
+            if let Some(slot) = out.get_mut(last - i) {
+                *slot = b'0' + (value % 10) as u8;
+            }
+            value /= 10;
         }
     }
     out.iter().map(|&b| char::from(b)).collect()
