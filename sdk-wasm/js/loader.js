@@ -243,6 +243,15 @@ var weftHost = {
 
 // ---- The public API. ----
 var str = function (v) { return v == null ? undefined : String(v); };
+// Properties and traits as the JSON text of a plain object (not an array,
+// nor what a `toJSON` made something else); nothing for anything else or
+// what cannot be written (cycles, BigInt).
+var json = function (v) {
+  try {
+    v = v && typeof v === "object" && JSON.stringify(v);
+    return v && v[0] === "{" ? v : undefined;
+  } catch (e) {}
+};
 var all = function (on) { return { analytics: on, marketing: on, personalization: on }; };
 var invoke = function (name, args) {
   var a = args[0], b = args[1], c = args[2];
@@ -274,11 +283,13 @@ var invoke = function (name, args) {
     return { necessary: true, analytics: !!(bits & 1), marketing: !!(bits & 2), personalization: !!(bits & 4) };
   }
   if (name === "debug") return JSON.parse(sdk.op(n));
-  // Names and IDs as text; `page(properties)` keeps its object; a track's
-  // options as their category.
-  if (name !== "page" || a === null || typeof a !== "object") a = str(a);
-  if (name === "alias") b = str(b);
-  return sdk.op(n, a, b, str(c && c.category));
+  // Names and IDs as text, properties and traits as JSON (`page(properties)`
+  // has no name), a track's options as their category.
+  if (name === "page" && a && typeof a === "object") {
+    b = a;
+    a = undefined;
+  }
+  return sdk.op(n, str(a), name === "alias" ? str(b) : json(b), str(c && c.category));
 };
 var method = function (name) {
   return function () {
@@ -352,9 +363,9 @@ if (data.captureClicks !== "false") {
           ? "" : (el.textContent || "").trim().split(/\s+/).join(" ");
         text = Array.from(text).slice(0, 64).join("");
         if (/(\d[ -]*){13}/.test(text)) text = "";
-        op(METHODS.indexOf("track"), attr("data-weft-event") || "Element Clicked", {
+        op(METHODS.indexOf("track"), attr("data-weft-event") || "Element Clicked", JSON.stringify({
           tag: tag, id: el.id || undefined, classes: attr("class"), href: el.getAttribute("href") == null ? undefined : el.getAttribute("href"), text: text || undefined
-        });
+        }));
       });
     }, true);
   });

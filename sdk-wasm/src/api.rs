@@ -165,26 +165,20 @@ pub fn start(options: JsValue) {
 }
 
 /// Every method of `window.weft` and the loader's calls (see [`op`]); the
-/// loader passes up to three arguments. Returns the answer of the getters,
+/// loader passes up to three arguments: names and IDs as strings,
+/// properties and traits as JSON text. Returns the answer of the getters,
 /// else `undefined`. Named `op` in JavaScript (`call` would shadow
 /// `Function.prototype.call` on the glue's function object).
 #[wasm_bindgen(js_name = op)]
 pub fn call(op: u32, a: JsValue, b: JsValue, c: JsValue) -> JsValue {
     let text = |v: &JsValue| v.as_string();
-    let json = browser::object_to_json;
+    // The loader's `JSON.stringify` of a plain object.
+    let json = |v: &JsValue| v.as_string().map(weft_protocol::Json::from_trusted);
     match op {
         op::PAGE => {
-            // page(properties) or page(name, properties)
-            let call = if a.is_object() {
-                Call {
-                    name: None,
-                    data: json(&a),
-                }
-            } else {
-                Call {
-                    name: text(&a),
-                    data: json(&b),
-                }
+            let call = Call {
+                name: text(&a),
+                data: json(&b),
             };
             record(Record::Page(call, None));
         }

@@ -7,10 +7,10 @@
 //! far fewer bytes than Rust bindings to the same APIs (each binding is a
 //! function in the glue and in the wasm, each closure a table entry and
 //! glue of its own). What stays here is reading JavaScript values at the
-//! edge: strings, `JSON.stringify` of properties, the consent argument.
+//! edge: the start options, the consent argument. (Properties come as JSON
+//! text: the loader writes them.)
 
 use wasm_bindgen::prelude::*;
-use weft_protocol::Json;
 
 use crate::consent::{NAMES, Prefs};
 use crate::env::{Clock, Random, Storage};
@@ -51,14 +51,10 @@ mod js {
         #[wasm_bindgen(js_namespace = weftHost)]
         pub fn dropped(counters: &str);
 
-        /// `Reflect.get(target, key)`; throws for `undefined`/`null`, or
-        /// when a getter throws.
-        #[wasm_bindgen(catch, js_namespace = Reflect, js_name = get)]
-        pub fn reflect_get(target: &JsValue, key: &str) -> Result<JsValue, JsValue>;
-
-        /// `JSON.stringify(value)`; throws on cycles and BigInt.
-        #[wasm_bindgen(catch, js_namespace = JSON)]
-        pub fn stringify(value: &JsValue) -> Result<JsValue, JsValue>;
+        /// `Reflect.get(target, key)`; throws for `undefined`/`null`, so
+        /// only called on objects (the loader's own, without getters).
+        #[wasm_bindgen(js_namespace = Reflect, js_name = get)]
+        pub fn reflect_get(target: &JsValue, key: &str) -> JsValue;
 
         /// `Date.now()`
         #[wasm_bindgen(js_namespace = Date)]
@@ -66,12 +62,12 @@ mod js {
     }
 }
 
-/// `obj[key]`; `undefined` when `obj` is not an object or reading throws.
+/// `obj[key]`; `undefined` when `obj` is not an object.
 fn prop(obj: &JsValue, key: &str) -> JsValue {
     if !obj.is_object() {
         return JsValue::UNDEFINED;
     }
-    js::reflect_get(obj, key).unwrap_or(JsValue::UNDEFINED)
+    js::reflect_get(obj, key)
 }
 
 /// A start option (the loader's object of `data-*` values) when it is a
@@ -179,15 +175,4 @@ impl Random for BrowserEnv {
     fn fill(&self, buf: &mut [u8]) {
         js::random(buf);
     }
-}
-
-/// `JSON.stringify` of a plain object argument; `None` for anything else or
-/// for objects that cannot be serialised (cycles, BigInt).
-pub fn object_to_json(value: &JsValue) -> Option<Json> {
-    if !value.is_object() {
-        return None;
-    }
-    let text = js::stringify(value).ok()?.as_string()?;
-    // Objects only: not arrays, nor what a `toJSON` turned into a scalar.
-    text.starts_with("{").then(|| Json::from_trusted(text))
 }

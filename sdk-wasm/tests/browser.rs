@@ -1,7 +1,6 @@
 //! The SDK's browser module and tracker in a real browser (headless
-//! Chromium through wasm-bindgen-test-runner): the conversions at the edge
-//! on real JavaScript values, the clock against the browser's own `Date`,
-//! and the tracker over its imports.
+//! Chromium through wasm-bindgen-test-runner): the clock against the
+//! browser's own `Date`, and the tracker over its imports.
 //!
 //! The loader's side of the imports (`weftHost` in `js/loader.js`) is not
 //! here: it is exercised with the real `weft.js` in the end-to-end tests
@@ -12,7 +11,7 @@
 
 use wasm_bindgen::JsValue;
 use wasm_bindgen_test::*;
-use weft_sdk::browser::{self, BrowserEnv};
+use weft_sdk::browser::BrowserEnv;
 use weft_sdk::consent::{Category, Policy, Signals};
 use weft_sdk::delivery::Outcome;
 use weft_sdk::env::{Clock, Random, iso_utc};
@@ -70,23 +69,6 @@ fn the_clock_writes_what_date_to_iso_string_writes() {
         let date = js_eval(&format!("new Date({ms}).toISOString()"));
         assert_eq!(Some(iso_utc(ms)), date.as_string(), "{ms}");
     }
-}
-
-#[wasm_bindgen_test]
-fn properties_are_json_of_plain_objects_only() {
-    let object = js_eval("({a: 1, b: 'x', c: [true, null]})");
-    assert_eq!(
-        browser::object_to_json(&object).unwrap().as_str(),
-        r#"{"a":1,"b":"x","c":[true,null]}"#
-    );
-    for not_an_object in ["[1, 2]", "'text'", "42", "undefined", "null"] {
-        assert!(
-            browser::object_to_json(&js_eval(not_an_object)).is_none(),
-            "{not_an_object}"
-        );
-    }
-    let cycle = js_eval("(() => { const o = {}; o.self = o; return o; })()");
-    assert!(browser::object_to_json(&cycle).is_none());
 }
 
 #[wasm_bindgen_test]

@@ -33,9 +33,9 @@ use crate::tools::Tools;
 /// `WEFT_SDK_DIR` overrides it (see [`out_dir`]).
 pub const OUT_DIR: &str = "target/sdk";
 /// The script tag's total download, gzip -9, above which the build fails:
-/// what the SDK measures today (20.0 KB) and a small margin, so it cannot
+/// what the SDK measures today (19.7 KB) and a small margin, so it cannot
 /// creep back.
-pub const BUDGET_GZIP_BYTES: usize = 20_992;
+pub const BUDGET_GZIP_BYTES: usize = 20 * 1024;
 /// The total the SDK aims for, gzip -9; reported, not enforced.
 pub const GOAL_GZIP_BYTES: usize = 15 * 1024;
 
