@@ -1,12 +1,18 @@
 //! The JavaScript boundary: the only module with `#[wasm_bindgen]` exports.
 //!
 //! Two exports: [`start`], and [`call`] for every method of `window.weft`
-//! by number (one export instead of a dozen keeps the glue small; the
-//! numbers are [`op`] and `js/loader.js` names them). Each converts its
-//! arguments at the edge and forwards to the one tracker of the page. None
-//! of them can throw: a call before `start`, or one made while the tracker
-//! is busy, is ignored. `js/loader.js` adds a `try/catch` around every call
-//! as a second guard.
+//! and the loader's own calls (timers, answers, page hide) by number (one
+//! export instead of a dozen keeps the glue small; the numbers are [`op`],
+//! [`METHODS`] is the one list of the public ones, and the tests below hold
+//! `js/loader.js`, `js/weft.d.ts` and every copy of the inline stub to it).
+//! Each converts its arguments at the edge and forwards to the one tracker
+//! of the page. None of them can throw: a call before `start`, or one made
+//! while the tracker is busy, is ignored. `js/loader.js` adds a `try/catch`
+//! around every call as a second guard.
+//!
+//! A call never waits for the network or storage: a full batch is sent
+//! from a 0 ms timer, the queue is written at the next idle moment (at most
+//! `SAVE_WAIT_MS` later) and at once when the page is hidden.
 
 use std::cell::RefCell;
 use std::rc::Rc;
