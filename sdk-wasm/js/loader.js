@@ -1,63 +1,260 @@
 // weft.js loader. The build wraps this file and the wasm-bindgen glue in one
-// function scope, so `wasm_bindgen` below is the glue and nothing leaks into
-// the page but `window.weft`. Rule: nothing here may throw into the host page.
-// The API's behaviour lives in Rust (`src/api.rs`); this file names the
-// methods, queues calls until the wasm is ready, and keeps the callbacks.
+// function scope, so `wasm_bindgen` below is the glue, `weftHost` is what the
+// Rust side imports (`src/browser.rs`), and nothing leaks into the page but
+// `window.weft`. Rule: nothing here may throw into the host page, and no
+// `weftHost` function may throw into the wasm.
+//
+// The split: Rust (`src/api.rs`, `src/tracker.rs`) decides what is recorded,
+// held, queued, stored and sent; this file does the browser's side of it in
+// the fewer bytes JavaScript needs: the script tag's options, the public
+// methods, storage and the anonymous-ID cookie, the page's context, click
+// and route capture, timers, fetch and sendBeacon.
 var w = window;
-var script = document.currentScript;
+var d = document;
+var script = d.currentScript;
 var data = (script && script.dataset) || {};
 var src = script && script.src ? new URL(script.src, location.href) : null;
 var base = src ? src.href.replace(/[^\/?#]*([?#].*)?$/, "") : "/";
-var host = data.host || (src ? src.origin : location.origin);
+var endpoint = (data.host || (src ? src.origin : location.origin)).replace(/\/+$/, "") + "/v1/batch";
 var debug = data.debug === "true";
-var report = function (e) {
+var report = function () {
   if (debug) {
-    try { console.warn("weft:", e); } catch (_) {}
+    try { console.warn.apply(console, ["weft:"].concat([].slice.call(arguments))); } catch (_) {}
   }
 };
+// weft.wasm is asked for first: its download is most of the time to ready.
+// A page whose CSP blocks wasm gets an empty stand-in: no download.
+var loading;
+try {
+  loading = wasm_bindgen({ module_or_path: cspBlocksWasm ? new Response("") : base + "weft.wasm" });
+} catch (e) {
+  report(e);
+}
 var prior = w.weft && typeof w.weft === "object" ? w.weft : {};
 var queue = Array.isArray(prior._q) ? prior._q : [];
 var readyCallbacks = [];
 var changeCallbacks = [];
 var sdk = null;
 var weft = { consent: {} };
-// The numbers of `api::op` in Rust.
-var OPS = {
-  page: 0, track: 1, identify: 2, alias: 3, group: 4, reset: 5, flush: 6,
-  "consent.set": 8, "consent.get": 9, anonymousId: 10, userId: 11
-};
-var GETTERS = { anonymousId: 1, userId: 1, "consent.get": 1 };
-// The page's context, gathered here because JavaScript says it in fewer
-// bytes than Rust; `src/browser.rs` calls it and adds identity, session and
-// consent. `referrer`: a single-page app's previous route.
-var UTM = { campaign: "name", source: "source", medium: "medium", term: "term", content: "content" };
-// The time zone once: building an Intl.DateTimeFormat costs a good part of
-// a millisecond.
-var tz;
-try { tz = Intl.DateTimeFormat().resolvedOptions().timeZone; } catch (e) {}
-var describe = function (referrer) {
-  var l = location, n = navigator, s = w.screen || {}, q = new URLSearchParams(l.search), c, k, v;
-  for (k in UTM) if ((v = q.get("utm_" + k))) (c = c || {})[UTM[k]] = v;
-  return {
-    page: { url: l.href, path: l.pathname, search: l.search, referrer: referrer || document.referrer, title: document.title },
-    campaign: c,
-    userAgent: n.userAgent,
-    locale: n.language,
-    timezone: tz,
-    screen: { width: s.width, height: s.height, density: w.devicePixelRatio }
-  };
-};
-var str = function (v) { return v == null ? undefined : String(v); };
-var all = function (on) { return { analytics: on, marketing: on, personalization: on }; };
-var safely = function (f, arg) {
+// The methods of `window.weft` that reach Rust, in the order of their
+// numbers in `api::op` (its tests check this list, `weft.d.ts` and the
+// inline stub against `api::METHODS`).
+var METHODS = "page track identify alias group reset flush anonymousId userId consent.set consent.get debug".split(" ");
+// What `consent.set` reads, in the order of Rust's `consent::NAMES`.
+var CONSENT_NAMES = "analytics marketing personalization analytics_storage ad_storage ad_user_data ad_personalization personalization_storage".split(" ");
+// Answered at once, never queued before load.
+var GETTERS = { anonymousId: 1, userId: 1, "consent.get": 1, debug: 1 };
+// Rust's internal operations (`api::op`): a route change, a timer, a
+// request's answer, the page going away.
+var ROUTE = 12, TICK = 13, SENT = 14, HIDE = 15;
+var safely = function (f, a, b, c) {
   try {
-    f(arg);
+    return f(a, b, c);
   } catch (e) {
     report(e);
   }
 };
+var op = function (n, a, b, c) {
+  return sdk ? safely(sdk.op, n, a, b, c) : undefined;
+};
+
+// ---- What Rust imports (`browser.rs`, module `js`). ----
+var AID = "weft.aid";
+var setCookie = function (name, value, age, domain) {
+  d.cookie = name + "=" + value + "; path=/; max-age=" + age + "; SameSite=Lax" +
+    (domain ? "; domain=" + domain : "") + (location.protocol === "https:" ? "; Secure" : "");
+};
+var getCookie = function (name) {
+  var m = ("; " + d.cookie).match("; " + name + "=([^;]+)");
+  return m ? m[1] : undefined;
+};
+// The registrable domain (`shop.example` for `www.shop.example`), so every
+// subdomain shares the anonymous ID: found without a public-suffix list the
+// way the browser decides, as the shortest parent domain that takes a cookie.
+// "" for IP addresses and single-label hosts (a host-only cookie).
+var domain = data.cookieDomain;
+var cookieDomain = function () {
+  if (domain == null) {
+    domain = "";
+    var h = location.hostname, labels = h.split("."), i = labels.length - 1, p;
+    if (!/^[\d.]*$|:/.test(h)) {
+      while (!domain && --i >= 0) {
+        p = labels.slice(i).join(".");
+        setCookie("weft_probe", 1, 10, p);
+        if (getCookie("weft_probe")) {
+          setCookie("weft_probe", "", 0, p);
+          domain = p;
+        }
+      }
+    }
+  }
+  return domain;
+};
+var storage = function () {
+  try {
+    return w.localStorage;
+  } catch (e) {}
+};
+var UTM = { campaign: "name", source: "source", medium: "medium", term: "term", content: "content" };
+var contextKey, zone, fresh, pool, used = 4096, timers = [], armed;
+// Work for after the current task (one microtask, no browser call now): a
+// burst of calls in one task pays for the page's URL, timers and the like
+// once, and not inside the call.
+var soon = function (f) {
+  Promise.resolve().then(f);
+};
+var stale = function () { fresh = 0; };
+// Starts a POST of a batch body; 1 if it started. Its answer goes to Rust.
+var post = function (data, keepalive) {
+  return safely(function () {
+    var init = { method: "POST", body: data, keepalive: keepalive };
+    safely(function () { init.signal = AbortSignal.timeout(30000); });
+    fetch(endpoint, init).then(function (r) {
+      op(SENT, r.status, r.headers.get("Retry-After"));
+    }, function () {
+      op(SENT);
+    });
+    return 1;
+  });
+};
+var weftHost = {
+  // localStorage, with the anonymous ID mirrored in a first-party cookie
+  // (it survives a cleared localStorage and reaches the site's subdomains).
+  load: function (key) {
+    var v = safely(function () { return storage().getItem(key); });
+    return v == null && key === AID ? safely(getCookie, "weft_aid") : v == null ? undefined : v;
+  },
+  store: function (key, value) {
+    safely(function () {
+      var s = storage();
+      value == null ? s.removeItem(key) : s.setItem(key, value);
+    });
+    if (key === AID) {
+      safely(function () {
+        if (value != null) {
+          setCookie("weft_aid", value, 31536000, cookieDomain());
+        } else if (getCookie("weft_aid")) {
+          setCookie("weft_aid", "", 0, cookieDomain());
+          setCookie("weft_aid", "", 0);
+        }
+      });
+    }
+  },
+  // The page's part of `context` as JSON members (`"page":{..},...`), or
+  // undefined when it is what the last call returned: a burst of calls on
+  // one page builds it once. `referrer`: a single-page app's previous route.
+  // The URL and title are read once per task (and again after a history
+  // change, which the hooks below report).
+  describe: function (referrer) {
+    return safely(function () {
+      if (fresh && !referrer) return;
+      var l = location, n = navigator, s = w.screen || {}, q, c, k, v;
+      var key = l.href + "\n" + d.title + "\n" + (referrer || "");
+      if (!referrer) soon(stale);
+      fresh = !referrer;
+      if (key === contextKey) return;
+      contextKey = key;
+      q = new URLSearchParams(l.search);
+      for (k in UTM) if ((v = q.get("utm_" + k))) (c = c || {})[UTM[k]] = v;
+      return JSON.stringify({
+        page: { url: l.href, path: l.pathname, search: l.search, referrer: referrer || d.referrer, title: d.title },
+        campaign: c,
+        userAgent: n.userAgent,
+        locale: n.language,
+        screen: { width: s.width, height: s.height, density: w.devicePixelRatio }
+      }).slice(1, -1);
+    });
+  },
+  // Members every batch carries at its level: the time zone. Asked when a
+  // batch is made, never while the page loads: the first
+  // `Intl.DateTimeFormat()` of a page can cost tens of milliseconds.
+  shared: function () {
+    if (zone == null) {
+      zone = "";
+      safely(function () {
+        zone = '"timezone":' + JSON.stringify(Intl.DateTimeFormat().resolvedOptions().timeZone);
+      });
+    }
+    return zone;
+  },
+  // POSTs a batch with no custom header (no CORS preflight); the answer
+  // goes to Rust. Compressed with gzip where the browser can (the collector
+  // knows gzip by its first bytes), except the page's last requests, which
+  // must start before it goes: those use `keepalive`, which only they may
+  // (the browser counts unread keepalive responses against a 64 KB quota).
+  // Aborted after 30 s.
+  send: function (body, keepalive) {
+    return !!safely(function () {
+      if (keepalive || !w.CompressionStream) return post(body, keepalive);
+      var fail = function () { post(body) || op(SENT); };
+      new Response(new Blob([body]).stream().pipeThrough(new CompressionStream("gzip")))
+        .arrayBuffer()
+        .then(function (gz) { post(gz) || op(SENT); }, fail);
+      return 1;
+    });
+  },
+  beacon: function (body) {
+    return !!safely(function () { return navigator.sendBeacon(endpoint, body); });
+  },
+  // Timer `kind` (`api::timer`) fires `op(TICK, kind)` after `ms`, replacing
+  // the one pending; the saver waits for an idle moment. Set after the
+  // current task.
+  later: function (kind, ms) {
+    timers[kind] = ms;
+    if (!armed) {
+      armed = 1;
+      soon(function () {
+        armed = 0;
+        timers.forEach(function (ms, kind) {
+          safely(function () {
+            var fire = function () { op(TICK, kind); };
+            if (kind) { // 1 (the saver)
+              w.requestIdleCallback ? requestIdleCallback(fire, { timeout: ms }) : setTimeout(fire, ms);
+            } else {
+              clearTimeout(weftHost.t);
+              weftHost.t = setTimeout(fire, ms);
+            }
+          });
+        });
+        timers = [];
+      });
+    }
+  },
+  // Random bytes from a pool filled 4 KB at a time.
+  random: function (bytes) {
+    for (var i = 0; i < bytes.length; i++) {
+      if (used === 4096) {
+        pool = new Uint8Array(4096);
+        used = 0;
+        try {
+          crypto.getRandomValues(pool);
+        } catch (e) {
+          for (var j = 0; j < 4096; j++) pool[j] = Math.random() * 256;
+        }
+      }
+      bytes[i] = pool[used++];
+    }
+  },
+  // A counter of dropped calls or messages went up (`data-debug` says so).
+  dropped: function (counters) {
+    report("dropped", counters);
+  }
+};
+
+// ---- The public API. ----
+var str = function (v) { return v == null ? undefined : String(v); };
+// Properties and traits as the JSON text of a plain object (not an array,
+// nor what a `toJSON` made something else); nothing for anything else or
+// what cannot be written (cycles, BigInt).
+var json = function (v) {
+  try {
+    v = v && typeof v === "object" && JSON.stringify(v);
+    return v && v[0] === "{" ? v : undefined;
+  } catch (e) {}
+};
+var all = function (on) { return { analytics: on, marketing: on, personalization: on }; };
 var invoke = function (name, args) {
-  var a = args[0], b = args[1];
+  var a = args[0], b = args[1], c = args[2];
   if (name === "ready") {
     if (typeof a === "function") sdk ? safely(a, weft) : readyCallbacks.push(a);
     return;
@@ -70,16 +267,29 @@ var invoke = function (name, args) {
     a = all(name === "consent.grantAll");
     name = "consent.set";
   }
+  var n = METHODS.indexOf(name);
   if (name === "consent.set") {
-    sdk.op(8, a);
-    var prefs = sdk.op(9);
+    // Each of `consent::NAMES`: 1 granted, 0 denied, - not given.
+    sdk.op(n, CONSENT_NAMES.map(function (k) {
+      var v = a && a[k];
+      return v === true || v === "granted" ? 1 : v === false || v === "denied" ? 0 : "-";
+    }).join(""));
+    var prefs = invoke("consent.get", []);
     changeCallbacks.forEach(function (cb) { safely(cb, prefs); });
     return;
   }
-  // Names and IDs as text; `page(properties)` keeps its object.
-  if (name !== "page" || a === null || typeof a !== "object") a = str(a);
-  if (name === "alias") b = str(b);
-  return sdk.op(OPS[name], a, b, args[2]);
+  if (name === "consent.get") {
+    var bits = sdk.op(n);
+    return { necessary: true, analytics: !!(bits & 1), marketing: !!(bits & 2), personalization: !!(bits & 4) };
+  }
+  if (name === "debug") return JSON.parse(sdk.op(n));
+  // Names and IDs as text, properties and traits as JSON (`page(properties)`
+  // has no name), a track's options as their category.
+  if (name === "page" && a && typeof a === "object") {
+    b = a;
+    a = undefined;
+  }
+  return sdk.op(n, str(a), name === "alias" ? str(b) : json(b), str(c && c.category));
 };
 var method = function (name) {
   return function () {
@@ -92,49 +302,96 @@ var method = function (name) {
     }
   };
 };
-"page track identify alias group reset flush ready anonymousId userId".split(" ").forEach(function (n) {
-  weft[n] = method(n);
-});
-"set get grantAll denyAll onChange".split(" ").forEach(function (n) {
-  weft.consent[n] = method("consent." + n);
+METHODS.concat("ready", "consent.grantAll", "consent.denyAll", "consent.onChange").forEach(function (n) {
+  var p = n.split(".");
+  (p[1] ? weft.consent : weft)[p[1] || n] = method(n);
 });
 w.weft = weft;
 
-// Single-page apps: one check per burst of history changes, after the
-// current task, so a router's pushState + replaceState counts once.
-if (data.captureSpa !== "false") {
-  var pending = 0;
-  var routeChanged = function () {
-    if (pending) return;
-    pending = setTimeout(function () {
-      pending = 0;
-      if (sdk) safely(sdk.op, 7);
-    }, 0);
-  };
-  try {
-    ["pushState", "replaceState"].forEach(function (name) {
-      var original = history[name];
-      if (typeof original !== "function") return;
-      history[name] = function () {
-        var result = original.apply(this, arguments);
-        safely(routeChanged);
-        return result;
-      };
-    });
-    w.addEventListener("popstate", routeChanged);
-    w.addEventListener("hashchange", routeChanged);
-  } catch (e) {
-    report(e);
-  }
+// ---- Automatic capture. ----
+// Single-page apps (unless `data-capture-spa="false"`; the page's context is
+// read again after any history change either way): one check per burst of
+// history changes, after the current task, so a router's pushState +
+// replaceState counts once; a page view when the route (the URL without a plain `#fragment`; `#/..` and
+// `#!..` are routes) differs from the last one's, with that URL as referrer.
+var routeKey = function (href) {
+  return /#[\/!]/.test(href) ? href : href.split("#")[0];
+};
+var lastUrl = location.href;
+var spa = data.captureSpa !== "false";
+var pending = 0;
+var routeChanged = function () {
+  stale();
+  if (!spa || pending) return;
+  pending = setTimeout(function () {
+    pending = 0;
+    var url = location.href, previous = lastUrl;
+    if (sdk && routeKey(url) !== routeKey(previous)) {
+      lastUrl = url;
+      op(ROUTE, previous);
+    }
+  }, 0);
+};
+safely(function () {
+  ["pushState", "replaceState"].forEach(function (name) {
+    var original = history[name];
+    if (typeof original !== "function") return;
+    history[name] = function () {
+      var result = original.apply(this, arguments);
+      safely(routeChanged);
+      return result;
+    };
+  });
+  w.addEventListener("popstate", routeChanged);
+  w.addEventListener("hashchange", routeChanged);
+});
+
+// Clicks on links, buttons and `data-weft-*` elements: tag, id, classes,
+// href and a short text, never an input's value, nor the text of or around
+// sensitive elements, nor anything shaped like a payment card number.
+var CLICKABLE = "a,button,[role=button],input[type=submit],input[type=button],[data-weft-click],[data-weft-event]";
+var SENSITIVE = "[data-weft-mask],input[type=password],[autocomplete^=cc-]";
+if (data.captureClicks !== "false") {
+  safely(function () {
+    d.addEventListener("click", function (e) {
+      safely(function () {
+        var t = e.target, el = t.closest && !t.closest("[data-weft-ignore]") && t.closest(CLICKABLE);
+        if (!el || !sdk) return;
+        var attr = function (n) { return el.getAttribute(n) || undefined; };
+        var tag = el.tagName.toLowerCase();
+        var text = tag === "input" || el.closest(SENSITIVE) || el.querySelector(SENSITIVE)
+          ? "" : (el.textContent || "").trim().split(/\s+/).join(" ");
+        text = Array.from(text).slice(0, 64).join("");
+        if (/(\d[ -]*){13}/.test(text)) text = "";
+        op(METHODS.indexOf("track"), attr("data-weft-event") || "Element Clicked", JSON.stringify({
+          tag: tag, id: el.id || undefined, classes: attr("class"), href: el.getAttribute("href") == null ? undefined : el.getAttribute("href"), text: text || undefined
+        }));
+      });
+    }, true);
+  });
 }
 
+// The page is hidden or unloaded: the last moment to send and to save.
+safely(function () {
+  var hide = function () { op(HIDE); };
+  w.addEventListener("pagehide", hide);
+  d.addEventListener("visibilitychange", function () {
+    if (d.visibilityState === "hidden") hide();
+  });
+});
+
 try {
-  wasm_bindgen({ module_or_path: base + "weft.wasm" })
+  loading
     .then(function () {
-      wasm_bindgen.start(data, host, describe);
+      var nav = navigator;
+      wasm_bindgen.start({
+        writeKey: data.writeKey, consent: data.consent, policyVersion: data.policyVersion,
+        flushInterval: data.flushInterval, batchSize: data.batchSize, capturePages: data.capturePages,
+        gpc: nav.globalPrivacyControl === true, dnt: data.dnt === "true" && nav.doNotTrack === "1"
+      });
       sdk = wasm_bindgen;
       queue.splice(0).forEach(function (c) {
-        safely(function () { invoke(c[0], c[1] || []); });
+        safely(invoke, c[0], c[1] || []);
       });
       readyCallbacks.splice(0).forEach(function (cb) { safely(cb, weft); });
     })

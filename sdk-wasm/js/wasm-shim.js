@@ -12,12 +12,32 @@
 // it calls `document.currentScript.weft(make)`, and `make(imports)` returns
 // the exports the glue expects. `base` (weft.js's directory URL) and `report`
 // (the debug logger) are the loader's, read only when needed.
+//
+// A page whose own `<meta>` Content-Security-Policy leaves both
+// 'wasm-unsafe-eval' and 'unsafe-eval' out of `script-src` (else
+// `default-src`) cannot compile weft.wasm: `cspBlocksWasm` is then true,
+// the loader does not download it and the fallback is loaded at once. A
+// policy sent as an HTTP header cannot be read by a script; only trying to
+// compile tells, and that logs a violation.
+var cspBlocksWasm = false;
+try {
+  [].forEach.call(document.querySelectorAll("meta[http-equiv=Content-Security-Policy i]"), function (m) {
+    var rules = {};
+    m.content.split(";").forEach(function (r) {
+      r = r.trim().split(/\s+/);
+      rules[r[0].toLowerCase()] = r.join(" ");
+    });
+    var rule = rules["script-src"] || rules["default-src"];
+    if (rule && !/'(wasm-)?unsafe-eval'/.test(rule)) cspBlocksWasm = true;
+  });
+} catch (e) {}
 var WebAssembly = (function (real, current) {
   // Copied to the fallback's <script> for pages whose CSP names a nonce.
   var nonce = current && current.nonce;
   return {
     instantiateStreaming: function (response, imports) {
       return new Promise(function (ok) {
+        if (cspBlocksWasm) throw "the page's CSP blocks WebAssembly: weft-fallback.js";
         ok(real.instantiateStreaming(response, imports));
       }).catch(function (e) {
         report(e);

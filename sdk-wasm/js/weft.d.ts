@@ -42,6 +42,22 @@ export interface WeftTrackOptions {
   category?: WeftCategory;
 }
 
+/** What `debug()` answers: what waits, and what was lost since the page started. */
+export interface WeftDebug {
+  /** Messages queued (sent or waiting to be). */
+  queued: number;
+  /** Calls held in memory for an opt-in decision. */
+  held: number;
+  /** Calls dropped: more than 100 were already held before a decision. */
+  heldDropped: number;
+  /** Messages dropped, oldest first, at the queue's 512 KB cap. */
+  queueDropped: number;
+  /** Messages dropped for being over the collector's 32 KB limit. */
+  tooLarge: number;
+  /** Batches the collector refused for good (a 4xx). */
+  refused: number;
+}
+
 export interface WeftConsent {
   /** Records a decision; categories not named keep their value. */
   set(preferences: WeftConsentInput): void;
@@ -75,6 +91,8 @@ export interface Weft {
   anonymousId(): string | undefined;
   /** The identified user, if any. */
   userId(): string | undefined;
+  /** Counts of what is queued and what was lost; `undefined` before load. With `data-debug="true"` every loss is also logged. */
+  debug(): WeftDebug | undefined;
   consent: WeftConsent;
 }
 

@@ -1,29 +1,55 @@
 //! The JavaScript boundary: the only module with `#[wasm_bindgen]` exports.
 //!
 //! Two exports: [`start`], and [`call`] for every method of `window.weft`
-//! by number (one export instead of a dozen keeps the glue small; the
-//! numbers are [`op`] and `js/loader.js` names them). Each converts its
-//! arguments at the edge and forwards to the one tracker of the page. None
-//! of them can throw: a call before `start`, or one made while the tracker
-//! is busy, is ignored. `js/loader.js` adds a `try/catch` around every call
-//! as a second guard.
+//! and the loader's own calls (timers, answers, page hide) by number (one
+//! export instead of a dozen keeps the glue small; the numbers are [`op`],
+//! [`METHODS`] is the one list of the public ones, and the tests below hold
+//! `js/loader.js`, `js/weft.d.ts` and every copy of the inline stub to it).
+//! Each converts its arguments at the edge and forwards to the one tracker
+//! of the page. None of them can throw: a call before `start`, or one made
+//! while the tracker is busy, is ignored. `js/loader.js` adds a `try/catch`
+//! around every call as a second guard.
+//!
+//! A call never waits for the network or storage: a full batch is sent
+//! from a 0 ms timer, the queue is written at the next idle moment (at most
+//! `SAVE_WAIT_MS` later) and at once when the page is hidden.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 
 use wasm_bindgen::prelude::*;
-use weft_protocol::Json;
 
-use crate::browser::{self, BrowserEnv, Listener, Sender, Timer};
-use crate::consent::{self, Category, Policy};
+use crate::browser::{self, BrowserEnv};
+use crate::consent::{self, Category, Policy, Signals};
 use crate::delivery::Outcome;
-use crate::tracker::{Call, ClickedElement, Config, Tracker};
+use crate::queue::Part;
+use crate::tracker::{Call, Config, Tracker};
 
-/// The methods of `window.weft`, as numbered for [`call`]. The loader's
-/// table (`js/loader.js`) must match.
+/// The methods of `window.weft` that reach Rust, in the order of their
+/// numbers in [`op`]: `js/loader.js`'s `METHODS` must be this list, and
+/// `js/weft.d.ts` and the inline stub must name them (checked below).
+pub const METHODS: [&str; 12] = [
+    "page",
+    "track",
+    "identify",
+    "alias",
+    "group",
+    "reset",
+    "flush",
+    "anonymousId",
+    "userId",
+    "consent.set",
+    "consent.get",
+    "debug",
+];
+
+/// The numbers of [`call`]: the public methods (as in [`METHODS`]), then
+/// what only the loader calls.
 pub mod op {
     /// `page(name?, properties?)`
     pub const PAGE: u32 = 0;
-    /// `track(event, properties?, options?)`
+    /// `track(event, properties?, category?)`: the loader passes the
+    /// options' category.
     pub const TRACK: u32 = 1;
     /// `identify(userId, traits?)`
     pub const IDENTIFY: u32 = 2;
@@ -35,41 +61,52 @@ pub mod op {
     pub const RESET: u32 = 5;
     /// `flush()`
     pub const FLUSH: u32 = 6;
-    /// The URL may have changed (history API, `popstate`).
-    pub const ROUTE: u32 = 7;
-    /// `consent.set(preferences)`
-    pub const CONSENT_SET: u32 = 8;
-    /// `consent.get()`
-    pub const CONSENT_GET: u32 = 9;
     /// `anonymousId()`
-    pub const ANONYMOUS_ID: u32 = 10;
+    pub const ANONYMOUS_ID: u32 = 7;
     /// `userId()`
-    pub const USER_ID: u32 = 11;
+    pub const USER_ID: u32 = 8;
+    /// `consent.set(preferences)`
+    pub const CONSENT_SET: u32 = 9;
+    /// `consent.get()`
+    pub const CONSENT_GET: u32 = 10;
+    /// `debug()`: the counts of what is queued, held and lost, as JSON.
+    pub const DEBUG: u32 = 11;
+    /// A single-page app's route changed: a page view, with the previous
+    /// URL as referrer.
+    pub const ROUTE: u32 = 12;
+    /// Timer `a` (see [`super::timer`]) fired.
+    pub const TICK: u32 = 13;
+    /// The request in flight answered: status `a` (none: a network
+    /// failure), `Retry-After` `b`.
+    pub const SENT: u32 = 14;
+    /// The page is being hidden or unloaded.
+    pub const HIDE: u32 = 15;
+}
+
+/// The SDK's timers (`weftHost.later`).
+pub mod timer {
+    /// The next send.
+    pub const SEND: u32 = 0;
+    /// Writing the queue to storage, at the next idle moment.
+    pub const SAVE: u32 = 1;
 }
 
 /// The last request's budget for the queue's messages when the page goes
 /// away (the browser's keepalive budget is 64 KB for all of them).
 const BEACON_BYTES: usize = weft_protocol::limits::KEEPALIVE_BUDGET_BYTES - 1024;
+/// The longest a changed queue waits for an idle moment to be written.
+const SAVE_WAIT_MS: f64 = 500.0;
 
 struct Sdk {
     tracker: Tracker<BrowserEnv>,
-    sender: Sender,
-    /// The route of the last page view (see [`crate::url::route_key`]) and
-    /// its full URL, the next SPA page view's referrer.
-    route: Option<String>,
-    url: Option<String>,
-    capture_spa: bool,
-    /// The loader's function that describes the page (see
-    /// [`browser::context`]).
-    describe: JsValue,
-    /// One timer for the next send; `timer_set` while it is pending.
-    timer: Timer,
-    timer_set: bool,
-    /// One timer to write the queue once per burst of calls.
-    saver: Timer,
+    /// The page's context members, as the loader last described them.
+    page: Option<Part>,
+    /// When the send timer fires (ms since the epoch), while it is set.
+    send_at: Option<f64>,
+    /// The saver is waiting for an idle moment.
     saver_set: bool,
-    /// Owned browser resources: dropping the SDK removes them.
-    _listeners: Vec<Listener>,
+    /// The tracker's losses last reported (`data-debug`).
+    reported: [u32; 4],
 }
 
 thread_local! {
@@ -86,11 +123,6 @@ fn with_sdk<R>(f: impl FnOnce(&mut Sdk) -> R) -> Option<R> {
     .flatten()
 }
 
-/// `data-*="false"` turns an on-by-default option off.
-fn enabled(options: &JsValue, key: &str) -> bool {
-    browser::option(options, key).as_deref() != Some("false")
-}
-
 /// A positive number option, else `default`.
 fn number(options: &JsValue, key: &str, default: f64) -> f64 {
     browser::option(options, key)
@@ -99,13 +131,12 @@ fn number(options: &JsValue, key: &str, default: f64) -> f64 {
         .map_or(default, |n| n.min(86_400_000) as f64)
 }
 
-/// Starts the SDK with the script tag's `dataset` as `options`: works out
+/// Starts the SDK with the loader's options (the script tag's `data-*`
+/// values, and the browser's `gpc` and honoured `dnt` signals): works out
 /// consent, restores identity and the queue when allowed, records the page
-/// view and installs click capture and the page-hide flush. `host` is the
-/// collector's origin (`https://collector.example.com`); `describe` the
-/// loader's page-context function.
+/// view and has what is queued sent soon (not now: the page is loading).
 #[wasm_bindgen]
-pub fn start(options: JsValue, host: JsValue, describe: JsValue) {
+pub fn start(options: JsValue) {
     let already = SDK
         .try_with(|cell| cell.try_borrow().map(|s| s.is_some()).unwrap_or(true))
         .unwrap_or(true);
@@ -117,76 +148,50 @@ pub fn start(options: JsValue, host: JsValue, describe: JsValue) {
     config.policy_version = browser::option(&options, "policyVersion").unwrap_or_default();
     config.flush_interval_ms = number(&options, "flushInterval", config.flush_interval_ms);
     config.batch_count = number(&options, "batchSize", 20.0) as usize;
-    let signals = browser::signals(browser::option(&options, "dnt").as_deref() == Some("true"));
-    let env = BrowserEnv::new(browser::option(&options, "cookieDomain"));
-    let tracker = Tracker::new(env, config, signals);
-
-    let mut listeners = Vec::new();
-    if enabled(&options, "captureClicks") {
-        listeners.extend(browser::on_click(|el| record(Record::Click(el))));
-    }
-    listeners.extend(browser::on_page_hide(page_hidden));
-
-    // `host` as a `JsValue`: a `String` parameter links in a formatted
-    // panic (the glue's boxed-slice conversion).
-    let mut endpoint = host.as_string().unwrap_or_default();
-    while endpoint.as_bytes().last() == Some(&b'/') {
-        endpoint.pop();
-    }
-    endpoint.push_str("/v1/batch");
-    let url = browser::location_href();
+    let signals = Signals {
+        gpc: browser::flag(&options, "gpc"),
+        dnt: browser::flag(&options, "dnt"),
+    };
     let sdk = Sdk {
-        tracker,
-        sender: Sender::new(endpoint, sent),
-        route: url.as_deref().map(|u| crate::url::route_key(u).to_owned()),
-        url,
-        capture_spa: enabled(&options, "captureSpa"),
-        describe,
-        timer: Timer::new(timer_fired),
-        timer_set: false,
-        saver: Timer::new(save),
+        tracker: Tracker::new(BrowserEnv, config, signals),
+        page: None,
+        send_at: None,
         saver_set: false,
-        _listeners: listeners,
+        reported: [0; 4],
     };
     let _ = SDK.try_with(|cell| {
         if let Ok(mut s) = cell.try_borrow_mut() {
             *s = Some(sdk);
         }
     });
-    if enabled(&options, "capturePages") {
+    if browser::option(&options, "capturePages").as_deref() != Some("false") {
         record(Record::Page(Call::default(), None));
     }
-    flush(true);
+    with_sdk(schedule);
 }
 
-/// Every method of `window.weft` (see [`op`]); the loader passes up to three
-/// arguments as they came. Returns the answer of the getters, else
-/// `undefined`. Named `op` in JavaScript (`call` would shadow
+/// Every method of `window.weft` and the loader's calls (see [`op`]); the
+/// loader passes up to three arguments: names and IDs as strings,
+/// properties and traits as JSON text. Returns the answer of the getters,
+/// else `undefined`. Named `op` in JavaScript (`call` would shadow
 /// `Function.prototype.call` on the glue's function object).
 #[wasm_bindgen(js_name = op)]
 pub fn call(op: u32, a: JsValue, b: JsValue, c: JsValue) -> JsValue {
     let text = |v: &JsValue| v.as_string();
-    let json = browser::object_to_json;
+    // The loader's `JSON.stringify` of a plain object.
+    let json = |v: &JsValue| v.as_string().map(weft_protocol::Json::from_trusted);
     match op {
         op::PAGE => {
-            // page(properties) or page(name, properties)
-            let call = if a.is_object() {
-                Call {
-                    name: None,
-                    data: json(&a),
-                }
-            } else {
-                Call {
-                    name: text(&a),
-                    data: json(&b),
-                }
+            let call = Call {
+                name: text(&a),
+                data: json(&b),
             };
             record(Record::Page(call, None));
         }
+        op::ROUTE => record(Record::Page(Call::default(), text(&a))),
         op::TRACK => {
             if let Some(event) = text(&a) {
-                let category = browser::option(&c, "category")
-                    .map_or(Category::Analytics, |name| Category::parse(&name));
+                let category = text(&c).map_or(Category::Analytics, |name| Category::parse(&name));
                 record(Record::Track(event, json(&b), category));
             }
         }
@@ -209,10 +214,9 @@ pub fn call(op: u32, a: JsValue, b: JsValue, c: JsValue) -> JsValue {
             with_sdk(|s| s.tracker.reset());
         }
         op::FLUSH => flush(false),
-        op::ROUTE => route_changed(),
         op::CONSENT_SET => set_consent(&a),
         op::CONSENT_GET => {
-            return with_sdk(|s| browser::prefs_object(s.tracker.prefs()))
+            return with_sdk(|s| browser::prefs_bits(s.tracker.prefs()))
                 .unwrap_or(JsValue::UNDEFINED);
         }
         op::ANONYMOUS_ID | op::USER_ID => {
@@ -226,6 +230,27 @@ pub fn call(op: u32, a: JsValue, b: JsValue, c: JsValue) -> JsValue {
             });
             return id.flatten().unwrap_or(JsValue::UNDEFINED);
         }
+        op::DEBUG => {
+            return with_sdk(|s| JsValue::from_str(&s.tracker.debug_json()))
+                .unwrap_or(JsValue::UNDEFINED);
+        }
+        op::TICK => {
+            let kind = a.as_f64().unwrap_or_default() as u32;
+            if kind == timer::SAVE {
+                with_sdk(|s| {
+                    s.saver_set = false;
+                    s.tracker.save();
+                });
+            } else {
+                with_sdk(|s| s.send_at = None);
+                flush(false);
+            }
+        }
+        op::SENT => {
+            let status = a.as_f64().map(|s| s as u16);
+            sent(Outcome::of(status, text(&b).as_deref()));
+        }
+        op::HIDE => page_hidden(),
         _ => {}
     }
     JsValue::UNDEFINED
@@ -235,84 +260,65 @@ pub fn call(op: u32, a: JsValue, b: JsValue, c: JsValue) -> JsValue {
 enum Record {
     /// A page view, with the referrer of a single-page app's route change.
     Page(Call, Option<String>),
-    Track(String, Option<Json>, Category),
-    Identify(String, Option<Json>),
+    Track(String, Option<weft_protocol::Json>, Category),
+    Identify(String, Option<weft_protocol::Json>),
     Alias(String, Option<String>),
-    Group(String, Option<Json>),
-    Click(ClickedElement),
+    Group(String, Option<weft_protocol::Json>),
 }
 
-/// Records a call with the page's context of now, then sends at once if a
-/// batch is full, else makes sure a send is scheduled. One function for
+/// Records a call with the page's context of now, then makes sure a send
+/// is scheduled (at once, in a task of its own, when a batch is full: the
+/// call itself never waits for a request to start). One function for
 /// every kind of call, so the tracker's message building is in the wasm
 /// once rather than inlined at each caller.
 fn record(what: Record) {
-    let full = with_sdk(|s| {
+    with_sdk(|s| {
         let referrer = match &what {
             Record::Page(_, referrer) => referrer.as_deref(),
             _ => None,
         };
-        let context = browser::context(&s.describe, referrer);
+        if let Some(members) = browser::describe(referrer) {
+            s.page = Some(Rc::new(members));
+        }
+        let page = s.page.clone();
         let t = &mut s.tracker;
         match what {
-            Record::Page(call, _) => t.page(call, context),
+            Record::Page(call, _) => t.page(call, page),
             Record::Track(event, properties, category) => {
-                t.track(event, properties, category, context)
+                t.track(event, properties, category, page)
             }
-            Record::Identify(user, traits) => t.identify(user, traits, context),
-            Record::Alias(user, previous) => t.alias(user, previous, context),
-            Record::Group(group, traits) => t.group(group, traits, context),
-            Record::Click(element) => t.click(&element, context),
+            Record::Identify(user, traits) => t.identify(user, traits, page),
+            Record::Alias(user, previous) => t.alias(user, previous, page),
+            Record::Group(group, traits) => t.group(group, traits, page),
         }
-        t.batch_ready()
+        schedule(s);
     });
-    if full == Some(true) {
-        flush(false);
-    } else {
-        with_sdk(schedule);
-    }
-}
-
-/// A single-page app may have changed route: records a page view when the
-/// route differs from the last one's, with that page's URL as referrer.
-fn route_changed() {
-    let change = with_sdk(|s| {
-        let url = browser::location_href()?;
-        let route = crate::url::route_key(&url).to_owned();
-        if !s.capture_spa || s.route.as_deref() == Some(route.as_str()) {
-            return None;
-        }
-        s.route = Some(route);
-        Some(s.url.replace(url))
-    });
-    // Outer `Option`s: the SDK is there, the route changed; inner: the
-    // previous URL.
-    if let Some(Some(referrer)) = change {
-        record(Record::Page(Call::default(), referrer));
-    }
 }
 
 /// `consent.set(preferences)`: applies the decision; a withdrawal's record
 /// goes out at once with `sendBeacon` (the queue it would wait in is gone).
 fn set_consent(values: &JsValue) {
     let values = browser::consent_values(values);
-    let withdrawal = with_sdk(|s| {
+    with_sdk(|s| {
         let prefs = consent::apply(s.tracker.prefs(), values);
-        let context = browser::context(&s.describe, None);
-        let body = s.tracker.set_consent(prefs, context);
-        body.map(|b| browser::beacon(s.sender.url(), &b))
+        if let Some(members) = browser::describe(None) {
+            s.page = Some(Rc::new(members));
+        }
+        let page = s.page.clone();
+        if let Some(body) = s.tracker.set_consent(prefs, page, &browser::shared()) {
+            browser::beacon(&body);
+        }
+        schedule(s);
     });
-    if withdrawal.flatten().is_none() {
-        flush(false);
-    }
 }
 
 /// Sends the next batch, unless one is in flight or a retry is not due
-/// (`force`: the page is starting or going away, try now).
+/// (`force`: the page is going away, try now).
 fn flush(force: bool) {
     with_sdk(|s| {
-        if let Some(body) = s.tracker.next_batch(force)
-            && !s.sender.send(&body, force)
+        if s.tracker.queued() > 0
+            && let Some(body) = s.tracker.next_batch(force, &browser::shared())
+            && !browser::send(&body, force)
         {
             s.tracker.delivered(Outcome::Retry(None));
         }
@@ -320,34 +326,25 @@ fn flush(force: bool) {
     });
 }
 
-/// Makes sure the timer is set when something waits to be sent, and the
-/// saver when the queue changed.
+/// Makes sure the send timer is set for when the next request is due, and
+/// the saver when the queue changed; says what was lost (`data-debug`).
 fn schedule(s: &mut Sdk) {
-    if !s.saver_set && s.tracker.unsaved() {
-        s.saver_set = s.saver.start(0.0);
-        if !s.saver_set {
-            s.tracker.save();
-        }
+    let losses = s.tracker.losses();
+    if losses != s.reported {
+        s.reported = losses;
+        browser::dropped(&s.tracker.debug_json());
     }
-    if s.timer_set {
-        return;
+    if !s.saver_set && s.tracker.unsaved() {
+        s.saver_set = true;
+        browser::later(timer::SAVE, SAVE_WAIT_MS);
     }
     if let Some(ms) = s.tracker.send_delay() {
-        s.timer_set = s.timer.start(ms);
+        let at = browser::now_ms() + ms;
+        if s.send_at.is_none_or(|t| at < t) {
+            s.send_at = Some(at);
+            browser::later(timer::SEND, ms);
+        }
     }
-}
-
-/// Writes the queue after a burst of calls (one write, not one per call).
-fn save() {
-    with_sdk(|s| {
-        s.saver_set = false;
-        s.tracker.save();
-    });
-}
-
-fn timer_fired() {
-    with_sdk(|s| s.timer_set = false);
-    flush(false);
 }
 
 /// The answer to the batch in flight: on success the next one goes at once,
@@ -364,19 +361,167 @@ fn sent(outcome: Outcome) {
     }
 }
 
-/// The page is being hidden or unloaded: the last chance to send. The next
-/// batch goes with fetch `keepalive` (which outlives the page) if none is
-/// in flight; what the in-flight request does not carry goes with
-/// `sendBeacon`.
+/// The page is being hidden or unloaded: the last chance to send and to
+/// save. The next batch goes with fetch `keepalive` (which outlives the
+/// page) if none is in flight; what the in-flight request does not carry
+/// goes with `sendBeacon`; the queue is written at once.
 fn page_hidden() {
     flush(true);
     with_sdk(|s| {
         s.tracker.save();
-        if let Some((body, n)) = s.tracker.beacon_batch(BEACON_BYTES)
-            && browser::beacon(s.sender.url(), &body)
+        if let Some((body, n)) = s.tracker.beacon_batch(BEACON_BYTES, &browser::shared())
+            && browser::beacon(&body)
         {
             s.tracker.beacon_sent(n);
             s.tracker.save();
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of the workspace.
+    fn read(path: &str) -> String {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// The methods only the loader answers (never numbered).
+    const LOADER_ONLY: [&str; 4] = [
+        "ready",
+        "consent.grantAll",
+        "consent.denyAll",
+        "consent.onChange",
+    ];
+    /// The getters: answered at once, so not queued by the stub.
+    const GETTERS: [&str; 4] = ["anonymousId", "userId", "consent.get", "debug"];
+
+    #[test]
+    fn the_numbers_are_the_positions_in_the_method_list() {
+        let numbered = [
+            ("page", op::PAGE),
+            ("track", op::TRACK),
+            ("identify", op::IDENTIFY),
+            ("alias", op::ALIAS),
+            ("group", op::GROUP),
+            ("reset", op::RESET),
+            ("flush", op::FLUSH),
+            ("anonymousId", op::ANONYMOUS_ID),
+            ("userId", op::USER_ID),
+            ("consent.set", op::CONSENT_SET),
+            ("consent.get", op::CONSENT_GET),
+            ("debug", op::DEBUG),
+        ];
+        assert_eq!(numbered.len(), METHODS.len());
+        for (name, n) in numbered {
+            assert_eq!(METHODS.get(n as usize), Some(&name), "op {n}");
+        }
+    }
+
+    #[test]
+    fn the_loader_numbers_its_methods_and_operations_as_rust_does() {
+        let loader = read("sdk-wasm/js/loader.js");
+        let list = format!("var METHODS = \"{}\".split(\" \");", METHODS.join(" "));
+        assert!(loader.contains(&list), "loader.js must say: {list}");
+        let internal = format!(
+            "var ROUTE = {}, TICK = {}, SENT = {}, HIDE = {};",
+            op::ROUTE,
+            op::TICK,
+            op::SENT,
+            op::HIDE
+        );
+        assert!(loader.contains(&internal), "loader.js must say: {internal}");
+        let timers = format!("if (kind) {{ // {} (the saver)", timer::SAVE);
+        assert!(
+            timer::SEND == 0 && loader.contains(&timers),
+            "loader.js's `later` tells the saver by a non-zero kind: {timers}"
+        );
+        let names: Vec<&str> = crate::consent::NAMES.iter().map(|(n, _)| *n).collect();
+        let consent = format!("var CONSENT_NAMES = \"{}\".split(\" \");", names.join(" "));
+        assert!(loader.contains(&consent), "loader.js must say: {consent}");
+        for name in LOADER_ONLY {
+            assert!(loader.contains(&format!("\"{name}\"")), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_types_declare_every_method() {
+        let types = read("sdk-wasm/js/weft.d.ts");
+        let (weft, consent) = types
+            .split_once("export interface WeftConsent {")
+            .and_then(|(_, rest)| rest.split_once("export interface Weft {"))
+            .map(|(consent, weft)| (weft.to_owned(), consent.to_owned()))
+            .expect("weft.d.ts declares WeftConsent, then Weft");
+        let declared = |body: &str| -> Vec<String> {
+            body.lines()
+                .filter_map(|l| {
+                    let l = l.trim();
+                    let name = l.split_once('(')?.0;
+                    name.chars()
+                        .all(|c| c.is_ascii_alphanumeric())
+                        .then(|| name.to_owned())
+                })
+                .collect()
+        };
+        let mut all: Vec<String> = declared(&weft);
+        all.extend(declared(&consent).iter().map(|n| format!("consent.{n}")));
+        all.sort();
+        all.dedup();
+        let mut expected: Vec<String> = METHODS
+            .iter()
+            .chain(LOADER_ONLY.iter())
+            .map(|s| s.to_string())
+            .collect();
+        expected.sort();
+        assert_eq!(all, expected, "the methods weft.d.ts declares");
+    }
+
+    #[test]
+    fn every_copy_of_the_inline_stub_is_the_one_stub_and_queues_every_method() {
+        let stub = read("sdk-wasm/js/stub.min.js");
+        let stub = stub.trim();
+        // What it queues: every method but the getters.
+        let queued = |prefix: &str| -> String {
+            METHODS
+                .iter()
+                .chain(LOADER_ONLY.iter())
+                .filter(|m| !GETTERS.contains(m))
+                .filter_map(|m| match m.split_once('.') {
+                    Some((p, n)) if p == prefix => Some(n),
+                    None if prefix.is_empty() => Some(*m),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert!(
+            stub.contains(&format!("\"{}\".split", queued(""))),
+            "{stub}"
+        );
+        assert!(
+            stub.contains(&format!("\"{}\".split", queued("consent"))),
+            "{stub}"
+        );
+        for path in [
+            "README.md",
+            "www/index.html",
+            "tests/src/bin/sdk_bench.rs",
+            "tests/fixtures/sdk/stub.html",
+            "tests/fixtures/csp/strict.html",
+            "tests/fixtures/csp/header.html",
+            "tests/fixtures/csp/nonce.html",
+            "tests/fixtures/csp/normal.html",
+            "tests/fixtures/csp/missing-sdk.html",
+            "tests/fixtures/csp/missing-wasm.html",
+            "tests/fixtures/csp/missing-fallback.html",
+        ] {
+            let text = read(path);
+            assert!(
+                text.contains(stub),
+                "{path} must hold the inline stub of sdk-wasm/js/stub.min.js"
+            );
+        }
+    }
 }

@@ -3,21 +3,21 @@
 //! Layout, from the page inward:
 //! - `js/loader.js` (not Rust): reads the script tag's `data-` attributes,
 //!   loads the wasm, defines `window.weft` and guards every call so nothing
-//!   ever throws into the host page.
+//!   ever throws into the host page; does the browser's side of each job in
+//!   the fewer bytes JavaScript needs (storage and the anonymous-ID cookie,
+//!   the page's context, click and route capture, timers, fetch).
 //! - [`api`]: the only module that exports to JavaScript. Converts JS values
-//!   at the edge and forwards to the tracker.
-//! - [`browser`]: the only module that touches the browser (through its
-//!   own wasm-bindgen imports, not web-sys, for size): storage, cookies,
-//!   fetch, listeners, timers, page context.
+//!   at the edge, forwards to the tracker and schedules sends and saves.
+//! - [`browser`]: the only module that imports from JavaScript: the
+//!   loader's functions and a few built-ins.
 //! - [`tracker`]: the state machine: identity, consent gating, message
 //!   building, the queue and what to send next. Plain Rust over the
 //!   [`env`](crate::env) traits, tested natively.
 //! - [`consent`]: policies, categories, the stored decision, Google Consent
 //!   Mode names, GPC and Do Not Track.
 //! - [`delivery`]: what a response means (retry or drop) and the backoff.
-//! - [`url`]: single-page-app routes.
-//! - [`queue`]: the bounded queue of encoded messages and its persistence
-//!   format.
+//! - [`queue`]: the bounded queue of encoded messages, the batch bodies
+//!   (shared context at the batch level) and its persistence format.
 //! - [`ids`]: UUIDs from random bytes.
 //! - [`env`](crate::env): the seams (storage, clock, randomness) that the browser
 //!   implements and tests replace.
@@ -44,7 +44,6 @@ pub mod env;
 pub mod ids;
 pub mod queue;
 pub mod tracker;
-pub mod url;
 
 /// The library name sent in `context.library.name`.
 pub const LIBRARY_NAME: &str = "weft.js";

@@ -13,15 +13,16 @@
 //!   granted; revoking it deletes them at once.
 //! - A message whose category is not granted is never queued.
 
+use std::rc::Rc;
+
 use weft_protocol::json::Writer;
-use weft_protocol::message::write_batch;
-use weft_protocol::{Json, Message, MessageType};
+use weft_protocol::{Json, MessageType};
 
 use crate::consent::{self, Category, Policy, Prefs, Signals};
 use crate::delivery::{Outcome, backoff_ms};
 use crate::env::Env;
 use crate::ids::uuid_v4;
-use crate::queue::Queue;
+use crate::queue::{Item, Part, Queue, write_batch};
 
 /// Storage keys. Prefixed so they never collide with the site's own.
 pub mod keys {
@@ -91,100 +92,76 @@ pub struct Call {
     pub data: Option<Json>,
 }
 
-/// What a click auto-capture records of the element: never an input's value.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ClickedElement {
-    /// Lowercase tag name.
-    pub tag: String,
-    /// The `id` attribute.
-    pub id: Option<String>,
-    /// The `class` attribute.
-    pub classes: Option<String>,
-    /// The `href` attribute (links).
-    pub href: Option<String>,
-    /// The element's text; trimmed and shortened when encoded, empty when
-    /// masked.
-    pub text: String,
-    /// `data-weft-event`: the event name to record instead of
-    /// `Element Clicked`.
-    pub event: Option<String>,
+/// A message being made: what the call said, stamped with the user and
+/// time of the call; identity and context come when it is queued.
+#[derive(Debug)]
+struct Draft {
+    kind: MessageType,
+    user_id: Option<String>,
+    timestamp: String,
+    /// `event` (track) or `name` (page).
+    name: Option<String>,
+    /// `previousId` (alias) or `groupId` (group).
+    id: Option<String>,
+    /// `properties` (track, page) or `traits` (identify, group).
+    data: Option<Json>,
 }
 
-/// Longest element text recorded, in characters.
-pub const MAX_CLICK_TEXT_CHARS: usize = 64;
+impl Draft {
+    fn new(kind: MessageType, name: Option<String>, data: Option<Json>) -> Self {
+        Draft {
+            kind,
+            user_id: None,
+            timestamp: String::new(),
+            name,
+            id: None,
+            data,
+        }
+    }
 
-impl ClickedElement {
-    /// The `properties` of the click event.
-    pub fn to_properties(&self) -> Json {
+    /// The message's JSON (without its context), in the Segment spec's
+    /// names: one writer for every kind of call.
+    fn write(&self, message_id: &str, anonymous_id: Option<&str>) -> String {
+        let (name, id, data) = match self.kind {
+            MessageType::Track => ("event", "", "properties"),
+            MessageType::Page | MessageType::Screen => ("name", "", "properties"),
+            MessageType::Identify => ("", "", "traits"),
+            MessageType::Alias => ("", "previousId", ""),
+            MessageType::Group => ("", "groupId", "traits"),
+        };
+        // An alias without a previous ID joins this browser's.
+        let id_value = match self.kind {
+            MessageType::Alias => self.id.as_deref().or(anonymous_id),
+            _ => self.id.as_deref(),
+        };
         let mut w = Writer::new();
         w.object_start();
-        w.opt_string("tag", Some(&self.tag));
-        w.opt_string("id", self.id.as_deref());
-        w.opt_string("classes", self.classes.as_deref());
-        w.opt_string("href", self.href.as_deref());
-        let text = short_text(&self.text);
-        w.opt_string(
-            "text",
-            Some(&text)
-                .filter(|t| !t.is_empty() && !looks_like_card_number(t))
-                .map(|t| t.as_str()),
-        );
+        for (key, value) in [
+            ("type", Some(self.kind.as_str())),
+            ("messageId", Some(message_id)),
+            ("anonymousId", anonymous_id),
+            ("userId", self.user_id.as_deref()),
+            ("timestamp", Some(&self.timestamp)),
+            (name, self.name.as_deref()),
+            (id, id_value),
+        ] {
+            if !key.is_empty() {
+                w.opt_string(key, value);
+            }
+        }
+        if !data.is_empty() {
+            w.opt_raw(data, self.data.as_ref());
+        }
         w.object_end();
-        Json::from_trusted(w.finish())
+        w.finish()
     }
-}
-
-/// `true` when `text` holds a run of 13 to 19 digits (spaces and dashes
-/// allowed between them), the shape of a payment card number: such text is
-/// never recorded, whatever element it is on.
-pub fn looks_like_card_number(text: &str) -> bool {
-    let mut digits = 0;
-    for b in text.bytes() {
-        match b {
-            b'0'..=b'9' => {
-                digits += 1;
-                if digits >= 13 {
-                    return true;
-                }
-            }
-            b' ' | b'-' => {}
-            _ => digits = 0,
-        }
-    }
-    false
-}
-
-/// Collapses white space and keeps at most [`MAX_CLICK_TEXT_CHARS`]
-/// characters.
-pub fn short_text(text: &str) -> String {
-    // Built char by char rather than cut with a slice: no slicing, so no
-    // panic path (and its formatting code) in the shipped wasm.
-    let mut out = String::new();
-    let mut chars = 0;
-    for word in text.split_ascii_whitespace() {
-        if chars > 0 {
-            if chars == MAX_CLICK_TEXT_CHARS {
-                break;
-            }
-            out.push(' ');
-            chars += 1;
-        }
-        for c in word.chars() {
-            if chars == MAX_CLICK_TEXT_CHARS {
-                return out;
-            }
-            out.push(c);
-            chars += 1;
-        }
-    }
-    out
 }
 
 /// A message waiting for an opt-in decision, with what it was made under.
 struct Held {
-    message: Message,
+    message: Draft,
     category: Category,
-    context: Json,
+    page: Option<Part>,
 }
 
 /// The SDK's state for one page.
@@ -210,6 +187,11 @@ pub struct Tracker<E: Env> {
     pub too_large: u32,
     /// The queue changed since it was last written to storage.
     dirty: bool,
+    /// The library's context member, shared by every message.
+    library: Part,
+    /// The session's and consent's members of the last message, with what
+    /// they were made of: the next message with the same shares them.
+    session_part: Option<(Option<u64>, Category, Prefs, Part)>,
 }
 
 impl<E: Env> Tracker<E> {
@@ -237,6 +219,8 @@ impl<E: Env> Tracker<E> {
             refused: 0,
             too_large: 0,
             dirty: false,
+            library: library_part(),
+            session_part: None,
         };
         if t.prefs.analytics {
             t.user_id = t.env.get(keys::USER_ID).filter(|u| !u.is_empty());
@@ -288,12 +272,44 @@ impl<E: Env> Tracker<E> {
         self.held.len()
     }
 
+    /// What was lost, counted since the page started: calls dropped past
+    /// [`MAX_HELD`] before a decision, messages dropped at the queue's cap,
+    /// messages over the collector's size limit, and batches the collector
+    /// refused for good.
+    pub fn losses(&self) -> [u32; 4] {
+        [
+            self.held_dropped,
+            self.queue.dropped,
+            self.too_large,
+            self.refused,
+        ]
+    }
+
+    /// `weft.debug()`'s answer as JSON: what is queued and held, and
+    /// [`Tracker::losses`].
+    pub fn debug_json(&self) -> String {
+        let mut w = Writer::new();
+        w.object_start();
+        let [held_dropped, queue_dropped, too_large, refused] = self.losses();
+        for (key, n) in [
+            ("queued", self.queue.len() as u64),
+            ("held", self.held.len() as u64),
+            ("heldDropped", held_dropped.into()),
+            ("queueDropped", queue_dropped.into()),
+            ("tooLarge", too_large.into()),
+            ("refused", refused.into()),
+        ] {
+            w.key(key);
+            w.uint(n);
+        }
+        w.object_end();
+        w.finish()
+    }
+
     /// Records a page view.
-    pub fn page(&mut self, call: Call, context: Json) {
-        let mut m = Message::new(MessageType::Page);
-        m.name = call.name;
-        m.properties = call.data;
-        self.record(m, Category::Analytics, context);
+    pub fn page(&mut self, call: Call, page: Option<Part>) {
+        let m = Draft::new(MessageType::Page, call.name, call.data);
+        self.record(m, Category::Analytics, page);
     }
 
     /// Records a named event that needs `category`.
@@ -302,54 +318,36 @@ impl<E: Env> Tracker<E> {
         event: String,
         properties: Option<Json>,
         category: Category,
-        context: Json,
+        page: Option<Part>,
     ) {
-        let mut m = Message::new(MessageType::Track);
-        m.event = Some(event);
-        m.properties = properties;
-        self.record(m, category, context);
+        let m = Draft::new(MessageType::Track, Some(event), properties);
+        self.record(m, category, page);
     }
 
     /// Ties this browser to `user_id` and remembers it for later messages.
-    pub fn identify(&mut self, user_id: String, traits: Option<Json>, context: Json) {
+    pub fn identify(&mut self, user_id: String, traits: Option<Json>, page: Option<Part>) {
         if self.anonymous_id.is_some() {
             self.env.set(keys::USER_ID, &user_id);
         }
         self.user_id = Some(user_id);
-        let mut m = Message::new(MessageType::Identify);
-        m.traits = traits;
-        self.record(m, Category::Analytics, context);
+        let m = Draft::new(MessageType::Identify, None, traits);
+        self.record(m, Category::Analytics, page);
     }
 
     /// Joins `previous_id` (default: the current user, else this browser's
     /// anonymous ID) to `user_id`.
-    pub fn alias(&mut self, user_id: String, previous_id: Option<String>, context: Json) {
-        let mut m = Message::new(MessageType::Alias);
-        m.previous_id = previous_id.or_else(|| self.user_id.clone());
+    pub fn alias(&mut self, user_id: String, previous_id: Option<String>, page: Option<Part>) {
+        let mut m = Draft::new(MessageType::Alias, None, None);
+        m.id = previous_id.or_else(|| self.user_id.clone());
         m.user_id = Some(user_id);
-        self.record(m, Category::Analytics, context);
+        self.record(m, Category::Analytics, page);
     }
 
     /// Associates the user with a group (company, team, account).
-    pub fn group(&mut self, group_id: String, traits: Option<Json>, context: Json) {
-        let mut m = Message::new(MessageType::Group);
-        m.group_id = Some(group_id);
-        m.traits = traits;
-        self.record(m, Category::Analytics, context);
-    }
-
-    /// Records an auto-captured click.
-    pub fn click(&mut self, element: &ClickedElement, context: Json) {
-        let event = element
-            .event
-            .clone()
-            .unwrap_or_else(|| "Element Clicked".into());
-        self.track(
-            event,
-            Some(element.to_properties()),
-            Category::Analytics,
-            context,
-        );
+    pub fn group(&mut self, group_id: String, traits: Option<Json>, page: Option<Part>) {
+        let mut m = Draft::new(MessageType::Group, None, traits);
+        m.id = Some(group_id);
+        self.record(m, Category::Analytics, page);
     }
 
     /// Forgets the user (logout, next person on a shared device): a new
@@ -368,8 +366,9 @@ impl<E: Env> Tracker<E> {
 
     /// Applies a consent decision. Returns a batch body to send at once,
     /// without the queue (which is gone): the record of a withdrawal, made
-    /// with the identity that is being deleted.
-    pub fn set_consent(&mut self, prefs: Prefs, context: Json) -> Option<String> {
+    /// with the identity that is being deleted (`extra`: the batch-level
+    /// context members, see [`write_batch`]).
+    pub fn set_consent(&mut self, prefs: Prefs, page: Option<Part>, extra: &str) -> Option<String> {
         let stored = prefs.encode(&self.config.policy_version);
         let changed = self.undecided || self.env.get(keys::CONSENT).as_deref() != Some(&stored);
         self.prefs = prefs;
@@ -382,28 +381,24 @@ impl<E: Env> Tracker<E> {
         let held = core::mem::take(&mut self.held);
         if prefs.analytics {
             self.ensure_identity();
-            self.record(record, Category::Necessary, context);
+            self.record(record, Category::Necessary, page);
             for h in held {
-                self.admit(h.message, h.category, h.context);
+                self.admit(h.message, h.category, h.page);
             }
             return None;
         }
         let body = self.anonymous_id.clone().map(|_| {
             let mut record = record;
             record.user_id = self.user_id.clone();
-            record.timestamp = Some(self.env.now_iso());
-            let encoded = self.finish(record, Category::Necessary, context);
-            write_batch(
-                [encoded.as_str()],
-                &self.env.now_iso(),
-                &self.config.write_key,
-            )
+            record.timestamp = self.env.now_iso();
+            let item = self.finish(record, Category::Necessary, page);
+            write_batch(&[item], extra, &self.env.now_iso(), &self.config.write_key)
         });
         self.forget();
         body
     }
 
-    fn consent_record(&self, prefs: Prefs) -> Message {
+    fn consent_record(&self, prefs: Prefs) -> Draft {
         let mut w = Writer::new();
         w.object_start();
         w.key("categoryPreferences");
@@ -414,10 +409,11 @@ impl<E: Env> Tracker<E> {
             Some(self.config.policy_version.as_str()).filter(|v| !v.is_empty()),
         );
         w.object_end();
-        let mut m = Message::new(MessageType::Track);
-        m.event = Some(CONSENT_EVENT.into());
-        m.properties = Some(Json::from_trusted(w.finish()));
-        m
+        Draft::new(
+            MessageType::Track,
+            Some(CONSENT_EVENT.into()),
+            Some(Json::from_trusted(w.finish())),
+        )
     }
 
     /// Deletes every identifier, the session and the queue, in storage and
@@ -454,75 +450,77 @@ impl<E: Env> Tracker<E> {
 
     /// Stamps a call with the user and time of now, then holds, queues or
     /// drops it by consent.
-    fn record(&mut self, mut m: Message, category: Category, context: Json) {
+    fn record(&mut self, mut m: Draft, category: Category, page: Option<Part>) {
         if m.user_id.is_none() {
             m.user_id = self.user_id.clone();
         }
-        m.timestamp = Some(self.env.now_iso());
+        m.timestamp = self.env.now_iso();
         if self.undecided {
             if self.held.len() < MAX_HELD {
                 self.held.push(Held {
                     message: m,
                     category,
-                    context,
+                    page,
                 });
             } else {
                 self.held_dropped += 1;
             }
             return;
         }
-        self.admit(m, category, context);
+        self.admit(m, category, page);
     }
 
     /// Queues a message if its category is granted (and `analytics`, which
     /// every stored identity needs).
-    fn admit(&mut self, m: Message, category: Category, context: Json) {
+    fn admit(&mut self, m: Draft, category: Category, page: Option<Part>) {
         if !(self.prefs.analytics && self.prefs.allows(category)) {
             return;
         }
         self.ensure_identity();
-        let encoded = self.finish(m, category, context);
+        let item = self.finish(m, category, page);
         // The collector refuses messages over 32 KB; one would also block
         // the queue behind it, retried for ever.
-        if encoded.len() > weft_protocol::limits::MAX_MESSAGE_BYTES {
+        if item.wire_len() > weft_protocol::limits::MAX_MESSAGE_BYTES {
             self.too_large += 1;
             return;
         }
-        self.queue.push(encoded);
+        self.queue.push(item);
         self.persist();
     }
 
-    /// Adds identity, and the library, session and consent to the page's
-    /// context, and encodes.
-    fn finish(&mut self, mut m: Message, category: Category, context: Json) -> String {
-        m.message_id = Some(uuid_v4(&self.env));
-        m.anonymous_id = self.anonymous_id.clone();
-        if m.kind == MessageType::Alias && m.previous_id.is_none() {
-            m.previous_id = self.anonymous_id.clone();
-        }
-        let mut w = Writer::new();
-        w.object_start();
-        w.key("library");
-        w.object_start();
-        w.opt_string("name", Some(crate::LIBRARY_NAME));
-        w.opt_string("version", Some(crate::LIBRARY_VERSION));
-        w.object_end();
-        if let Some(id) = self.session_id() {
-            w.key("sessionId");
-            w.uint(id);
-        }
-        w.key("consent");
-        w.object_start();
-        w.opt_string("category", Some(category.as_str()));
-        w.key("categoryPreferences");
-        self.prefs.to_wire().write_json(&mut w);
-        w.object_end();
-        w.object_end();
-        m.context = Some(Json::from_trusted(merge_objects(
-            context.as_str(),
-            &w.finish(),
-        )));
-        m.to_json()
+    /// Adds identity, encodes, and gives the message its context: the
+    /// page's part, the library's, and the session's and consent's.
+    fn finish(&mut self, m: Draft, category: Category, page: Option<Part>) -> Item {
+        let body = m.write(&uuid_v4(&self.env), self.anonymous_id.as_deref());
+        let session = self.session_id();
+        let part = match &self.session_part {
+            Some((s, c, p, part)) if *s == session && *c == category && *p == self.prefs => {
+                part.clone()
+            }
+            _ => {
+                let mut w = Writer::new();
+                w.object_start();
+                if let Some(id) = session {
+                    w.key("sessionId");
+                    w.uint(id);
+                }
+                w.key("consent");
+                w.object_start();
+                w.opt_string("category", Some(category.as_str()));
+                w.key("categoryPreferences");
+                self.prefs.to_wire().write_json(&mut w);
+                w.object_end();
+                w.object_end();
+                let part = members(w.finish());
+                self.session_part = Some((session, category, self.prefs, part.clone()));
+                part
+            }
+        };
+        let mut parts = Vec::with_capacity(3);
+        parts.extend(page.filter(|p| !p.is_empty()));
+        parts.push(self.library.clone());
+        parts.push(part);
+        Item { body, parts }
     }
 
     /// The current session's ID (its start), starting a new one after
@@ -549,20 +547,25 @@ impl<E: Env> Tracker<E> {
     /// How long until the next request should go, in milliseconds: `None`
     /// when nothing waits or a request is in flight.
     pub fn send_delay(&self) -> Option<f64> {
-        if self.queue.is_empty() {
+        if self.queue.is_empty() || self.queue.in_flight() {
             return None;
         }
         if self.failures > 0 {
             return Some((self.retry_at - self.env.now_ms()).max(0.0));
         }
-        Some(self.config.flush_interval_ms)
+        Some(if self.batch_ready() {
+            0.0
+        } else {
+            self.config.flush_interval_ms
+        })
     }
 
     /// The body of the next request, or `None` when nothing is queued, a
     /// request is already in flight, or a retry is not due yet (`force`
     /// overrides that: the page is going away). The caller must answer
-    /// with [`Tracker::delivered`].
-    pub fn next_batch(&mut self, force: bool) -> Option<String> {
+    /// with [`Tracker::delivered`]. `extra`: context members for the batch
+    /// level (see [`write_batch`]).
+    pub fn next_batch(&mut self, force: bool, extra: &str) -> Option<String> {
         if !force && self.failures > 0 && self.env.now_ms() < self.retry_at {
             return None;
         }
@@ -573,7 +576,12 @@ impl<E: Env> Tracker<E> {
         if messages.is_empty() {
             return None;
         }
-        Some(write_batch(messages, &sent_at, &self.config.write_key))
+        Some(write_batch(
+            messages,
+            extra,
+            &sent_at,
+            &self.config.write_key,
+        ))
     }
 
     /// The outcome of the request from [`Tracker::next_batch`].
@@ -602,11 +610,11 @@ impl<E: Env> Tracker<E> {
     /// The body of a last request as the page goes away: the messages not
     /// in flight, within `max_bytes` of messages. Answer with
     /// [`Tracker::beacon_sent`] once the browser has taken it.
-    pub fn beacon_batch(&self, max_bytes: usize) -> Option<(String, usize)> {
+    pub fn beacon_batch(&self, max_bytes: usize, extra: &str) -> Option<(String, usize)> {
         let messages = self.queue.peek_unsent(max_bytes);
         let n = messages.len();
         (n > 0).then(|| {
-            let body = write_batch(messages, &self.env.now_iso(), &self.config.write_key);
+            let body = write_batch(messages, extra, &self.env.now_iso(), &self.config.write_key);
             (body, n)
         })
     }
@@ -652,20 +660,26 @@ impl<E: Env> Tracker<E> {
     }
 }
 
-/// The members of two JSON objects in one (`{"a":1}` + `{"b":2}` ->
-/// `{"a":1,"b":2}`); `extra` alone when `base` is not an object.
-pub fn merge_objects(base: &str, extra: &str) -> String {
-    let head = base.trim_ascii().strip_suffix("}");
-    let (Some(head), Some(tail)) = (head, extra.strip_prefix("{")) else {
-        return extra.to_owned();
-    };
-    let mut out = String::with_capacity(head.len() + tail.len() + 1);
-    out.push_str(head);
-    if !head.trim_ascii_end().ends_with("{") && tail != "}" {
-        out.push(',');
-    }
-    out.push_str(tail);
-    out
+/// The members of a JSON object as a [`Part`]: its text without braces.
+fn members(object: String) -> Part {
+    let inner = object
+        .strip_prefix("{")
+        .and_then(|t| t.strip_suffix("}"))
+        .unwrap_or_default();
+    Rc::new(inner.to_owned())
+}
+
+/// The library's context member.
+fn library_part() -> Part {
+    let mut w = Writer::new();
+    w.object_start();
+    w.key("library");
+    w.object_start();
+    w.opt_string("name", Some(crate::LIBRARY_NAME));
+    w.opt_string("version", Some(crate::LIBRARY_VERSION));
+    w.object_end();
+    w.object_end();
+    members(w.finish())
 }
 
 /// Reads the stored session, `start.last`.
@@ -687,6 +701,7 @@ mod tests {
     use std::cell::{Cell, RefCell};
     use std::collections::HashMap;
     use std::rc::Rc;
+    use weft_protocol::Message;
 
     /// An in-memory host: shared storage (so a second tracker sees what the
     /// first stored, like a reload) that counts writes, a clock the test
@@ -739,29 +754,32 @@ mod tests {
         }
     }
 
-    fn ctx() -> Json {
-        Json::from_trusted(r#"{"page":{"path":"/"}}"#)
+    fn ctx() -> Option<Part> {
+        Some(Rc::new(r#""page":{"path":"/"}"#.to_owned()))
     }
 
-    #[test]
-    fn contexts_merge_as_objects() {
-        assert_eq!(
-            merge_objects(r#"{"a":1}"#, r#"{"b":2}"#),
-            r#"{"a":1,"b":2}"#
-        );
-        assert_eq!(merge_objects("{ }", r#"{"b":2}"#), r#"{ "b":2}"#);
-        assert_eq!(merge_objects(r#"{"a":1}"#, "{}"), r#"{"a":1}"#);
-        assert_eq!(merge_objects("null", r#"{"b":2}"#), r#"{"b":2}"#);
-        let merged = merge_objects(r#" {"a":{"x":[1]}} "#, r#"{"b":{}}"#);
-        let v: serde_json::Value = serde_json::from_str(&merged).unwrap();
-        assert_eq!(v, serde_json::json!({"a":{"x":[1]},"b":{}}));
-    }
-
+    /// The messages of a batch body as the collector stores them: the
+    /// batch-level context merged into each one's, its own members winning.
     fn body_messages(body: &str) -> Vec<Message> {
-        let batch: weft_protocol::Batch = serde_json::from_str(body).expect("batch parses");
+        let batch: weft_protocol::Batch<serde_json::Value> =
+            serde_json::from_str(body).expect("batch parses");
         assert_eq!(batch.write_key.as_deref(), Some("wk_test"));
         assert!(batch.sent_at.is_some());
-        batch.batch
+        let shared: serde_json::Value = batch.context.map_or(serde_json::json!({}), |c| {
+            serde_json::from_str(c.as_str()).unwrap()
+        });
+        batch
+            .batch
+            .into_iter()
+            .map(|mut m| {
+                let mut context = shared.as_object().unwrap().clone();
+                if let Some(own) = m.get("context").and_then(|c| c.as_object()) {
+                    context.extend(own.clone());
+                }
+                m["context"] = context.into();
+                serde_json::from_value(m).unwrap()
+            })
+            .collect()
     }
 
     fn context_of(m: &Message) -> serde_json::Value {
@@ -790,7 +808,7 @@ mod tests {
     }
 
     fn sent(t: &mut Tracker<FakeEnv>) -> Vec<Message> {
-        let msgs = body_messages(&t.next_batch(false).expect("a batch"));
+        let msgs = body_messages(&t.next_batch(false, "").expect("a batch"));
         t.delivered(Outcome::Accepted);
         msgs
     }
@@ -913,7 +931,7 @@ mod tests {
         assert_eq!(t.anonymous_id(), None);
         assert_eq!(t.held(), 3);
         assert_eq!(t.queued(), 0);
-        assert!(t.next_batch(true).is_none());
+        assert!(t.next_batch(true, "").is_none());
         assert_eq!(env.writes.get(), 0, "no storage write before a decision");
         for _ in 0..MAX_HELD {
             track(&mut t, "more");
@@ -936,6 +954,7 @@ mod tests {
                 ..Prefs::default()
             },
             ctx(),
+            "",
         );
         let aid = t.anonymous_id().unwrap().to_owned();
         let msgs = sent(&mut t);
@@ -970,7 +989,7 @@ mod tests {
         let mut again = opt_in(&env);
         assert!(!again.undecided());
         assert_eq!(again.anonymous_id(), Some(aid.as_str()));
-        assert!(again.set_consent(again.prefs(), ctx()).is_none());
+        assert!(again.set_consent(again.prefs(), ctx(), "").is_none());
         assert_eq!(again.queued(), 0);
     }
 
@@ -979,9 +998,9 @@ mod tests {
         let env = FakeEnv::default();
         let mut t = opt_in(&env);
         track(&mut t, "A");
-        assert!(t.set_consent(Prefs::default(), ctx()).is_none());
+        assert!(t.set_consent(Prefs::default(), ctx(), "").is_none());
         track(&mut t, "B");
-        assert!(t.next_batch(true).is_none());
+        assert!(t.next_batch(true, "").is_none());
         assert_eq!(env.keys(), [keys::CONSENT]);
         let t = opt_in(&env);
         assert!(!t.undecided());
@@ -992,7 +1011,7 @@ mod tests {
     fn withdrawal_deletes_identity_and_queue_and_returns_its_record() {
         let env = FakeEnv::default();
         let mut t = opt_in(&env);
-        t.set_consent(Prefs::ALL, ctx());
+        t.set_consent(Prefs::ALL, ctx(), "");
         t.identify("u".into(), None, ctx());
         track(&mut t, "queued, never sent");
         let old = t.anonymous_id().unwrap().to_owned();
@@ -1003,6 +1022,7 @@ mod tests {
                     ..Prefs::default()
                 },
                 ctx(),
+                "",
             )
             .expect("the withdrawal's record");
         let record = &body_messages(&body)[0];
@@ -1013,9 +1033,12 @@ mod tests {
         assert_eq!(t.anonymous_id(), None);
         assert_eq!(t.queued(), 0);
         t.track("M".into(), None, Category::Marketing, ctx());
-        assert!(t.next_batch(true).is_none(), "nothing without analytics");
+        assert!(
+            t.next_batch(true, "").is_none(),
+            "nothing without analytics"
+        );
         // Granting again starts a new identity.
-        t.set_consent(Prefs::ALL, ctx());
+        t.set_consent(Prefs::ALL, ctx(), "");
         assert_ne!(t.anonymous_id(), Some(old.as_str()));
         assert_eq!(t.user_id(), None);
     }
@@ -1039,7 +1062,7 @@ mod tests {
         );
 
         let env = FakeEnv::default();
-        opt_in(&env).set_consent(Prefs::ALL, ctx());
+        opt_in(&env).set_consent(Prefs::ALL, ctx(), "");
         let v2 = Config {
             policy_version: "v2".into(),
             ..config(Policy::OptIn)
@@ -1052,9 +1075,9 @@ mod tests {
         let env = FakeEnv::default();
         let mut t = tracker(&env);
         track(&mut t, "A");
-        let first = body_messages(&t.next_batch(false).unwrap());
+        let first = body_messages(&t.next_batch(false, "").unwrap());
         assert!(
-            t.next_batch(false).is_none(),
+            t.next_batch(false, "").is_none(),
             "one request in flight at a time"
         );
         t.delivered(Outcome::Retry(None));
@@ -1064,7 +1087,7 @@ mod tests {
 
         // A reload before the retry: the queue comes back from storage.
         let mut t2 = tracker(&env);
-        let again = body_messages(&t2.next_batch(false).unwrap());
+        let again = body_messages(&t2.next_batch(false, "").unwrap());
         assert_eq!(first, again, "same messageIds on retry");
         t2.delivered(Outcome::Accepted);
         assert_eq!(t2.queued(), 0);
@@ -1078,24 +1101,24 @@ mod tests {
         let mut t = tracker(&env);
         track(&mut t, "A");
         assert_eq!(t.send_delay(), Some(5_000.0), "a partial batch waits");
-        let body = t.next_batch(false).unwrap();
-        assert_eq!(t.send_delay(), Some(5_000.0));
+        let body = t.next_batch(false, "").unwrap();
+        assert_eq!(t.send_delay(), None, "nothing while a request is in flight");
         t.delivered(Outcome::Retry(Some(7_000.0)));
         assert_eq!(t.send_delay(), Some(7_000.0));
-        assert!(t.next_batch(false).is_none(), "not before Retry-After");
+        assert!(t.next_batch(false, "").is_none(), "not before Retry-After");
         env.advance(7_000.0);
-        assert_eq!(t.next_batch(false).unwrap(), body);
+        assert_eq!(t.next_batch(false, "").unwrap(), body);
         t.delivered(Outcome::Retry(None));
         // The second failure in a row: 1 s doubled, with jitter.
         let second = t.send_delay().unwrap();
         assert!((1000.0..2000.0).contains(&second), "{second}");
         env.advance(second);
-        t.next_batch(false).unwrap();
+        t.next_batch(false, "").unwrap();
         t.delivered(Outcome::Retry(None));
         let third = t.send_delay().unwrap();
         assert!((2000.0..4000.0).contains(&third), "{third}");
         // The page going away does not wait.
-        assert_eq!(t.next_batch(true).unwrap(), body);
+        assert_eq!(t.next_batch(true, "").unwrap(), body);
         t.delivered(Outcome::Refused);
         assert_eq!(t.refused, 1);
         assert_eq!(t.queued(), 0);
@@ -1116,8 +1139,8 @@ mod tests {
         for e in ["A", "B", "C"] {
             track(&mut t, e);
         }
-        let in_flight = body_messages(&t.next_batch(false).unwrap());
-        let (body, n) = t.beacon_batch(60_000).unwrap();
+        let in_flight = body_messages(&t.next_batch(false, "").unwrap());
+        let (body, n) = t.beacon_batch(60_000, "").unwrap();
         assert_eq!(n, 2);
         let beaconed = body_messages(&body);
         assert_eq!(
@@ -1132,85 +1155,75 @@ mod tests {
         t.delivered(Outcome::Accepted);
         assert_eq!(t.queued(), 0);
         assert_eq!(in_flight[0].event.as_deref(), Some("A"));
-        assert!(t.beacon_batch(60_000).is_none());
+        assert!(t.beacon_batch(60_000, "").is_none());
     }
 
     #[test]
-    fn click_properties_are_short_masked_and_never_empty_keys() {
-        let el = ClickedElement {
-            tag: "button".into(),
-            id: Some("buy".into()),
-            text: "  Buy\n   now  ".into(),
-            ..ClickedElement::default()
-        };
-        let v: serde_json::Value = serde_json::from_str(el.to_properties().as_str()).unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({"tag":"button","id":"buy","text":"Buy now"})
-        );
-        let card = ClickedElement {
-            tag: "div".into(),
-            text: "Pay with 4111 1111-1111 1111".into(),
-            ..ClickedElement::default()
-        };
-        let v: serde_json::Value = serde_json::from_str(card.to_properties().as_str()).unwrap();
-        assert_eq!(v, serde_json::json!({"tag":"div"}));
-        assert!(!looks_like_card_number("Order 2026-11-23, 12:00"));
-
-        assert_eq!(
-            short_text(&"é".repeat(100)).chars().count(),
-            MAX_CLICK_TEXT_CHARS
-        );
-        assert_eq!(short_text("   "), "");
-    }
-
-    #[test]
-    fn named_clicks_use_their_event_name() {
+    fn a_full_batch_is_due_at_once_and_carries_its_shared_context_once() {
         let env = FakeEnv::default();
         let mut t = tracker(&env);
-        let el = ClickedElement {
-            tag: "div".into(),
-            event: Some("Signup".into()),
-            ..ClickedElement::default()
-        };
-        t.click(&el, ctx());
-        t.click(&ClickedElement::default(), ctx());
-        let events: Vec<_> = sent(&mut t).into_iter().map(|m| m.event).collect();
+        for i in 0..19 {
+            t.track(
+                "Product Viewed".into(),
+                Some(Json::from_trusted(format!(r#"{{"i":{i}}}"#))),
+                Category::Analytics,
+                ctx(),
+            );
+        }
+        assert_eq!(t.send_delay(), Some(5_000.0));
+        // Another page's context (a new part), and another category.
+        let other = Some(Rc::new(r#""page":{"path":"/other"}"#.to_owned()));
+        t.track("Ad".into(), None, Category::Marketing, other);
+        assert_eq!(t.send_delay(), Some(0.0), "a full batch goes at once");
+        let body = t
+            .next_batch(false, r#""timezone":"Europe/Berlin""#)
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        // Shared by all 20: the library, and the batch's own time zone.
         assert_eq!(
-            events,
-            [
-                Some("Signup".to_owned()),
-                Some("Element Clicked".to_owned())
-            ]
+            v["context"],
+            serde_json::json!({"library": {"name": "weft.js", "version": crate::LIBRARY_VERSION},
+                               "timezone": "Europe/Berlin"})
         );
+        assert_eq!(v["batch"][0]["context"]["page"]["path"], "/");
+        assert_eq!(v["batch"][19]["context"]["page"]["path"], "/other");
+        assert_eq!(
+            v["batch"][19]["context"]["consent"]["category"],
+            "marketing"
+        );
+        assert!(v["batch"][0]["context"].get("library").is_none());
+        // As stored: every message with its whole context.
+        for m in body_messages(&body) {
+            let c = context_of(&m);
+            assert_eq!(c["library"]["name"], "weft.js");
+            assert_eq!(c["timezone"], "Europe/Berlin");
+            assert!(c["sessionId"].is_u64() && c["page"]["path"].is_string());
+        }
+        // Without the odd one out, the page and consent go at the batch level.
+        t.delivered(Outcome::Accepted);
+        for _ in 0..3 {
+            track(&mut t, "Same");
+        }
+        let v: serde_json::Value = serde_json::from_str(&t.next_batch(false, "").unwrap()).unwrap();
+        assert_eq!(v["context"]["page"]["path"], "/");
+        assert_eq!(v["context"]["consent"]["category"], "analytics");
+        assert!(v["batch"][2].get("context").is_none(), "{v}");
     }
 
     #[test]
-    fn short_text_is_the_collapsed_text_cut_at_the_limit() {
-        // The definition, with the slicing the shipped code avoids.
-        fn by_slicing(text: &str) -> String {
-            let joined = text.split_ascii_whitespace().collect::<Vec<_>>().join(" ");
-            match joined.char_indices().nth(MAX_CLICK_TEXT_CHARS) {
-                Some((cut, _)) => joined[..cut].to_owned(),
-                None => joined,
-            }
+    fn debug_counts_what_was_lost() {
+        let env = FakeEnv::default();
+        let mut t = opt_in(&env);
+        for _ in 0..MAX_HELD + 2 {
+            track(&mut t, "held");
         }
-        let mut inputs = vec![
-            String::new(),
-            " \t\n ".into(),
-            "one".into(),
-            "  a  b\tc\nd  ".into(),
-        ];
-        // Words ending just before, at and after the limit, a space landing
-        // on it, multi-byte characters across it.
-        for len in MAX_CLICK_TEXT_CHARS - 2..=MAX_CLICK_TEXT_CHARS + 2 {
-            inputs.push("x".repeat(len));
-            inputs.push(format!("{} yz", "x".repeat(len)));
-            inputs.push(format!("{}  \n  é€😀 tail", "é".repeat(len)));
-        }
-        for text in &inputs {
-            assert_eq!(short_text(text), by_slicing(text), "{text:?}");
-        }
+        assert_eq!(t.losses(), [2, 0, 0, 0]);
+        let v: serde_json::Value = serde_json::from_str(&t.debug_json()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"queued": 0, "held": MAX_HELD, "heldDropped": 2,
+                               "queueDropped": 0, "tooLarge": 0, "refused": 0})
+        );
     }
 
     #[test]
@@ -1246,6 +1259,6 @@ mod tests {
         assert!(!t.batch_ready());
         track(&mut t, "B");
         assert!(t.batch_ready());
-        assert_eq!(body_messages(&t.next_batch(false).unwrap()).len(), 2);
+        assert_eq!(body_messages(&t.next_batch(false, "").unwrap()).len(), 2);
     }
 }

@@ -239,8 +239,11 @@ pub struct SentRequest {
     pub method: String,
     /// The full URL.
     pub url: String,
-    /// The body, when the browser reported it with the request.
+    /// The body as text (gzip decompressed), when the browser reported it
+    /// with the request.
     pub post_data: Option<String>,
+    /// The body's size in bytes as sent, when the browser reported it.
+    pub wire_bytes: Option<usize>,
     /// What started it (`fetch`, `beacon`, `script`...), from CDP's `type`.
     pub kind: String,
 }
@@ -353,14 +356,15 @@ impl Page {
                 method: e["request"]["method"].as_str().unwrap_or("").to_owned(),
                 url: e["request"]["url"].as_str().unwrap_or("").to_owned(),
                 post_data: post_data_of(&e["request"]),
+                wire_bytes: wire_bytes_of(&e["request"]),
                 kind: e["type"].as_str().unwrap_or("").to_owned(),
             })
             .collect()
     }
 
-    /// The body of a request the page sent: from the request event when
-    /// the browser put it there, else asked for (`None` when the browser no
-    /// longer has it).
+    /// The body of a request the page sent, as text (gzip bodies
+    /// decompressed): from the request event when the browser put it there,
+    /// else asked for (`None` when the browser no longer has it).
     pub async fn request_body(&self, request: &SentRequest) -> Option<String> {
         if let Some(body) = &request.post_data {
             return Some(body.clone());
@@ -374,7 +378,13 @@ impl Page {
             )
             .await
             .ok()?;
-        r["postData"].as_str().map(str::to_owned)
+        let data = r["postData"].as_str()?;
+        if r["base64Encoded"].as_bool() == Some(true) {
+            return text_of(
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, data).ok()?,
+            );
+        }
+        Some(data.to_owned())
     }
 
     /// Requests sent to a URL whose path ends with `path_suffix` (query and
@@ -492,15 +502,45 @@ impl Page {
 }
 
 fn post_data_of(request: &Value) -> Option<String> {
-    if let Some(s) = request["postData"].as_str() {
-        return Some(s.to_owned());
+    // Newer Chromium reports bodies as base64 entries too: the bytes as
+    // sent (`postData` is a lossy text form of a binary body).
+    if let Some(entries) = request["postDataEntries"].as_array() {
+        let mut body = Vec::new();
+        for e in entries {
+            let b64 = e["bytes"].as_str()?;
+            body.extend(
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).ok()?,
+            );
+        }
+        return text_of(body);
     }
-    // Newer Chromium reports bodies as base64 entries.
-    let entries = request["postDataEntries"].as_array()?;
-    let mut body = Vec::new();
-    for e in entries {
-        let b64 = e["bytes"].as_str()?;
-        body.extend(base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).ok()?);
+    request["postData"].as_str().map(str::to_owned)
+}
+
+/// The size of a request's body as sent.
+fn wire_bytes_of(request: &Value) -> Option<usize> {
+    match request["postDataEntries"].as_array() {
+        Some(entries) => entries
+            .iter()
+            .map(|e| {
+                let b64 = e["bytes"].as_str()?;
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64)
+                    .ok()
+                    .map(|b| b.len())
+            })
+            .sum(),
+        None => request["postData"].as_str().map(str::len),
+    }
+}
+
+/// A body as text: gzip bodies (the SDK compresses its batches)
+/// decompressed.
+pub fn text_of(body: Vec<u8>) -> Option<String> {
+    if body.starts_with(&[0x1f, 0x8b]) {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&body[..]), &mut text)
+            .ok()?;
+        return Some(text);
     }
     String::from_utf8(body).ok()
 }

@@ -162,8 +162,19 @@ fn serve_file(dir: &Path, subst: &[(String, String)], path: &str) -> Response<Fu
         *resp.status_mut() = StatusCode::NOT_FOUND;
         return resp;
     };
+    // A page's policy sent as a header: `page.html.csp` beside it.
+    let mut csp = None;
     let content_type = match name.rsplit('.').next() {
         Some("html") => {
+            csp = std::fs::read_to_string(dir.join(format!("{name}.csp")))
+                .ok()
+                .map(|policy| {
+                    subst
+                        .iter()
+                        .fold(policy.trim().to_owned(), |p, (from, to)| {
+                            p.replace(from.as_str(), to)
+                        })
+                });
             let mut text = String::from_utf8_lossy(&data).into_owned();
             for (from, to) in subst {
                 text = text.replace(from.as_str(), to);
@@ -180,6 +191,9 @@ fn serve_file(dir: &Path, subst: &[(String, String)], path: &str) -> Response<Fu
         .insert("content-type", HeaderValue::from_static(content_type));
     resp.headers_mut()
         .insert("cache-control", HeaderValue::from_static("no-store"));
+    if let Some(v) = csp.and_then(|p| HeaderValue::from_str(&p).ok()) {
+        resp.headers_mut().insert("content-security-policy", v);
+    }
     resp
 }
 
@@ -416,7 +430,8 @@ fn header(req: &Request<Incoming>, name: &str) -> Option<String> {
 }
 
 fn message_ids(body: &[u8]) -> Vec<String> {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+    let text = crate::chromium::text_of(body.to_vec()).unwrap_or_default();
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
         return Vec::new();
     };
     v["batch"]

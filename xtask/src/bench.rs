@@ -30,8 +30,10 @@
 //! headless Chromium (`weft-sdk-bench`): time from weft.js's start to
 //! `weft.ready` against a same-size no-op script, main-thread time per
 //! `track` call against an empty function call and `JSON.stringify` of the
-//! same properties, and request bytes per event. The SDK is built first, as
-//! `cargo xtask sdk` builds it.
+//! same properties, and request bytes per event; then the same figures side
+//! by side with PostHog and Snowplow (pinned from npm into
+//! `target/tools/npm-anchors`). The SDK is built first, as `cargo xtask sdk`
+//! builds it.
 //!
 //! Each target is started as a child process on `127.0.0.1:0`, loaded by
 //! `weft-loadgen` (20-message batches of about 10 KB on keep-alive
@@ -140,6 +142,7 @@ fn sdk(root: &Path, args: &[String]) -> Result<(), String> {
     let options = parse_sdk_options(args)?;
     let tools = crate::tools::ensure_sdk_tools(root)?;
     let browser = crate::tools::ensure_browser()?;
+    let anchors = crate::tools::ensure_bench_anchors(root)?;
     crate::sdk::build(root, &tools)?;
     // `cargo run` rather than a path under `target/release`: it finds the
     // binary wherever CARGO_TARGET_DIR puts it.
@@ -157,7 +160,9 @@ fn sdk(root: &Path, args: &[String]) -> Result<(), String> {
                 &options.rounds.to_string(),
                 "--calls",
                 &options.calls.to_string(),
+                "--anchors",
             ])
+            .arg(&anchors)
             .env("WEFT_SDK_DIR", crate::sdk::out_dir(root))
             .env("WEFT_CHROMIUM", &browser.chromium),
     )

@@ -32,9 +32,10 @@ use crate::tools::Tools;
 /// Where the built SDK goes by default (relative to the workspace root);
 /// `WEFT_SDK_DIR` overrides it (see [`out_dir`]).
 pub const OUT_DIR: &str = "target/sdk";
-/// The script tag's total download, gzip -9, above which the build fails
-/// (the SDK issue's hard limit).
-pub const BUDGET_GZIP_BYTES: usize = 25 * 1024;
+/// The script tag's total download, gzip -9, above which the build fails:
+/// what the SDK measures today (19.7 KB) and a small margin, so it cannot
+/// creep back.
+pub const BUDGET_GZIP_BYTES: usize = 20 * 1024;
 /// The total the SDK aims for, gzip -9; reported, not enforced.
 pub const GOAL_GZIP_BYTES: usize = 15 * 1024;
 

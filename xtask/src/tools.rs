@@ -11,6 +11,7 @@
 //! | wasm-bindgen, wasm-bindgen-test-runner | `cargo install wasm-bindgen-cli` at the crate's pinned version | JS glue; browser tests |
 //! | wasm-opt, wasm-dis and wasm2js (binaryen), terser | npm | Debian's binaryen is too old for today's rustc; the strict-CSP fallback; minified JS |
 //! | @segment/analytics-node | npm | a real Segment server SDK, sent to the collector in the e2e tests |
+//! | posthog-js, @snowplow/browser-tracker | npm, into `target/tools/npm-anchors` (`bench sdk` only) | the SDKs `cargo xtask bench sdk` measures weft against |
 //! | rudder-sdk-python, segment-analytics-python | PyPI: `python3 -m pip install --target target/tools/python` | real RudderStack and Segment Python server SDKs, sent to the collector in the e2e tests (`PYTHONPATH`) |
 //! | chromium, chromedriver | apt | browser tests |
 //! | strace | apt | the test that every 200 follows an `fdatasync` of its records |
@@ -25,6 +26,14 @@ const NPM_PACKAGES: [(&str, &str); 3] = [
     ("binaryen", "132.0.0"),
     ("terser", "5.51.2"),
     ("@segment/analytics-node", "3.1.0"),
+];
+
+/// The browser SDKs `cargo xtask bench sdk` measures weft against, pinned
+/// exactly; installed on their own (`target/tools/npm-anchors`), and only
+/// by the bench.
+const BENCH_ANCHORS: [(&str, &str); 2] = [
+    ("posthog-js", "1.449.2"),
+    ("@snowplow/browser-tracker", "4.10.1"),
 ];
 
 /// PyPI packages, pinned exactly: real server SDKs the e2e tests run.
@@ -48,6 +57,49 @@ pub struct Tools {
     pub wasm_dis: PathBuf,
     /// The JS minifier.
     pub terser: PathBuf,
+}
+
+/// Makes sure the SDKs of the side-by-side bench are installed; returns
+/// their `node_modules` directory.
+pub fn ensure_bench_anchors(root: &Path) -> Result<PathBuf, String> {
+    let dir = root.join("target/tools/npm-anchors");
+    npm_install(
+        &dir,
+        &BENCH_ANCHORS,
+        "PostHog's and Snowplow's browser SDKs",
+    )?;
+    Ok(dir.join("node_modules"))
+}
+
+/// Installs `packages` (pinned) under `npm_dir` unless they are there.
+fn npm_install(npm_dir: &Path, packages: &[(&str, &str)], what: &str) -> Result<(), String> {
+    let installed = |name: &str, version: &str| {
+        // A scoped name is two directories: node_modules/@scope/name.
+        let package_json = name
+            .split('/')
+            .fold(npm_dir.join("node_modules"), |dir, part| dir.join(part))
+            .join("package.json");
+        std::fs::read_to_string(package_json)
+            .is_ok_and(|p| p.contains(&format!("\"version\": \"{version}\"")))
+    };
+    if packages.iter().all(|(n, v)| installed(n, v)) {
+        return Ok(());
+    }
+    ensure_npm()?;
+    std::fs::create_dir_all(npm_dir).map_err(|e| format!("cannot create {npm_dir:?}: {e}"))?;
+    let specs: Vec<String> = packages.iter().map(|(n, v)| format!("{n}@{v}")).collect();
+    Step::new(format!("install {what} (once)")).run(
+        Command::new("npm")
+            .args([
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--no-save",
+                "--prefix",
+            ])
+            .arg(npm_dir)
+            .args(&specs),
+    )
 }
 
 /// Paths of the browser and its driver.
@@ -87,38 +139,13 @@ pub fn ensure_sdk_tools(root: &Path) -> Result<Tools, String> {
         )?;
     }
 
-    let npm_dir = tools_dir.join("npm");
-    let installed = |name: &str, version: &str| {
-        // A scoped name is two directories: node_modules/@scope/name.
-        let package_json = name
-            .split('/')
-            .fold(npm_dir.join("node_modules"), |dir, part| dir.join(part))
-            .join("package.json");
-        std::fs::read_to_string(package_json)
-            .is_ok_and(|p| p.contains(&format!("\"version\": \"{version}\"")))
-    };
-    if !NPM_PACKAGES.iter().all(|(n, v)| installed(n, v)) {
-        ensure_npm()?;
-        std::fs::create_dir_all(&npm_dir).map_err(|e| format!("cannot create {npm_dir:?}: {e}"))?;
-        let specs: Vec<String> = NPM_PACKAGES
-            .iter()
-            .map(|(n, v)| format!("{n}@{v}"))
-            .collect();
-        Step::new("install the pinned npm packages (once)").run(
-            Command::new("npm")
-                .args([
-                    "install",
-                    "--no-audit",
-                    "--no-fund",
-                    "--no-save",
-                    "--prefix",
-                ])
-                .arg(&npm_dir)
-                .args(&specs),
-        )?;
-    }
+    npm_install(
+        &tools_dir.join("npm"),
+        &NPM_PACKAGES,
+        "the pinned npm packages",
+    )?;
     ensure_python_packages(&tools_dir.join("python"))?;
-    let node_bin = npm_dir.join("node_modules/.bin");
+    let node_bin = tools_dir.join("npm/node_modules/.bin");
     Ok(Tools {
         wasm_bindgen,
         wasm_bindgen_test_runner: bin.join("wasm-bindgen-test-runner"),

@@ -30,7 +30,8 @@
 //!    reported too.
 //! 3. **Bytes on the wire per event**: the body of `POST /v1/batch` as the
 //!    browser sent it (read over CDP), divided by the events in it, for a
-//!    batch of 1 (`track` + `flush`) and a full batch of 20 (the default);
+//!    batch of 1 (`track` + `flush`) and a full batch of 20 (the default),
+//!    as sent (the SDK gzips its batches) and as JSON text;
 //!    the reference is the size of the properties object as JSON. The
 //!    script tag's download (the `.gz` files of the SDK build, and what
 //!    Chromium really transferred) is a separate line.
@@ -50,6 +51,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+
+#[path = "sdk_bench/anchors.rs"]
+mod anchors;
 use serde_json::{Value, json};
 use weft_e2e::chromium::{Chromium, Page};
 use weft_e2e::harness::{TestCollector, sdk_dir};
@@ -65,6 +69,10 @@ struct Args {
     /// Calls per timing round.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(10..=100_000))]
     calls: u32,
+    /// A `node_modules` directory with `posthog-js` and
+    /// `@snowplow/browser-tracker`: also measure them, side by side.
+    #[arg(long)]
+    anchors: Option<std::path::PathBuf>,
 }
 
 /// The event every measurement sends.
@@ -345,18 +353,14 @@ async fn timed_round(page: &Page, kind: &str, calls: usize) -> Result<f64, Strin
     number(&ms, "round time")
 }
 
-/// Asks the SDK to send what it holds and waits until it has (its
-/// persisted queue is gone); `false` if it did not within
-/// [`DRAIN_TIMEOUT`].
+/// Asks the SDK to send what it holds and waits until it has (nothing
+/// queued, by `weft.debug()`: storage is written later, at an idle
+/// moment); `false` if it did not within [`DRAIN_TIMEOUT`].
 async fn drain(page: &Page) -> bool {
     page.eval("weft.flush(); true").await;
     let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
     loop {
-        if page
-            .eval("localStorage.getItem('weft.queue') === null")
-            .await
-            == Value::Bool(true)
-        {
+        if page.eval("weft.debug().queued === 0").await == Value::Bool(true) {
             return true;
         }
         if std::time::Instant::now() > deadline {
@@ -369,7 +373,11 @@ async fn drain(page: &Page) -> bool {
 
 /// Waits (bounded) until `page` has sent `count` batches and the last has
 /// been answered; returns the batches' bodies.
-async fn batches_after(page: &Page, before: usize, count: usize) -> Result<Vec<String>, String> {
+async fn batches_after(
+    page: &Page,
+    before: usize,
+    count: usize,
+) -> Result<Vec<(String, usize)>, String> {
     let deadline = std::time::Instant::now() + Duration::from_millis(STEP_TIMEOUT_MS);
     loop {
         let sent = page.requests_to("/v1/batch");
@@ -386,9 +394,12 @@ async fn batches_after(page: &Page, before: usize, count: usize) -> Result<Vec<S
         {
             let mut bodies = Vec::new();
             for r in &sent[before..before + count] {
-                bodies.push(page.request_body(r).await.ok_or_else(|| {
-                    format!("Chromium did not report the body of batch {}", r.id)
-                })?);
+                let text = page
+                    .request_body(r)
+                    .await
+                    .ok_or_else(|| format!("Chromium did not report the body of batch {}", r.id))?;
+                let wire = r.wire_bytes.unwrap_or(text.len());
+                bodies.push((text, wire));
             }
             return Ok(bodies);
         }
@@ -402,11 +413,19 @@ async fn batches_after(page: &Page, before: usize, count: usize) -> Result<Vec<S
     }
 }
 
-/// Body bytes per event of each body (checking it carries `events` events).
-fn bytes_per_event(bodies: &[String], events: usize) -> Result<Vec<f64>, String> {
-    bodies
+/// Body bytes per event of each body as sent (checking it carries `events`
+/// events), and as JSON text (the SDK gzips its batches where it can).
+fn bytes_per_event(
+    bodies: &[(String, usize)],
+    events: usize,
+) -> Result<(Vec<f64>, Vec<f64>), String> {
+    let wire = bodies
         .iter()
-        .map(|b| {
+        .map(|(_, w)| *w as f64 / events as f64)
+        .collect();
+    let text = bodies
+        .iter()
+        .map(|(b, _)| {
             let v: Value =
                 serde_json::from_str(b).map_err(|e| format!("a batch is not JSON ({e}): {b}"))?;
             let n = v["batch"].as_array().map_or(0, Vec::len);
@@ -415,7 +434,8 @@ fn bytes_per_event(bodies: &[String], events: usize) -> Result<Vec<f64>, String>
             }
             Ok(b.len() as f64 / events as f64)
         })
-        .collect()
+        .collect::<Result<_, String>>()?;
+    Ok((wire, text))
 }
 
 fn gzip_len(data: &[u8]) -> f64 {
@@ -596,17 +616,17 @@ async fn run(args: &Args) -> Result<bool, String> {
         full.extend(batches_after(&tracker, before, 1).await?);
     }
     let properties_bytes = PROPERTIES.len() as f64;
-    let single_bytes = bytes_per_event(&single, 1)?;
-    let full_bytes = bytes_per_event(&full, BATCH)?;
+    let (single_bytes, single_text) = bytes_per_event(&single, 1)?;
+    let (full_bytes, full_text) = bytes_per_event(&full, BATCH)?;
     lines.push(Line {
-        what: "bytes/event: batch of 1 (track + flush)".into(),
+        what: "bytes/event: batch of 1 (track + flush), as sent".into(),
         weft: median_p95(&single_bytes),
         baseline_what: "the properties as JSON".into(),
         baseline: (properties_bytes, properties_bytes),
         unit: "B",
     });
     lines.push(Line {
-        what: "bytes/event: batch of 20 (default size)".into(),
+        what: "bytes/event: batch of 20 (default size), as sent".into(),
         weft: median_p95(&full_bytes),
         baseline_what: "the properties as JSON".into(),
         baseline: (properties_bytes, properties_bytes),
@@ -614,11 +634,12 @@ async fn run(args: &Args) -> Result<bool, String> {
     });
     let gz_full: Vec<f64> = full
         .iter()
-        .map(|b| gzip_len(b.as_bytes()) / BATCH as f64)
+        .map(|(b, _)| gzip_len(b.as_bytes()) / BATCH as f64)
         .collect();
     notes.push(format!(
-        "bytes: request bodies as Chromium sent them (text/plain, uncompressed; gzip -6 of a batch of 20 \
-         would be {:.0} B/event); page URL {} ({} chars), user agent {} chars",
+        "bytes: request bodies as Chromium sent them (gzip by the SDK where the browser has          CompressionStream, except page-hide sends); as JSON text {:.0} B/event in a batch of 1 and {:.0}          in a batch of 20 (gzip -6 of that: {:.0} B/event); page URL {} ({} chars), user agent {} chars",
+        median_p95(&single_text).0,
+        median_p95(&full_text).0,
         median_p95(&gz_full).0,
         collector.url("/track.html"),
         collector.url("/track.html").len(),
@@ -743,6 +764,19 @@ async fn run(args: &Args) -> Result<bool, String> {
     println!("\n{download}");
     for n in &notes {
         println!("{n}");
+    }
+
+    if let Some(dir) = &args.anchors {
+        anchors::run(
+            &chromium,
+            &collector,
+            pages.path(),
+            dir,
+            &sdk,
+            rounds,
+            calls,
+        )
+        .await?;
     }
 
     let mut exceptions = Vec::new();

@@ -1131,3 +1131,140 @@ async fn automatic_capture_can_be_turned_off_piece_by_piece() {
     );
     no_exceptions(&page);
 }
+
+// 10. ----------------------------------------------------------------------
+
+/// The bodies of every `POST /v1/batch` the page sent, parsed.
+async fn batch_bodies(page: &weft_e2e::chromium::Page) -> Vec<Value> {
+    let mut bodies = Vec::new();
+    for r in page.requests_to("/v1/batch") {
+        if let Some(body) = page.request_body(&r).await {
+            bodies.push(serde_json::from_str(&body).expect("a batch body is JSON"));
+        }
+    }
+    bodies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_a_thousand_arrives_whole_compressed_with_the_shared_context_once_a_batch() {
+    let c = fixture_collector().await;
+    let site = fixture_site(&c).await;
+    let chromium = Chromium::launch().await;
+    let page = chromium.new_page().await;
+    page.goto(&site.url("/basic.html")).await;
+    sdk_ready(&page).await;
+    page.eval(
+        "for (let i = 0; i < 1000; i++) weft.track('Burst', {i: i, note: 'x'.repeat(100)}); true",
+    )
+    .await;
+    let rows = eventually(Duration::from_secs(60), "1000 burst events stored", || {
+        let rows = c.rows();
+        async move { (tracks(&rows, "Burst").len() >= 1000).then_some(rows) }
+    })
+    .await;
+    let burst = tracks(&rows, "Burst");
+    let numbers: BTreeSet<i64> = burst
+        .iter()
+        .filter_map(|r| r.body["properties"]["i"].as_i64())
+        .collect();
+    assert_eq!((burst.len(), numbers.len()), (1000, 1000), "each once");
+    // As stored, every message has its whole context back.
+    for r in &burst {
+        let ctx = &r.body["context"];
+        assert_eq!(ctx["library"]["name"], "weft.js", "{}", r.raw);
+        assert!(
+            ctx["timezone"].is_string() && ctx["page"]["path"].is_string(),
+            "{}",
+            r.raw
+        );
+    }
+    // On the wire, the context every message of a batch shares is sent once,
+    // at the batch level.
+    let bodies = batch_bodies(&page).await;
+    let full: Vec<&Value> = bodies
+        .iter()
+        .filter(|b| b["batch"].as_array().is_some_and(|m| m.len() == 20))
+        .collect();
+    assert!(full.len() >= 45, "batches of 20: {}", full.len());
+    for b in &bodies {
+        assert_eq!(
+            b["context"]["library"]["name"], "weft.js",
+            "{}",
+            b["context"]
+        );
+        assert!(b["context"]["timezone"].is_string(), "{}", b["context"]);
+        for m in b["batch"].as_array().unwrap() {
+            assert!(m["context"].get("library").is_none(), "sent twice: {m}");
+        }
+    }
+    // And compressed: the bytes as sent are gzip, a few dozen per event.
+    let mut wire = Vec::new();
+    for e in page.events("Network.requestWillBeSent") {
+        let r = &e["request"];
+        if !r["url"].as_str().is_some_and(|u| u.ends_with("/v1/batch")) {
+            continue;
+        }
+        let b64 = r["postDataEntries"][0]["bytes"].as_str().unwrap_or("");
+        assert!(b64.starts_with("H4sI"), "not gzip: {}", r["postData"]);
+        wire.push(b64.len() * 3 / 4);
+    }
+    let per_event = wire.iter().sum::<usize>() as f64 / 1001.0;
+    assert!(
+        per_event < 100.0,
+        "{per_event} B/event on the wire: {wire:?}"
+    );
+    let debug = page.eval("weft.debug()").await;
+    assert_eq!(debug["queueDropped"], 0, "{debug}");
+    assert_eq!(debug["queued"], 0, "{debug}");
+    no_exceptions(&page);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_sdk_drops_it_counts_and_data_debug_says() {
+    let c = fixture_collector().await;
+    let site = fixture_site(&c).await;
+    let chromium = Chromium::launch().await;
+    // Over the collector's 32 KB limit: dropped, counted, and said.
+    let page = chromium.new_page().await;
+    page.goto(&site.url("/debug.html")).await;
+    sdk_ready(&page).await;
+    page.eval("weft.track('Huge', {big: 'y'.repeat(40000)}); true")
+        .await;
+    let debug = page.eval("weft.debug()").await;
+    assert_eq!(
+        (
+            &debug["tooLarge"],
+            &debug["queueDropped"],
+            &debug["heldDropped"],
+            &debug["refused"]
+        ),
+        (&json!(1), &json!(0), &json!(0), &json!(0)),
+        "{debug}"
+    );
+    let said: Vec<String> = page
+        .events("Runtime.consoleAPICalled")
+        .iter()
+        .map(|e| {
+            e["args"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| a["value"].as_str().unwrap_or("").to_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .filter(|l| l.starts_with("weft: dropped"))
+        .collect();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(said[0].contains(r#""tooLarge":1"#), "{said:?}");
+    // Under opt-in, before a decision: 100 calls held, the rest counted.
+    let page = chromium.new_page().await;
+    page.goto(&site.url("/optin.html")).await;
+    sdk_ready(&page).await;
+    page.eval("for (let i = 0; i < 105; i++) weft.track('Held'); true")
+        .await;
+    let debug = page.eval("weft.debug()").await;
+    assert_eq!(debug["held"], 100, "{debug}");
+    assert!(debug["heldDropped"].as_u64() >= Some(5), "{debug}");
+    no_exceptions(&page);
+}
