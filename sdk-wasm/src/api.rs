@@ -507,6 +507,9 @@ mod tests {
         for path in [
             "README.md",
             "www/index.html",
+            "www/product.html",
+            "www/app.html",
+            "www/account.html",
             "tests/src/bin/sdk_bench.rs",
             "tests/fixtures/sdk/stub.html",
             "tests/fixtures/csp/strict.html",
