@@ -266,9 +266,11 @@ impl Destinations {
             config: config.clone(),
             sources: self.sources.clone(),
         };
-        // Batches wait `max_age` anyway: the intake need not wake for every
-        // commit (a quarter of it, at most 20 ms).
-        let pace = (config.max_age / 4).min(std::time::Duration::from_millis(20));
+        // Not paced: reading records while they are still in the CPU's
+        // caches costs less than the wake-ups it saves (`bench destinations`:
+        // a 20 ms pace took the added CPU from 1.5 to 2.9 µs per event per
+        // destination, and the ingest drop from 34% to 50%).
+        let pace = std::time::Duration::ZERO;
         runner.following = Some(self.store.follow(
             &format!("dest-{}", config.name),
             Box::new(intake),
