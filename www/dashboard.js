@@ -364,8 +364,22 @@ function profile(id, gen) {
           var v = p.traits[k];
           return [h("dt", null, k), h("dd", { class: "mono" }, typeof v === "string" ? v : JSON.stringify(v))];
         })) : h("p", { class: "muted" }, "No traits yet."))));
-      view.appendChild(card("Identity graph: why these identifiers are one person", graphSvg(graph, types),
+      var graphBox = h("div", null, graphSvg(graph, types));
+      view.appendChild(card("Identity graph: why these identifiers are one person", graphBox,
         h("p", { class: "muted" }, "Solid: a device seen logged in as a user (link); dashed: an alias. Each edge names the message that made it. An orange device is shared by several people.")));
+      // The type of an edge's message comes from the profile's events: page
+      // back through older ones (up to 20 pages) until every edge has it.
+      (function label(before, pages) {
+        var missing = graph.edges.some(function (e) { return e.kind === "link" && !types[e.message_id]; });
+        if (!missing || !before || pages >= 20 || gen !== generation) return;
+        api("/v1/profiles/" + enc + "/events?limit=200&before=" + encodeURIComponent(before)).then(function (older) {
+          if (gen !== generation) return;
+          older.events.forEach(function (e) { types[e.messageId] = e.type; });
+          graphBox.textContent = "";
+          graphBox.appendChild(graphSvg(graph, types));
+          label(older.next_before, pages + 1);
+        }).catch(failed);
+      })(page.next_before, 0);
       view.appendChild(card("Consent", h("p", null, "Now: ", current.length ? current.map(function (k) {
         var v = p.consent[k];
         return pill(k, v === true || v === "granted" ? "ok" : "no");

@@ -91,6 +91,12 @@ async fn every_view_renders_the_profile_graph_and_live_events() {
         {"type": "track", "event": "Order Completed", "userId": "olga", "messageId": "order-1", "properties": {"total": 99}, "context": prefs}
     ]))
     .await;
+    // More than a page of later events: the login that joined the two IDs
+    // is not on the timeline's first page, and its edge is labelled anyway.
+    let later: Vec<Value> = (0..60)
+        .map(|n| json!({"type": "track", "event": "Scrolled", "userId": "olga", "messageId": format!("scroll-{n}"), "context": prefs}))
+        .collect();
+    c.send_batch(Value::Array(later)).await;
     // A segment and a destination for their views.
     let r = c
         .send(
@@ -177,20 +183,18 @@ async fn every_view_renders_the_profile_graph_and_live_events() {
     wait_text(&page, "profile", "Timeline").await;
     page.wait_for(
         Duration::from_secs(10),
-        "document.querySelectorAll('.timeline-row').length === 5",
+        "document.querySelectorAll('.timeline-row').length === 50",
     )
     .await;
     let t = text(&page).await;
-    for needle in [
-        "olga",
-        "dev-laptop",
-        "Oslo",
-        "pros",
-        "opt-in",
-        "Order Completed",
-    ] {
+    for needle in ["olga", "dev-laptop", "Oslo", "pros", "opt-in", "Scrolled"] {
         assert!(t.contains(needle), "{needle} not on the profile:\n{t}");
     }
+    page.wait_for(
+        Duration::from_secs(10),
+        "Array.from(document.querySelectorAll('svg.graph .edge-group')).every(g => !g.textContent.startsWith('message'))",
+    )
+    .await;
     let edge = page
         .eval("Array.from(document.querySelectorAll('svg.graph .edge-group')).map(g => [g.dataset.message, g.textContent])")
         .await;
