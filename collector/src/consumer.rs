@@ -384,13 +384,20 @@ fn run<C: Consumer>(
                     generation = state.generation;
                     break Next::Reopen;
                 }
+                let writer_done = state.writer_done;
                 let Some(slot) = state.slots.get_mut(id.0) else {
                     break Next::Stop;
                 };
                 if slot.stop {
                     break Next::Stop;
                 }
-                if let Some(job) = slot.jobs.pop_front() {
+                // Once the writer has stopped (the store is closing), no new
+                // job starts: a long background pass (a segment recompute
+                // posts one job after another) must not hold up the stop;
+                // it resumes at the next start. Their callers get Closed.
+                if !writer_done
+                    && let Some(job) = slot.jobs.pop_front()
+                {
                     break Next::Job(job);
                 }
                 let applied = slot.applied;
