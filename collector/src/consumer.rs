@@ -395,9 +395,7 @@ fn run<C: Consumer>(
                 // job starts: a long background pass (a segment recompute
                 // posts one job after another) must not hold up the stop;
                 // it resumes at the next start. Their callers get Closed.
-                if !writer_done
-                    && let Some(job) = slot.jobs.pop_front()
-                {
+                if !writer_done && let Some(job) = slot.jobs.pop_front() {
                     break Next::Job(job);
                 }
                 let applied = slot.applied;
