@@ -37,9 +37,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// belongs to.
 pub async fn profile(app: Arc<App>, id: String) -> Result<Resp, ApiError> {
     let store = app.store.clone();
-    let found = tokio::task::spawn_blocking(move || store.profile(&id))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let found = blocking(move || store.profile(&id)).await?;
     let p = found.ok_or(ApiError::NotFound("profile"))?;
     Ok(json_response(
         StatusCode::OK,
@@ -104,11 +102,9 @@ pub async fn events(app: Arc<App>, id: String, query: Option<&str>) -> Result<Re
         }
     }
     let store = app.store.clone();
-    let page =
-        tokio::task::spawn_blocking(move || store.profile_events(&id, limit, before.as_ref()))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))??
-            .ok_or(ApiError::NotFound("profile"))?;
+    let page = blocking(move || store.profile_events(&id, limit, before.as_ref()))
+        .await?
+        .ok_or(ApiError::NotFound("profile"))?;
     Ok(json_response(
         StatusCode::OK,
         &serde_json::json!({
@@ -123,9 +119,8 @@ pub async fn events(app: Arc<App>, id: String, query: Option<&str>) -> Result<Re
 /// identifiers (GDPR art. 17, PIPL art. 47). Answers what was removed.
 pub async fn erase(app: Arc<App>, id: String) -> Result<Resp, ApiError> {
     let store = app.store.clone();
-    let report = tokio::task::spawn_blocking(move || store.erase(&id))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??
+    let report = blocking(move || store.erase(&id))
+        .await?
         .ok_or(ApiError::NotFound("profile"))?;
     tracing::info!(
         events = report.events,
@@ -141,13 +136,12 @@ pub async fn erase(app: Arc<App>, id: String) -> Result<Resp, ApiError> {
 /// (proof of consent).
 pub async fn consent(app: Arc<App>, id: String) -> Result<Resp, ApiError> {
     let store = app.store.clone();
-    let (profile_id, history) = tokio::task::spawn_blocking(move || {
+    let (profile_id, history) = blocking(move || {
         let history = store.consent_history(&id)?;
         let profile = store.profile(&id)?;
         Ok::<_, crate::store::StoreError>((profile.map(|p| p.profile_id), history))
     })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    .await?;
     let (Some(profile_id), Some(history)) = (profile_id, history) else {
         return Err(ApiError::NotFound("profile"));
     };
@@ -161,9 +155,8 @@ pub async fn consent(app: Arc<App>, id: String) -> Result<Resp, ApiError> {
 /// them, each with the message that made it.
 pub async fn graph(app: Arc<App>, id: String) -> Result<Resp, ApiError> {
     let store = app.store.clone();
-    let graph = tokio::task::spawn_blocking(move || store.profile_graph(&id))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??
+    let graph = blocking(move || store.profile_graph(&id))
+        .await?
         .ok_or(ApiError::NotFound("profile"))?;
     let body = serde_json::to_value(&graph).map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(json_response(StatusCode::OK, &body))
@@ -183,12 +176,14 @@ fn segment_json(s: &SegmentInfo) -> serde_json::Value {
     })
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+/// Runs blocking store or destinations work off the async threads.
+async fn blocking<T: Send + 'static, E: Into<ApiError> + Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, ApiError> {
-    Ok(tokio::task::spawn_blocking(f)
+    tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??)
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(Into::into)
 }
 
 /// `PUT /v1/segments/{key}` with `{"name": "...", "rule": RULE}`.
@@ -202,15 +197,7 @@ pub async fn put_segment(
             "a segment key is 1 to 64 of a-z, 0-9, _ and -".into(),
         ));
     }
-    let body = http_body_util::Limited::new(req.into_body(), MAX_SEGMENT_BODY)
-        .collect()
-        .await
-        .map_err(|_| ApiError::PayloadTooLarge {
-            limit: MAX_SEGMENT_BODY,
-        })?
-        .to_bytes();
-    let mut def: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    let mut def = json_body(req, MAX_SEGMENT_BODY).await?;
     let Some(obj) = def.as_object_mut() else {
         return Err(ApiError::MalformedJson(
             r#"expected {"name": "...", "rule": {...}}"#.into(),
@@ -270,10 +257,7 @@ pub async fn delete_segment(app: Arc<App>, key: String) -> Result<Resp, ApiError
     if !blocking(move || store.delete_segment(&key)).await? {
         return Err(ApiError::NotFound("segment"));
     }
-    let mut resp = json_response(StatusCode::NO_CONTENT, &serde_json::Value::Null);
-    *resp.body_mut() = crate::error::full(hyper::body::Bytes::new());
-    resp.headers_mut().remove(hyper::header::CONTENT_TYPE);
-    Ok(resp)
+    Ok(no_content())
 }
 
 /// `GET /v1/segments/{key}/profiles?limit=&cursor=`: members by profile id.
@@ -335,6 +319,7 @@ pub fn percent_decode(segment: &str) -> Option<String> {
 /// Most bytes of a destination's settings.
 const MAX_DESTINATION_BODY: usize = 64 * 1024;
 
+/// A request's JSON body, at most `limit` bytes.
 async fn json_body(req: Request<Incoming>, limit: usize) -> Result<serde_json::Value, ApiError> {
     let body = http_body_util::Limited::new(req.into_body(), limit)
         .collect()
@@ -344,19 +329,12 @@ async fn json_body(req: Request<Incoming>, limit: usize) -> Result<serde_json::V
     serde_json::from_slice(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))
 }
 
+/// 204, with no body and no content type.
 fn no_content() -> Resp {
     let mut resp = json_response(StatusCode::NO_CONTENT, &serde_json::Value::Null);
     *resp.body_mut() = crate::error::full(hyper::body::Bytes::new());
     resp.headers_mut().remove(hyper::header::CONTENT_TYPE);
     resp
-}
-
-async fn dest_blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::destinations::DestinationError> + Send + 'static,
-) -> Result<T, ApiError> {
-    Ok(tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??)
 }
 
 /// `PUT /v1/destinations/{name}`: creates or replaces a destination.
@@ -367,7 +345,7 @@ pub async fn put_destination(
 ) -> Result<Resp, ApiError> {
     let body = json_body(req, MAX_DESTINATION_BODY).await?;
     let d = app.destinations.clone();
-    let view = dest_blocking(move || d.put(&name, &body)).await?;
+    let view = blocking(move || d.put(&name, &body)).await?;
     Ok(json_response(StatusCode::OK, &view))
 }
 
@@ -388,7 +366,7 @@ pub fn list_destinations(app: &App) -> Resp {
 /// `DELETE /v1/destinations/{name}`: 204.
 pub async fn delete_destination(app: Arc<App>, name: String) -> Result<Resp, ApiError> {
     let d = app.destinations.clone();
-    if !dest_blocking(move || d.delete(&name)).await? {
+    if !blocking(move || d.delete(&name)).await? {
         return Err(ApiError::NotFound("destination"));
     }
     Ok(no_content())
@@ -414,7 +392,7 @@ pub async fn dead_letters(
         }
     }
     let d = app.destinations.clone();
-    let page = dest_blocking(move || d.dead(&name, after, limit))
+    let page = blocking(move || d.dead(&name, after, limit))
         .await?
         .ok_or(ApiError::NotFound("destination"))?;
     Ok(json_response(StatusCode::OK, &page))
@@ -442,7 +420,7 @@ pub async fn replay(app: Arc<App>, name: String, req: Request<Incoming>) -> Resu
         Some(_) => return Err(bad()),
     };
     let d = app.destinations.clone();
-    let n = dest_blocking(move || d.replay(&name, &ids))
+    let n = blocking(move || d.replay(&name, &ids))
         .await?
         .ok_or(ApiError::NotFound("destination"))?;
     Ok(json_response(

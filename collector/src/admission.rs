@@ -652,7 +652,7 @@ pub fn event_time(
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a char
 /// boundary.
-fn truncate(s: &str, max: usize) -> &str {
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

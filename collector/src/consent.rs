@@ -87,7 +87,8 @@ struct RecordProperties {
     policy_version: Option<String>,
 }
 
-fn granted(v: &Value) -> bool {
+/// Whether a preference's value grants: `true`, or Consent Mode's `"granted"`.
+pub fn granted(v: &Value) -> bool {
     v.as_bool().unwrap_or(false) || v.as_str() == Some("granted")
 }
 

@@ -212,11 +212,6 @@ impl Progress {
         self.wake.notify_all();
     }
 
-    /// Whether consumer `id` was asked to stop or stopped.
-    pub fn stopping(&self, id: ConsumerId) -> bool {
-        self.lock().slots.get(id.0).is_none_or(|s| s.stop || s.done)
-    }
-
     /// Whether consumer `id` stopped.
     pub fn stopped(&self, id: ConsumerId) -> bool {
         self.lock().slots.get(id.0).is_none_or(|s| s.done)

@@ -188,7 +188,7 @@ impl Stats {
                 && let Ok(prefs) = serde_json::from_str::<BTreeMap<String, Value>>(c.preferences)
             {
                 for (category, v) in prefs.into_iter().take(20) {
-                    let granted = v.as_bool() == Some(true) || v.as_str() == Some("granted");
+                    let granted = crate::consent::granted(&v);
                     let slot = hour.consent.entry(category).or_default();
                     slot.0 += u64::from(granted);
                     slot.1 += 1;
@@ -210,8 +210,8 @@ impl Stats {
         self.added.notify_waiters();
     }
 
-    /// Forgets everything (an erasure: the live ring and the counts may
-    /// hold the person's events; the next start recounts from the log).
+    /// Empties the live ring (an erasure: it may hold the person's events;
+    /// the counts keep only numbers and hashes).
     pub fn forget_live(&self) {
         self.lock().live.clear();
     }

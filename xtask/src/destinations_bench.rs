@@ -20,9 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::bench::{
-    ADMIN_TOKEN, COLLECTOR_ADDRESS_PREFIX, Kind, Row, Target, TempDir, build, collector_command,
-    measure, parse_options,
+    COLLECTOR_ADDRESS_PREFIX, Kind, Row, Target, TempDir, build, collector_command, measure,
+    parse_options,
 };
+use crate::segments_bench::http_put;
 
 /// Destinations attached in the second run.
 const DESTINATIONS: usize = 2;
@@ -141,27 +142,6 @@ fn serve(stream: TcpStream, seen: &Mutex<Seen>) {
     }
 }
 
-fn admin_put(address: &str, path: &str, body: &str) -> Result<u16, String> {
-    let fail = |e: std::io::Error| format!("PUT http://{address}{path}: {e}");
-    let mut stream = TcpStream::connect(address).map_err(fail)?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(fail)?;
-    let request = format!(
-        "PUT {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\
-         Authorization: Bearer {ADMIN_TOKEN}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).map_err(fail)?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).map_err(fail)?;
-    Ok(String::from_utf8_lossy(&response)
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0))
-}
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -211,7 +191,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
                 let body = format!(
                     r#"{{"kind":"webhook","url":"http://{at}/d{d}","secret":"whsec_YmVuY2gtc2VjcmV0LWJlbmNoLXNlY3JldA==","batch_size":100,"max_age_ms":200}}"#
                 );
-                let status = admin_put(address, &format!("/v1/destinations/d{d}"), &body)?;
+                let (status, _) = http_put(address, &format!("/v1/destinations/d{d}"), &body)?;
                 if status != 200 {
                     return Err(format!("PUT destination d{d}: {status}"));
                 }

@@ -49,7 +49,7 @@ fn rule(i: usize) -> String {
 }
 
 /// `PUT path` with the admin token: the status and body.
-fn http_put(address: &str, path: &str, body: &str) -> Result<(u16, String), String> {
+pub(crate) fn http_put(address: &str, path: &str, body: &str) -> Result<(u16, String), String> {
     let fail = |e: std::io::Error| format!("PUT http://{address}{path}: {e}");
     let mut stream = std::net::TcpStream::connect(address).map_err(fail)?;
     stream

@@ -344,19 +344,11 @@ pub fn dead_page(
             items,
         };
         let body = super::webhook::body(&batch, &d.last_attempt_at);
-        let end = floor_char_boundary(&body, REQUEST_SAMPLE);
-        d.request_sample = String::from_utf8_lossy(&body[..end]).into_owned();
+        let body = String::from_utf8_lossy(&body);
+        d.request_sample = crate::admission::truncate(&body, REQUEST_SAMPLE).to_owned();
         out.push(d);
     }
     Ok(out)
-}
-
-fn floor_char_boundary(bytes: &[u8], max: usize) -> usize {
-    let mut end = bytes.len().min(max);
-    while end > 0 && end < bytes.len() && (bytes[end] & 0xC0) == 0x80 {
-        end -= 1;
-    }
-    end
 }
 
 /// A dead batch's messages.

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::db;
-use super::http::{Answer, RESPONSE_SAMPLE, TransportError};
+use super::http::{Answer, TransportError};
 use super::outbox::{Flight, Item, Shared};
 use super::status::Status;
 use crate::clock::format_utc_millis;
@@ -325,7 +325,7 @@ impl Delivery {
                 self.config.consent == "analytics"
                     || c.consent
                         .get(&self.config.consent)
-                        .is_some_and(|v| v.as_bool() == Some(true) || v.as_str() == Some("granted"))
+                        .is_some_and(crate::consent::granted)
             })
             .map(|c| {
                 let body = serde_json::json!({
@@ -494,7 +494,6 @@ impl Delivery {
                     sample: String::new(),
                 });
                 let now = format_utc_millis(time::OffsetDateTime::now_utc());
-                let sample: String = f.sample.chars().take(RESPONSE_SAMPLE).collect();
                 tracing::warn!(destination = %self.name, error = %f.error, messages = in_flight.len(), "batch moved to the dead letters");
                 let dead = db::DeadBatch {
                     batch_id: &id,
@@ -504,7 +503,7 @@ impl Delivery {
                     last_error: &f.error,
                     first_attempt_at: &first_attempt_at,
                     last_attempt_at: &now,
-                    response_sample: &sample,
+                    response_sample: &f.sample,
                     items: &in_flight,
                 };
                 self.status.dead(in_flight.len() as u64);

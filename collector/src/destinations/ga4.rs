@@ -88,7 +88,7 @@ fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
 }
 
 fn granted(v: Option<&Value>) -> Option<bool> {
-    v.map(|v| v.as_bool() == Some(true) || v.as_str() == Some("granted"))
+    v.map(crate::consent::granted)
 }
 
 /// One stored message as a GA4 event, with its request's key (client,

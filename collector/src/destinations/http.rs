@@ -270,8 +270,8 @@ impl HttpTransport {
                 Bytes::new()
             }
         };
-        let end = body.len().min(RESPONSE_SAMPLE);
-        let sample = String::from_utf8_lossy(&body[..end]).into_owned();
+        let sample =
+            crate::admission::truncate(&String::from_utf8_lossy(&body), RESPONSE_SAMPLE).to_owned();
         if keep {
             *self.conn.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some((t.host, t.port, t.tls, send));

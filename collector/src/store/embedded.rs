@@ -309,6 +309,38 @@ impl EmbeddedStore {
         done.recv().map_err(|_| StoreError::Closed)?
     }
 
+    /// Rewrites the log without an erased person's records, then lets the
+    /// indexer's reader and reads by LSN go of the old files (the indexer
+    /// reopens on the rewrite before it runs that job), then tells the
+    /// listeners (outboxes, the live view).
+    fn forget_in_log(&self, erased: Erased) -> Result<(), StoreError> {
+        let (identifiers, lsns) = (erased.identifiers.clone(), erased.lsns.clone());
+        self.writer_job(|reply| WriterJob::Remove { erased, reply })?;
+        self.log_rewritten()?;
+        self.tell(|l| l.erased(&identifiers, &lsns));
+        Ok(())
+    }
+
+    /// The index lets go of log files that were replaced or dropped.
+    fn log_rewritten(&self) -> Result<(), StoreError> {
+        self.index_job(|index| {
+            index.log_rewritten();
+            Ok(())
+        })
+    }
+
+    /// Calls `f` with every listener.
+    fn tell(&self, f: impl Fn(&dyn StoreListener)) {
+        for l in self
+            .listeners
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            f(l.as_ref());
+        }
+    }
+
     /// Runs `job` on the indexer's thread, between its batches.
     fn index_job<T: Send + 'static>(
         &self,
@@ -400,24 +432,10 @@ impl EventStore for EmbeddedStore {
                 self.index_job(move |index| Ok(index.is_suppressed(&id)))?
             };
             if suppressed {
-                let erased = Erased {
+                self.forget_in_log(Erased {
                     identifiers: [id].into_iter().collect(),
                     lsns: HashSet::new(),
-                };
-                let identifiers = erased.identifiers.clone();
-                self.writer_job(|reply| WriterJob::Remove { erased, reply })?;
-                self.index_job(|index| {
-                    index.log_rewritten();
-                    Ok(())
                 })?;
-                for l in self
-                    .listeners
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .iter()
-                {
-                    l.erased(&identifiers, &HashSet::new());
-                }
             }
             return Ok(None);
         };
@@ -433,31 +451,11 @@ impl EventStore for EmbeddedStore {
         let Some(Erasure { report, lsns }) = erased else {
             return Ok(None);
         };
-        // 3. The log forgets them.
-        let erased = Erased {
+        // 3. The log, and what follows it, forget them.
+        self.forget_in_log(Erased {
             identifiers: identifiers.into_iter().collect(),
             lsns: lsns.into_iter().collect(),
-        };
-        let erased = {
-            let (identifiers, lsns) = (erased.identifiers.clone(), erased.lsns.clone());
-            self.writer_job(|reply| WriterJob::Remove { erased, reply })?;
-            Erased { identifiers, lsns }
-        };
-        // 4. The indexer's reader lets go of the old files (it reopens on
-        //    the rewrite before it runs this job), and so do reads by LSN.
-        self.index_job(|index| {
-            index.log_rewritten();
-            Ok(())
         })?;
-        // 5. Outboxes forget them.
-        for l in self
-            .listeners
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            l.erased(&erased.identifiers, &erased.lsns);
-        }
         Ok(Some(report))
     }
 
@@ -481,19 +479,9 @@ impl EventStore for EmbeddedStore {
         })?;
         if dropped > 0 {
             tracing::info!(segments = dropped, "retention dropped log segments");
-            self.index_job(|index| {
-                index.log_rewritten();
-                Ok(())
-            })?;
+            self.log_rewritten()?;
         }
-        for l in self
-            .listeners
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            l.expired(before);
-        }
+        self.tell(|l| l.expired(before));
         if n > 0 {
             // Events counted by segment rules are gone: every segment is
             // evaluated again for everyone, in the background.

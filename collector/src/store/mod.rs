@@ -374,11 +374,6 @@ impl Following {
             thread: Some(thread),
         }
     }
-
-    /// Whether its thread has stopped.
-    pub fn stopped(&self) -> bool {
-        self.progress.stopped(self.id)
-    }
 }
 
 impl Drop for Following {
