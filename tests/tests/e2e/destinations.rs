@@ -487,6 +487,10 @@ async fn audience_changes_are_delivered_as_they_happen() {
     .await;
     let identify = |plan: &str| json!({"type": "identify", "userId": "kim", "anonymousId": "kim-phone", "traits": {"plan": plan}});
     c.send_batch(json!([identify("pro")])).await;
+    // A read after the 200 sees the membership (the index has applied it),
+    // so the next identify is evaluated on its own, not in the same batch
+    // (which would settle on "free" with nothing entered).
+    assert_eq!(c.profile("kim").await.json()["segments"], json!(["pros"]));
     c.send_batch(json!([identify("free")])).await;
     let changes = weft_e2e::eventually(Duration::from_secs(10), "enter and exit", || async {
         let changes: Vec<Value> = receiver
