@@ -1,12 +1,18 @@
 //! Static files: the SDK (`/weft.js`, `/weft.wasm`) and the demo site and
 //! dashboard from `www/`.
 //!
+//! Each comes from the binary itself (embedded by `build.rs` when built by
+//! `cargo xtask dist` or `run`) unless `--sdk-dir`/`--www-dir` name a
+//! directory to serve instead, for development: an override replaces the
+//! embedded set of its kind entirely, so a file missing there is a 404 and
+//! never an older embedded copy.
+//!
 //! The SDK build writes `.br` and `.gz` twins of each file; the one the
 //! browser accepts is sent, so visitors download the compressed size. HTML
 //! pages get `%WEFT_WRITE_KEY%` replaced by the first configured key, so the
 //! demo works with whatever key the collector runs with.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bytes::Bytes;
 use hyper::header::{
@@ -16,6 +22,10 @@ use hyper::{Response, StatusCode};
 
 use crate::app::App;
 use crate::error::{ApiError, Resp};
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/embedded.rs"));
+}
 
 /// Files of the SDK build that the collector serves from its SDK directory.
 const SDK_FILES: [&str; 4] = ["weft.js", "weft.wasm", "weft.d.ts", "weft-fallback.js"];
@@ -40,19 +50,16 @@ pub async fn serve(app: &App, path: &str, headers: &HeaderMap) -> Result<Resp, A
     if !is_safe_name(name) {
         return Err(not_found);
     }
-    let dir = if SDK_FILES.contains(&name) {
-        app.config.sdk_dir.as_deref()
+    let kind = if SDK_FILES.contains(&name) {
+        Kind::Sdk
     } else {
-        app.config.www_dir.as_deref()
+        Kind::Www
     };
-    let dir = dir.ok_or(ApiError::NotFound("file"))?;
-    let file = dir.join(name);
     let content_type = content_type(name);
 
     if content_type.starts_with("text/html") {
-        let text = tokio::fs::read_to_string(&file)
-            .await
-            .map_err(|_| ApiError::NotFound("file"))?;
+        let data = read(app, kind, name).await.ok_or(not_found)?;
+        let text = String::from_utf8(data.to_vec()).map_err(|_| ApiError::NotFound("file"))?;
         let key = app
             .config
             .sources
@@ -69,32 +76,63 @@ pub async fn serve(app: &App, path: &str, headers: &HeaderMap) -> Result<Resp, A
         .unwrap_or("");
     for (encoding, ext) in [("br", "br"), ("gzip", "gz")] {
         if accepts_encoding(accepts, encoding)
-            && let Ok(data) = tokio::fs::read(with_ext(&file, ext)).await
+            && let Some(data) = read(app, kind, &format!("{name}.{ext}")).await
         {
             return Ok(response(
-                Bytes::from(data),
+                data,
                 content_type,
                 Some(encoding),
                 "public, max-age=300",
             ));
         }
     }
-    let data = tokio::fs::read(&file)
-        .await
-        .map_err(|_| ApiError::NotFound("file"))?;
-    Ok(response(
-        Bytes::from(data),
-        content_type,
-        None,
-        "public, max-age=300",
-    ))
+    let data = read(app, kind, name).await.ok_or(not_found)?;
+    Ok(response(data, content_type, None, "public, max-age=300"))
 }
 
-fn with_ext(file: &Path, ext: &str) -> PathBuf {
-    let mut s = file.as_os_str().to_owned();
-    s.push(".");
-    s.push(ext);
-    PathBuf::from(s)
+/// Which set a file belongs to: each has its own override directory.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Sdk,
+    Www,
+}
+
+/// The file `name` of `kind`: from the override directory when one is
+/// configured, else from the binary.
+async fn read(app: &App, kind: Kind, name: &str) -> Option<Bytes> {
+    let (dir, prefix) = match kind {
+        Kind::Sdk => (app.config.sdk_dir.as_deref(), "sdk/"),
+        Kind::Www => (app.config.www_dir.as_deref(), "www/"),
+    };
+    match dir {
+        Some(dir) => tokio::fs::read(dir.join(name)).await.ok().map(Bytes::from),
+        None => embedded_file(&format!("{prefix}{name}")).map(Bytes::from_static),
+    }
+}
+
+/// An embedded file by its staged path (`sdk/weft.js`).
+fn embedded_file(path: &str) -> Option<&'static [u8]> {
+    let files = embedded::FILES;
+    files
+        .binary_search_by(|(name, _)| (*name).cmp(path))
+        .ok()
+        .map(|i| files[i].1)
+}
+
+/// Whether this collector serves the demo site and dashboard (from
+/// `--www-dir` or from the binary), for the start-up banner.
+pub fn serves_site(sdk_dir: Option<&Path>, www_dir: Option<&Path>) -> (bool, bool) {
+    let sdk = sdk_dir.is_some() || embedded_file("sdk/weft.js").is_some();
+    let www = www_dir.is_some() || embedded_file("www/dashboard.html").is_some();
+    (sdk, www)
+}
+
+/// How many files the binary carries, and their bytes.
+pub fn embedded_summary() -> (usize, usize) {
+    (
+        embedded::FILES.len(),
+        embedded::FILES.iter().map(|(_, b)| b.len()).sum(),
+    )
 }
 
 fn accepts_encoding(header: &str, encoding: &str) -> bool {

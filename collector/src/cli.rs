@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 
 use crate::config::{Config, Source};
+use crate::config_file::FileConfig;
+use crate::proxy::Cidr;
 
 /// The write key used when none is configured.
 pub const DEV_WRITE_KEY: &str = "wk_dev";
@@ -16,33 +18,47 @@ pub const DEV_WRITE_KEY: &str = "wk_dev";
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 
 /// weft collector: receives events, stores them, serves profiles.
+///
+/// Every flag has a `WEFT_*` environment variable, and most a key in the
+/// configuration file (`weft.toml`); a flag or variable wins over the file.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "weft-collector", version)]
+#[command(
+    name = "weft-collector",
+    version,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
-    /// Address to listen on.
-    #[arg(long, env = "WEFT_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
-    /// Directory of the embedded store.
-    #[arg(long, env = "WEFT_DATA_DIR", default_value = "./weft-data")]
-    pub data_dir: PathBuf,
-    /// A source write key (repeatable). Without one, `wk_dev` is used.
+    /// What to do instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "WEFT_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory of the embedded store [default: ./weft-data].
+    #[arg(long, env = "WEFT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// A source write key (repeatable). Without one (and no `[[source]]`),
+    /// `wk_dev` is used.
     #[arg(long = "write-key", env = "WEFT_WRITE_KEY", value_delimiter = ',')]
     pub write_keys: Vec<String>,
     /// Bearer token of the admin API. Without one, a random token is
     /// generated once and kept in the data directory.
     #[arg(long, env = "WEFT_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
-    /// Browser origin allowed to send (repeatable). Without one, any origin.
+    /// Browser origin allowed to send with the `--write-key` keys
+    /// (repeatable). Without one, any origin.
     #[arg(
         long = "allowed-origin",
         env = "WEFT_ALLOWED_ORIGIN",
         value_delimiter = ','
     )]
     pub allowed_origins: Vec<String>,
-    /// Directory of the demo site and dashboard.
+    /// Serve the demo site and dashboard from this directory instead of the
+    /// copies built into the binary (development).
     #[arg(long, env = "WEFT_WWW_DIR")]
     pub www_dir: Option<PathBuf>,
-    /// Directory of the built SDK (`weft.js`, `weft.wasm`).
+    /// Serve the SDK (`weft.js`, `weft.wasm`) from this directory instead of
+    /// the copies built into the binary (development).
     #[arg(long, env = "WEFT_SDK_DIR")]
     pub sdk_dir: Option<PathBuf>,
     /// Store whole client IP addresses instead of truncating them.
@@ -57,40 +73,72 @@ pub struct Cli {
     #[arg(long, env = "WEFT_RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
     pub retention_days: Option<u32>,
     /// How many recent (source, messageId) pairs ingest remembers to
-    /// deduplicate client retries before they reach the log.
-    #[arg(long, env = "WEFT_DEDUP_WINDOW", default_value_t = 10_000_000,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub dedup_window: u64,
-    /// Sources file (TOML, `[[source]]` tables). Without it, `./weft.toml`
-    /// is read if present.
+    /// deduplicate client retries before they reach the log
+    /// [default: 10000000].
+    #[arg(long, env = "WEFT_DEDUP_WINDOW", value_parser = clap::value_parser!(u64).range(1..))]
+    pub dedup_window: Option<u64>,
+    /// A reverse proxy whose `X-Forwarded-For` is believed: an address or
+    /// range such as `127.0.0.1` or `10.0.0.0/8` (repeatable). Without one,
+    /// the header is ignored and the TCP peer is the client.
+    #[arg(
+        long = "trusted-proxy",
+        env = "WEFT_TRUSTED_PROXY",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<Cidr>,
+    /// Configuration file (TOML). Without it, `./weft.toml` is read if
+    /// present.
     #[arg(long, env = "WEFT_CONFIG")]
     pub config: Option<PathBuf>,
 }
 
-/// The default sources file, read when present and no `--config` is given.
-pub const DEFAULT_CONFIG_FILE: &str = "weft.toml";
-
-/// The sources file.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfigFile {
-    #[serde(default, rename = "source")]
-    sources: Vec<Source>,
-    /// Checked by the destinations' own parser, which names the field.
-    #[serde(default, rename = "destination")]
-    destinations: Vec<toml::Table>,
+/// The subcommands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Check a configuration file and report every problem with its line.
+    CheckConfig {
+        /// The file [default: ./weft.toml].
+        #[arg(long, env = "WEFT_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Copy a data directory consistently, also while a collector runs on it.
+    Backup {
+        /// The data directory to copy.
+        #[arg(long, env = "WEFT_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// The backup's directory (created; must not exist or be empty).
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Make a data directory from a backup (checked first).
+    Restore {
+        /// The backup's directory.
+        #[arg(long)]
+        from: PathBuf,
+        /// The data directory to create (must not exist or be empty).
+        #[arg(long, env = "WEFT_DATA_DIR")]
+        data_dir: PathBuf,
+    },
 }
+
+/// The default configuration file, read when present and no `--config` is
+/// given.
+pub const DEFAULT_CONFIG_FILE: &str = "weft.toml";
+/// The default address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// The default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./weft-data";
 
 /// Why the flags could not become a configuration.
 #[derive(Debug)]
 pub enum CliError {
     /// The data directory or token file could not be prepared.
     Io(std::io::Error),
-    /// The sources file is missing, unreadable or invalid.
+    /// The configuration file is missing, unreadable or invalid.
     ConfigFile {
         /// The file.
         path: PathBuf,
-        /// What is wrong.
+        /// What is wrong: one problem per line.
         reason: String,
     },
 }
@@ -114,45 +162,32 @@ impl From<std::io::Error> for CliError {
     }
 }
 
-type Destination = crate::destinations::config::DestinationConfig;
-
-/// Reads and checks a sources file: its sources and destinations.
-fn read_sources(path: &Path) -> Result<(Vec<Source>, Vec<Destination>), CliError> {
+/// Reads and checks a configuration file.
+pub fn read_config_file(path: &Path) -> Result<FileConfig, CliError> {
     let err = |reason: String| CliError::ConfigFile {
         path: path.to_owned(),
         reason,
     };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let file: ConfigFile = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
-    let mut sources = file.sources;
-    for s in &mut sources {
-        if s.write_key.trim().is_empty() {
-            return Err(err("a source has an empty write_key".into()));
-        }
-        if let Some(r) = s.rate_limit
-            && (!r.requests_per_second.is_finite() || r.requests_per_second <= 0.0 || r.burst == 0)
-        {
-            return Err(err(format!(
-                "source {:?}: rate_limit needs requests_per_second > 0 and burst > 0",
-                s.write_key
-            )));
-        }
-        if s.name.is_empty() {
-            s.name = s.write_key.clone();
-        }
+    crate::config_file::parse(&text).map_err(|problems| {
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        err(if lines.len() == 1 {
+            lines[0].clone()
+        } else {
+            format!("{} problems:\n  {}", lines.len(), lines.join("\n  "))
+        })
+    })
+}
+
+/// The configuration file to read: `--config`, else `./weft.toml` when
+/// present.
+pub fn config_path(flag: Option<&Path>) -> Option<PathBuf> {
+    match flag {
+        Some(p) => Some(p.to_owned()),
+        None => Path::new(DEFAULT_CONFIG_FILE)
+            .is_file()
+            .then(|| PathBuf::from(DEFAULT_CONFIG_FILE)),
     }
-    let mut destinations: Vec<Destination> = Vec::new();
-    for table in file.destinations {
-        let body = serde_json::to_value(&table).map_err(|e| err(e.to_string()))?;
-        let name = body.get("name").and_then(|n| n.as_str()).unwrap_or("");
-        let d = Destination::from_json(name, &body, None)
-            .map_err(|e| err(format!("destination {name:?}: {e}")))?;
-        if destinations.iter().any(|x| x.name == d.name) {
-            return Err(err(format!("destination {name:?} is configured twice")));
-        }
-        destinations.push(d);
-    }
-    Ok((sources, destinations))
 }
 
 /// Where the admin token came from, so the binary can say so.
@@ -166,21 +201,40 @@ pub enum TokenOrigin {
     Generated(PathBuf),
 }
 
+/// What [`Cli::into_config`] resolved.
+#[derive(Debug)]
+pub struct Resolved {
+    /// The collector's configuration.
+    pub config: Config,
+    /// Where the admin token came from.
+    pub token: TokenOrigin,
+    /// The address to listen on.
+    pub listen: SocketAddr,
+}
+
 impl Cli {
-    /// Builds the configuration: creates the data directory, resolves the
-    /// admin token, applies development defaults with a warning each.
-    pub fn into_config(self) -> Result<(Config, TokenOrigin), CliError> {
-        let (mut sources, destinations) = match &self.config {
-            Some(path) => read_sources(path)?,
-            None if Path::new(DEFAULT_CONFIG_FILE).is_file() => {
-                read_sources(Path::new(DEFAULT_CONFIG_FILE))?
-            }
-            None => (Vec::new(), Vec::new()),
+    /// Builds the configuration: reads the configuration file, lets flags
+    /// win over it, creates the data directory, resolves the admin token,
+    /// applies development defaults with a warning each.
+    pub fn into_config(self) -> Result<Resolved, CliError> {
+        let config_path = config_path(self.config.as_deref());
+        let file = match &config_path {
+            Some(path) => read_config_file(path)?,
+            None => FileConfig::default(),
         };
-        std::fs::create_dir_all(&self.data_dir)?;
+        let mut sources = file.sources;
+        let data_dir = self
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let listen = self
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("a valid default address"));
+        std::fs::create_dir_all(&data_dir)?;
         let (admin_token, origin) = match self.admin_token {
             Some(t) if !t.is_empty() => (t, TokenOrigin::Configured),
-            _ => load_or_create_token(&self.data_dir)?,
+            _ => load_or_create_token(&data_dir)?,
         };
         let mut keys = self.write_keys;
         keys.retain(|k| !k.is_empty());
@@ -191,36 +245,56 @@ impl Cli {
             );
             keys.push(DEV_WRITE_KEY.to_owned());
         }
-        if !keys.is_empty() && self.allowed_origins.is_empty() {
+        let allowed_origins = if self.allowed_origins.is_empty() {
+            file.allowed_origins
+        } else {
+            self.allowed_origins
+        };
+        if !keys.is_empty() && allowed_origins.is_empty() {
             tracing::warn!(
                 "no --allowed-origin given: browsers on any origin may send with the configured keys"
             );
         }
         sources.extend(keys.into_iter().map(|write_key| Source {
-            allowed_origins: self.allowed_origins.clone(),
+            allowed_origins: allowed_origins.clone(),
             ..Source::any_origin(write_key)
         }));
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = sources.iter().find(|s| !seen.insert(s.write_key.as_str())) {
             return Err(CliError::ConfigFile {
-                path: self
-                    .config
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_CONFIG_FILE.into()),
+                path: config_path.unwrap_or_else(|| DEFAULT_CONFIG_FILE.into()),
                 reason: format!("write key {:?} is configured twice", dup.name),
             });
         }
-        let mut config = Config::new(self.data_dir, sources, admin_token);
-        config.www_dir = self.www_dir;
-        config.sdk_dir = self.sdk_dir;
-        config.keep_full_ip = self.keep_full_ip;
-        config.destinations = destinations;
-        config.junk_ids = self.junk_ids;
-        config.dedup_window = usize::try_from(self.dedup_window).unwrap_or(usize::MAX);
+        let mut config = Config::new(data_dir, sources, admin_token);
+        config.www_dir = self.www_dir.or(file.www_dir);
+        config.sdk_dir = self.sdk_dir.or(file.sdk_dir);
+        config.keep_full_ip = self.keep_full_ip || file.keep_full_ip.unwrap_or(false);
+        config.destinations = file.destinations;
+        config.junk_ids = if self.junk_ids.is_empty() {
+            file.junk_ids
+        } else {
+            self.junk_ids
+        };
+        config.trusted_proxies = if self.trusted_proxies.is_empty() {
+            file.trusted_proxies
+        } else {
+            self.trusted_proxies
+        };
+        let window = self
+            .dedup_window
+            .or(file.dedup_window)
+            .unwrap_or(10_000_000);
+        config.dedup_window = usize::try_from(window).unwrap_or(usize::MAX);
         config.retention = self
             .retention_days
+            .or(file.retention_days)
             .map(|d| std::time::Duration::from_secs(u64::from(d) * 86_400));
-        Ok((config, origin))
+        Ok(Resolved {
+            config,
+            token: origin,
+            listen,
+        })
     }
 }
 
@@ -271,7 +345,11 @@ mod tests {
     fn defaults_give_dev_key_and_a_stored_token() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let (config, origin) = cli(&["--data-dir", data.to_str().unwrap()])
+        let Resolved {
+            config,
+            token: origin,
+            ..
+        } = cli(&["--data-dir", data.to_str().unwrap()])
             .into_config()
             .unwrap();
         assert_eq!(config.sources, vec![Source::any_origin(DEV_WRITE_KEY)]);
@@ -279,7 +357,11 @@ mod tests {
         assert!(config.admin_token.starts_with("wat_") && config.admin_token.len() == 68);
 
         // A restart reads the same token back.
-        let (again, origin) = cli(&["--data-dir", data.to_str().unwrap()])
+        let Resolved {
+            config: again,
+            token: origin,
+            ..
+        } = cli(&["--data-dir", data.to_str().unwrap()])
             .into_config()
             .unwrap();
         assert_eq!(again.admin_token, config.admin_token);
@@ -304,7 +386,7 @@ write_key = "wk_backend"
 "#,
         )
         .unwrap();
-        let (config, _) = cli(&[
+        let Resolved { config, .. } = cli(&[
             "--data-dir",
             dir.path().to_str().unwrap(),
             "--config",
@@ -350,20 +432,20 @@ write_key = "wk_backend"
             .to_string();
             assert!(err.contains(expect), "{text:?}: {err}");
         };
-        check("[[source]]\nwrite_key = \"\"", "empty write_key");
+        check("[[source]]\nwrite_key = \"\"", "must not be empty");
         check(
             "[[source]]\nwrite_key = \"a\"\n[[source]]\nwrite_key = \"a\"",
             "twice",
         );
         check(
             "[[source]]\nwrite_key = \"a\"\nallowed_origin = []",
-            "unknown field",
+            "unknown key",
         );
         check(
             "[[source]]\nwrite_key = \"a\"\nrate_limit = { requests_per_second = 0.0, burst = 1 }",
             "rate_limit",
         );
-        check("[[source]", "config file");
+        check("[[source]", "line 1");
         let missing = cli(&[
             "--data-dir",
             dir.path().to_str().unwrap(),
@@ -378,7 +460,11 @@ write_key = "wk_backend"
     #[test]
     fn explicit_keys_origins_and_token() {
         let dir = tempfile::tempdir().unwrap();
-        let (config, origin) = cli(&[
+        let Resolved {
+            config,
+            token: origin,
+            ..
+        } = cli(&[
             "--data-dir",
             dir.path().to_str().unwrap(),
             "--write-key",

@@ -80,6 +80,9 @@ pub struct Config {
     pub header_timeout: Duration,
     /// Time a client has to send its request body.
     pub body_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` is believed (reverse proxies); the
+    /// header of any other peer is ignored ([`crate::proxy`]).
+    pub trusted_proxies: Vec<crate::proxy::Cidr>,
     /// Keep whole client IPs instead of truncating them (IPv4 /24, IPv6 /48).
     pub keep_full_ip: bool,
     /// Identifier values never linked, beyond the built-in junk list.
@@ -112,6 +115,7 @@ impl Config {
             max_connections: 4096,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
             keep_full_ip: false,
             junk_ids: Vec::new(),
             retention: None,

@@ -39,6 +39,7 @@ pub async fn handle(
         Some(key) if app.config.source(key).is_none() => Err(ApiError::UnknownWriteKey),
         _ => content_encoding_is_gzip(&req),
     };
+    let client = crate::proxy::client_addr(peer.ip(), req.headers(), &app.config.trusted_proxies);
     let origin = req
         .headers()
         .get(ORIGIN)
@@ -72,7 +73,7 @@ pub async fn handle(
             .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })?;
     }
 
-    let ip = client_ip(peer.ip(), app.config.keep_full_ip);
+    let ip = client_ip(client, app.config.keep_full_ip);
     let facts = Facts {
         source: &source.write_key,
         consent: source.consent,
@@ -271,13 +272,7 @@ pub fn decode_body(body: Bytes, gzip_header: bool) -> Result<Bytes, ApiError> {
 /// The client IP as stored: truncated to /24 (IPv4) or /48 (IPv6) unless
 /// `keep_full` is set.
 pub fn client_ip(ip: IpAddr, keep_full: bool) -> Option<String> {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
-    };
+    let ip = crate::proxy::canonical(ip);
     if keep_full {
         return Some(ip.to_string());
     }

@@ -59,7 +59,42 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    serve_with_clock(config, listener, shutdown, Arc::new(SystemClock)).await
+    serve_announced(config, listener, shutdown, None).await
+}
+
+/// Called once the store and destinations are open, right before the
+/// first connection is accepted (the binary prints its banner then, so
+/// "listening" is never said by a collector about to refuse its data).
+pub type OnReady = Box<dyn FnOnce() + Send>;
+
+/// [`serve`], calling `ready` once it is about to accept connections.
+pub async fn serve_announced(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    ready: Option<OnReady>,
+) -> Result<(), ServeError> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let stats = Arc::new(WriterStats::default());
+    let store = open_store(&config, clock.clone(), stats.clone())?;
+    serve_store_announced(config, listener, shutdown, clock, store, stats, ready).await
+}
+
+fn open_store(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    stats: Arc<WriterStats>,
+) -> Result<Arc<dyn EventStore>, ServeError> {
+    let store = EmbeddedStore::open(
+        &config.data_dir,
+        StoreOptions {
+            clock,
+            ..StoreOptions::for_config(config)
+        },
+        stats,
+    )
+    .map_err(ServeError::Store)?;
+    Ok(Arc::new(store))
 }
 
 /// [`serve`] with a chosen clock.
@@ -70,16 +105,8 @@ pub async fn serve_with_clock(
     clock: Arc<dyn Clock>,
 ) -> Result<(), ServeError> {
     let stats = Arc::new(WriterStats::default());
-    let store = EmbeddedStore::open(
-        &config.data_dir,
-        StoreOptions {
-            clock: clock.clone(),
-            ..StoreOptions::for_config(&config)
-        },
-        stats.clone(),
-    )
-    .map_err(ServeError::Store)?;
-    serve_store(config, listener, shutdown, clock, Arc::new(store), stats).await
+    let store = open_store(&config, clock.clone(), stats.clone())?;
+    serve_store(config, listener, shutdown, clock, store, stats).await
 }
 
 /// [`serve`] with a chosen clock and store (`stats` are the store's writer
@@ -91,6 +118,19 @@ pub async fn serve_store(
     clock: Arc<dyn Clock>,
     store: Arc<dyn EventStore>,
     stats: Arc<WriterStats>,
+) -> Result<(), ServeError> {
+    serve_store_announced(config, listener, shutdown, clock, store, stats, None).await
+}
+
+/// [`serve_store`], calling `ready` once it is about to accept connections.
+pub async fn serve_store_announced(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    clock: Arc<dyn Clock>,
+    store: Arc<dyn EventStore>,
+    stats: Arc<WriterStats>,
+    ready: Option<OnReady>,
 ) -> Result<(), ServeError> {
     if crate::admission::server_message_id().is_none() {
         return Err(ServeError::NoRandomness);
@@ -142,6 +182,9 @@ pub async fn serve_store(
         .map(|keep| tokio::spawn(retention_sweeper(app.clone(), keep)));
     let ticker = tokio::spawn(segment_ticker(app.clone()));
     tokio::pin!(shutdown);
+    if let Some(ready) = ready {
+        ready();
+    }
 
     loop {
         let (stream, peer) = tokio::select! {

@@ -8,6 +8,8 @@
 //!   integration, end-to-end in headless Chromium) and the SDK's
 //!   wasm-bindgen tests in Chromium.
 //! - `cargo xtask sdk`: build the SDK into `target/sdk` and report its size.
+//! - `cargo xtask dist`: the deployable binary, `target/dist/weft-collector`,
+//!   with the SDK, demo site and dashboard embedded ([`dist`]).
 //! - `cargo xtask bench collector [--seconds S] [--connections N]
 //!   [--warmup S]`: ingest throughput of the collector against the
 //!   durable-ingest limit (target >= 0.8 of it) and a bare hyper server, at
@@ -26,6 +28,7 @@ mod bench;
 mod cmd;
 mod dashboard;
 mod destinations_bench;
+mod dist;
 mod sdk;
 mod segments_bench;
 mod tools;
@@ -42,11 +45,12 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("run") => run(&root, &args[1..]),
         Some("test") => test(&root),
+        Some("dist") => dist::build(&root).map(drop),
         Some("sdk") => tools::ensure_sdk_tools(&root).and_then(|t| sdk::build(&root, &t).map(drop)),
         Some("bench") => bench::run(&root, &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  run [-- FLAGS]  build the SDK and run the collector with the demo site\n  test            run every check and test (what CI runs)\n  sdk             build the SDK into target/sdk and report its size\n  bench collector [--seconds S] [--connections N] [--warmup S]\n                  ingest throughput at 32 and 256 connections: collector vs the durable-ingest limit and a bare hyper server\n  bench identity [--people N] [--seed S] [--connections N] [--lookups N]\n                  identity at scale: ingest msg/s of a generated history, profile p50/p99\n  bench sdk [--rounds N] [--calls N]\n                  the SDK in headless Chromium: ready time, main thread per track, bytes/event"
+                "usage: cargo xtask <command>\n\n  run [-- FLAGS]  build the SDK and run the collector with the demo site\n  test            run every check and test (what CI runs)\n  sdk             build the SDK into target/sdk and report its size\n  dist            build target/dist/weft-collector: one binary with the SDK, demo and dashboard inside\n  bench collector [--seconds S] [--connections N] [--warmup S]\n                  ingest throughput at 32 and 256 connections: collector vs the durable-ingest limit and a bare hyper server\n  bench identity [--people N] [--seed S] [--connections N] [--lookups N]\n                  identity at scale: ingest msg/s of a generated history, profile p50/p99\n  bench sdk [--rounds N] [--calls N]\n                  the SDK in headless Chromium: ready time, main thread per track, bytes/event"
             );
             return ExitCode::from(2);
         }
@@ -73,24 +77,9 @@ fn run(root: &Path, args: &[String]) -> Result<(), String> {
         Some("--") => args[1..].to_vec(),
         _ => args.to_vec(),
     };
-    let tools = tools::ensure_sdk_tools(root)?;
-    sdk::build(root, &tools)?;
-    dashboard::vendor(root)?;
-    Step::new("build the collector (release)").run(cargo(root).args([
-        "build",
-        "--release",
-        "-p",
-        "weft-collector",
-    ]))?;
-    let bin = root.join("target/release/weft-collector");
+    let bin = dist::build(root)?;
     let mut command = std::process::Command::new(bin);
-    command
-        .current_dir(root)
-        .arg("--www-dir")
-        .arg(root.join("www"))
-        .arg("--sdk-dir")
-        .arg(sdk::out_dir(root))
-        .args(&flags);
+    command.current_dir(root).args(&flags);
     eprintln!("xtask: starting the collector (Ctrl-C stops it)");
     let status = command
         .status()
@@ -132,11 +121,13 @@ fn test(root: &Path) -> Result<(), String> {
     let report = sdk::build(root, &tools)?;
     report.check_budget()?;
     dashboard::vendor(root)?;
+    let dist = dist::package(root)?;
 
     Step::new("tests: unit, integration, end-to-end (headless Chromium)").run(
         cargo(root)
             .args(["test", "--workspace"])
             .env("WEFT_SDK_DIR", sdk::out_dir(root))
+            .env("WEFT_DIST_BIN", &dist)
             .env("WEFT_CHROMIUM", &browser.chromium),
     )?;
     Step::new("SDK wasm-bindgen tests (headless Chromium)").run(

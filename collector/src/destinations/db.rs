@@ -56,9 +56,18 @@ CREATE TABLE IF NOT EXISTS dead_items (
 ) WITHOUT ROWID;
 ";
 
-/// Opens (creating) the database.
+/// The schema version (`PRAGMA user_version`): 0 before versions were
+/// recorded (the same tables), 1 since.
+pub const DB_VERSION: i64 = 1;
+
+/// Opens (creating, mode 0600) the database; refuses one written by a newer
+/// weft.
 pub fn open(dir: &Path) -> Result<Connection, DestinationError> {
-    let conn = Connection::open(dir.join(DB_FILE))?;
+    let path = dir.join(DB_FILE);
+    create_private(&path)?;
+    let conn = Connection::open(&path)?;
+    crate::store::version::sqlite_version(&conn, DB_FILE, DB_VERSION)
+        .map_err(|e| DestinationError::Db(e.to_string()))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // A crash of the process loses nothing committed; a power loss may
     // lose the last positions, and delivery repeats those batches (at
@@ -67,7 +76,27 @@ pub fn open(dir: &Path) -> Result<Connection, DestinationError> {
     conn.pragma_update(None, "secure_delete", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.execute_batch(SCHEMA)?;
+    conn.pragma_update(None, "user_version", DB_VERSION)?;
     Ok(conn)
+}
+
+/// Creates `path` empty with mode 0600 unless it exists (SQLite gives its
+/// WAL the database's mode), and makes an existing one 0600.
+fn create_private(path: &Path) -> Result<(), DestinationError> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let io = |e: std::io::Error| DestinationError::Io(format!("{}: {e}", path.display()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)
+        }
+        Err(e) => Err(io(e)),
+    }
 }
 
 /// A destination's row.

@@ -79,6 +79,7 @@ use std::path::PathBuf;
 pub use format::MAX_PAYLOAD;
 pub use lookup::LogLookup;
 pub use reader::{LogReader, scan};
+pub use segment::{Copied, copy_records, list_segments};
 pub use writer::SegmentLog;
 
 /// The first LSN of every segment in `dir`, oldest first.

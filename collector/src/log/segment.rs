@@ -38,7 +38,7 @@ pub(crate) fn parse_segment_name(name: &OsStr) -> Option<Lsn> {
 }
 
 /// The segments in `dir` as `(first_lsn, path)`, oldest first.
-pub(crate) fn list_segments(dir: &Path) -> io::Result<Vec<(Lsn, PathBuf)>> {
+pub fn list_segments(dir: &Path) -> io::Result<Vec<(Lsn, PathBuf)>> {
     let mut segments = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
@@ -244,6 +244,46 @@ impl RecordReader {
     /// Goes back to the start of the record at [`RecordReader::offset`].
     fn rewind(&mut self) -> io::Result<()> {
         self.file.seek(SeekFrom::Start(self.offset)).map(drop)
+    }
+}
+
+/// What [`copy_records`] copied.
+#[derive(Debug, Default)]
+pub struct Copied {
+    /// Bytes written: whole records only.
+    pub bytes: u64,
+    /// Records written.
+    pub records: u64,
+    /// The newest LSN written.
+    pub last_lsn: Option<Lsn>,
+    /// Why the copy stopped before the end of the file, if it did: a
+    /// record being appended right now (in the active segment), or damage.
+    pub stopped: Option<String>,
+}
+
+/// Copies the whole, valid records at the start of `file` (each checked:
+/// header, length, CRC) to `out` byte for byte, stopping at the first that
+/// is not one. Backups use it: the active segment may be growing while it
+/// is read, and a backup must hold only records that a recovery would keep.
+pub fn copy_records(file: File, out: &mut impl io::Write) -> io::Result<Copied> {
+    let mut records = RecordReader::new(file, 1 << 20);
+    let mut payload = Vec::new();
+    let mut copied = Copied::default();
+    loop {
+        match records.next_record(&mut payload)? {
+            Checked::Record(header) => {
+                out.write_all(&header.raw)?;
+                out.write_all(&payload)?;
+                copied.bytes += header.record_len();
+                copied.records += 1;
+                copied.last_lsn = Some(header.lsn);
+            }
+            Checked::End => return Ok(copied),
+            Checked::Damaged(reason) => {
+                copied.stopped = Some(reason);
+                return Ok(copied);
+            }
+        }
     }
 }
 

@@ -172,6 +172,9 @@ impl EmbeddedStore {
         stats: Arc<WriterStats>,
     ) -> Result<Self, StoreError> {
         create_private_dir(data_dir)?;
+        // Before anything is opened for writing: a newer format is refused
+        // untouched.
+        super::version::check(data_dir)?;
         let log_dir = data_dir.join(LOG_DIR);
         let (log, recovery) = SegmentLog::open(
             &log_dir,

@@ -16,6 +16,7 @@ pub mod memory;
 pub mod profiles;
 pub mod sqlite;
 pub mod suppression;
+pub mod version;
 
 use tokio::sync::oneshot;
 use weft_protocol::MessageType;
@@ -284,6 +285,9 @@ pub enum StoreError {
     Corrupt(String),
     /// A segment rule was refused.
     InvalidRule(crate::segments::RuleError),
+    /// A file has a format this build does not read (written by a newer
+    /// weft, or not weft's): nothing was changed.
+    Format(String),
 }
 
 impl std::fmt::Display for StoreError {
@@ -297,6 +301,7 @@ impl std::fmt::Display for StoreError {
             StoreError::Lagging => f.write_str("the index is behind the log; retry"),
             StoreError::Corrupt(e) => write!(f, "stored data unreadable: {e}"),
             StoreError::InvalidRule(e) => write!(f, "invalid rule: {e}"),
+            StoreError::Format(e) => f.write_str(e),
         }
     }
 }

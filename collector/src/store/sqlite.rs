@@ -48,6 +48,9 @@ use super::{
 
 /// The index file inside the data directory.
 pub const DB_FILE: &str = "weft.sqlite";
+/// The index's schema version (`PRAGMA user_version`, set by [`SCHEMA`]);
+/// older ones are migrated on open, newer ones refused.
+pub const INDEX_VERSION: i64 = 3;
 /// SQLite page size for a new database, in bytes.
 const PAGE_SIZE: i64 = 16384;
 /// Read connections for the admin API.
@@ -134,7 +137,7 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
 ) WITHOUT ROWID;
-PRAGMA user_version = 3;
+PRAGMA user_version = 3; -- INDEX_VERSION
 ";
 
 /// The index's position in the event log: every record below it is
@@ -259,6 +262,8 @@ pub fn open_index(
     // The index is derived: after a crash it replays the log from its
     // position, so its commits need not wait for the disk.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // A newer index is refused before the schema below could touch it.
+    super::version::sqlite_version(&conn, DB_FILE, INDEX_VERSION)?;
     conn.execute_batch(SCHEMA)?;
     migrate_edges(&conn)?;
     let suppression = load_suppression(&conn, salt)?;
