@@ -128,6 +128,9 @@ pub struct Manifest {
     pub log_records: u64,
     /// The newest LSN in the copy.
     pub last_lsn: Option<u64>,
+    /// The log position the copied index had applied up to (the next LSN
+    /// it would apply): never past the copied log.
+    pub index_position: Option<u64>,
     /// Every file.
     pub files: Vec<FileEntry>,
 }
@@ -250,6 +253,7 @@ fn copy_once(data_dir: &Path, to: &Path) -> Result<Option<Manifest>, BackupError
             files.push(entry(to, db)?);
         }
     }
+    let index_position = index_position(&to.join(INDEX_DB))?;
 
     let out_log = to.join(LOG_DIR);
     fs::DirBuilder::new()
@@ -322,8 +326,32 @@ fn copy_once(data_dir: &Path, to: &Path) -> Result<Option<Manifest>, BackupError
             .map_or(0, |d| d.as_millis() as u64),
         log_records: records,
         last_lsn,
+        index_position,
         files,
     }))
+}
+
+/// The position a copied index has applied the log up to.
+fn index_position(db: &Path) -> Result<Option<u64>, BackupError> {
+    if !db.is_file() {
+        return Ok(None);
+    }
+    let sqlite = |e: rusqlite::Error| BackupError::Sqlite(format!("{}: {e}", db.display()));
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(sqlite)?;
+    let v: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'log_position'",
+            [],
+            |r| r.get(0),
+        )
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })
+        .map_err(sqlite)?;
+    Ok(v.map(|v| v.max(0) as u64))
 }
 
 /// `VACUUM INTO`: a consistent, compact copy of a live database.

@@ -79,6 +79,8 @@ pub enum ApiError {
     },
     /// The store is closed (shutting down) or failed.
     Unavailable,
+    /// The collector's disk is full; nothing of the request was stored.
+    DiskFull,
     /// A destination's settings were refused: why, and which field.
     InvalidDestination {
         /// Why.
@@ -96,6 +98,9 @@ pub enum ApiError {
     /// A bug or an I/O failure; details are logged, not sent.
     Internal(String),
 }
+
+/// `Retry-After` on a full disk: space comes back when an operator acts.
+pub const DISK_FULL_RETRY_SECS: u64 = 10;
 
 impl ApiError {
     /// The HTTP status of the error.
@@ -115,7 +120,9 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Overloaded | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded | ApiError::Unavailable | ApiError::DiskFull => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -139,6 +146,7 @@ impl ApiError {
             ApiError::Overloaded => "overloaded",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Unavailable => "unavailable",
+            ApiError::DiskFull => "disk_full",
             ApiError::InvalidRule { .. } => "invalid_rule",
             ApiError::InvalidDestination { .. } => "invalid_destination",
             ApiError::Internal(_) => "internal",
@@ -171,6 +179,9 @@ impl ApiError {
                 format!("this source's rate limit is exceeded; retry in {retry_after_secs} s")
             }
             ApiError::Unavailable => "store unavailable".into(),
+            ApiError::DiskFull => {
+                "the collector's disk is full; nothing was stored, retry later".into()
+            }
             ApiError::InvalidRule { reason, .. } => reason.clone(),
             ApiError::InvalidDestination { reason, field } => format!("{field}: {reason}"),
             ApiError::Internal(_) => "internal error".into(),
@@ -196,6 +207,7 @@ impl ApiError {
         let mut resp = json_response(self.status(), &body);
         let retry_after = match self {
             ApiError::Overloaded | ApiError::Unavailable => Some(1),
+            ApiError::DiskFull => Some(DISK_FULL_RETRY_SECS),
             ApiError::RateLimited { retry_after_secs } => Some(retry_after_secs),
             _ => None,
         };
@@ -212,6 +224,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Overloaded => ApiError::Overloaded,
             StoreError::Closed | StoreError::Lagging => ApiError::Unavailable,
+            StoreError::DiskFull => ApiError::DiskFull,
             StoreError::InvalidRule(e) => ApiError::InvalidRule {
                 reason: e.reason,
                 path: e.path,

@@ -53,6 +53,10 @@ pub struct SegmentLog {
     /// The frames of one append, written with one `write_all`.
     buf: Vec<u8>,
     failed: bool,
+    /// The failure was the `write` of an append (a full disk, typically):
+    /// nothing was synced on top of the last sync, so cutting the active
+    /// segment back makes it whole again ([`SegmentLog::recover_failed_write`]).
+    write_failed: bool,
 }
 
 impl SegmentLog {
@@ -115,6 +119,7 @@ impl SegmentLog {
             next_lsn,
             buf: Vec::new(),
             failed: false,
+            write_failed: false,
         };
         let recovery = Recovery {
             segments: log.segments.len(),
@@ -160,6 +165,7 @@ impl SegmentLog {
         }
         if let Err(e) = self.active.write_all(&self.buf) {
             self.fail();
+            self.write_failed = self.active_segment().bytes == self.synced_bytes;
             return Err(e.into());
         }
         let written = self.buf.len() as u64;
@@ -390,6 +396,26 @@ impl SegmentLog {
     fn fail(&mut self) {
         self.failed = true;
         let _ = self.active.set_len(self.synced_bytes);
+    }
+
+    /// Makes the log usable again after an append whose `write` failed
+    /// (`ENOSPC`): the active segment is cut back to its last synced record
+    /// and synced, and appends continue from the same LSN, which no reader
+    /// was ever allowed to see. After a failed sync or rollover, what is on
+    /// disk is not known: that stays [`LogError::Failed`] (reopen to
+    /// recover as after a crash).
+    pub fn recover_failed_write(&mut self) -> Result<(), LogError> {
+        if !self.failed {
+            return Ok(());
+        }
+        if !self.write_failed {
+            return Err(LogError::Failed);
+        }
+        self.active.set_len(self.synced_bytes)?;
+        self.active.sync_data()?;
+        self.failed = false;
+        self.write_failed = false;
+        Ok(())
     }
 
     fn usable(&self) -> Result<(), LogError> {

@@ -200,6 +200,21 @@ impl EmbeddedStore {
             &suppressed,
             options.clock.clone(),
         )?;
+        // The index derives from the log: one ahead of it (a copy of the
+        // directory taken in the wrong order, a log restored alone) would
+        // answer with events the log does not have.
+        let mut index = index;
+        let indexed = crate::consumer::Consumer::position(&mut index)?;
+        if indexed > log.next_lsn() {
+            return Err(StoreError::Corrupt(format!(
+                "{} has applied the log up to {indexed}, but the log ends at {}: \
+                 the index is ahead of its log (was one restored without the other?). \
+                 Delete {} to rebuild the index from the log.",
+                super::sqlite::DB_FILE,
+                log.next_lsn(),
+                db.display()
+            )));
+        }
         let to_recompute = index.segments_to_recompute();
         restrict_files(data_dir)?;
         let writer_suppression = Suppression::new(salt, suppressed.iter().copied());
@@ -222,6 +237,8 @@ impl EmbeddedStore {
                 buf: Vec::new(),
                 ranges: Vec::new(),
                 max_index_lag: options.max_index_lag.max(1),
+                disk_full_since: None,
+                disk_full_warned: None,
             };
             std::thread::Builder::new()
                 .name("weft-log-writer".into())
@@ -721,6 +738,9 @@ struct LogWriter {
     buf: Vec<u8>,
     ranges: Vec<Range<usize>>,
     max_index_lag: u64,
+    /// Since when writes fail for a full disk (for one warning a minute).
+    disk_full_since: Option<Instant>,
+    disk_full_warned: Option<Instant>,
 }
 
 type Group = Vec<(
@@ -783,10 +803,25 @@ impl LogWriter {
                 }
             }
             if let Err(e) = self.commit(&mut group) {
-                // After a failed write or sync the file's state is unknown:
-                // stop taking writes rather than acknowledge on top of it.
+                // A full disk: the write failed before anything was synced,
+                // so the log is cut back and goes on (the requests were
+                // answered 503); each later group tries again, and the
+                // collector resumes by itself once there is space.
+                if matches!(e, StoreError::DiskFull) && self.log.recover_failed_write().is_ok() {
+                    self.disk_full_warning();
+                    continue;
+                }
+                // After a failed sync the file's state is unknown: stop
+                // taking writes rather than acknowledge on top of it.
                 tracing::error!(error = %e, "log write failed; the collector stops taking events");
                 break;
+            }
+            if let Some(since) = self.disk_full_since.take() {
+                self.disk_full_warned = None;
+                tracing::warn!(
+                    after_secs = since.elapsed().as_secs(),
+                    "disk space is back: ingest resumed"
+                );
             }
         }
         // Answer whatever is still queued (the receiver is closing).
@@ -851,12 +886,20 @@ impl LogWriter {
             self.log
                 .append(&payloads)
                 .and_then(|_| self.log.sync())
-                .map_err(log_error)
+                .map_err(|e| match e {
+                    crate::log::LogError::Io(io) if super::is_disk_full(&io) => {
+                        StoreError::DiskFull
+                    }
+                    e => log_error(e),
+                })
         };
         if let Err(e) = written {
             let message = e.to_string();
             for (_, reply) in group.drain(..) {
-                let _ = reply.send(Err(StoreError::Io(std::io::Error::other(message.clone()))));
+                let _ = reply.send(Err(match e {
+                    StoreError::DiskFull => StoreError::DiskFull,
+                    _ => StoreError::Io(std::io::Error::other(message.clone())),
+                }));
             }
             return Err(e);
         }
@@ -886,6 +929,22 @@ impl LogWriter {
     /// 503). Reads never wait for more than that much indexing.
     fn wait_for_index(&self) {
         self.progress.wait_to_keep_up(self.max_index_lag);
+    }
+
+    /// Logs a full disk when it starts and once a minute while it lasts.
+    fn disk_full_warning(&mut self) {
+        let since = *self.disk_full_since.get_or_insert_with(Instant::now);
+        if self
+            .disk_full_warned
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            self.disk_full_warned = Some(Instant::now());
+            tracing::error!(
+                for_secs = since.elapsed().as_secs(),
+                data_dir = %self.data_dir.display(),
+                "the disk is full: ingest answers 503 until space is freed; nothing acknowledged is lost"
+            );
+        }
     }
 
     fn publish_durable(&self) {

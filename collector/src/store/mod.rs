@@ -285,6 +285,9 @@ pub enum StoreError {
     Corrupt(String),
     /// A segment rule was refused.
     InvalidRule(crate::segments::RuleError),
+    /// The disk is full (`ENOSPC`, `EDQUOT`): nothing of the request was
+    /// stored; retry once space is freed.
+    DiskFull,
     /// A file has a format this build does not read (written by a newer
     /// weft, or not weft's): nothing was changed.
     Format(String),
@@ -302,6 +305,7 @@ impl std::fmt::Display for StoreError {
             StoreError::Corrupt(e) => write!(f, "stored data unreadable: {e}"),
             StoreError::InvalidRule(e) => write!(f, "invalid rule: {e}"),
             StoreError::Format(e) => f.write_str(e),
+            StoreError::DiskFull => f.write_str("the disk is full"),
         }
     }
 }
@@ -310,8 +314,17 @@ impl std::error::Error for StoreError {}
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Sqlite(e)
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => StoreError::DiskFull,
+            _ => StoreError::Sqlite(e),
+        }
     }
+}
+
+/// Whether an I/O error means the disk (or the user's quota) is full.
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    // ENOSPC, EDQUOT on Linux.
+    e.kind() == std::io::ErrorKind::StorageFull || matches!(e.raw_os_error(), Some(28 | 122))
 }
 
 impl From<std::io::Error> for StoreError {
