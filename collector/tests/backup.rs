@@ -19,6 +19,9 @@ use weft_collector::record::{self, Record};
 
 const USERS: usize = 8;
 
+/// Batches answered 200: when, and their messageIds.
+type Acked = Arc<Mutex<Vec<(Instant, Vec<String>)>>>;
+
 /// Every record of a data directory's log: (LSN, payload).
 fn log_records(data_dir: &Path) -> Vec<(u64, Vec<u8>)> {
     let mut out = Vec::new();
@@ -69,7 +72,7 @@ fn a_backup_under_load_restores_to_the_same_profiles_and_events() {
     );
 
     // Load: 4 senders, batches of 50 tracks over 8 users.
-    let acked: Arc<Mutex<Vec<(Instant, Vec<String>)>>> = Arc::default();
+    let acked: Acked = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let addr = c.addr;
     let senders: Vec<_> = (0..4)
