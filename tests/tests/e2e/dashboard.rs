@@ -31,7 +31,7 @@ async fn screenshot(page: &Page, name: &str) {
 }
 
 /// Console errors, uncaught exceptions and failed loads the page reported.
-fn console_errors(page: &Page) -> Vec<String> {
+pub(crate) fn console_errors(page: &Page) -> Vec<String> {
     let mut out: Vec<String> = page
         .events("Runtime.consoleAPICalled")
         .into_iter()

@@ -12,6 +12,9 @@
 //! - `destinations`: webhooks, GA4 and files against real local receivers:
 //!   outages, retries, dead letters, replay, 410, isolation, consent,
 //!   audiences, erasure, and the NDJSON export.
+//! - `dist`: the deployable binary alone in an empty directory, as the
+//!   README's Deploy section runs it: SDK cross-origin, demo, dashboard,
+//!   probes, `X-Forwarded-For` from trusted proxies only, the systemd unit.
 //! - `identity`: profiles from devices, logins and aliases, over HTTP.
 //! - `ingest`: the collector's HTTP API with a real store on disk.
 //! - `python_clients`: RudderStack's and Segment's own Python SDKs sending to
@@ -29,6 +32,7 @@ mod cross_origin;
 mod csp;
 mod dashboard;
 mod destinations;
+mod dist;
 mod identity;
 mod ingest;
 mod python_clients;
