@@ -15,7 +15,9 @@
 //! - [`consent`]: server-side consent enforcement and consent records.
 //! - [`admin`]: the bearer-token admin API (`/v1/profiles/{id}`).
 //! - [`app`]: the state handlers share (config, store, clock, metrics).
-//! - [`assets`]: the SDK files and the demo site, precompressed when built so.
+//! - [`assets`]: the SDK files and the demo site, embedded in the binary by
+//!   `cargo xtask dist` (or served from `--sdk-dir`/`--www-dir`).
+//! - [`proxy`]: the client address behind trusted reverse proxies.
 //! - [`store`]: the [`store::EventStore`] seam and the embedded store: the
 //!   event log ([`log`], records in [`record`]) written with group commit
 //!   on the ack path, and its SQLite index applied by a consumer thread.
@@ -24,7 +26,10 @@
 //! - [`clock`]: the replaceable clock.
 //! - [`ratelimit`]: per-source token buckets (429 beyond them).
 //! - [`metrics`]: counters rendered as Prometheus text.
-//! - [`config`] and [`cli`]: settings, and the flags/env vars that make them.
+//! - [`config`], [`config_file`] and [`cli`]: settings, `weft.toml` checked
+//!   with every problem's line, and the flags/env vars and subcommands.
+//! - [`backup`]: online backup and restore of a data directory;
+//!   [`store::version`]: format versions, migration and refusal.
 //!
 //! Invariants: a request is answered 200 only after its accepted messages are
 //! appended to the event log and synced; handlers return `Result<_, ApiError>` and only
