@@ -228,6 +228,33 @@ fn a_torn_tail_is_cut_and_the_log_goes_on() {
 }
 
 #[test]
+fn a_whole_record_of_a_newer_format_is_refused_not_cut() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (mut log, _) = SegmentLog::open(dir, LogOptions::default()).unwrap();
+    append_each(&mut log, 2);
+    let path = log.segments()[0].path.clone();
+    drop(log);
+    // A record as a newer weft would frame it: version 2, its CRC valid.
+    let mut record = Vec::new();
+    format::encode(&mut record, 3, b"from the future");
+    record[8] = 2;
+    let crc = crc32c::crc32c(&record[8..]);
+    record[4..8].copy_from_slice(&crc.to_le_bytes());
+    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+    f.write_all(&record).unwrap();
+    drop(f);
+    let len = fs::metadata(&path).unwrap().len();
+
+    let err = SegmentLog::open(dir, LogOptions::default()).unwrap_err();
+    assert!(
+        matches!(&err, LogError::Corrupt { reason, .. } if reason.contains("newer weft")),
+        "{err}"
+    );
+    assert_eq!(fs::metadata(&path).unwrap().len(), len, "nothing was cut");
+}
+
+#[test]
 fn damage_in_an_older_segment_is_an_error_not_a_silent_loss() {
     type Damage = fn(&Path);
     let cases: [(&str, Damage); 3] = [

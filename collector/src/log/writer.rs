@@ -530,6 +530,19 @@ fn scan(path: &Path, first_lsn: Lsn, next_first: Option<Lsn>) -> Result<Scan, Lo
     let bytes = records.offset();
     let mut truncated = 0;
     if let Some(reason) = damage {
+        // A whole record of a newer format is not a torn tail: cutting it
+        // would silently drop what a newer weft acknowledged.
+        if let Some(version) = newer_record_at(path, bytes)? {
+            return Err(corrupt(
+                path,
+                bytes,
+                format!(
+                    "a record of format version {version}, written by a newer weft; this weft \
+                     reads version {}. Run the newer weft on this data directory. Nothing was cut.",
+                    format::VERSION
+                ),
+            ));
+        }
         if !is_active {
             return Err(corrupt(path, bytes, reason));
         }
@@ -545,6 +558,25 @@ fn scan(path: &Path, first_lsn: Lsn, next_first: Option<Lsn>) -> Result<Scan, Lo
         records: count,
         truncated,
     })
+}
+
+/// The version of the record at `offset` of `path` if it is a whole record
+/// with a valid CRC but a version newer than [`format::VERSION`].
+fn newer_record_at(path: &Path, offset: u64) -> Result<Option<u8>, LogError> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut raw = [0u8; HEADER_LEN];
+    if file.read_exact(&mut raw).is_err() {
+        return Ok(None);
+    }
+    let header = Header::decode(raw);
+    if header.version <= format::VERSION || header.len as usize > MAX_PAYLOAD {
+        return Ok(None);
+    }
+    let mut payload = Vec::new();
+    let got = file.take(u64::from(header.len)).read_to_end(&mut payload)?;
+    Ok((got == header.len as usize && header.matches(&payload)).then_some(header.version))
 }
 
 /// Writes the records of `src` (its first `bytes` bytes) except `doomed` to
