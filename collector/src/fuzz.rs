@@ -168,3 +168,44 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// The segment indexer's property scan gives what a full parse gives,
+    /// for objects of any shape, pretty-printed or not.
+    #[test]
+    fn properties_scan_matches_a_full_parse(
+        others in prop::collection::btree_map(".{0,8}", any_json(), 0..4),
+        properties in prop::option::of(prop_oneof![
+            prop::collection::btree_map(prop::sample::select(&["a", "b", "c", "é\"", "x"][..]), any_json(), 0..5)
+                .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())),
+            any_json(),
+        ]),
+        pretty: bool,
+    ) {
+        let mut object: serde_json::Map<String, Value> = others.into_iter().collect();
+        if let Some(p) = properties {
+            object.insert("properties".into(), p);
+        }
+        let value = Value::Object(object);
+        let text = if pretty {
+            serde_json::to_string_pretty(&value).unwrap()
+        } else {
+            value.to_string()
+        };
+        let wanted = ["a", "c", "é\""];
+        // What a full parse of the same text reads (floats as parsed).
+        let parsed: Value = serde_json::from_str(&text).unwrap();
+        let expected = match parsed.get("properties") {
+            None => Value::Null,
+            Some(Value::Object(p)) => Value::Object(
+                p.iter()
+                    .filter(|(k, _)| wanted.contains(&k.as_str()))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+            Some(_) => json!({}),
+        };
+        let got = crate::store::sqlite::properties_only(&text, &wanted).unwrap();
+        prop_assert_eq!(&got["properties"], &expected, "{}", text);
+    }
+}

@@ -27,9 +27,21 @@ pub struct Family {
     pub filters: Vec<Compare>,
 }
 
+/// By event name: its families, and the properties they filter by (looked
+/// up once per event, so by hash rather than by comparing every family's
+/// name).
+#[derive(Debug, Default, Clone)]
+struct Named {
+    families: Vec<usize>,
+    properties: Vec<String>,
+}
+
 /// The families of a set of rules.
 #[derive(Debug, Default, Clone)]
-pub struct Families(Vec<Family>, HashMap<String, Vec<usize>>);
+pub struct Families(
+    Vec<Family>,
+    HashMap<String, Named, std::hash::BuildHasherDefault<super::Fnv>>,
+);
 
 impl Families {
     /// The families of every event condition of `rules`.
@@ -38,7 +50,13 @@ impl Families {
         for rule in rules {
             visit(rule, &mut |e| {
                 if out.find(e).is_none() {
-                    out.1.entry(e.name.clone()).or_default().push(out.0.len());
+                    let named = out.1.entry(e.name.clone()).or_default();
+                    named.families.push(out.0.len());
+                    for c in &e.filters {
+                        if !named.properties.contains(&c.name) {
+                            named.properties.push(c.name.clone());
+                        }
+                    }
                     out.0.push(Family {
                         name: e.name.clone(),
                         filters: e.filters.clone(),
@@ -84,10 +102,11 @@ impl Families {
 
     /// The families an event named `name` may match.
     pub fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = (usize, &'a Family)> + 'a {
-        self.0
+        self.1
+            .get(name)
+            .map_or(&[][..], |n| &n.families[..])
             .iter()
-            .enumerate()
-            .filter(move |(_, f)| f.name == name)
+            .map(|&i| (i, &self.0[i]))
     }
 
     /// Whether any family has property filters for events named `name` (so
@@ -97,16 +116,8 @@ impl Families {
     }
 
     /// The properties the families of events named `name` filter by.
-    pub fn filtered_properties<'a>(&'a self, name: &'a str) -> Vec<&'a str> {
-        let mut out: Vec<&str> = Vec::new();
-        for (_, f) in self.named(name) {
-            for c in &f.filters {
-                if !out.contains(&c.name.as_str()) {
-                    out.push(&c.name);
-                }
-            }
-        }
-        out
+    pub fn filtered_properties(&self, name: &str) -> &[String] {
+        self.1.get(name).map_or(&[], |n| &n.properties)
     }
 }
 
