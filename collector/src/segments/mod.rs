@@ -114,8 +114,9 @@ pub struct Segments {
     /// The event-condition families of every rule (each condition knows
     /// its own).
     families: state::Families,
-    /// profile -> its memberships.
-    members: HashMap<String, Membership, BuildHasherDefault<Fnv>>,
+    /// profile -> its memberships (std's keyed hash: senders choose
+    /// profile identifiers).
+    members: HashMap<String, Membership>,
     /// segment -> how many members.
     sizes: HashMap<String, usize>,
     /// The segments whose rules have a `within` window.

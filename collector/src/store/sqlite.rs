@@ -181,7 +181,7 @@ pub struct IndexWriter {
     /// profile -> when (ms) its memberships of segments with windows must
     /// be evaluated again: a `within` window moves past one of its events
     /// then.
-    due: HashMap<String, i64>,
+    due: DueTimes,
     /// What the segments' rules need of each profile evaluated so far,
     /// kept up to date event by event ([`ProfileState`]).
     engine: Engine,
@@ -284,7 +284,7 @@ pub fn open_index(
         position_written: Instant::now(),
         segments: segments.clone(),
         clock,
-        due: HashMap::new(),
+        due: DueTimes::new(),
         engine: Engine::default(),
     };
     let until = writer.position()?;
@@ -1207,6 +1207,11 @@ fn touched<'r>(
 /// the indexes of its records.
 type TouchedIds<'r> = HashMap<&'r str, (Touched, Vec<usize>)>;
 
+/// When each profile with windowed memberships is due to be evaluated
+/// again. (Maps keyed by identifiers keep std's keyed SipHash: senders
+/// choose identifiers, and an unkeyed hash would let them make collisions.)
+type DueTimes = HashMap<String, i64>;
+
 /// A batch as segment evaluation sees it.
 struct Batch<'b, 'r> {
     records: &'b [(Lsn, RecordRef<'r>)],
@@ -1227,7 +1232,7 @@ fn evaluate(
     engine: &mut Engine,
     batch: Batch<'_, '_>,
     now_ms: i64,
-    due: &mut HashMap<String, i64>,
+    due: &mut DueTimes,
 ) -> Result<Vec<Change>, StoreError> {
     let now = memory::format_millis(now_ms);
     let mut profiles: HashMap<String, (Resolved, Touched, BTreeSet<usize>)> = HashMap::new();
@@ -1342,7 +1347,7 @@ fn schedule(
     families: &Families,
     now_ms: i64,
     profile_id: &str,
-    due: &mut HashMap<String, i64>,
+    due: &mut DueTimes,
 ) {
     if !windows {
         return;
@@ -1352,9 +1357,12 @@ fn schedule(
         .filter_map(|r| state.next_change(families, r, now_ms))
         .min();
     match next {
-        Some(at) => {
-            due.insert(profile_id.to_owned(), at);
-        }
+        Some(at) => match due.get_mut(profile_id) {
+            Some(when) => *when = at,
+            None => {
+                due.insert(profile_id.to_owned(), at);
+            }
+        },
         None => {
             due.remove(profile_id);
         }
