@@ -74,7 +74,17 @@ pub async fn serve_announced(
     shutdown: impl Future<Output = ()>,
     ready: Option<OnReady>,
 ) -> Result<(), ServeError> {
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    serve_opened(config, listener, shutdown, Arc::new(SystemClock), ready).await
+}
+
+/// Opens the embedded store for `config`, then serves it.
+async fn serve_opened(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    clock: Arc<dyn Clock>,
+    ready: Option<OnReady>,
+) -> Result<(), ServeError> {
     let stats = Arc::new(WriterStats::default());
     let store = open_store(&config, clock.clone(), stats.clone())?;
     serve_store_announced(config, listener, shutdown, clock, store, stats, ready).await
@@ -104,9 +114,7 @@ pub async fn serve_with_clock(
     shutdown: impl Future<Output = ()>,
     clock: Arc<dyn Clock>,
 ) -> Result<(), ServeError> {
-    let stats = Arc::new(WriterStats::default());
-    let store = open_store(&config, clock.clone(), stats.clone())?;
-    serve_store(config, listener, shutdown, clock, store, stats).await
+    serve_opened(config, listener, shutdown, clock, None).await
 }
 
 /// [`serve`] with a chosen clock and store (`stats` are the store's writer

@@ -44,7 +44,8 @@ fn logged_ids(data_dir: &Path) -> HashSet<String> {
         .collect()
 }
 
-fn run(args: &[&str]) -> String {
+/// Runs the binary with `args`: whether it succeeded, and what it printed.
+fn run_status(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_weft-collector"))
         .args(args)
         .output()
@@ -54,7 +55,13 @@ fn run(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "{args:?}: {text}");
+    (out.status.success(), text)
+}
+
+/// Runs the binary with `args`, which must succeed: what it printed.
+fn run(args: &[&str]) -> String {
+    let (ok, text) = run_status(args);
+    assert!(ok, "{args:?}: {text}");
     text
 }
 
@@ -225,29 +232,18 @@ fn restore_refuses_a_non_empty_target_and_an_incomplete_backup() {
         "--to",
         copy.to_str().unwrap(),
     ]);
-    let out = Command::new(env!("CARGO_BIN_EXE_weft-collector"))
-        .args([
+    let restore = |to: &std::path::Path| {
+        run_status(&[
             "restore",
             "--from",
             copy.to_str().unwrap(),
             "--data-dir",
-            data.to_str().unwrap(),
+            to.to_str().unwrap(),
         ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is not empty"));
+    };
+    let (ok, text) = restore(&data);
+    assert!(!ok && text.contains("is not empty"), "{text}");
     std::fs::remove_file(copy.join("weft-backup.json")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_weft-collector"))
-        .args([
-            "restore",
-            "--from",
-            copy.to_str().unwrap(),
-            "--data-dir",
-            tmp.path().join("new").to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("did not finish"));
+    let (ok, text) = restore(&tmp.path().join("new"));
+    assert!(!ok && text.contains("did not finish"), "{text}");
 }

@@ -5,10 +5,12 @@
 //! must end up with every acknowledged event, each profile's in stored
 //! order (after deduplication by `webhook-id`), and no event lost.
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -84,28 +86,18 @@ fn serve(stream: TcpStream, mode: &AtomicU32, delivered: &Delivered, attempts: &
 }
 
 fn start(data_dir: &std::path::Path, config: &std::path::Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft-collector"))
-        .args(["--listen", "127.0.0.1:0", "--admin-token", "t"])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--config")
-        .arg(config)
-        .env("WEFT_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start weft-collector");
-    let mut first = String::new();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    stdout.read_line(&mut first).expect("the listening line");
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-    let addr = first
-        .trim()
-        .rsplit("http://")
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
-    (child, addr)
+    let (dir, config) = (data_dir.to_str().unwrap(), config.to_str().unwrap());
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-token",
+        "t",
+        "--data-dir",
+        dir,
+        "--config",
+        config,
+    ];
+    common::spawn(common::binary(), data_dir.parent().unwrap(), &args).expect("it starts")
 }
 
 fn post(addr: SocketAddr, body: &str) -> Option<u16> {

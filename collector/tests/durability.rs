@@ -3,10 +3,12 @@
 //! when it is opened again, the collector must start again on the same
 //! data directory, and its index must then count each of them once.
 
+mod common;
+
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,36 +17,18 @@ use weft_collector::record::{self, Record};
 
 /// Starts the binary on a free loopback port; returns it and its address.
 fn start(data_dir: &std::path::Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft-collector"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--write-key",
-            "wk_kill",
-            "--admin-token",
-            "t",
-        ])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("WEFT_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start weft-collector");
-    let mut first = String::new();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    stdout
-        .read_line(&mut first)
-        .expect("read the listening line");
-    // Keep reading so the collector never writes to a closed pipe.
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-    let addr = first
-        .trim()
-        .rsplit("http://")
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
-    (child, addr)
+    let dir = data_dir.to_str().unwrap();
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--write-key",
+        "wk_kill",
+        "--admin-token",
+        "t",
+        "--data-dir",
+        dir,
+    ];
+    common::spawn(common::binary(), data_dir.parent().unwrap(), &args).expect("it starts")
 }
 
 /// `GET /v1/profiles/{id}` with the admin token: the status and the body.

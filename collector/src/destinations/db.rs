@@ -64,7 +64,9 @@ pub const DB_VERSION: i64 = 1;
 /// weft.
 pub fn open(dir: &Path) -> Result<Connection, DestinationError> {
     let path = dir.join(DB_FILE);
-    create_private(&path)?;
+    // 0600 from the start (the store made the files before it 0600).
+    crate::store::embedded::create_private_file(&path)
+        .map_err(|e| DestinationError::Io(format!("{}: {e}", path.display())))?;
     let conn = Connection::open(&path)?;
     crate::store::version::sqlite_version(&conn, DB_FILE, DB_VERSION)
         .map_err(|e| DestinationError::Db(e.to_string()))?;
@@ -78,25 +80,6 @@ pub fn open(dir: &Path) -> Result<Connection, DestinationError> {
     conn.execute_batch(SCHEMA)?;
     conn.pragma_update(None, "user_version", DB_VERSION)?;
     Ok(conn)
-}
-
-/// Creates `path` empty with mode 0600 unless it exists (SQLite gives its
-/// WAL the database's mode), and makes an existing one 0600.
-fn create_private(path: &Path) -> Result<(), DestinationError> {
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    let io = |e: std::io::Error| DestinationError::Io(format!("{}: {e}", path.display()));
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)
-        }
-        Err(e) => Err(io(e)),
-    }
 }
 
 /// A destination's row.

@@ -1031,8 +1031,9 @@ fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Creates `path` empty with mode 0600 unless it exists.
-fn create_private_file(path: &Path) -> Result<(), StoreError> {
+/// Creates `path` empty with mode 0600 unless it exists (SQLite gives its
+/// WAL and shm files the database file's mode).
+pub(crate) fn create_private_file(path: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::OpenOptionsExt as _;
     match std::fs::OpenOptions::new()
         .write(true)

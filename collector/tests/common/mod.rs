@@ -43,9 +43,16 @@ impl Collector {
     }
 }
 
-/// Starts `bin` (the binary under test by default) with `args`, in `cwd`.
-/// `Err` carries what it wrote to stderr if it exited instead of listening.
+/// Starts `bin` with `args` in `cwd`, as a [`Collector`] (killed when
+/// dropped). `Err` carries what it wrote to stderr if it exited instead of
+/// listening.
 pub fn start_in(bin: &Path, cwd: &Path, args: &[&str]) -> Result<Collector, String> {
+    spawn(bin, cwd, args).map(|(child, addr)| Collector { child, addr })
+}
+
+/// [`start_in`], leaving the process to the caller (tests that `kill -9`
+/// it themselves).
+pub fn spawn(bin: &Path, cwd: &Path, args: &[&str]) -> Result<(Child, SocketAddr), String> {
     let mut child = Command::new(bin)
         .current_dir(cwd)
         .args(args)
@@ -73,7 +80,12 @@ pub fn start_in(bin: &Path, cwd: &Path, args: &[&str]) -> Result<Collector, Stri
         .next()
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
-    Ok(Collector { child, addr })
+    Ok((child, addr))
+}
+
+/// The binary under test.
+pub fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_weft-collector"))
 }
 
 /// Starts the binary under test on `data_dir` with the write key `wk` and
@@ -90,7 +102,7 @@ pub fn start(data_dir: &Path, extra: &[&str]) -> Result<Collector, String> {
     ];
     args.extend_from_slice(extra);
     let cwd = data_dir.parent().expect("a data dir has a parent");
-    start_in(Path::new(env!("CARGO_BIN_EXE_weft-collector")), cwd, &args)
+    start_in(binary(), cwd, &args)
 }
 
 /// Sends one request (admin token, or `Basic` with a write key for
