@@ -17,7 +17,9 @@
 //!    what a crash at that moment would leave. So the copy holds every
 //!    record the snapshots point at, and more; the collector started on it
 //!    replays the rest into the index and destinations, as after a crash.
-//! 3. `suppressed.bin` (erased identities), `admin-token` and `FORMAT` last.
+//! 3. `suppressed.bin` (erased identities), `admin-token`, `segments.json`
+//!    (segment definitions; the index is reconciled with it at start) and
+//!    `FORMAT` last.
 //!
 //! An erasure or a retention sweep that changes the log while it is copied
 //! (a segment replaced or removed, the suppression file grown) makes the
@@ -49,6 +51,7 @@ const INDEX_DB: &str = crate::store::sqlite::DB_FILE;
 const DESTINATIONS_DB: &str = crate::destinations::db::DB_FILE;
 const SUPPRESSION: &str = crate::store::suppression::SUPPRESSION_FILE;
 const TOKEN: &str = crate::cli::ADMIN_TOKEN_FILE;
+const DEFINITIONS: &str = crate::store::definitions::FILE;
 
 /// Why a backup or restore failed. Nothing is ever changed in the source.
 #[derive(Debug)]
@@ -303,7 +306,7 @@ fn copy_once(data_dir: &Path, to: &Path) -> Result<Option<Manifest>, BackupError
         return Ok(None);
     }
 
-    for name in [SUPPRESSION, TOKEN] {
+    for name in [SUPPRESSION, TOKEN, DEFINITIONS] {
         if let Some(data) = read_optional(&data_dir.join(name))? {
             write_file(&to.join(name), &data)?;
             files.push(entry(to, name)?);

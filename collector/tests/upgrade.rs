@@ -67,6 +67,14 @@ fn the_previous_format_is_migrated_and_reads_the_same() {
     assert_eq!(ada["event_count"], 4, "{ada}");
     c.stop();
 
+    // segments.json made from the old index.
+    let definitions: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("segments.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        definitions["segments"][0]["key"], "scarf-fans",
+        "{definitions}"
+    );
     // Stamped with the current format; the destinations database too.
     let format = std::fs::read_to_string(data.join("FORMAT")).unwrap();
     assert_eq!(format.trim(), "weft data directory format 1");
@@ -77,7 +85,13 @@ fn the_previous_format_is_migrated_and_reads_the_same() {
     assert_eq!(v, 1);
     // And private, whatever the fixture's checkout gave it.
     use std::os::unix::fs::PermissionsExt as _;
-    for f in ["FORMAT", "destinations.db", "weft.sqlite", "suppressed.bin"] {
+    for f in [
+        "FORMAT",
+        "destinations.db",
+        "weft.sqlite",
+        "suppressed.bin",
+        "segments.json",
+    ] {
         let mode = std::fs::metadata(data.join(f))
             .unwrap()
             .permissions()

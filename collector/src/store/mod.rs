@@ -11,6 +11,7 @@
 //! A full write queue answers [`StoreError::Overloaded`] at once, so memory
 //! stays bounded and the client is told to retry.
 
+pub mod definitions;
 pub mod embedded;
 pub mod memory;
 pub mod profiles;

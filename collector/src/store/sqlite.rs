@@ -34,6 +34,7 @@ use crate::record::{self, RecordRef};
 use crate::segments::state::{Families, ProfileState, Seen};
 use crate::segments::{Change, Definition, Rule, Segments, Touched};
 
+use super::definitions::{self, Stored};
 use super::memory::{self, MemoryIndex, NewEdge};
 use super::profiles::{
     Resolved, View, build_state, consent_history, identifiers_to_suppress, profile, profile_events,
@@ -169,6 +170,8 @@ pub struct IndexWriter {
     suppression: Suppression,
     events: Arc<RwLock<MemoryIndex>>,
     log_dir: PathBuf,
+    /// Where `segments.json` is ([`super::definitions`]).
+    data_dir: PathBuf,
     /// Records by LSN, shared with the readers.
     log: Arc<LogLookup>,
     /// Every record below this is applied (in memory; the database's
@@ -279,6 +282,9 @@ pub fn open_index(
         suppression,
         events: events.clone(),
         log_dir: log_dir.to_path_buf(),
+        data_dir: path
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
         log: log.clone(),
         applied: 0,
         position_written: Instant::now(),
@@ -289,6 +295,7 @@ pub fn open_index(
     };
     let until = writer.position()?;
     writer.load(until)?;
+    writer.reconcile_definitions()?;
     writer.load_segments()?;
     let readers = IndexReaders {
         readers,
@@ -410,6 +417,79 @@ impl IndexWriter {
         Ok(())
     }
 
+    /// Makes the index's segment definitions those of `segments.json`
+    /// (the file wins: the index is derived); a directory without the file
+    /// gets it from the index. An added or changed definition is not ready,
+    /// so it is computed for everyone at start.
+    fn reconcile_definitions(&mut self) -> Result<(), StoreError> {
+        let in_index: Vec<Stored> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT key, name, rule, updated_at FROM segments ORDER BY key")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (key, name, rule, updated_at) = row?;
+                let rule = serde_json::from_str(&rule)
+                    .map_err(|e| StoreError::Corrupt(format!("segment {key}: {e}")))?;
+                out.push(Stored {
+                    key,
+                    name,
+                    rule,
+                    updated_at,
+                });
+            }
+            out
+        };
+        let Some(file) = definitions::read(&self.data_dir)? else {
+            return definitions::write(&self.data_dir, in_index);
+        };
+        let tx = self.conn.transaction()?;
+        for s in &file {
+            if !in_index.contains(s) {
+                tracing::info!(segment = %s.key, "segment definition restored from segments.json; computing it");
+                tx.execute(
+                    "INSERT INTO segments (key, name, rule, updated_at, ready) VALUES (?1, ?2, ?3, ?4, 0)
+                     ON CONFLICT (key) DO UPDATE SET name = excluded.name, rule = excluded.rule,
+                         updated_at = excluded.updated_at, ready = 0",
+                    params![s.key, s.name, s.rule.to_string(), s.updated_at],
+                )?;
+            }
+        }
+        for s in &in_index {
+            if !file.iter().any(|f| f.key == s.key) {
+                tracing::info!(segment = %s.key, "segment not in segments.json; dropped from the index");
+                tx.execute("DELETE FROM segments WHERE key = ?1", [&s.key])?;
+                tx.execute("DELETE FROM segment_members WHERE segment = ?1", [&s.key])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// `segments.json` with every current definition, `change`d first.
+    fn write_definitions(&self, change: impl FnOnce(&mut Vec<Stored>)) -> Result<(), StoreError> {
+        let mut all: Vec<Stored> = read_lock(&self.segments)
+            .all()
+            .map(|d| Stored {
+                key: d.key.clone(),
+                name: d.name.clone(),
+                rule: d.rule_json.clone(),
+                updated_at: d.updated_at.clone(),
+            })
+            .collect();
+        change(&mut all);
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        definitions::write(&self.data_dir, all)
+    }
+
     /// Segments and memberships from the database, afresh.
     fn load_segments(&mut self) -> Result<(), StoreError> {
         let mut segments = Segments::default();
@@ -484,6 +564,18 @@ impl IndexWriter {
             updated_at: crate::clock::format_utc_millis(self.clock.now()),
             ready: false,
         };
+        // The file first: a crash before the index is written is repaired
+        // from it at start.
+        let stored = Stored {
+            key: def.key.clone(),
+            name: def.name.clone(),
+            rule: def.rule_json.clone(),
+            updated_at: def.updated_at.clone(),
+        };
+        self.write_definitions(|all| {
+            all.retain(|s| s.key != stored.key);
+            all.push(stored);
+        })?;
         self.conn.execute(
             "INSERT INTO segments (key, name, rule, updated_at, ready) VALUES (?1, ?2, ?3, ?4, 0)
              ON CONFLICT (key) DO UPDATE SET name = excluded.name, rule = excluded.rule,
@@ -499,7 +591,7 @@ impl IndexWriter {
     /// Deletes a segment; every member leaves it. `Ok(false)` if unknown.
     pub fn delete_segment(&mut self, key: &str) -> Result<bool, StoreError> {
         let now = crate::clock::format_utc_millis(self.clock.now());
-        let mut segments = write_lock(&self.segments);
+        let segments = write_lock(&self.segments);
         if segments.get(key).is_none() {
             return Ok(false);
         }
@@ -519,6 +611,9 @@ impl IndexWriter {
                 at: now.clone(),
             })
             .collect();
+        drop(segments);
+        self.write_definitions(|all| all.retain(|s| s.key != key))?;
+        let mut segments = write_lock(&self.segments);
         let tx = self.conn.transaction()?;
         write_changes(&tx, &leaving)?;
         tx.execute("DELETE FROM segments WHERE key = ?1", [key])?;

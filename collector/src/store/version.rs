@@ -12,7 +12,9 @@
 //! - 0: directories made before versions were recorded (no `FORMAT` file;
 //!   the log, `weft.sqlite` at `user_version` 3 or older,
 //!   `destinations.db` at `user_version` 0). Migrated to 1 by stamping.
-//! - 1: `FORMAT` file; `destinations.db` at `user_version` 1.
+//! - 1: `FORMAT` file; `destinations.db` at `user_version` 1;
+//!   `segments.json` (segment definitions, outside the derived index; made
+//!   from the index at the first start without it).
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
