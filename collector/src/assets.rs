@@ -42,6 +42,9 @@ pub fn is_sdk_path(path: &str) -> bool {
 /// Serves `path` (a GET) from the SDK or www directory.
 pub async fn serve(app: &App, path: &str, headers: &HeaderMap) -> Result<Resp, ApiError> {
     let not_found = ApiError::NotFound("file");
+    if let Some(file) = app.config.paths.sdk_file(path) {
+        return serve_file(app, Kind::Sdk, file, headers).await;
+    }
     let name = match path {
         "/" => "index.html",
         "/dashboard" | "/dashboard/" => "dashboard.html",
@@ -55,6 +58,18 @@ pub async fn serve(app: &App, path: &str, headers: &HeaderMap) -> Result<Resp, A
     } else {
         Kind::Www
     };
+    serve_file(app, kind, name, headers).await
+}
+
+/// Serves file `name` of `kind`: HTML filled in, others in the encoding the
+/// client takes.
+async fn serve_file(
+    app: &App,
+    kind: Kind,
+    name: &str,
+    headers: &HeaderMap,
+) -> Result<Resp, ApiError> {
+    let not_found = ApiError::NotFound("file");
     let content_type = content_type(name);
 
     if content_type.starts_with("text/html") {

@@ -86,10 +86,27 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub trusted_proxies: Vec<Cidr>,
+    /// Serve the SDK script at this path too (ending in `.js`); its wasm,
+    /// fallback and types beside it under the same stem. For sites whose
+    /// visitors' blocklists match `weft.js`.
+    #[arg(long, env = "WEFT_SCRIPT_PATH", value_parser = parse_script_path)]
+    pub script_path: Option<String>,
+    /// Accept batches at this path too (the script tag names it in
+    /// `data-endpoint`). For blocklists that match `/v1/batch`.
+    #[arg(long, env = "WEFT_INGEST_PATH", value_parser = parse_ingest_path)]
+    pub ingest_path: Option<String>,
     /// Configuration file (TOML). Without it, `./weft.toml` is read if
     /// present.
     #[arg(long, env = "WEFT_CONFIG")]
     pub config: Option<PathBuf>,
+}
+
+fn parse_script_path(s: &str) -> Result<String, String> {
+    crate::config::PublicPaths::check_script(s).map(|()| s.to_owned())
+}
+
+fn parse_ingest_path(s: &str) -> Result<String, String> {
+    crate::config::PublicPaths::check_ingest(s).map(|()| s.to_owned())
 }
 
 /// The subcommands.

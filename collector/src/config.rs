@@ -56,6 +56,80 @@ impl Source {
     }
 }
 
+/// Paths the operator picks for what browsers load and send to, so that
+/// blocklists matching `weft.js` or `/v1/batch` (or words like `track`,
+/// `analytics`) find nothing to match. The defaults stay served as well.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublicPaths {
+    /// The SDK script (`/assets/app-4f1.js`); the wasm, the strict-CSP
+    /// fallback and the types are served beside it under its stem
+    /// (`/assets/app-4f1.wasm`, `/assets/app-4f1-fallback.js`,
+    /// `/assets/app-4f1.d.ts`), which is where the SDK looks for them.
+    pub script: Option<String>,
+    /// A batch endpoint (`/assets/s`), the same as `/v1/batch`; the script
+    /// tag names it in `data-endpoint`.
+    pub ingest: Option<String>,
+}
+
+impl PublicPaths {
+    /// Checks a script path: absolute, ending in `.js`, plain characters,
+    /// clear of the collector's own routes.
+    pub fn check_script(path: &str) -> Result<(), String> {
+        check_path(path)?;
+        if !path.ends_with(".js") || path.len() < 5 {
+            return Err(format!(
+                "{path:?}: a script path ends in .js, like \"/assets/app-4f1.js\""
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks an ingest path: absolute, plain characters, clear of the
+    /// collector's own routes.
+    pub fn check_ingest(path: &str) -> Result<(), String> {
+        check_path(path)?;
+        if path.ends_with('/') {
+            return Err(format!("{path:?}: no trailing /"));
+        }
+        Ok(())
+    }
+
+    /// The SDK file (`weft.js`, `weft.wasm`, ...) a request path names
+    /// under the configured script's stem.
+    pub fn sdk_file(&self, path: &str) -> Option<&'static str> {
+        let stem = self.script.as_deref()?.strip_suffix(".js")?;
+        match path.strip_prefix(stem)? {
+            ".js" => Some("weft.js"),
+            ".wasm" => Some("weft.wasm"),
+            "-fallback.js" => Some("weft-fallback.js"),
+            ".d.ts" => Some("weft.d.ts"),
+            _ => None,
+        }
+    }
+}
+
+fn check_path(path: &str) -> Result<(), String> {
+    let plain = path.len() <= 200
+        && path.starts_with('/')
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'))
+        && !path.contains("//")
+        && !path
+            .split('/')
+            .any(|seg| seg == "." || seg == ".." || seg.starts_with('.'));
+    if !plain {
+        return Err(format!(
+            "{path:?}: an absolute path of letters, digits, -, _, . and / (no .., no hidden names)"
+        ));
+    }
+    let reserved = ["/v1/", "/healthz", "/readyz", "/metrics", "/dashboard"];
+    if reserved.iter().any(|r| path.starts_with(r)) || path == "/" {
+        return Err(format!("{path:?}: taken by the collector's own routes"));
+    }
+    Ok(())
+}
+
 /// Everything [`crate::serve`] needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -80,6 +154,8 @@ pub struct Config {
     pub header_timeout: Duration,
     /// Time a client has to send its request body.
     pub body_timeout: Duration,
+    /// Operator-chosen paths for the SDK and batches ([`PublicPaths`]).
+    pub paths: PublicPaths,
     /// Peers whose `X-Forwarded-For` is believed (reverse proxies); the
     /// header of any other peer is ignored ([`crate::proxy`]).
     pub trusted_proxies: Vec<crate::proxy::Cidr>,
@@ -115,6 +191,7 @@ impl Config {
             max_connections: 4096,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
+            paths: PublicPaths::default(),
             trusted_proxies: Vec::new(),
             keep_full_ip: false,
             junk_ids: Vec::new(),

@@ -23,13 +23,13 @@ use std::path::PathBuf;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::config::{RateLimit, Source};
+use crate::config::{PublicPaths, RateLimit, Source};
 use crate::consent::MissingConsent;
 use crate::destinations::config::DestinationConfig;
 use crate::proxy::Cidr;
 
 /// Keys allowed at the top level, with what each takes.
-pub const TOP_LEVEL_KEYS: [(&str, &str); 11] = [
+pub const TOP_LEVEL_KEYS: [(&str, &str); 13] = [
     ("listen", "an address and port, \"127.0.0.1:8080\""),
     ("data_dir", "a directory path"),
     ("www_dir", "a directory path (development)"),
@@ -46,6 +46,11 @@ pub const TOP_LEVEL_KEYS: [(&str, &str); 11] = [
         "trusted_proxies",
         "an array of addresses or ranges, \"10.0.0.0/8\"",
     ),
+    (
+        "script_path",
+        "the SDK's path, ending in .js, \"/assets/app-4f1.js\"",
+    ),
+    ("ingest_path", "a batch endpoint's path, \"/assets/s\""),
     ("source", "[[source]] tables"),
 ];
 
@@ -81,6 +86,10 @@ pub struct FileConfig {
     pub dedup_window: Option<u64>,
     /// `trusted_proxies`.
     pub trusted_proxies: Vec<Cidr>,
+    /// `script_path`.
+    pub script_path: Option<String>,
+    /// `ingest_path`.
+    pub ingest_path: Option<String>,
     /// `[[source]]` tables, names defaulted to their keys.
     pub sources: Vec<Source>,
     /// `[[destination]]` tables.
@@ -147,6 +156,20 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<Problem>> {
             }
             "dedup_window" => {
                 out.dedup_window = c.integer(name, value, 1, i64::MAX).map(|n| n as u64)
+            }
+            "script_path" | "ingest_path" => {
+                if let Some(p) = c.string(name, value) {
+                    let checked = if name == "script_path" {
+                        PublicPaths::check_script(p)
+                    } else {
+                        PublicPaths::check_ingest(p)
+                    };
+                    match checked {
+                        Ok(()) if name == "script_path" => out.script_path = Some(p.to_owned()),
+                        Ok(()) => out.ingest_path = Some(p.to_owned()),
+                        Err(e) => c.problem(value.span().start, name, e),
+                    }
+                }
             }
             "trusted_proxies" => {
                 for (i, item) in c.array(name, value).iter().enumerate() {

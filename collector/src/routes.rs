@@ -31,6 +31,15 @@ use crate::app::App;
 use crate::error::{ApiError, Resp, json_response};
 use crate::{admin, assets, ingest};
 
+/// [`ingest_endpoint`], with the operator's own batch path
+/// ([`crate::config::PublicPaths`]).
+fn ingest_route(app: &App, path: &str) -> Option<Option<MessageType>> {
+    if app.config.paths.ingest.as_deref() == Some(path) {
+        return Some(None);
+    }
+    ingest_endpoint(path)
+}
+
 /// Which ingest endpoint a path is: `Some(None)` for `/v1/batch`,
 /// `Some(Some(type))` for a single-message endpoint.
 fn ingest_endpoint(path: &str) -> Option<Option<MessageType>> {
@@ -45,7 +54,7 @@ fn ingest_endpoint(path: &str) -> Option<Option<MessageType>> {
 pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
     let origin = req.headers().get(ORIGIN).cloned();
     let path = req.uri().path().to_owned();
-    let is_ingest = ingest_endpoint(&path).is_some();
+    let is_ingest = ingest_route(&app, &path).is_some();
     let mut resp = match route(&app, req, peer).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -56,7 +65,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
     };
     if is_ingest && let Some(origin) = origin {
         allow_origin(&app, &mut resp, origin);
-    } else if assets::is_sdk_path(&path) {
+    } else if assets::is_sdk_path(&path) || app.config.paths.sdk_file(&path).is_some() {
         allow_any_origin(&mut resp);
     }
     resp
@@ -64,7 +73,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
 
 async fn route(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Result<Resp, ApiError> {
     let path = req.uri().path();
-    if let Some(single) = ingest_endpoint(path) {
+    if let Some(single) = ingest_route(app, path) {
         return match *req.method() {
             Method::POST => {
                 let started = std::time::Instant::now();

@@ -15,6 +15,7 @@
 //! - `dist`: the deployable binary alone in an empty directory, as the
 //!   README's Deploy section runs it: SDK cross-origin, demo, dashboard,
 //!   probes, `X-Forwarded-For` from trusted proxies only, the systemd unit.
+//! - `first_party`: the SDK and batches at paths the operator picks.
 //! - `identity`: profiles from devices, logins and aliases, over HTTP.
 //! - `ingest`: the collector's HTTP API with a real store on disk.
 //! - `python_clients`: RudderStack's and Segment's own Python SDKs sending to
@@ -33,6 +34,7 @@ mod csp;
 mod dashboard;
 mod destinations;
 mod dist;
+mod first_party;
 mod identity;
 mod ingest;
 mod python_clients;
