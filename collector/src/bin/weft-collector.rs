@@ -101,7 +101,8 @@ async fn serve(cli: Cli) -> Result<(), String> {
         banner.push_str(&format!("  dashboard:   http://{addr}/dashboard\n"));
     }
     if sdk {
-        banner.push_str(&format!("  script tag:  http://{addr}/weft.js\n"));
+        let script = config.paths.script.as_deref().unwrap_or("/weft.js");
+        banner.push_str(&format!("  script tag:  http://{addr}{script}\n"));
     }
     banner.push_str(&format!(
         "  admin token: {} ({token_note})\n",
