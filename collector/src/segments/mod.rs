@@ -125,6 +125,13 @@ pub struct Segments {
     index_of: Places,
     /// The rules by place in `order` (no lookup by key per evaluation).
     rules: Vec<Rule>,
+    /// Event name -> the places whose rules read events of that name, so a
+    /// touched profile's events select segments by one lookup per name, not
+    /// by comparing names per segment.
+    readers: HashMap<String, Vec<usize>, BuildHasherDefault<Fnv>>,
+    /// Every distinct (family, window) of the rules with windows: what a
+    /// profile's next due time is the earliest of.
+    window_pairs: Vec<(usize, i64)>,
 }
 
 /// One profile's segments: by key with when it entered, and the same as
@@ -347,6 +354,24 @@ impl Segments {
             .iter()
             .map(|(k, _)| self.defs[k].rule.clone())
             .collect();
+        self.readers = HashMap::default();
+        for (i, (_, deps)) in self.order.iter().enumerate() {
+            for name in &deps.events {
+                let places = self.readers.entry(name.clone()).or_default();
+                if !places.contains(&i) {
+                    places.push(i);
+                }
+            }
+        }
+        let mut pairs = Vec::new();
+        for rule in self.windowed_rules() {
+            for (family, within) in state::window_pairs(rule, &self.families) {
+                if !pairs.contains(&(family, within)) {
+                    pairs.push((family, within));
+                }
+            }
+        }
+        self.window_pairs = pairs;
         for m in self.members.values_mut() {
             let places: Vec<usize> = m
                 .entered
@@ -451,7 +476,16 @@ impl Segments {
         // string lookups, per segment (string compares were 20% of the
         // indexer's time with 50 segments).
         let n = self.order.len();
-        let touched_events: Vec<&str> = touched.events.iter().map(String::as_str).collect();
+        let mut reads = vec![false; n];
+        for name in &touched.events {
+            for &i in self
+                .readers
+                .get(name.as_str())
+                .map_or(&[][..], Vec::as_slice)
+            {
+                reads[i] = true;
+            }
+        }
         let mut chosen = vec![false; n];
         // `order` puts dependencies first, so one pass in it keeps that.
         for (i, (_, deps)) in self.order.iter().enumerate() {
@@ -461,12 +495,7 @@ impl Segments {
             if !other_change && deps.grows && member.get(i).copied().unwrap_or(false) {
                 continue;
             }
-            let reads_change = other_change
-                || (!touched_events.is_empty()
-                    && deps
-                        .events
-                        .iter()
-                        .any(|e| touched_events.iter().any(|t| *t == e)));
+            let reads_change = other_change || reads[i];
             if reads_change || deps.segment_places.iter().any(|&d| chosen[d]) {
                 chosen[i] = true;
             }
@@ -481,6 +510,12 @@ impl Segments {
     /// Whether `key`'s rule has a `within` window.
     pub fn has_windows(&self, key: &str) -> bool {
         self.windowed.contains(key)
+    }
+
+    /// Every distinct (event-condition family, window in ms) of the rules
+    /// that have windows.
+    pub fn window_pairs(&self) -> &[(usize, i64)] {
+        &self.window_pairs
     }
 
     /// The rules that have a `within` window.

@@ -234,26 +234,31 @@ impl ProfileState {
         }
     }
 
-    /// When, at the earliest, one of `rule`'s windows lets one of this
-    /// profile's events go (its membership may change then without a new
-    /// event), in ms after the epoch.
-    pub fn next_change(&self, families: &Families, rule: &Rule, now_ms: i64) -> Option<i64> {
-        let mut next: Option<i64> = None;
-        visit(rule, &mut |e| {
-            let (Some(w), Some(i)) = (e.within_ms, families.index(e)) else {
-                return;
-            };
-            let Some(times) = self.times.get(i) else {
-                return;
-            };
-            let first = times.partition_point(|t| *t <= now_ms - w);
-            if let Some(oldest) = times.get(first) {
-                let due = oldest + w;
-                next = Some(next.map_or(due, |n| n.min(due)));
-            }
-        });
-        next
+    /// When, at the earliest, one of the windows `pairs` (family, window in
+    /// ms: [`window_pairs`]) lets one of this profile's events go: its
+    /// memberships may change then without a new event.
+    pub fn next_change_of(&self, pairs: &[(usize, i64)], now_ms: i64) -> Option<i64> {
+        pairs
+            .iter()
+            .filter_map(|&(family, w)| {
+                let times = self.times.get(family)?;
+                let first = times.partition_point(|t| *t <= now_ms - w);
+                times.get(first).map(|oldest| oldest + w)
+            })
+            .min()
     }
+}
+
+/// The (family, window in ms) of each of `rule`'s event conditions with a
+/// `within` window.
+pub fn window_pairs(rule: &Rule, families: &Families) -> Vec<(usize, i64)> {
+    let mut out = Vec::new();
+    visit(rule, &mut |e| {
+        if let (Some(w), Some(i)) = (e.within_ms, families.index(e)) {
+            out.push((i, w));
+        }
+    });
+    out
 }
 
 /// An identify's traits: those in `context.traits` (where RudderStack's
@@ -353,8 +358,9 @@ mod tests {
         assert!(matches(&s, &rules[2]), "one with shoes");
         let later = 13 * hour + 1;
         assert!(!rules[0].matches(&mut s.facts(&families, later)));
-        assert_eq!(s.next_change(&families, &rules[0], now), Some(13 * hour));
-        assert_eq!(s.next_change(&families, &rules[0], later), None);
+        let pairs = window_pairs(&rules[0], &families);
+        assert_eq!(s.next_change_of(&pairs, now), Some(13 * hour));
+        assert_eq!(s.next_change_of(&pairs, later), None);
     }
 
     #[test]

@@ -707,7 +707,6 @@ impl IndexWriter {
                     &segments,
                     keys.iter().any(|k| segments.has_windows(k)),
                     state,
-                    families,
                     now_ms,
                     &p.profile_id,
                     &mut self.due,
@@ -794,7 +793,6 @@ impl IndexWriter {
                             &segments,
                             keys.iter().any(|k| segments.has_windows(k)),
                             state,
-                            families,
                             now_ms,
                             &profile_id,
                             &mut self.due,
@@ -1422,7 +1420,6 @@ fn evaluate(
             segments,
             segments.any_windows(&places),
             state,
-            &engine.families,
             now_ms,
             &profile_id,
             due,
@@ -1439,7 +1436,6 @@ fn schedule(
     segments: &Segments,
     windows: bool,
     state: &ProfileState,
-    families: &Families,
     now_ms: i64,
     profile_id: &str,
     due: &mut DueTimes,
@@ -1447,10 +1443,7 @@ fn schedule(
     if !windows {
         return;
     }
-    let next = segments
-        .windowed_rules()
-        .filter_map(|r| state.next_change(families, r, now_ms))
-        .min();
+    let next = state.next_change_of(segments.window_pairs(), now_ms);
     match next {
         Some(at) => match due.get_mut(profile_id) {
             Some(when) => *when = at,
