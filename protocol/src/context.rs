@@ -5,10 +5,16 @@
 //! writes from the browser and reads on the server. Unknown keys are ignored
 //! when reading.
 
+#[cfg(feature = "serde")]
 use serde::{Deserialize, Serialize};
 
-use crate::json::{Json, Writer};
+#[cfg(feature = "serde")]
+use crate::json::Json;
+use crate::json::Writer;
+#[cfg(feature = "serde")]
+use alloc::string::String;
 
+#[cfg(feature = "serde")]
 /// The context the SDK attaches to every message.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -42,6 +48,7 @@ pub struct Context {
     pub consent: Option<ConsentContext>,
 }
 
+#[cfg(feature = "serde")]
 /// `context.campaign`, from the `utm_*` query parameters.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Campaign {
@@ -62,6 +69,7 @@ pub struct Campaign {
     pub content: Option<String>,
 }
 
+#[cfg(feature = "serde")]
 impl Campaign {
     /// `true` when no parameter is set.
     pub fn is_empty(&self) -> bool {
@@ -69,6 +77,7 @@ impl Campaign {
     }
 }
 
+#[cfg(feature = "serde")]
 /// `context.screen`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Screen {
@@ -80,6 +89,7 @@ pub struct Screen {
     pub density: f64,
 }
 
+#[cfg(feature = "serde")]
 /// `context.consent`: the category the message needs and the preferences
 /// in force when it was made.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -92,7 +102,8 @@ pub struct ConsentContext {
 }
 
 /// Whether each consent category is granted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct CategoryPreferences {
     /// Always `true`: storing the consent choice itself.
     pub necessary: bool,
@@ -121,6 +132,7 @@ impl CategoryPreferences {
     }
 }
 
+#[cfg(feature = "serde")]
 /// `context.page`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PageContext {
@@ -141,6 +153,7 @@ pub struct PageContext {
     pub title: Option<String>,
 }
 
+#[cfg(feature = "serde")]
 /// `context.library`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LibraryContext {
@@ -150,6 +163,7 @@ pub struct LibraryContext {
     pub version: String,
 }
 
+#[cfg(feature = "serde")]
 impl Context {
     /// Encodes the context with the lean writer (no `core::fmt`).
     pub fn to_json(&self) -> Json {
@@ -214,7 +228,7 @@ impl Context {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "serde"))]
 mod tests {
     use super::*;
 

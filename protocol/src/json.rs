@@ -10,6 +10,9 @@
 //! writer handles strings and integers only, and is checked against serde_json
 //! in the tests below.
 
+use alloc::string::String;
+
+#[cfg(feature = "serde")]
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A JSON value kept as its text.
@@ -41,6 +44,7 @@ impl Json {
     }
 }
 
+#[cfg(feature = "serde")]
 impl Serialize for Json {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         // Invalid text cannot reach here through deserialisation; a trusted
@@ -51,6 +55,7 @@ impl Serialize for Json {
     }
 }
 
+#[cfg(feature = "serde")]
 impl<'de> Deserialize<'de> for Json {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = Box::<serde_json::value::RawValue>::deserialize(deserializer)?;
@@ -260,7 +265,8 @@ pub fn push_u64(out: &mut String, mut v: u64) {
     }
 }
 
-#[cfg(test)]
+// The tests check the writer against serde_json.
+#[cfg(all(test, feature = "serde"))]
 mod tests {
     use super::*;
 

@@ -14,8 +14,8 @@
 //! from a 0 ms timer, the queue is written at the next idle moment (at most
 //! `SAVE_WAIT_MS` later) and at once when the page is hidden.
 
-use std::cell::RefCell;
-use std::rc::Rc;
+use alloc::string::String;
+use alloc::sync::Arc;
 
 use wasm_bindgen::prelude::*;
 
@@ -109,18 +109,15 @@ struct Sdk {
     reported: [u32; 4],
 }
 
-thread_local! {
-    static SDK: RefCell<Option<Sdk>> = const { RefCell::new(None) };
-}
+/// The page's SDK, once started. Only ever locked with `try_lock`: the
+/// wasm runs on the page's one thread, so a held lock means a re-entrant
+/// call (page code that JavaScript the SDK called runs calling `weft`
+/// again), which is ignored rather than waited for.
+static SDK: spin::Mutex<Option<Sdk>> = spin::Mutex::new(None);
 
 /// Runs `f` on the started SDK; does nothing before `start` or on re-entry.
 fn with_sdk<R>(f: impl FnOnce(&mut Sdk) -> R) -> Option<R> {
-    SDK.try_with(|cell| {
-        let mut guard = cell.try_borrow_mut().ok()?;
-        guard.as_mut().map(f)
-    })
-    .ok()
-    .flatten()
+    SDK.try_lock()?.as_mut().map(f)
 }
 
 /// A positive number option, else `default`.
@@ -137,10 +134,7 @@ fn number(options: &JsValue, key: &str, default: f64) -> f64 {
 /// view and has what is queued sent soon (not now: the page is loading).
 #[wasm_bindgen]
 pub fn start(options: JsValue) {
-    let already = SDK
-        .try_with(|cell| cell.try_borrow().map(|s| s.is_some()).unwrap_or(true))
-        .unwrap_or(true);
-    if already {
+    if SDK.try_lock().is_none_or(|s| s.is_some()) {
         return;
     }
     let mut config = Config::new(browser::option(&options, "writeKey").unwrap_or_default());
@@ -159,11 +153,9 @@ pub fn start(options: JsValue) {
         saver_set: false,
         reported: [0; 4],
     };
-    let _ = SDK.try_with(|cell| {
-        if let Ok(mut s) = cell.try_borrow_mut() {
-            *s = Some(sdk);
-        }
-    });
+    if let Some(mut s) = SDK.try_lock() {
+        *s = Some(sdk);
+    }
     if browser::option(&options, "capturePages").as_deref() != Some("false") {
         record(Record::Page(Call::default(), None));
     }
@@ -278,7 +270,7 @@ fn record(what: Record) {
             _ => None,
         };
         if let Some(members) = browser::describe(referrer) {
-            s.page = Some(Rc::new(members));
+            s.page = Some(Arc::new(members));
         }
         let page = s.page.clone();
         let t = &mut s.tracker;
@@ -302,7 +294,7 @@ fn set_consent(values: &JsValue) {
     with_sdk(|s| {
         let prefs = consent::apply(s.tracker.prefs(), values);
         if let Some(members) = browser::describe(None) {
-            s.page = Some(Rc::new(members));
+            s.page = Some(Arc::new(members));
         }
         let page = s.page.clone();
         if let Some(body) = s.tracker.set_consent(prefs, page, &browser::shared()) {

@@ -10,6 +10,8 @@
 //! edge: the start options, the consent argument. (Properties come as JSON
 //! text: the loader writes them.)
 
+use alloc::string::String;
+
 use wasm_bindgen::prelude::*;
 
 use crate::consent::{NAMES, Prefs};

@@ -7,6 +7,8 @@
 //! the browser's own signals deny (Global Privacy Control: marketing; Do Not
 //! Track when the site opts into honouring it: everything but necessary).
 
+use alloc::string::String;
+
 use weft_protocol::CategoryPreferences;
 
 /// The site's consent policy (`data-consent`).

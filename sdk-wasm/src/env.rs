@@ -3,6 +3,8 @@
 //! The browser module implements these with its own imports; native tests implement
 //! them with plain data. Each is a few methods so a fake is a few lines.
 
+use alloc::string::String;
+
 /// Key-value storage that survives a reload (localStorage in a browser).
 pub trait Storage {
     /// The stored value, if any.

@@ -1,5 +1,7 @@
 //! Identifiers: random (version 4) UUIDs, formatted without `core::fmt`.
 
+use alloc::string::String;
+
 use crate::env::Random;
 
 /// A new random UUID in its canonical lowercase text form.

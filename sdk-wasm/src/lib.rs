@@ -29,6 +29,23 @@
 //! sdk` reports the size; `twiggy` on a build kept with names shows where
 //! it goes.
 
+// The shipped wasm is built without the `std` feature (see Cargo.toml):
+// `no_std`, so that a panic aborts through the handler below and std's
+// panic machinery (the hook, payload boxing, `core::fmt::write`) is not
+// linked in. With `std` (tests, clippy, host builds) std's handler is used.
+#![cfg_attr(not(feature = "std"), no_std)]
+
+extern crate alloc;
+
+/// A panic in the shipped wasm traps: no message is formatted (nothing
+/// would show it), so no panic site costs the formatting code. The trap
+/// reaches the loader's `try/catch`, like any failed call.
+#[cfg(all(target_arch = "wasm32", not(feature = "std")))]
+#[panic_handler]
+fn abort(_: &core::panic::PanicInfo<'_>) -> ! {
+    core::arch::wasm32::unreachable()
+}
+
 // The allocator of the shipped wasm (and of the wasm tests): talc, about
 // 2.6 KB gzip smaller than std's dlmalloc, and set up without unsafe code.
 // Its dynamic heap grows wasm memory as needed, like dlmalloc.

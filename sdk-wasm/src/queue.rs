@@ -17,13 +17,16 @@
 //! numbers of its parts in the order they were written (`0,1,2`). A line
 //! of JSON alone is a message with its context inside (an older queue).
 
-use std::rc::Rc;
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
 
 use weft_protocol::json::{parse_u64, push_escaped, push_u64};
 
 /// A piece of a message's `context`: one or more members as JSON text
 /// without braces (`"locale":"de-DE","screen":{..}`), never empty.
-pub type Part = Rc<String>;
+pub type Part = Arc<String>;
 
 /// What a part costs in the queue's byte count: it is shared.
 const PART_COST: usize = 8;
@@ -56,7 +59,7 @@ impl Item {
 }
 
 fn same(a: &Part, b: &Part) -> bool {
-    Rc::ptr_eq(a, b) || **a == **b
+    Arc::ptr_eq(a, b) || **a == **b
 }
 
 /// A bounded FIFO of encoded messages.
@@ -195,7 +198,7 @@ impl Queue {
         for item in &self.items {
             let mut refs = String::new();
             for part in &item.parts {
-                let index = match table.iter().position(|t| Rc::ptr_eq(t, part)) {
+                let index = match table.iter().position(|t| Arc::ptr_eq(t, part)) {
                     Some(i) => i,
                     None => {
                         out.push('\t');
@@ -224,7 +227,7 @@ impl Queue {
         let mut table: Vec<Part> = Vec::new();
         for line in text.split(|c| c == '\n') {
             if let Some(part) = line.strip_prefix("\t") {
-                table.push(Rc::new(part.to_owned()));
+                table.push(Arc::new(part.to_owned()));
                 continue;
             }
             if line.is_empty() {
@@ -424,14 +427,14 @@ mod tests {
     fn with_parts(body: &str, parts: &[&Part]) -> Item {
         Item {
             body: body.to_owned(),
-            parts: parts.iter().map(|p| Rc::clone(p)).collect(),
+            parts: parts.iter().map(|p| Arc::clone(p)).collect(),
         }
     }
 
     #[test]
     fn parts_are_stored_once_and_shared_again_after_a_reload() {
-        let page: Part = Rc::new(r#""page":{"path":"/"}"#.into());
-        let lib: Part = Rc::new(r#""library":{"name":"weft.js"}"#.into());
+        let page: Part = Arc::new(r#""page":{"path":"/"}"#.into());
+        let lib: Part = Arc::new(r#""library":{"name":"weft.js"}"#.into());
         let mut q = Queue::new(1000);
         q.push(with_parts(r#"{"n":1}"#, &[&page, &lib]));
         q.push(with_parts(r#"{"n":2}"#, &[&page, &lib]));
@@ -446,7 +449,7 @@ mod tests {
         back.restore(&text);
         assert_eq!(back.serialize(), text);
         let restored = back.take_batch(2, 1000);
-        assert!(Rc::ptr_eq(&restored[0].parts[0], &restored[1].parts[0]));
+        assert!(Arc::ptr_eq(&restored[0].parts[0], &restored[1].parts[0]));
         // An older queue's line: the whole message, context inside.
         let mut old = Queue::new(1000);
         old.restore("{\"n\":1,\"context\":{\"a\":1}}\n{\"n\":2}");
@@ -458,11 +461,11 @@ mod tests {
 
     #[test]
     fn a_batch_shares_the_parts_every_message_has() {
-        let page: Part = Rc::new(r#""page":{"path":"/"}"#.into());
-        let other: Part = Rc::new(r#""page":{"path":"/b"}"#.into());
-        let lib: Part = Rc::new(r#""library":{"name":"weft.js"}"#.into());
+        let page: Part = Arc::new(r#""page":{"path":"/"}"#.into());
+        let other: Part = Arc::new(r#""page":{"path":"/b"}"#.into());
+        let lib: Part = Arc::new(r#""library":{"name":"weft.js"}"#.into());
         // Equal text counts as the same part (one restored, one new).
-        let lib_again: Part = Rc::new((*lib).clone());
+        let lib_again: Part = Arc::new((*lib).clone());
         let items = [
             with_parts(r#"{"n":1}"#, &[&page, &lib]),
             with_parts(r#"{"n":2}"#, &[&other, &lib_again]),

@@ -13,7 +13,10 @@
 //!   granted; revoking it deletes them at once.
 //! - A message whose category is not granted is never queued.
 
-use std::rc::Rc;
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
 
 use weft_protocol::json::Writer;
 use weft_protocol::{Json, MessageType};
@@ -666,7 +669,7 @@ fn members(object: String) -> Part {
         .strip_prefix("{")
         .and_then(|t| t.strip_suffix("}"))
         .unwrap_or_default();
-    Rc::new(inner.to_owned())
+    Arc::new(inner.to_owned())
 }
 
 /// The library's context member.
@@ -755,7 +758,7 @@ mod tests {
     }
 
     fn ctx() -> Option<Part> {
-        Some(Rc::new(r#""page":{"path":"/"}"#.to_owned()))
+        Some(Arc::new(r#""page":{"path":"/"}"#.to_owned()))
     }
 
     /// The messages of a batch body as the collector stores them: the
@@ -1172,7 +1175,7 @@ mod tests {
         }
         assert_eq!(t.send_delay(), Some(5_000.0));
         // Another page's context (a new part), and another category.
-        let other = Some(Rc::new(r#""page":{"path":"/other"}"#.to_owned()));
+        let other = Some(Arc::new(r#""page":{"path":"/other"}"#.to_owned()));
         t.track("Ad".into(), None, Category::Marketing, other);
         assert_eq!(t.send_delay(), Some(0.0), "a full batch goes at once");
         let body = t

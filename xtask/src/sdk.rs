@@ -145,10 +145,12 @@ fn target_dir(root: &Path) -> PathBuf {
 
 /// Builds the SDK into [`out_dir`] and reports its size.
 pub fn build(root: &Path, tools: &Tools) -> Result<SizeReport, String> {
-    Step::new("build the SDK (wasm32, size profile)").run(cargo(root).args([
+    // `--no-default-features`: without `std` (see sdk-wasm/Cargo.toml).
+    Step::new("build the SDK (wasm32, size profile, no_std)").run(cargo(root).args([
         "build",
         "-p",
         "weft-sdk",
+        "--no-default-features",
         "--target",
         "wasm32-unknown-unknown",
         "--profile",
