@@ -44,9 +44,11 @@ var METHODS = "page track identify alias group reset flush anonymousId userId co
 var CONSENT_NAMES = "analytics marketing personalization analytics_storage ad_storage ad_user_data ad_personalization personalization_storage".split(" ");
 // Answered at once, never queued before load.
 var GETTERS = { anonymousId: 1, userId: 1, "consent.get": 1, debug: 1 };
-// Rust's internal operations (`api::op`): a route change, a timer, a
-// request's answer, the page going away.
-var ROUTE = 12, TICK = 13, SENT = 14, HIDE = 15;
+// Rust's internal operations (`api::op`): a route change, a request's
+// answer, the page going away, a timer (`TICK` + its kind).
+var ROUTE = 12, SENT = 13, HIDE = 14, TICK = 15;
+// `start`'s flags (`api::flag`).
+var CAPTURE_PAGES = 1, GPC = 2, DNT = 4;
 var safely = function (f, a, b, c) {
   try {
     return f(a, b, c);
@@ -110,7 +112,7 @@ var post = function (data, keepalive) {
     var init = { method: "POST", body: data, keepalive: keepalive };
     safely(function () { init.signal = AbortSignal.timeout(30000); });
     fetch(endpoint, init).then(function (r) {
-      op(SENT, r.status, r.headers.get("Retry-After"));
+      op(SENT, "" + r.status, r.headers.get("Retry-After"));
     }, function () {
       op(SENT);
     });
@@ -196,7 +198,7 @@ var weftHost = {
   beacon: function (body) {
     return !!safely(function () { return navigator.sendBeacon(endpoint, body); });
   },
-  // Timer `kind` (`api::timer`) fires `op(TICK, kind)` after `ms`, replacing
+  // Timer `kind` (`api::timer`) fires `op(TICK + kind)` after `ms`, replacing
   // the one pending; the saver waits for an idle moment. Set after the
   // current task.
   later: function (kind, ms) {
@@ -207,7 +209,7 @@ var weftHost = {
         armed = 0;
         timers.forEach(function (ms, kind) {
           safely(function () {
-            var fire = function () { op(TICK, kind); };
+            var fire = function () { op(TICK + kind); };
             if (kind) { // 1 (the saver)
               w.requestIdleCallback ? requestIdleCallback(fire, { timeout: ms }) : setTimeout(fire, ms);
             } else {
@@ -235,6 +237,10 @@ var weftHost = {
       bytes[i] = pool[used++];
     }
   },
+  // A getter's answer (`weftHost.a`, read by `ask`).
+  answer: function (text) {
+    weftHost.a = text;
+  },
   // A counter of dropped calls or messages went up (`data-debug` says so).
   dropped: function (counters) {
     report("dropped", counters);
@@ -251,6 +257,12 @@ var json = function (v) {
     v = v && typeof v === "object" && JSON.stringify(v);
     return v && v[0] === "{" ? v : undefined;
   } catch (e) {}
+};
+// A getter's answer: what Rust passed to `weftHost.answer`, if anything.
+var ask = function (n) {
+  weftHost.a = undefined;
+  sdk.op(n);
+  return weftHost.a;
 };
 var all = function (on) { return { analytics: on, marketing: on, personalization: on }; };
 var invoke = function (name, args) {
@@ -279,10 +291,11 @@ var invoke = function (name, args) {
     return;
   }
   if (name === "consent.get") {
-    var bits = sdk.op(n);
+    var bits = ask(n);
     return { necessary: true, analytics: !!(bits & 1), marketing: !!(bits & 2), personalization: !!(bits & 4) };
   }
-  if (name === "debug") return JSON.parse(sdk.op(n));
+  if (name === "debug") return JSON.parse(ask(n));
+  if (GETTERS[name]) return ask(n);
   // Names and IDs as text, properties and traits as JSON (`page(properties)`
   // has no name), a track's options as their category.
   if (name === "page" && a && typeof a === "object") {
@@ -384,11 +397,13 @@ try {
   loading
     .then(function () {
       var nav = navigator;
-      wasm_bindgen.start({
-        writeKey: data.writeKey, consent: data.consent, policyVersion: data.policyVersion,
-        flushInterval: data.flushInterval, batchSize: data.batchSize, capturePages: data.capturePages,
-        gpc: nav.globalPrivacyControl === true, dnt: data.dnt === "true" && nav.doNotTrack === "1"
-      });
+      // Text options, numbers (NaN when not given) and flags.
+      wasm_bindgen.start(
+        data.writeKey, data.consent, data.policyVersion, +data.flushInterval, +data.batchSize,
+        (data.capturePages !== "false" ? CAPTURE_PAGES : 0) |
+        (nav.globalPrivacyControl === true ? GPC : 0) |
+        (data.dnt === "true" && nav.doNotTrack === "1" ? DNT : 0)
+      );
       sdk = wasm_bindgen;
       queue.splice(0).forEach(function (c) {
         safely(invoke, c[0], c[1] || []);
