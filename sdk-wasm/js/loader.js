@@ -280,6 +280,7 @@ var invoke = function (name, args) {
     name = "consent.set";
   }
   var n = METHODS.indexOf(name);
+  settle();
   if (name === "consent.set") {
     // Each of `consent::NAMES`: 1 granted, 0 denied, - not given.
     sdk.op(n, CONSENT_NAMES.map(function (k) {
@@ -333,17 +334,24 @@ var routeKey = function (href) {
 var lastUrl = location.href;
 var spa = data.captureSpa !== "false";
 var pending = 0;
+var checkRoute = function () {
+  clearTimeout(pending);
+  pending = 0;
+  var url = location.href, previous = lastUrl;
+  if (sdk && routeKey(url) !== routeKey(previous)) {
+    lastUrl = url;
+    op(ROUTE, previous);
+  }
+};
+// A check still waiting runs at once before anything else is recorded or
+// the page goes away: the route's page view comes before the calls made
+// after the route changed, and is not lost to a navigation in the same task.
+var settle = function () {
+  if (pending) checkRoute();
+};
 var routeChanged = function () {
   stale();
-  if (!spa || pending) return;
-  pending = setTimeout(function () {
-    pending = 0;
-    var url = location.href, previous = lastUrl;
-    if (sdk && routeKey(url) !== routeKey(previous)) {
-      lastUrl = url;
-      op(ROUTE, previous);
-    }
-  }, 0);
+  if (spa && !pending) pending = setTimeout(checkRoute, 0);
 };
 safely(function () {
   ["pushState", "replaceState"].forEach(function (name) {
@@ -376,6 +384,7 @@ if (data.captureClicks !== "false") {
           ? "" : (el.textContent || "").trim().split(/\s+/).join(" ");
         text = Array.from(text).slice(0, 64).join("");
         if (/(\d[ -]*){13}/.test(text)) text = "";
+        settle();
         op(METHODS.indexOf("track"), attr("data-weft-event") || "Element Clicked", JSON.stringify({
           tag: tag, id: el.id || undefined, classes: attr("class"), href: el.getAttribute("href") == null ? undefined : el.getAttribute("href"), text: text || undefined
         }));
@@ -386,7 +395,10 @@ if (data.captureClicks !== "false") {
 
 // The page is hidden or unloaded: the last moment to send and to save.
 safely(function () {
-  var hide = function () { op(HIDE); };
+  var hide = function () {
+    safely(settle);
+    op(HIDE);
+  };
   w.addEventListener("pagehide", hide);
   d.addEventListener("visibilitychange", function () {
     if (d.visibilityState === "hidden") hide();
