@@ -237,6 +237,10 @@ var weftHost = {
       bytes[i] = pool[used++];
     }
   },
+  // Now as ISO-8601 UTC text, for timestamps.
+  iso: function () {
+    return new Date().toISOString();
+  },
   // A getter's answer (`weftHost.a`, read by `ask`).
   answer: function (text) {
     weftHost.a = text;

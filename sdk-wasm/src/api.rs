@@ -368,7 +368,7 @@ fn schedule(s: &mut Sdk) {
 fn sent(outcome: Outcome) {
     let more = with_sdk(|s| {
         s.tracker.delivered(outcome);
-        outcome == Outcome::Accepted && s.tracker.queued() > 0
+        matches!(outcome, Outcome::Accepted) && s.tracker.queued() > 0
     });
     if more == Some(true) {
         flush(false);

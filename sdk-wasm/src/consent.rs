@@ -121,9 +121,9 @@ impl Prefs {
     pub fn encode(self, version: &str) -> String {
         let mut out = String::with_capacity(4 + version.len());
         for on in [self.analytics, self.marketing, self.personalization] {
-            out.push(if on { '1' } else { '0' });
+            out.push_str(if on { "1" } else { "0" });
         }
-        out.push(':');
+        out.push_str(":");
         out.push_str(version);
         out
     }

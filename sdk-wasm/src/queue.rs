@@ -201,19 +201,19 @@ impl Queue {
                 let index = match table.iter().position(|t| Arc::ptr_eq(t, part)) {
                     Some(i) => i,
                     None => {
-                        out.push('\t');
+                        out.push_str("\t");
                         out.push_str(part);
-                        out.push('\n');
+                        out.push_str("\n");
                         table.push(part);
                         table.len() - 1
                     }
                 };
-                refs.push(if refs.is_empty() { '\t' } else { ',' });
+                refs.push_str(if refs.is_empty() { "\t" } else { "," });
                 push_u64(&mut refs, index as u64);
             }
             out.push_str(&item.body);
             out.push_str(&refs);
-            out.push('\n');
+            out.push_str("\n");
         }
         out
     }
@@ -286,7 +286,7 @@ pub fn write_batch(items: &[Item], extra: &str, sent_at: &str, write_key: &str) 
     out.push_str("{\"batch\":[");
     for (n, item) in items.iter().enumerate() {
         if n > 0 {
-            out.push(',');
+            out.push_str(",");
         }
         let own: Vec<&Part> = item
             .parts
@@ -298,12 +298,12 @@ pub fn write_batch(items: &[Item], extra: &str, sent_at: &str, write_key: &str) 
                 out.push_str(head);
                 out.push_str(",\"context\":");
                 push_members(&mut out, own.into_iter().map(|p| p.as_str()));
-                out.push('}');
+                out.push_str("}");
             }
             _ => out.push_str(&item.body),
         }
     }
-    out.push(']');
+    out.push_str("]");
     let members = shared.iter().map(|p| p.as_str()).chain(Some(extra));
     if members.clone().any(|m| !m.is_empty()) {
         out.push_str(",\"context\":");
@@ -313,22 +313,22 @@ pub fn write_batch(items: &[Item], extra: &str, sent_at: &str, write_key: &str) 
     push_escaped(&mut out, sent_at);
     out.push_str(",\"writeKey\":");
     push_escaped(&mut out, write_key);
-    out.push('}');
+    out.push_str("}");
     out
 }
 
 /// `{` the non-empty member texts joined by commas `}`.
 fn push_members<'a>(out: &mut String, members: impl Iterator<Item = &'a str>) {
-    out.push('{');
+    out.push_str("{");
     let mut first = true;
     for m in members.filter(|m| !m.is_empty()) {
         if !first {
-            out.push(',');
+            out.push_str(",");
         }
         first = false;
         out.push_str(m);
     }
-    out.push('}');
+    out.push_str("}");
 }
 
 #[cfg(test)]

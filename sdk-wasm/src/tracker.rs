@@ -591,7 +591,7 @@ impl<E: Env> Tracker<E> {
     pub fn delivered(&mut self, outcome: Outcome) {
         match outcome {
             Outcome::Accepted | Outcome::Refused => {
-                if outcome == Outcome::Refused {
+                if matches!(outcome, Outcome::Refused) {
                     self.refused += 1;
                 }
                 self.queue.ack();
@@ -651,7 +651,7 @@ impl<E: Env> Tracker<E> {
         if let Some((start, last)) = self.session {
             let mut text = String::new();
             weft_protocol::json::push_u64(&mut text, start as u64);
-            text.push('.');
+            text.push_str(".");
             weft_protocol::json::push_u64(&mut text, last as u64);
             self.env.set(keys::SESSION, &text);
         }

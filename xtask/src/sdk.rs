@@ -613,11 +613,14 @@ mod fallback {
         let wat = stage.join("weft-fallback.wat");
         write(&wat, lowered.wat.as_bytes())?;
         let module = stage.join("weft-fallback.mjs");
-        Step::new("wasm2js -Oz (strict-CSP fallback)").run(
+        // `-Os`, not `-Oz`: binaryen 132's `-Oz` inside wasm2js can merge
+        // similar functions into thunks with `call_ref`/`return_call`,
+        // which wasm2js then cannot translate (seen on this module).
+        Step::new("wasm2js -Os (strict-CSP fallback)").run(
             Command::new(&tools.wasm2js)
                 .arg(&wat)
                 .args(FEATURES)
-                .arg("-Oz")
+                .arg("-Os")
                 .arg("-o")
                 .arg(&module),
         )?;
