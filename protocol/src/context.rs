@@ -8,10 +8,7 @@
 #[cfg(feature = "serde")]
 use serde::{Deserialize, Serialize};
 
-#[cfg(feature = "serde")]
-use crate::json::Json;
-use crate::json::Writer;
-#[cfg(feature = "serde")]
+use crate::json::{Json, Writer};
 use alloc::string::String;
 
 #[cfg(feature = "serde")]
@@ -118,17 +115,28 @@ pub struct CategoryPreferences {
 impl CategoryPreferences {
     /// Writes the preferences as a JSON object.
     pub fn write_json(&self, w: &mut Writer) {
-        w.object_start();
+        let mut text = String::new();
+        self.push_json(&mut text);
+        w.raw(&Json::from_trusted(text));
+    }
+
+    /// Appends the preferences as a JSON object (the same text as
+    /// [`CategoryPreferences::write_json`], without a writer: the SDK's
+    /// path).
+    pub fn push_json(&self, out: &mut String) {
+        let mut sep = "{";
         for (name, on) in [
-            ("necessary", self.necessary),
-            ("analytics", self.analytics),
-            ("marketing", self.marketing),
-            ("personalization", self.personalization),
+            ("\"necessary\":", self.necessary),
+            ("\"analytics\":", self.analytics),
+            ("\"marketing\":", self.marketing),
+            ("\"personalization\":", self.personalization),
         ] {
-            w.key(name);
-            w.bool(on);
+            out.push_str(sep);
+            out.push_str(name);
+            out.push_str(if on { "true" } else { "false" });
+            sep = ",";
         }
-        w.object_end();
+        out.push_str("}");
     }
 }
 

@@ -72,3 +72,10 @@ pub mod tracker;
 pub const LIBRARY_NAME: &str = "weft.js";
 /// The library version sent in `context.library.version`.
 pub const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The `library` member of every message's context, written at compile
+/// time (the name and version above, checked by a test).
+pub const LIBRARY_MEMBER: &str = concat!(
+    "\"library\":{\"name\":\"weft.js\",\"version\":\"",
+    env!("CARGO_PKG_VERSION"),
+    "\"}"
+);

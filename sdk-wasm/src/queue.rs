@@ -273,41 +273,48 @@ fn fitting<'a>(
 /// context. A batch holding a message of an older queue, whose context is
 /// inside its text, shares no parts.
 pub fn write_batch(items: &[Item], extra: &str, sent_at: &str, write_key: &str) -> String {
-    let shared: Vec<&Part> = match items.first() {
-        Some(first) if items.iter().all(|i| !i.parts.is_empty()) => first
-            .parts
-            .iter()
-            .filter(|p| items.iter().all(|i| i.has(p)))
-            .collect(),
-        _ => Vec::new(),
-    };
+    // A part is shared when every message has it (so none is when a
+    // message of an older queue, without parts, is in the batch).
+    let shared = |part: &Part| items.iter().all(|i| i.has(part));
     let mut out =
         String::with_capacity(items.iter().map(Item::wire_len).sum::<usize>() + extra.len() + 128);
-    out.push_str("{\"batch\":[");
-    for (n, item) in items.iter().enumerate() {
-        if n > 0 {
-            out.push_str(",");
-        }
-        let own: Vec<&Part> = item
-            .parts
-            .iter()
-            .filter(|p| !shared.iter().any(|s| same(s, p)))
-            .collect();
+    let mut sep = "{\"batch\":[";
+    for item in items {
+        out.push_str(sep);
+        sep = ",";
         match item.body.strip_suffix("}") {
-            Some(head) if !own.is_empty() => {
+            Some(head) => {
                 out.push_str(head);
-                out.push_str(",\"context\":");
-                push_members(&mut out, own.into_iter().map(|p| p.as_str()));
+                let mut open = ",\"context\":{";
+                for part in item.parts.iter().filter(|p| !shared(p)) {
+                    out.push_str(open);
+                    out.push_str(part);
+                    open = ",";
+                }
+                if open == "," {
+                    out.push_str("}");
+                }
                 out.push_str("}");
             }
-            _ => out.push_str(&item.body),
+            None => out.push_str(&item.body),
         }
     }
     out.push_str("]");
-    let members = shared.iter().map(|p| p.as_str()).chain(Some(extra));
-    if members.clone().any(|m| !m.is_empty()) {
-        out.push_str(",\"context\":");
-        push_members(&mut out, members);
+    let mut open = ",\"context\":{";
+    let first = items.first().map_or(&[][..], |i| &i.parts[..]);
+    for member in first
+        .iter()
+        .filter(|p| shared(p))
+        .map(|p| p.as_str())
+        .chain(Some(extra))
+        .filter(|m| !m.is_empty())
+    {
+        out.push_str(open);
+        out.push_str(member);
+        open = ",";
+    }
+    if open == "," {
+        out.push_str("}");
     }
     out.push_str(",\"sentAt\":");
     push_escaped(&mut out, sent_at);
@@ -315,20 +322,6 @@ pub fn write_batch(items: &[Item], extra: &str, sent_at: &str, write_key: &str) 
     push_escaped(&mut out, write_key);
     out.push_str("}");
     out
-}
-
-/// `{` the non-empty member texts joined by commas `}`.
-fn push_members<'a>(out: &mut String, members: impl Iterator<Item = &'a str>) {
-    out.push_str("{");
-    let mut first = true;
-    for m in members.filter(|m| !m.is_empty()) {
-        if !first {
-            out.push_str(",");
-        }
-        first = false;
-        out.push_str(m);
-    }
-    out.push_str("}");
 }
 
 #[cfg(test)]

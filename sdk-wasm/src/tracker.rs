@@ -18,7 +18,7 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use weft_protocol::json::Writer;
+use weft_protocol::json::{push_escaped, push_u64};
 use weft_protocol::{Json, MessageType};
 
 use crate::consent::{self, Category, Policy, Prefs, Signals};
@@ -137,8 +137,11 @@ impl Draft {
             MessageType::Alias => self.id.as_deref().or(anonymous_id),
             _ => self.id.as_deref(),
         };
-        let mut w = Writer::new();
-        w.object_start();
+        let mut out = String::with_capacity(
+            160 + self.data.as_ref().map_or(0, |d| d.as_str().len())
+                + self.name.as_ref().map_or(0, String::len),
+        );
+        let mut sep = "{\"";
         for (key, value) in [
             ("type", Some(self.kind.as_str())),
             ("messageId", Some(message_id)),
@@ -147,18 +150,29 @@ impl Draft {
             ("timestamp", Some(&self.timestamp)),
             (name, self.name.as_deref()),
             (id, id_value),
+            // Properties or traits: JSON text, written as it is.
+            (data, self.data.as_ref().map(Json::as_str)),
         ] {
-            if !key.is_empty() {
-                w.opt_string(key, value);
+            if let (false, Some(value)) = (key.is_empty(), value) {
+                out.push_str(sep);
+                out.push_str(key);
+                out.push_str("\":");
+                if key == data {
+                    out.push_str(value);
+                } else {
+                    push_escaped(&mut out, value);
+                }
+                sep = ",\"";
             }
         }
-        if !data.is_empty() {
-            w.opt_raw(data, self.data.as_ref());
-        }
-        w.object_end();
-        w.finish()
+        out.push_str("}");
+        out
     }
 }
+
+/// What the session's and consent's member of a message is made of: the
+/// session, the message's category and the preferences in force.
+type MadeOf = (Option<u64>, Category, Prefs);
 
 /// A message waiting for an opt-in decision, with what it was made under.
 struct Held {
@@ -194,7 +208,7 @@ pub struct Tracker<E: Env> {
     library: Part,
     /// The session's and consent's members of the last message, with what
     /// they were made of: the next message with the same shares them.
-    session_part: Option<(Option<u64>, Category, Prefs, Part)>,
+    session_part: Option<(MadeOf, Part)>,
 }
 
 impl<E: Env> Tracker<E> {
@@ -222,7 +236,7 @@ impl<E: Env> Tracker<E> {
             refused: 0,
             too_large: 0,
             dirty: false,
-            library: library_part(),
+            library: Arc::new(crate::LIBRARY_MEMBER.to_owned()),
             session_part: None,
         };
         if t.prefs.analytics {
@@ -291,9 +305,9 @@ impl<E: Env> Tracker<E> {
     /// `weft.debug()`'s answer as JSON: what is queued and held, and
     /// [`Tracker::losses`].
     pub fn debug_json(&self) -> String {
-        let mut w = Writer::new();
-        w.object_start();
         let [held_dropped, queue_dropped, too_large, refused] = self.losses();
+        let mut text = String::new();
+        let mut sep = "{\"";
         for (key, n) in [
             ("queued", self.queue.len() as u64),
             ("held", self.held.len() as u64),
@@ -302,11 +316,14 @@ impl<E: Env> Tracker<E> {
             ("tooLarge", too_large.into()),
             ("refused", refused.into()),
         ] {
-            w.key(key);
-            w.uint(n);
+            text.push_str(sep);
+            text.push_str(key);
+            text.push_str("\":");
+            push_u64(&mut text, n);
+            sep = ",\"";
         }
-        w.object_end();
-        w.finish()
+        text.push_str("}");
+        text
     }
 
     /// Records a page view.
@@ -402,20 +419,20 @@ impl<E: Env> Tracker<E> {
     }
 
     fn consent_record(&self, prefs: Prefs) -> Draft {
-        let mut w = Writer::new();
-        w.object_start();
-        w.key("categoryPreferences");
-        prefs.to_wire().write_json(&mut w);
-        w.opt_string("policy", Some(self.config.policy.as_str()));
-        w.opt_string(
-            "policyVersion",
-            Some(self.config.policy_version.as_str()).filter(|v| !v.is_empty()),
-        );
-        w.object_end();
+        let mut text = String::from("{\"categoryPreferences\":");
+        prefs.to_wire().push_json(&mut text);
+        text.push_str(",\"policy\":\"");
+        text.push_str(self.config.policy.as_str());
+        text.push_str("\"");
+        if !self.config.policy_version.is_empty() {
+            text.push_str(",\"policyVersion\":");
+            push_escaped(&mut text, &self.config.policy_version);
+        }
+        text.push_str("}");
         Draft::new(
             MessageType::Track,
             Some(CONSENT_EVENT.into()),
-            Some(Json::from_trusted(w.finish())),
+            Some(Json::from_trusted(text)),
         )
     }
 
@@ -496,26 +513,23 @@ impl<E: Env> Tracker<E> {
     fn finish(&mut self, m: Draft, category: Category, page: Option<Part>) -> Item {
         let body = m.write(&uuid_v4(&self.env), self.anonymous_id.as_deref());
         let session = self.session_id();
+        let made_of = (session, category, self.prefs);
         let part = match &self.session_part {
-            Some((s, c, p, part)) if *s == session && *c == category && *p == self.prefs => {
-                part.clone()
-            }
+            Some((of, part)) if *of == made_of => part.clone(),
             _ => {
-                let mut w = Writer::new();
-                w.object_start();
+                let mut text = String::new();
                 if let Some(id) = session {
-                    w.key("sessionId");
-                    w.uint(id);
+                    text.push_str("\"sessionId\":");
+                    push_u64(&mut text, id);
+                    text.push_str(",");
                 }
-                w.key("consent");
-                w.object_start();
-                w.opt_string("category", Some(category.as_str()));
-                w.key("categoryPreferences");
-                self.prefs.to_wire().write_json(&mut w);
-                w.object_end();
-                w.object_end();
-                let part = members(w.finish());
-                self.session_part = Some((session, category, self.prefs, part.clone()));
+                text.push_str("\"consent\":{\"category\":\"");
+                text.push_str(category.as_str());
+                text.push_str("\",\"categoryPreferences\":");
+                self.prefs.to_wire().push_json(&mut text);
+                text.push_str("}");
+                let part = Arc::new(text);
+                self.session_part = Some((made_of, part.clone()));
                 part
             }
         };
@@ -661,28 +675,6 @@ impl<E: Env> Tracker<E> {
             self.env.set(keys::QUEUE, &self.queue.serialize());
         }
     }
-}
-
-/// The members of a JSON object as a [`Part`]: its text without braces.
-fn members(object: String) -> Part {
-    let inner = object
-        .strip_prefix("{")
-        .and_then(|t| t.strip_suffix("}"))
-        .unwrap_or_default();
-    Arc::new(inner.to_owned())
-}
-
-/// The library's context member.
-fn library_part() -> Part {
-    let mut w = Writer::new();
-    w.object_start();
-    w.key("library");
-    w.object_start();
-    w.opt_string("name", Some(crate::LIBRARY_NAME));
-    w.opt_string("version", Some(crate::LIBRARY_VERSION));
-    w.object_end();
-    w.object_end();
-    members(w.finish())
 }
 
 /// Reads the stored session, `start.last`.
