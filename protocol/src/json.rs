@@ -256,6 +256,14 @@ pub fn parse_u64(text: &str) -> Option<u64> {
     Some(v)
 }
 
+/// `text` cut at its first `sep`, an ASCII byte (left out); `None` when it
+/// has none. Bytes rather than `char`s: no UTF-8 decoding (the SDK's
+/// wasm), and a cut at an ASCII byte is always a char boundary.
+pub fn cut(text: &str, sep: u8) -> Option<(&str, &str)> {
+    let i = text.bytes().position(|b| b == sep)?;
+    Some((text.get(..i)?, text.get(i + 1..)?))
+}
+
 /// Appends the decimal digits of `v`.
 pub fn push_u64(out: &mut String, mut v: u64) {
     // Iterators rather than indexing: no bounds check, so no panic path
@@ -342,6 +350,21 @@ mod tests {
             "héllo wörld ✓ 🎉",
         ] {
             check_string(s);
+        }
+    }
+
+    #[test]
+    fn cut_splits_at_the_first_separator_like_split_once() {
+        for (text, sep) in [
+            ("a.b", '.'),
+            ("a.b.c", '.'),
+            (".", '.'),
+            ("", '.'),
+            ("ab", '.'),
+            ("é:ü", ':'),
+            ("\t", '\t'),
+        ] {
+            assert_eq!(cut(text, sep as u8), text.split_once(sep), "{text:?}");
         }
     }
 

@@ -130,12 +130,8 @@ impl Prefs {
 
     /// Reads [`Prefs::encode`] output; `None` when it is malformed or was
     /// made under another policy version (the visitor is asked again).
-    #[expect(
-        clippy::manual_pattern_char_comparison,
-        reason = "a `char` pattern links in a panicking slice path"
-    )]
     pub fn decode(stored: &str, version: &str) -> Option<Prefs> {
-        let (flags, stored_version) = stored.split_once(|c: char| c == ':')?;
+        let (flags, stored_version) = weft_protocol::json::cut(stored, b':')?;
         if stored_version != version {
             return None;
         }

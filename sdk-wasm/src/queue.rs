@@ -22,7 +22,7 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use weft_protocol::json::{parse_u64, push_escaped, push_u64};
+use weft_protocol::json::{cut, parse_u64, push_escaped, push_u64};
 
 /// A piece of a message's `context`: one or more members as JSON text
 /// without braces (`"locale":"de-DE","screen":{..}`), never empty.
@@ -219,29 +219,30 @@ impl Queue {
     }
 
     /// Restores messages from [`Queue::serialize`] output, within the cap.
-    #[expect(
-        clippy::manual_pattern_char_comparison,
-        reason = "a `char` pattern links in a panicking slice path"
-    )]
     pub fn restore(&mut self, text: &str) {
         let mut table: Vec<Part> = Vec::new();
-        for line in text.split(|c| c == '\n') {
-            if let Some(part) = line.strip_prefix("\t") {
-                table.push(Arc::new(part.to_owned()));
-                continue;
+        let mut rest = text;
+        // Each turn takes at least one byte off `rest`.
+        while !rest.is_empty() {
+            let (line, more) = cut(rest, b'\n').unwrap_or((rest, ""));
+            rest = more;
+            match cut(line, b'\t') {
+                _ if line.is_empty() => {}
+                Some(("", part)) => table.push(Arc::new(part.to_owned())),
+                split => {
+                    let (body, mut refs) = split.unwrap_or((line, ""));
+                    let mut parts = Vec::new();
+                    while !refs.is_empty() {
+                        let (r, more) = cut(refs, b',').unwrap_or((refs, ""));
+                        refs = more;
+                        parts.extend(parse_u64(r).and_then(|n| table.get(n as usize)).cloned());
+                    }
+                    self.push(Item {
+                        body: body.to_owned(),
+                        parts,
+                    });
+                }
             }
-            if line.is_empty() {
-                continue;
-            }
-            let (body, refs) = line.split_once(|c| c == '\t').unwrap_or((line, ""));
-            let parts = refs
-                .split(|c| c == ',')
-                .filter_map(|r| table.get(parse_u64(r)? as usize).cloned())
-                .collect();
-            self.push(Item {
-                body: body.to_owned(),
-                parts,
-            });
         }
     }
 }

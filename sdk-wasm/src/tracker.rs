@@ -678,12 +678,8 @@ impl<E: Env> Tracker<E> {
 }
 
 /// Reads the stored session, `start.last`.
-#[expect(
-    clippy::manual_pattern_char_comparison,
-    reason = "a `char` pattern links in a panicking slice path"
-)]
 fn parse_session(text: &str) -> Option<(f64, f64)> {
-    let (start, last) = text.split_once(|c: char| c == '.')?;
+    let (start, last) = weft_protocol::json::cut(text, b'.')?;
     let start = weft_protocol::json::parse_u64(start)?;
     let last = weft_protocol::json::parse_u64(last)?;
     Some((start as f64, last as f64))
