@@ -23,7 +23,8 @@ use crate::browser::{self, BrowserEnv};
 use crate::consent::{self, Category, Policy, Signals};
 use crate::delivery::Outcome;
 use crate::queue::Part;
-use crate::tracker::{Call, Config, Tracker};
+use crate::tracker::{Config, Tracker};
+use weft_protocol::MessageType;
 
 /// The methods of `window.weft` that reach Rust, in the order of their
 /// numbers in [`op`]: `js/loader.js`'s `METHODS` must be this list, and
@@ -182,7 +183,7 @@ pub fn start(
         *s = Some(sdk);
     }
     if flags & flag::CAPTURE_PAGES != 0 {
-        record(Record::Page(Call::default(), None));
+        record(MessageType::Page, None, None, None, None);
     }
     with_sdk(schedule);
 }
@@ -196,37 +197,23 @@ pub fn start(
 /// shadow `Function.prototype.call` on the glue's function object).
 #[wasm_bindgen(js_name = op)]
 pub fn call(op: u32, a: Option<String>, b: Option<String>, c: Option<String>) {
-    // The loader's `JSON.stringify` of a plain object.
-    let json = |v: Option<String>| v.map(weft_protocol::Json::from_trusted);
     match op {
-        op::PAGE => {
-            let call = Call {
-                name: a,
-                data: json(b),
+        op::PAGE | op::ROUTE => {
+            // A route change: a page view with the previous URL as referrer.
+            let (name, data, referrer) = match op {
+                op::PAGE => (a, b, None),
+                _ => (None, None, a),
             };
-            record(Record::Page(call, None));
+            record(MessageType::Page, name, data, None, referrer);
         }
-        op::ROUTE => record(Record::Page(Call::default(), a)),
-        op::TRACK => {
-            if let Some(event) = a {
-                let category = c.map_or(Category::Analytics, |name| Category::parse(&name));
-                record(Record::Track(event, json(b), category));
-            }
-        }
-        op::IDENTIFY => {
-            if let Some(user) = a {
-                record(Record::Identify(user, json(b)));
-            }
-        }
-        op::ALIAS => {
-            if let Some(user) = a {
-                record(Record::Alias(user, b));
-            }
-        }
-        op::GROUP => {
-            if let Some(group) = a {
-                record(Record::Group(group, json(b)));
-            }
+        op::TRACK | op::IDENTIFY | op::ALIAS | op::GROUP if a.is_some() => {
+            let kind = match op {
+                op::TRACK => MessageType::Track,
+                op::IDENTIFY => MessageType::Identify,
+                op::ALIAS => MessageType::Alias,
+                _ => MessageType::Group,
+            };
+            record(kind, a, b, c, None);
         }
         op::RESET => {
             with_sdk(|s| s.tracker.reset());
@@ -272,41 +259,23 @@ pub fn call(op: u32, a: Option<String>, b: Option<String>, c: Option<String>) {
 const SEND_DUE: u32 = op::TICK + timer::SEND;
 const SAVE_DUE: u32 = op::TICK + timer::SAVE;
 
-/// A call to record, with its properties or traits already converted.
-enum Record {
-    /// A page view, with the referrer of a single-page app's route change.
-    Page(Call, Option<String>),
-    Track(String, Option<weft_protocol::Json>, Category),
-    Identify(String, Option<weft_protocol::Json>),
-    Alias(String, Option<String>),
-    Group(String, Option<weft_protocol::Json>),
-}
-
-/// Records a call with the page's context of now, then makes sure a send
-/// is scheduled (at once, in a task of its own, when a batch is full: the
-/// call itself never waits for a request to start). One function for
-/// every kind of call, so the tracker's message building is in the wasm
-/// once rather than inlined at each caller.
-fn record(what: Record) {
+/// Records a call (see [`Tracker::call`]; `category`: a track's) with the
+/// page's context of now, then makes sure a send is scheduled (at once, in
+/// a task of its own, when a batch is full: the call itself never waits
+/// for a request to start). `referrer`: a route change's previous URL.
+fn record(
+    kind: MessageType,
+    a: Option<String>,
+    b: Option<String>,
+    category: Option<String>,
+    referrer: Option<String>,
+) {
     with_sdk(|s| {
-        let referrer = match &what {
-            Record::Page(_, referrer) => referrer.as_deref(),
-            _ => None,
-        };
-        if let Some(members) = browser::describe(referrer) {
+        if let Some(members) = browser::describe(referrer.as_deref()) {
             s.page = Some(Arc::new(members));
         }
-        let page = s.page.clone();
-        let t = &mut s.tracker;
-        match what {
-            Record::Page(call, _) => t.page(call, page),
-            Record::Track(event, properties, category) => {
-                t.track(event, properties, category, page)
-            }
-            Record::Identify(user, traits) => t.identify(user, traits, page),
-            Record::Alias(user, previous) => t.alias(user, previous, page),
-            Record::Group(group, traits) => t.group(group, traits, page),
-        }
+        let category = category.map_or(Category::Analytics, |name| Category::parse(&name));
+        s.tracker.call(kind, a, b, category, s.page.clone());
         schedule(s);
     });
 }

@@ -328,8 +328,14 @@ impl<E: Env> Tracker<E> {
 
     /// Records a page view.
     pub fn page(&mut self, call: Call, page: Option<Part>) {
-        let m = Draft::new(MessageType::Page, call.name, call.data);
-        self.record(m, Category::Analytics, page);
+        let data = call.data.map(|d| d.as_str().into());
+        self.call(
+            MessageType::Page,
+            call.name,
+            data,
+            Category::Analytics,
+            page,
+        );
     }
 
     /// Records a named event that needs `category`.
@@ -340,34 +346,67 @@ impl<E: Env> Tracker<E> {
         category: Category,
         page: Option<Part>,
     ) {
-        let m = Draft::new(MessageType::Track, Some(event), properties);
-        self.record(m, category, page);
+        let data = properties.map(|d| d.as_str().into());
+        self.call(MessageType::Track, Some(event), data, category, page);
     }
 
     /// Ties this browser to `user_id` and remembers it for later messages.
     pub fn identify(&mut self, user_id: String, traits: Option<Json>, page: Option<Part>) {
-        if self.anonymous_id.is_some() {
-            self.env.set(keys::USER_ID, &user_id);
-        }
-        self.user_id = Some(user_id);
-        let m = Draft::new(MessageType::Identify, None, traits);
-        self.record(m, Category::Analytics, page);
+        let data = traits.map(|d| d.as_str().into());
+        let a = Category::Analytics;
+        self.call(MessageType::Identify, Some(user_id), data, a, page);
     }
 
     /// Joins `previous_id` (default: the current user, else this browser's
     /// anonymous ID) to `user_id`.
     pub fn alias(&mut self, user_id: String, previous_id: Option<String>, page: Option<Part>) {
-        let mut m = Draft::new(MessageType::Alias, None, None);
-        m.id = previous_id.or_else(|| self.user_id.clone());
-        m.user_id = Some(user_id);
-        self.record(m, Category::Analytics, page);
+        let a = Category::Analytics;
+        self.call(MessageType::Alias, Some(user_id), previous_id, a, page);
     }
 
     /// Associates the user with a group (company, team, account).
     pub fn group(&mut self, group_id: String, traits: Option<Json>, page: Option<Part>) {
-        let mut m = Draft::new(MessageType::Group, None, traits);
-        m.id = Some(group_id);
-        self.record(m, Category::Analytics, page);
+        let data = traits.map(|d| d.as_str().into());
+        let a = Category::Analytics;
+        self.call(MessageType::Group, Some(group_id), data, a, page);
+    }
+
+    /// Records any call, as the JavaScript API passes it (one function for
+    /// every kind, so the message building is in the wasm once): `a` is the
+    /// page's name, the track's event, the identified or aliased user or
+    /// the group; `b` the properties or traits as JSON text, or for an
+    /// alias the previous ID (default: the current user, else this
+    /// browser's anonymous ID). An identify also remembers its user for
+    /// later messages.
+    pub fn call(
+        &mut self,
+        kind: MessageType,
+        a: Option<String>,
+        b: Option<String>,
+        category: Category,
+        page: Option<Part>,
+    ) {
+        let mut m = Draft::new(kind, None, None);
+        match kind {
+            MessageType::Alias => {
+                m.id = b.or_else(|| self.user_id.clone());
+                m.user_id = a;
+            }
+            _ => {
+                m.data = b.map(Json::from_trusted);
+                match kind {
+                    MessageType::Identify => {
+                        if let (Some(user), Some(_)) = (&a, &self.anonymous_id) {
+                            self.env.set(keys::USER_ID, user);
+                        }
+                        self.user_id = a;
+                    }
+                    MessageType::Group => m.id = a,
+                    _ => m.name = a,
+                }
+            }
+        }
+        self.record(m, category, page);
     }
 
     /// Forgets the user (logout, next person on a shared device): a new
