@@ -222,6 +222,7 @@ pub fn build(root: &Path, tools: &Tools) -> Result<SizeReport, String> {
     let glue = fresh_memory_views(&read(&stage.join("weft_sdk.js"))?)
         .map_err(|e| format!("the glue's memory views: {e}"))?;
     let glue = streaming_only(&glue)?;
+    let glue = loader_paths_only(&glue)?;
     let glue = import_module(&wasm_out)
         .and_then(|module| rename_in_glue(&glue, &read(&names_path)?, &module))
         .map_err(|e| format!("renaming the glue's wasm imports and exports: {e}"))?;
@@ -364,6 +365,65 @@ fn streaming_only(glue: &str) -> Result<String, String> {
         &glue[..start],
         &glue[end + TO.len()..]
     ))
+}
+
+/// The glue without what serves callers other than `sdk-wasm/js/loader.js`,
+/// which always passes `{ module_or_path }` with a URL string or a
+/// `Response` (the strict-CSP stand-in): the unused `script_src`, the
+/// warning about deprecated parameters, `Request`/`URL` arguments, a
+/// module already compiled, and a long error message (about 200 bytes
+/// gzip in all). Fails, like [`streaming_only`], if the glue has another
+/// shape.
+fn loader_paths_only(glue: &str) -> Result<String, String> {
+    let mut glue = glue.to_owned();
+    for (from, to) in [
+        (
+            "    let script_src;\n    \
+             if (typeof document !== 'undefined' && document.currentScript !== null) {\n        \
+             script_src = new URL(document.currentScript.src, location.href).toString();\n    \
+             }\n",
+            "",
+        ),
+        (
+            "        if (module_or_path !== undefined) {\n            \
+             if (Object.getPrototypeOf(module_or_path) === Object.prototype) {\n                \
+             ({module_or_path} = module_or_path)\n            \
+             } else {\n                \
+             console.warn('using deprecated parameters for the initialization function; \
+             pass a single object instead')\n            \
+             }\n        \
+             }\n",
+            "        ({module_or_path} = module_or_path);\n",
+        ),
+        (
+            "if (typeof module_or_path === 'string' || \
+             (typeof Request === 'function' && module_or_path instanceof Request) || \
+             (typeof URL === 'function' && module_or_path instanceof URL)) {",
+            "if (typeof module_or_path === 'string') {",
+        ),
+        (
+            "throw new Error(`failed to fetch Wasm: ${module.status} ${module.statusText} \
+             fetching '${module.url}'`);",
+            "throw new Error(`weft.wasm: ${module.status}`);",
+        ),
+        (
+            "        } else {\n            \
+             const instance = await WebAssembly.instantiate(module, imports);\n\n            \
+             if (instance instanceof WebAssembly.Instance) {\n                \
+             return { instance, module };\n            \
+             } else {\n                \
+             return instance;\n            \
+             }\n        \
+             }\n",
+            "        }\n",
+        ),
+    ] {
+        glue = replace_once(&glue, from, to)?;
+    }
+    if glue.contains("script_src") {
+        return Err("the glue still uses `script_src`".into());
+    }
+    Ok(glue)
 }
 
 /// Where `what` is in `text`, if it is there exactly once.
