@@ -22,12 +22,12 @@
 //! - [`env`](crate::env): the seams (storage, clock, randomness) that the browser
 //!   implements and tests replace.
 //!
-//! Size matters here more than anywhere: this crate avoids `core::fmt`,
-//! serde deserialisers and Unicode tables on the shipped path, and code that
-//! can panic (`unwrap`, `expect`, indexing, slicing, `char` patterns):
-//! every panic site links in the formatting of its message. `cargo xtask
-//! sdk` reports the size; `twiggy` on a build kept with names shows where
-//! it goes.
+//! Size matters here more than anywhere: the shipped wasm is `no_std`
+//! (below), and this crate avoids `core::fmt`, serde, Unicode tables,
+//! `char` decoding and encoding (text is cut and escaped byte by byte, and
+//! pushed as `&str`) and `JsValue` on the shipped path. `cargo xtask sdk`
+//! reports the size; `twiggy` on a build kept with names
+//! (`wasm-bindgen --keep-debug`, `wasm-opt --debuginfo`) shows where it goes.
 
 // The shipped wasm is built without the `std` feature (see Cargo.toml):
 // `no_std`, so that a panic aborts through the handler below and std's

@@ -33,9 +33,9 @@ use crate::tools::Tools;
 /// `WEFT_SDK_DIR` overrides it (see [`out_dir`]).
 pub const OUT_DIR: &str = "target/sdk";
 /// The script tag's total download, gzip -9, above which the build fails:
-/// what the SDK measures today (19.7 KB) and a small margin, so it cannot
+/// what the SDK measures today (17,390 B) and a small margin, so it cannot
 /// creep back.
-pub const BUDGET_GZIP_BYTES: usize = 20 * 1024;
+pub const BUDGET_GZIP_BYTES: usize = 17_390 + 256;
 /// The total the SDK aims for, gzip -9; reported, not enforced.
 pub const GOAL_GZIP_BYTES: usize = 15 * 1024;
 
@@ -237,12 +237,15 @@ pub fn build(root: &Path, tools: &Tools) -> Result<SizeReport, String> {
     let bundle = format!("(function(){{\"use strict\";\n{shim}\n{glue}\n{loader}\n}})();\n");
     let unminified = stage.join("weft.bundle.js");
     write(&unminified, bundle.as_bytes())?;
+    // `unsafe_arrows`: function expressions that use neither `this` nor
+    // `arguments` become arrows (every browser that runs the wasm has
+    // them): 47 bytes gzip.
     Step::new("terser (minify weft.js)").run(
         Command::new(&tools.terser)
             .arg(&unminified)
             .args([
                 "--compress",
-                "passes=2",
+                "passes=2,unsafe_arrows=true",
                 "--mangle",
                 "--ecma",
                 "2017",
