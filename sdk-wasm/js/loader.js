@@ -40,8 +40,11 @@ var weft = { consent: {} };
 // numbers in `api::op` (its tests check this list, `weft.d.ts` and the
 // inline stub against `api::METHODS`).
 var METHODS = "page track identify alias group reset flush anonymousId userId consent.set consent.get debug".split(" ");
-// What `consent.set` reads, in the order of Rust's `consent::NAMES`.
+// What `consent.set` reads, in the order of Rust's `consent::NAMES`, and
+// the category each feeds (its place in `consent::DECIDED`: analytics,
+// marketing, personalization).
 var CONSENT_NAMES = "analytics marketing personalization analytics_storage ad_storage ad_user_data ad_personalization personalization_storage".split(" ");
+var CONSENT_OF = "01201112";
 // Answered at once, never queued before load.
 var GETTERS = { anonymousId: 1, userId: 1, "consent.get": 1, debug: 1 };
 // Rust's internal operations (`api::op`): a route change, a request's
@@ -286,11 +289,15 @@ var invoke = function (name, args) {
   var n = METHODS.indexOf(name);
   settle();
   if (name === "consent.set") {
-    // Each of `consent::NAMES`: 1 granted, 0 denied, - not given.
-    sdk.op(n, CONSENT_NAMES.map(function (k) {
-      var v = a && a[k];
-      return v === true || v === "granted" ? 1 : v === false || v === "denied" ? 0 : "-";
-    }).join(""));
+    // Each category: 1 granted (by every name given for it), 0 denied,
+    // - not given.
+    var given = ["-", "-", "-"];
+    CONSENT_NAMES.forEach(function (k, i) {
+      var v = a && a[k], c = CONSENT_OF[i];
+      v = v === true || v === "granted" ? 1 : v === false || v === "denied" ? 0 : given[c];
+      given[c] = given[c] === 0 ? 0 : v;
+    });
+    sdk.op(n, given.join(""));
     var prefs = invoke("consent.get", []);
     changeCallbacks.forEach(function (cb) { safely(cb, prefs); });
     return;

@@ -433,6 +433,18 @@ mod tests {
         let names: Vec<&str> = crate::consent::NAMES.iter().map(|(n, _)| *n).collect();
         let consent = format!("var CONSENT_NAMES = \"{}\".split(\" \");", names.join(" "));
         assert!(loader.contains(&consent), "loader.js must say: {consent}");
+        let of: String = crate::consent::NAMES
+            .iter()
+            .map(|(_, c)| {
+                let i = crate::consent::DECIDED.iter().position(|d| d == c);
+                char::from(b'0' + i.expect("a decided category") as u8)
+            })
+            .collect();
+        let categories = format!("var CONSENT_OF = \"{of}\";");
+        assert!(
+            loader.contains(&categories),
+            "loader.js must say: {categories}"
+        );
         for name in LOADER_ONLY {
             assert!(loader.contains(&format!("\"{name}\"")), "{name}");
         }

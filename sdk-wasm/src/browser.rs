@@ -12,7 +12,7 @@
 
 use alloc::string::String;
 
-use crate::consent::{NAMES, Prefs};
+use crate::consent::Prefs;
 use crate::env::{Clock, Random, Storage};
 
 /// The browser APIs the SDK uses, as wasm-bindgen imports.
@@ -65,10 +65,11 @@ mod js {
 }
 
 /// Reads `consent.set`'s argument as the loader gives it: for each of
-/// [`NAMES`] in order, `1` (granted: `true` or Consent Mode's `"granted"`),
-/// `0` (denied) or anything else (not given).
-pub fn consent_values(text: &str) -> [Option<bool>; NAMES.len()] {
-    let mut out = [None; NAMES.len()];
+/// [`crate::consent::DECIDED`], `1` (granted: every name of
+/// [`crate::consent::NAMES`] given for it grants), `0` (denied) or anything
+/// else (not given).
+pub fn consent_values(text: &str) -> [Option<bool>; 3] {
+    let mut out = [None; 3];
     for (slot, b) in out.iter_mut().zip(text.bytes()) {
         *slot = match b {
             b'1' => Some(true),
