@@ -124,17 +124,22 @@ impl CategoryPreferences {
     /// [`CategoryPreferences::write_json`], without a writer: the SDK's
     /// path).
     pub fn push_json(&self, out: &mut String) {
-        let mut sep = "{";
-        for (name, on) in [
-            ("\"necessary\":", self.necessary),
-            ("\"analytics\":", self.analytics),
-            ("\"marketing\":", self.marketing),
-            ("\"personalization\":", self.personalization),
-        ] {
-            out.push_str(sep);
-            out.push_str(name);
+        // The keys in a table of their own: the loop holds only the values.
+        const KEYS: [&str; 4] = [
+            "{\"necessary\":",
+            ",\"analytics\":",
+            ",\"marketing\":",
+            ",\"personalization\":",
+        ];
+        let values = [
+            self.necessary,
+            self.analytics,
+            self.marketing,
+            self.personalization,
+        ];
+        for (key, on) in KEYS.iter().zip(values) {
+            out.push_str(key);
             out.push_str(if on { "true" } else { "false" });
-            sep = ",";
         }
         out.push_str("}");
     }

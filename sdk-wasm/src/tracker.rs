@@ -125,12 +125,22 @@ impl Draft {
     /// The message's JSON (without its context), in the Segment spec's
     /// names: one writer for every kind of call.
     fn write(&self, message_id: &str, anonymous_id: Option<&str>) -> String {
+        // Every message starts with these (the keys in a table of their own:
+        // the loop holds only the values).
+        const KEYS: [&str; 5] = [
+            "{\"type\":",
+            ",\"messageId\":",
+            ",\"anonymousId\":",
+            ",\"userId\":",
+            ",\"timestamp\":",
+        ];
+        // Then what its kind names: its name, its other ID, its data.
         let (name, id, data) = match self.kind {
-            MessageType::Track => ("event", "", "properties"),
-            MessageType::Page | MessageType::Screen => ("name", "", "properties"),
-            MessageType::Identify => ("", "", "traits"),
-            MessageType::Alias => ("", "previousId", ""),
-            MessageType::Group => ("", "groupId", "traits"),
+            MessageType::Track => (",\"event\":", "", ",\"properties\":"),
+            MessageType::Page | MessageType::Screen => (",\"name\":", "", ",\"properties\":"),
+            MessageType::Identify => ("", "", ",\"traits\":"),
+            MessageType::Alias => ("", ",\"previousId\":", ""),
+            MessageType::Group => ("", ",\"groupId\":", ",\"traits\":"),
         };
         // An alias without a previous ID joins this browser's.
         let id_value = match self.kind {
@@ -141,29 +151,24 @@ impl Draft {
             160 + self.data.as_ref().map_or(0, |d| d.as_str().len())
                 + self.name.as_ref().map_or(0, String::len),
         );
-        let mut sep = "{\"";
-        for (key, value) in [
-            ("type", Some(self.kind.as_str())),
-            ("messageId", Some(message_id)),
-            ("anonymousId", anonymous_id),
-            ("userId", self.user_id.as_deref()),
-            ("timestamp", Some(&self.timestamp)),
-            (name, self.name.as_deref()),
-            (id, id_value),
-            // Properties or traits: JSON text, written as it is.
-            (data, self.data.as_ref().map(Json::as_str)),
-        ] {
+        let values = [
+            Some(self.kind.as_str()),
+            Some(message_id),
+            anonymous_id,
+            self.user_id.as_deref(),
+            Some(self.timestamp.as_str()),
+        ];
+        let named = [(name, self.name.as_deref()), (id, id_value)];
+        for (key, value) in KEYS.iter().copied().zip(values).chain(named) {
             if let (false, Some(value)) = (key.is_empty(), value) {
-                out.push_str(sep);
                 out.push_str(key);
-                out.push_str("\":");
-                if key == data {
-                    out.push_str(value);
-                } else {
-                    push_escaped(&mut out, value);
-                }
-                sep = ",\"";
+                push_escaped(&mut out, value);
             }
+        }
+        // Properties or traits: JSON text, written as it is.
+        if let (false, Some(raw)) = (data.is_empty(), &self.data) {
+            out.push_str(data);
+            out.push_str(raw.as_str());
         }
         out.push_str("}");
         out
@@ -305,22 +310,28 @@ impl<E: Env> Tracker<E> {
     /// `weft.debug()`'s answer as JSON: what is queued and held, and
     /// [`Tracker::losses`].
     pub fn debug_json(&self) -> String {
+        // The keys in a table of their own: the loop holds only the counts.
+        const KEYS: [&str; 6] = [
+            "{\"queued\":",
+            ",\"held\":",
+            ",\"heldDropped\":",
+            ",\"queueDropped\":",
+            ",\"tooLarge\":",
+            ",\"refused\":",
+        ];
         let [held_dropped, queue_dropped, too_large, refused] = self.losses();
+        let counts = [
+            self.queue.len() as u32,
+            self.held.len() as u32,
+            held_dropped,
+            queue_dropped,
+            too_large,
+            refused,
+        ];
         let mut text = String::new();
-        let mut sep = "{\"";
-        for (key, n) in [
-            ("queued", self.queue.len() as u64),
-            ("held", self.held.len() as u64),
-            ("heldDropped", held_dropped.into()),
-            ("queueDropped", queue_dropped.into()),
-            ("tooLarge", too_large.into()),
-            ("refused", refused.into()),
-        ] {
-            text.push_str(sep);
+        for (key, n) in KEYS.iter().zip(counts) {
             text.push_str(key);
-            text.push_str("\":");
-            push_u64(&mut text, n);
-            sep = ",\"";
+            push_u64(&mut text, n.into());
         }
         text.push_str("}");
         text
