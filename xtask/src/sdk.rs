@@ -374,7 +374,8 @@ fn streaming_only(glue: &str) -> Result<String, String> {
 /// which always passes `{ module_or_path }` with a URL string or a
 /// `Response` (the strict-CSP stand-in): the unused `script_src`, the
 /// warning about deprecated parameters, `Request`/`URL` arguments, a
-/// module already compiled, and a long error message (about 200 bytes
+/// module already compiled, a long error message, and the string copy for
+/// a caller without `realloc` (the glue always passes it) (about 220 bytes
 /// gzip in all). Fails, like [`streaming_only`], if the glue has another
 /// shape.
 fn loader_paths_only(glue: &str) -> Result<String, String> {
@@ -419,6 +420,16 @@ fn loader_paths_only(glue: &str) -> Result<String, String> {
              }\n        \
              }\n",
             "        }\n",
+        ),
+        (
+            "        if (realloc === undefined) {\n            \
+             const buf = cachedTextEncoder.encode(arg);\n            \
+             const ptr = malloc(buf.length, 1) >>> 0;\n            \
+             getUint8ArrayMemory0().subarray(ptr, ptr + buf.length).set(buf);\n            \
+             WASM_VECTOR_LEN = buf.length;\n            \
+             return ptr;\n        \
+             }\n",
+            "",
         ),
     ] {
         glue = replace_once(&glue, from, to)?;
