@@ -160,7 +160,12 @@ pub fn start(
     batch_size: f64,
     flags: u32,
 ) {
-    if SDK.try_lock().is_none_or(|s| s.is_some()) {
+    // Held while the tracker starts: a call it makes into JavaScript that
+    // calls `weft` back finds the SDK busy (and not started).
+    let Some(mut slot) = SDK.try_lock() else {
+        return;
+    };
+    if slot.is_some() {
         return;
     }
     let mut config = Config::new(write_key.unwrap_or_default());
@@ -172,16 +177,15 @@ pub fn start(
         gpc: flags & flag::GPC != 0,
         dnt: flags & flag::DNT != 0,
     };
-    let sdk = Sdk {
+    // Built in its place, not moved there.
+    *slot = Some(Sdk {
         tracker: Tracker::new(BrowserEnv, config, signals),
         page: None,
         send_at: None,
         saver_set: false,
         reported: [0; 4],
-    };
-    if let Some(mut s) = SDK.try_lock() {
-        *s = Some(sdk);
-    }
+    });
+    drop(slot);
     if flags & flag::CAPTURE_PAGES != 0 {
         record(MessageType::Page, None, None, None, None);
     }
