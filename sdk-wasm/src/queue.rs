@@ -109,19 +109,13 @@ impl Queue {
         }
         let mut over = (self.bytes + cost).saturating_sub(self.cap_bytes);
         if over > 0 {
-            // `retain` rather than `remove(i)`: no index that could panic.
-            let mut index = 0;
             let in_flight = self.in_flight;
-            let (bytes, dropped) = (&mut self.bytes, &mut self.dropped);
-            self.items.retain(|old| {
+            self.dropped += self.remove_where(&mut |index, old| {
                 let drop = index >= in_flight && over > 0;
-                index += 1;
                 if drop {
                     over = over.saturating_sub(old.cost());
-                    *bytes -= old.cost();
-                    *dropped += 1;
                 }
-                !drop
+                drop
             });
         }
         self.bytes += cost;
@@ -155,27 +149,33 @@ impl Queue {
     /// [`Queue::peek_unsent`]'s caller).
     pub fn drop_unsent(&mut self, n: usize) {
         let start = self.in_flight;
-        self.remove_where(|index| index >= start && index < start + n);
+        self.remove_where(&mut |index, _| index >= start && index < start + n);
     }
 
     /// The request in flight was accepted: forget its messages.
     pub fn ack(&mut self) {
         let in_flight = self.in_flight;
-        self.remove_where(|index| index < in_flight);
+        self.remove_where(&mut |index, _| index < in_flight);
         self.in_flight = 0;
     }
 
-    fn remove_where(&mut self, sent: impl Fn(usize) -> bool) {
+    /// Removes the messages for which `gone(index, message)` says so, in
+    /// order; returns how many. One body for every caller (a `dyn`
+    /// closure): the wasm holds it once.
+    fn remove_where(&mut self, gone: &mut dyn FnMut(usize, &Item) -> bool) -> u32 {
         let mut index = 0;
+        let mut removed = 0;
         let bytes = &mut self.bytes;
         self.items.retain(|item| {
-            let gone = sent(index);
+            let remove = gone(index, item);
             index += 1;
-            if gone {
+            if remove {
                 *bytes -= item.cost();
+                removed += 1;
             }
-            !gone
+            !remove
         });
+        removed
     }
 
     /// The request in flight failed: its messages are sent again later,
