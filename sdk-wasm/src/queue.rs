@@ -235,7 +235,9 @@ impl Queue {
                     while !refs.is_empty() {
                         let (r, more) = cut(refs, b',').unwrap_or((refs, ""));
                         refs = more;
-                        parts.extend(parse_u64(r).and_then(|n| table.get(n as usize)).cloned());
+                        if let Some(part) = parse_u64(r).and_then(|n| table.get(n as usize)) {
+                            parts.push(part.clone());
+                        }
                     }
                     self.push(Item {
                         body: body.to_owned(),

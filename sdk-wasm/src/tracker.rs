@@ -584,7 +584,9 @@ impl<E: Env> Tracker<E> {
             }
         };
         let mut parts = Vec::with_capacity(3);
-        parts.extend(page.filter(|p| !p.is_empty()));
+        if let Some(page) = page.filter(|p| !p.is_empty()) {
+            parts.push(page);
+        }
         parts.push(self.library.clone());
         parts.push(part);
         Item { body, parts }
