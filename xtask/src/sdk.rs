@@ -33,9 +33,9 @@ use crate::tools::Tools;
 /// `WEFT_SDK_DIR` overrides it (see [`out_dir`]).
 pub const OUT_DIR: &str = "target/sdk";
 /// The script tag's total download, gzip -9, above which the build fails:
-/// what the SDK measures today (16,941 B) and a small margin, so it cannot
+/// what the SDK measures today (16,872 B) and a small margin, so it cannot
 /// creep back.
-pub const BUDGET_GZIP_BYTES: usize = 16_941 + 256;
+pub const BUDGET_GZIP_BYTES: usize = 16_872 + 256;
 /// The total the SDK aims for, gzip -9; reported, not enforced.
 pub const GOAL_GZIP_BYTES: usize = 15 * 1024;
 
