@@ -5,10 +5,13 @@
 //! writes from the browser and reads on the server. Unknown keys are ignored
 //! when reading.
 
+#[cfg(feature = "serde")]
 use serde::{Deserialize, Serialize};
 
 use crate::json::{Json, Writer};
+use alloc::string::String;
 
+#[cfg(feature = "serde")]
 /// The context the SDK attaches to every message.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -42,6 +45,7 @@ pub struct Context {
     pub consent: Option<ConsentContext>,
 }
 
+#[cfg(feature = "serde")]
 /// `context.campaign`, from the `utm_*` query parameters.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Campaign {
@@ -62,6 +66,7 @@ pub struct Campaign {
     pub content: Option<String>,
 }
 
+#[cfg(feature = "serde")]
 impl Campaign {
     /// `true` when no parameter is set.
     pub fn is_empty(&self) -> bool {
@@ -69,6 +74,7 @@ impl Campaign {
     }
 }
 
+#[cfg(feature = "serde")]
 /// `context.screen`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Screen {
@@ -80,6 +86,7 @@ pub struct Screen {
     pub density: f64,
 }
 
+#[cfg(feature = "serde")]
 /// `context.consent`: the category the message needs and the preferences
 /// in force when it was made.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -92,7 +99,8 @@ pub struct ConsentContext {
 }
 
 /// Whether each consent category is granted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct CategoryPreferences {
     /// Always `true`: storing the consent choice itself.
     pub necessary: bool,
@@ -107,20 +115,37 @@ pub struct CategoryPreferences {
 impl CategoryPreferences {
     /// Writes the preferences as a JSON object.
     pub fn write_json(&self, w: &mut Writer) {
-        w.object_start();
-        for (name, on) in [
-            ("necessary", self.necessary),
-            ("analytics", self.analytics),
-            ("marketing", self.marketing),
-            ("personalization", self.personalization),
-        ] {
-            w.key(name);
-            w.bool(on);
+        let mut text = String::new();
+        self.push_json(&mut text);
+        w.raw(&Json::from_trusted(text));
+    }
+
+    /// Appends the preferences as a JSON object (the same text as
+    /// [`CategoryPreferences::write_json`], without a writer: the SDK's
+    /// path).
+    pub fn push_json(&self, out: &mut String) {
+        // The keys in a table of their own: the loop holds only the values.
+        const KEYS: [&str; 4] = [
+            "{\"necessary\":",
+            ",\"analytics\":",
+            ",\"marketing\":",
+            ",\"personalization\":",
+        ];
+        let values = [
+            self.necessary,
+            self.analytics,
+            self.marketing,
+            self.personalization,
+        ];
+        for (key, on) in KEYS.iter().zip(values) {
+            out.push_str(key);
+            out.push_str(if on { "true" } else { "false" });
         }
-        w.object_end();
+        out.push_str("}");
     }
 }
 
+#[cfg(feature = "serde")]
 /// `context.page`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PageContext {
@@ -141,6 +166,7 @@ pub struct PageContext {
     pub title: Option<String>,
 }
 
+#[cfg(feature = "serde")]
 /// `context.library`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LibraryContext {
@@ -150,6 +176,7 @@ pub struct LibraryContext {
     pub version: String,
 }
 
+#[cfg(feature = "serde")]
 impl Context {
     /// Encodes the context with the lean writer (no `core::fmt`).
     pub fn to_json(&self) -> Json {
@@ -214,7 +241,7 @@ impl Context {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "serde"))]
 mod tests {
     use super::*;
 

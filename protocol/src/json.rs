@@ -10,6 +10,9 @@
 //! writer handles strings and integers only, and is checked against serde_json
 //! in the tests below.
 
+use alloc::string::String;
+
+#[cfg(feature = "serde")]
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A JSON value kept as its text.
@@ -41,6 +44,7 @@ impl Json {
     }
 }
 
+#[cfg(feature = "serde")]
 impl Serialize for Json {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         // Invalid text cannot reach here through deserialisation; a trusted
@@ -51,6 +55,7 @@ impl Serialize for Json {
     }
 }
 
+#[cfg(feature = "serde")]
 impl<'de> Deserialize<'de> for Json {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = Box::<serde_json::value::RawValue>::deserialize(deserializer)?;
@@ -83,33 +88,33 @@ impl Writer {
 
     fn comma(&mut self) {
         if self.needs_comma {
-            self.out.push(',');
+            self.out.push_str(",");
         }
     }
 
     /// `{`
     pub fn object_start(&mut self) {
         self.comma();
-        self.out.push('{');
+        self.out.push_str("{");
         self.needs_comma = false;
     }
 
     /// `}`
     pub fn object_end(&mut self) {
-        self.out.push('}');
+        self.out.push_str("}");
         self.needs_comma = true;
     }
 
     /// `[`
     pub fn array_start(&mut self) {
         self.comma();
-        self.out.push('[');
+        self.out.push_str("[");
         self.needs_comma = false;
     }
 
     /// `]`
     pub fn array_end(&mut self) {
-        self.out.push(']');
+        self.out.push_str("]");
         self.needs_comma = true;
     }
 
@@ -117,7 +122,7 @@ impl Writer {
     pub fn key(&mut self, key: &str) {
         self.comma();
         push_escaped(&mut self.out, key);
-        self.out.push(':');
+        self.out.push_str(":");
         self.needs_comma = false;
     }
 
@@ -144,10 +149,10 @@ impl Writer {
         push_u64(&mut self.out, thousandths / 1000);
         let mut frac = thousandths % 1000;
         if frac > 0 {
-            self.out.push('.');
+            self.out.push_str(".");
             let mut unit = 100;
             while frac > 0 {
-                self.out.push((b'0' + (frac / unit) as u8) as char);
+                push_hex(&mut self.out, (frac / unit) as u8);
                 frac %= unit;
                 unit /= 10;
             }
@@ -187,41 +192,51 @@ impl Writer {
 }
 
 /// Appends `s` as a quoted, escaped JSON string.
+///
+/// Byte by byte, copying the runs that need no escape at once: no `char`
+/// decoding or encoding (less code in the SDK's wasm, and faster).
 pub fn push_escaped(out: &mut String, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.reserve(s.len() + 2);
-    out.push('"');
-    // Most strings need no escape (0xE2 starts U+2028/2029): copy at once.
-    #[cfg(feature = "fast-escape")]
-    if !s
-        .bytes()
-        .any(|b| b < 0x20 || b == b'"' || b == b'\\' || b == 0xE2)
-    {
-        out.push_str(s);
-        out.push('"');
-        return;
-    }
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let b = c as u32 as usize;
-                out.push_str("\\u00");
-                out.push(HEX[b >> 4] as char);
-                out.push(HEX[b & 0xf] as char);
-            }
-            // U+2028/2029 are valid JSON but break JavaScript string literals
-            // in older engines; escaping them costs nothing.
-            '\u{2028}' => out.push_str("\\u2028"),
-            '\u{2029}' => out.push_str("\\u2029"),
-            c => out.push(c),
+    out.push_str("\"");
+    let bytes = s.as_bytes();
+    // Where the run not yet copied starts.
+    let mut run = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let (escape, len) = match b {
+            b'"' => ("\\\"", 1),
+            b'\\' => ("\\\\", 1),
+            b'\n' => ("\\n", 1),
+            b'\r' => ("\\r", 1),
+            b'\t' => ("\\t", 1),
+            0..0x20 => ("\\u00", 1),
+            // U+2028/2029 (E2 80 A8/A9) are valid JSON but break JavaScript
+            // string literals in older engines; escaping them costs nothing.
+            0xE2 if bytes.get(i + 1) == Some(&0x80) => match bytes.get(i + 2) {
+                Some(0xA8) => ("\\u2028", 3),
+                Some(0xA9) => ("\\u2029", 3),
+                _ => continue,
+            },
+            _ => continue,
+        };
+        // `run` and `i` are at ASCII bytes or a sequence's first byte: char
+        // boundaries.
+        out.push_str(s.get(run..i).unwrap_or_default());
+        out.push_str(escape);
+        if len == 1 && b < 0x20 && !matches!(b, b'\n' | b'\r' | b'\t') {
+            push_hex(out, b >> 4);
+            push_hex(out, b & 0xf);
         }
+        run = i + len;
     }
-    out.push('"');
+    out.push_str(s.get(run..).unwrap_or_default());
+    out.push_str("\"");
+}
+
+/// Appends the hexadecimal digit `d` (`0`..=`f`; `0` above 15), without
+/// `char` encoding.
+pub fn push_hex(out: &mut String, d: u8) {
+    let i = usize::from(d.min(15));
+    out.push_str("0123456789abcdef".get(i..=i).unwrap_or_default());
 }
 
 /// Reads a decimal `u64` (ASCII digits only, at least one, no sign or
@@ -241,6 +256,14 @@ pub fn parse_u64(text: &str) -> Option<u64> {
     Some(v)
 }
 
+/// `text` cut at its first `sep`, an ASCII byte (left out); `None` when it
+/// has none. Bytes rather than `char`s: no UTF-8 decoding (the SDK's
+/// wasm), and a cut at an ASCII byte is always a char boundary.
+pub fn cut(text: &str, sep: u8) -> Option<(&str, &str)> {
+    let i = text.bytes().position(|b| b == sep)?;
+    Some((text.get(..i)?, text.get(i + 1..)?))
+}
+
 /// Appends the decimal digits of `v`.
 pub fn push_u64(out: &mut String, mut v: u64) {
     // Iterators rather than indexing: no bounds check, so no panic path
@@ -248,7 +271,7 @@ pub fn push_u64(out: &mut String, mut v: u64) {
     let mut digits = [0u8; 20];
     let mut n = 0;
     for slot in digits.iter_mut() {
-        *slot = b'0' + (v % 10) as u8;
+        *slot = (v % 10) as u8;
         v /= 10;
         n += 1;
         if v == 0 {
@@ -256,11 +279,12 @@ pub fn push_u64(out: &mut String, mut v: u64) {
         }
     }
     for &d in digits.iter().take(n).rev() {
-        out.push(d as char);
+        push_hex(out, d);
     }
 }
 
-#[cfg(test)]
+// The tests check the writer against serde_json.
+#[cfg(all(test, feature = "serde"))]
 mod tests {
     use super::*;
 
@@ -326,6 +350,21 @@ mod tests {
             "héllo wörld ✓ 🎉",
         ] {
             check_string(s);
+        }
+    }
+
+    #[test]
+    fn cut_splits_at_the_first_separator_like_split_once() {
+        for (text, sep) in [
+            ("a.b", '.'),
+            ("a.b.c", '.'),
+            (".", '.'),
+            ("", '.'),
+            ("ab", '.'),
+            ("é:ü", ':'),
+            ("\t", '\t'),
+        ] {
+            assert_eq!(cut(text, sep as u8), text.split_once(sep), "{text:?}");
         }
     }
 

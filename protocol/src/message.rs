@@ -6,13 +6,21 @@
 //! parses them, the SDK gets them from the browser, so this crate needs no
 //! time library.
 
+#[cfg(feature = "serde")]
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "serde")]
 use crate::json::{Json, Writer};
+#[cfg(feature = "serde")]
+use alloc::string::String;
 
 /// The six Segment message types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(Serialize, Deserialize),
+    serde(rename_all = "lowercase")
+)]
 pub enum MessageType {
     /// A user action: `event` names it.
     Track,
@@ -57,6 +65,7 @@ impl MessageType {
     }
 }
 
+#[cfg(feature = "serde")]
 /// One message, as on the wire.
 ///
 /// Every field but `type` is optional here: which ones a type requires is the
@@ -134,6 +143,7 @@ pub struct Message {
     pub integrations: Option<Json>,
 }
 
+#[cfg(feature = "serde")]
 impl Message {
     /// A message of `kind` with every optional field empty.
     pub fn new(kind: MessageType) -> Self {
@@ -190,6 +200,7 @@ impl Message {
     }
 }
 
+#[cfg(feature = "serde")]
 /// Reads an identifier: a string, or a number taken as its decimal text
 /// (server SDKs pass numeric database IDs through). Anything else is an
 /// error naming the field's expected type.
@@ -212,6 +223,7 @@ fn identifier<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, 
     }
 }
 
+#[cfg(feature = "serde")]
 /// The body of `POST /v1/batch`: `{"batch":[...], "sentAt": ..}`.
 ///
 /// Generic over the message representation: the SDK builds it from encoded
@@ -234,6 +246,7 @@ pub struct Batch<M = Message> {
     pub context: Option<Json>,
 }
 
+#[cfg(feature = "serde")]
 /// Writes a batch body from messages already encoded as JSON objects.
 ///
 /// This is the SDK's path: its queue holds encoded messages, so a batch is a
@@ -259,7 +272,7 @@ pub fn write_batch<'a>(
     w.finish()
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "serde"))]
 mod tests {
     use super::*;
 

@@ -40,13 +40,18 @@ var weft = { consent: {} };
 // numbers in `api::op` (its tests check this list, `weft.d.ts` and the
 // inline stub against `api::METHODS`).
 var METHODS = "page track identify alias group reset flush anonymousId userId consent.set consent.get debug".split(" ");
-// What `consent.set` reads, in the order of Rust's `consent::NAMES`.
+// What `consent.set` reads, in the order of Rust's `consent::NAMES`, and
+// the category each feeds (its place in `consent::DECIDED`: analytics,
+// marketing, personalization).
 var CONSENT_NAMES = "analytics marketing personalization analytics_storage ad_storage ad_user_data ad_personalization personalization_storage".split(" ");
+var CONSENT_OF = "01201112";
 // Answered at once, never queued before load.
 var GETTERS = { anonymousId: 1, userId: 1, "consent.get": 1, debug: 1 };
-// Rust's internal operations (`api::op`): a route change, a timer, a
-// request's answer, the page going away.
-var ROUTE = 12, TICK = 13, SENT = 14, HIDE = 15;
+// Rust's internal operations (`api::op`): a route change, a request's
+// answer, the page going away, a timer (`TICK` + its kind).
+var ROUTE = 12, SENT = 13, HIDE = 14, TICK = 15;
+// `start`'s flags (`api::flag`).
+var CAPTURE_PAGES = 1, GPC = 2, DNT = 4;
 var safely = function (f, a, b, c) {
   try {
     return f(a, b, c);
@@ -110,7 +115,7 @@ var post = function (data, keepalive) {
     var init = { method: "POST", body: data, keepalive: keepalive };
     safely(function () { init.signal = AbortSignal.timeout(30000); });
     fetch(endpoint, init).then(function (r) {
-      op(SENT, r.status, r.headers.get("Retry-After"));
+      op(SENT, "" + r.status, r.headers.get("Retry-After"));
     }, function () {
       op(SENT);
     });
@@ -196,7 +201,7 @@ var weftHost = {
   beacon: function (body) {
     return !!safely(function () { return navigator.sendBeacon(endpoint, body); });
   },
-  // Timer `kind` (`api::timer`) fires `op(TICK, kind)` after `ms`, replacing
+  // Timer `kind` (`api::timer`) fires `op(TICK + kind)` after `ms`, replacing
   // the one pending; the saver waits for an idle moment. Set after the
   // current task.
   later: function (kind, ms) {
@@ -207,7 +212,7 @@ var weftHost = {
         armed = 0;
         timers.forEach(function (ms, kind) {
           safely(function () {
-            var fire = function () { op(TICK, kind); };
+            var fire = function () { op(TICK + kind); };
             if (kind) { // 1 (the saver)
               w.requestIdleCallback ? requestIdleCallback(fire, { timeout: ms }) : setTimeout(fire, ms);
             } else {
@@ -235,6 +240,14 @@ var weftHost = {
       bytes[i] = pool[used++];
     }
   },
+  // Now as ISO-8601 UTC text, for timestamps.
+  iso: function () {
+    return new Date().toISOString();
+  },
+  // A getter's answer (`weftHost.a`, read by `ask`).
+  answer: function (text) {
+    weftHost.a = text;
+  },
   // A counter of dropped calls or messages went up (`data-debug` says so).
   dropped: function (counters) {
     report("dropped", counters);
@@ -252,6 +265,12 @@ var json = function (v) {
     return v && v[0] === "{" ? v : undefined;
   } catch (e) {}
 };
+// A getter's answer: what Rust passed to `weftHost.answer`, if anything.
+var ask = function (n) {
+  weftHost.a = undefined;
+  sdk.op(n);
+  return weftHost.a;
+};
 var all = function (on) { return { analytics: on, marketing: on, personalization: on }; };
 var invoke = function (name, args) {
   var a = args[0], b = args[1], c = args[2];
@@ -268,21 +287,27 @@ var invoke = function (name, args) {
     name = "consent.set";
   }
   var n = METHODS.indexOf(name);
+  settle();
   if (name === "consent.set") {
-    // Each of `consent::NAMES`: 1 granted, 0 denied, - not given.
-    sdk.op(n, CONSENT_NAMES.map(function (k) {
-      var v = a && a[k];
-      return v === true || v === "granted" ? 1 : v === false || v === "denied" ? 0 : "-";
-    }).join(""));
+    // Each category: 1 granted (by every name given for it), 0 denied,
+    // - not given.
+    var given = ["-", "-", "-"];
+    CONSENT_NAMES.forEach(function (k, i) {
+      var v = a && a[k], c = CONSENT_OF[i];
+      v = v === true || v === "granted" ? 1 : v === false || v === "denied" ? 0 : given[c];
+      given[c] = given[c] === 0 ? 0 : v;
+    });
+    sdk.op(n, given.join(""));
     var prefs = invoke("consent.get", []);
     changeCallbacks.forEach(function (cb) { safely(cb, prefs); });
     return;
   }
   if (name === "consent.get") {
-    var bits = sdk.op(n);
+    var bits = ask(n);
     return { necessary: true, analytics: !!(bits & 1), marketing: !!(bits & 2), personalization: !!(bits & 4) };
   }
-  if (name === "debug") return JSON.parse(sdk.op(n));
+  if (name === "debug") return JSON.parse(ask(n));
+  if (GETTERS[name]) return ask(n);
   // Names and IDs as text, properties and traits as JSON (`page(properties)`
   // has no name), a track's options as their category.
   if (name === "page" && a && typeof a === "object") {
@@ -320,17 +345,24 @@ var routeKey = function (href) {
 var lastUrl = location.href;
 var spa = data.captureSpa !== "false";
 var pending = 0;
+var checkRoute = function () {
+  clearTimeout(pending);
+  pending = 0;
+  var url = location.href, previous = lastUrl;
+  if (sdk && routeKey(url) !== routeKey(previous)) {
+    lastUrl = url;
+    op(ROUTE, previous);
+  }
+};
+// A check still waiting runs at once before anything else is recorded or
+// the page goes away: the route's page view comes before the calls made
+// after the route changed, and is not lost to a navigation in the same task.
+var settle = function () {
+  if (pending) checkRoute();
+};
 var routeChanged = function () {
   stale();
-  if (!spa || pending) return;
-  pending = setTimeout(function () {
-    pending = 0;
-    var url = location.href, previous = lastUrl;
-    if (sdk && routeKey(url) !== routeKey(previous)) {
-      lastUrl = url;
-      op(ROUTE, previous);
-    }
-  }, 0);
+  if (spa && !pending) pending = setTimeout(checkRoute, 0);
 };
 safely(function () {
   ["pushState", "replaceState"].forEach(function (name) {
@@ -363,6 +395,7 @@ if (data.captureClicks !== "false") {
           ? "" : (el.textContent || "").trim().split(/\s+/).join(" ");
         text = Array.from(text).slice(0, 64).join("");
         if (/(\d[ -]*){13}/.test(text)) text = "";
+        settle();
         op(METHODS.indexOf("track"), attr("data-weft-event") || "Element Clicked", JSON.stringify({
           tag: tag, id: el.id || undefined, classes: attr("class"), href: el.getAttribute("href") == null ? undefined : el.getAttribute("href"), text: text || undefined
         }));
@@ -373,7 +406,10 @@ if (data.captureClicks !== "false") {
 
 // The page is hidden or unloaded: the last moment to send and to save.
 safely(function () {
-  var hide = function () { op(HIDE); };
+  var hide = function () {
+    safely(settle);
+    op(HIDE);
+  };
   w.addEventListener("pagehide", hide);
   d.addEventListener("visibilitychange", function () {
     if (d.visibilityState === "hidden") hide();
@@ -384,11 +420,13 @@ try {
   loading
     .then(function () {
       var nav = navigator;
-      wasm_bindgen.start({
-        writeKey: data.writeKey, consent: data.consent, policyVersion: data.policyVersion,
-        flushInterval: data.flushInterval, batchSize: data.batchSize, capturePages: data.capturePages,
-        gpc: nav.globalPrivacyControl === true, dnt: data.dnt === "true" && nav.doNotTrack === "1"
-      });
+      // Text options, numbers (NaN when not given) and flags.
+      wasm_bindgen.start(
+        data.writeKey, data.consent, data.policyVersion, +data.flushInterval, +data.batchSize,
+        (data.capturePages !== "false" ? CAPTURE_PAGES : 0) |
+        (nav.globalPrivacyControl === true ? GPC : 0) |
+        (data.dnt === "true" && nav.doNotTrack === "1" ? DNT : 0)
+      );
       sdk = wasm_bindgen;
       queue.splice(0).forEach(function (c) {
         safely(invoke, c[0], c[1] || []);

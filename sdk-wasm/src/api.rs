@@ -14,8 +14,8 @@
 //! from a 0 ms timer, the queue is written at the next idle moment (at most
 //! `SAVE_WAIT_MS` later) and at once when the page is hidden.
 
-use std::cell::RefCell;
-use std::rc::Rc;
+use alloc::string::String;
+use alloc::sync::Arc;
 
 use wasm_bindgen::prelude::*;
 
@@ -23,7 +23,8 @@ use crate::browser::{self, BrowserEnv};
 use crate::consent::{self, Category, Policy, Signals};
 use crate::delivery::Outcome;
 use crate::queue::Part;
-use crate::tracker::{Call, Config, Tracker};
+use crate::tracker::{Config, Tracker};
+use weft_protocol::MessageType;
 
 /// The methods of `window.weft` that reach Rust, in the order of their
 /// numbers in [`op`]: `js/loader.js`'s `METHODS` must be this list, and
@@ -74,13 +75,13 @@ pub mod op {
     /// A single-page app's route changed: a page view, with the previous
     /// URL as referrer.
     pub const ROUTE: u32 = 12;
-    /// Timer `a` (see [`super::timer`]) fired.
-    pub const TICK: u32 = 13;
-    /// The request in flight answered: status `a` (none: a network
-    /// failure), `Retry-After` `b`.
-    pub const SENT: u32 = 14;
+    /// The request in flight answered: status `a` as decimal text (none: a
+    /// network failure), `Retry-After` `b`.
+    pub const SENT: u32 = 13;
     /// The page is being hidden or unloaded.
-    pub const HIDE: u32 = 15;
+    pub const HIDE: u32 = 14;
+    /// Timer `kind` (see [`super::timer`]) fired: `TICK + kind`.
+    pub const TICK: u32 = 15;
 }
 
 /// The SDK's timers (`weftHost.later`).
@@ -89,6 +90,17 @@ pub mod timer {
     pub const SEND: u32 = 0;
     /// Writing the queue to storage, at the next idle moment.
     pub const SAVE: u32 = 1;
+}
+
+/// The bits of [`start`]'s `flags`.
+pub mod flag {
+    /// Record the first page view (`data-capture-pages` is not `false`).
+    pub const CAPTURE_PAGES: u32 = 1;
+    /// `navigator.globalPrivacyControl === true`.
+    pub const GPC: u32 = 2;
+    /// `navigator.doNotTrack === "1"` on a site that honours it
+    /// (`data-dnt="true"`).
+    pub const DNT: u32 = 4;
 }
 
 /// The last request's budget for the queue's messages when the page goes
@@ -109,200 +121,177 @@ struct Sdk {
     reported: [u32; 4],
 }
 
-thread_local! {
-    static SDK: RefCell<Option<Sdk>> = const { RefCell::new(None) };
-}
+/// The page's SDK, once started. Only ever locked with `try_lock`: the
+/// wasm runs on the page's one thread, so a held lock means a re-entrant
+/// call (page code that JavaScript the SDK called runs calling `weft`
+/// again), which is ignored rather than waited for.
+static SDK: spin::Mutex<Option<Sdk>> = spin::Mutex::new(None);
 
 /// Runs `f` on the started SDK; does nothing before `start` or on re-entry.
 fn with_sdk<R>(f: impl FnOnce(&mut Sdk) -> R) -> Option<R> {
-    SDK.try_with(|cell| {
-        let mut guard = cell.try_borrow_mut().ok()?;
-        guard.as_mut().map(f)
-    })
-    .ok()
-    .flatten()
+    SDK.try_lock()?.as_mut().map(f)
 }
 
-/// A positive number option, else `default`.
-fn number(options: &JsValue, key: &str, default: f64) -> f64 {
-    browser::option(options, key)
-        .and_then(|s| weft_protocol::json::parse_u64(s.trim_ascii()))
-        .filter(|n| *n > 0)
-        .map_or(default, |n| n.min(86_400_000) as f64)
+/// A number option (at least 1, whole, at most a day's milliseconds), else
+/// `default` (the loader passes `NaN` for an option not given).
+fn number(n: f64, default: f64) -> f64 {
+    if n >= 1.0 {
+        // `as` truncates toward zero: whole milliseconds or messages.
+        (n.min(86_400_000.0) as u64) as f64
+    } else {
+        default
+    }
 }
 
-/// Starts the SDK with the loader's options (the script tag's `data-*`
-/// values, and the browser's `gpc` and honoured `dnt` signals): works out
-/// consent, restores identity and the queue when allowed, records the page
-/// view and has what is queued sent soon (not now: the page is loading).
+/// Starts the SDK with the loader's options: the script tag's
+/// `data-write-key`, `data-consent`, `data-policy-version`,
+/// `data-flush-interval` and `data-batch-size`, and the [`flag`] bits.
+/// Works out consent, restores identity and the queue when allowed,
+/// records the page view and has what is queued sent soon (not now: the
+/// page is loading). Typed arguments rather than an options object: no
+/// `JsValue` crosses the boundary, so wasm-bindgen's table of JS values
+/// and its conversions are not linked in.
 #[wasm_bindgen]
-pub fn start(options: JsValue) {
-    let already = SDK
-        .try_with(|cell| cell.try_borrow().map(|s| s.is_some()).unwrap_or(true))
-        .unwrap_or(true);
-    if already {
+pub fn start(
+    write_key: Option<String>,
+    consent: Option<String>,
+    policy_version: Option<String>,
+    flush_interval: f64,
+    batch_size: f64,
+    flags: u32,
+) {
+    // Held while the tracker starts: a call it makes into JavaScript that
+    // calls `weft` back finds the SDK busy (and not started).
+    let Some(mut slot) = SDK.try_lock() else {
+        return;
+    };
+    if slot.is_some() {
         return;
     }
-    let mut config = Config::new(browser::option(&options, "writeKey").unwrap_or_default());
-    config.policy = Policy::parse(browser::option(&options, "consent").as_deref());
-    config.policy_version = browser::option(&options, "policyVersion").unwrap_or_default();
-    config.flush_interval_ms = number(&options, "flushInterval", config.flush_interval_ms);
-    config.batch_count = number(&options, "batchSize", 20.0) as usize;
+    let mut config = Config::new(write_key.unwrap_or_default());
+    config.policy = Policy::parse(consent.as_deref());
+    config.policy_version = policy_version.unwrap_or_default();
+    config.flush_interval_ms = number(flush_interval, config.flush_interval_ms);
+    config.batch_count = number(batch_size, 20.0) as usize;
     let signals = Signals {
-        gpc: browser::flag(&options, "gpc"),
-        dnt: browser::flag(&options, "dnt"),
+        gpc: flags & flag::GPC != 0,
+        dnt: flags & flag::DNT != 0,
     };
-    let sdk = Sdk {
+    // Built in its place, not moved there.
+    *slot = Some(Sdk {
         tracker: Tracker::new(BrowserEnv, config, signals),
         page: None,
         send_at: None,
         saver_set: false,
         reported: [0; 4],
-    };
-    let _ = SDK.try_with(|cell| {
-        if let Ok(mut s) = cell.try_borrow_mut() {
-            *s = Some(sdk);
-        }
     });
-    if browser::option(&options, "capturePages").as_deref() != Some("false") {
-        record(Record::Page(Call::default(), None));
+    drop(slot);
+    if flags & flag::CAPTURE_PAGES != 0 {
+        record(MessageType::Page, None, None, None, None);
     }
     with_sdk(schedule);
 }
 
 /// Every method of `window.weft` and the loader's calls (see [`op`]); the
-/// loader passes up to three arguments: names and IDs as strings,
-/// properties and traits as JSON text. Returns the answer of the getters,
-/// else `undefined`. Named `op` in JavaScript (`call` would shadow
-/// `Function.prototype.call` on the glue's function object).
+/// loader passes up to three arguments as text: names and IDs, properties
+/// and traits as JSON, numbers in decimal. The getters answer with
+/// `weftHost.answer(text)` (nothing for `undefined`) rather than a return
+/// value: a returned string is two values, which wasm2js (the strict-CSP
+/// fallback) cannot translate. Named `op` in JavaScript (`call` would
+/// shadow `Function.prototype.call` on the glue's function object).
 #[wasm_bindgen(js_name = op)]
-pub fn call(op: u32, a: JsValue, b: JsValue, c: JsValue) -> JsValue {
-    let text = |v: &JsValue| v.as_string();
-    // The loader's `JSON.stringify` of a plain object.
-    let json = |v: &JsValue| v.as_string().map(weft_protocol::Json::from_trusted);
+pub fn call(op: u32, a: Option<String>, b: Option<String>, c: Option<String>) {
     match op {
-        op::PAGE => {
-            let call = Call {
-                name: text(&a),
-                data: json(&b),
+        op::PAGE | op::ROUTE => {
+            // A route change: a page view with the previous URL as referrer.
+            let (name, data, referrer) = match op {
+                op::PAGE => (a, b, None),
+                _ => (None, None, a),
             };
-            record(Record::Page(call, None));
+            record(MessageType::Page, name, data, None, referrer);
         }
-        op::ROUTE => record(Record::Page(Call::default(), text(&a))),
-        op::TRACK => {
-            if let Some(event) = text(&a) {
-                let category = text(&c).map_or(Category::Analytics, |name| Category::parse(&name));
-                record(Record::Track(event, json(&b), category));
-            }
-        }
-        op::IDENTIFY => {
-            if let Some(user) = text(&a) {
-                record(Record::Identify(user, json(&b)));
-            }
-        }
-        op::ALIAS => {
-            if let Some(user) = text(&a) {
-                record(Record::Alias(user, text(&b)));
-            }
-        }
-        op::GROUP => {
-            if let Some(group) = text(&a) {
-                record(Record::Group(group, json(&b)));
-            }
+        op::TRACK | op::IDENTIFY | op::ALIAS | op::GROUP if a.is_some() => {
+            let kind = match op {
+                op::TRACK => MessageType::Track,
+                op::IDENTIFY => MessageType::Identify,
+                op::ALIAS => MessageType::Alias,
+                _ => MessageType::Group,
+            };
+            record(kind, a, b, c, None);
         }
         op::RESET => {
             with_sdk(|s| s.tracker.reset());
         }
         op::FLUSH => flush(false),
-        op::CONSENT_SET => set_consent(&a),
+        op::CONSENT_SET => set_consent(a.as_deref().unwrap_or_default()),
         op::CONSENT_GET => {
-            return with_sdk(|s| browser::prefs_bits(s.tracker.prefs()))
-                .unwrap_or(JsValue::UNDEFINED);
+            with_sdk(|s| browser::answer(&browser::prefs_bits(s.tracker.prefs())));
         }
         op::ANONYMOUS_ID | op::USER_ID => {
-            let id = with_sdk(|s| {
+            with_sdk(|s| {
                 let id = if op == op::ANONYMOUS_ID {
                     s.tracker.anonymous_id()
                 } else {
                     s.tracker.user_id()
                 };
-                id.map(JsValue::from_str)
+                id.map(browser::answer)
             });
-            return id.flatten().unwrap_or(JsValue::UNDEFINED);
         }
         op::DEBUG => {
-            return with_sdk(|s| JsValue::from_str(&s.tracker.debug_json()))
-                .unwrap_or(JsValue::UNDEFINED);
-        }
-        op::TICK => {
-            let kind = a.as_f64().unwrap_or_default() as u32;
-            if kind == timer::SAVE {
-                with_sdk(|s| {
-                    s.saver_set = false;
-                    s.tracker.save();
-                });
-            } else {
-                with_sdk(|s| s.send_at = None);
-                flush(false);
-            }
+            with_sdk(|s| browser::answer(&s.tracker.debug_json()));
         }
         op::SENT => {
-            let status = a.as_f64().map(|s| s as u16);
-            sent(Outcome::of(status, text(&b).as_deref()));
+            let status = a.and_then(|s| weft_protocol::json::parse_u64(&s));
+            sent(Outcome::of(status.map(|s| s as u16), b.as_deref()));
         }
         op::HIDE => page_hidden(),
+        SAVE_DUE => {
+            with_sdk(|s| {
+                s.saver_set = false;
+                s.tracker.save();
+            });
+        }
+        SEND_DUE => {
+            with_sdk(|s| s.send_at = None);
+            flush(false);
+        }
         _ => {}
     }
-    JsValue::UNDEFINED
 }
 
-/// A call to record, with its properties or traits already converted.
-enum Record {
-    /// A page view, with the referrer of a single-page app's route change.
-    Page(Call, Option<String>),
-    Track(String, Option<weft_protocol::Json>, Category),
-    Identify(String, Option<weft_protocol::Json>),
-    Alias(String, Option<String>),
-    Group(String, Option<weft_protocol::Json>),
-}
+/// The timers' operations.
+const SEND_DUE: u32 = op::TICK + timer::SEND;
+const SAVE_DUE: u32 = op::TICK + timer::SAVE;
 
-/// Records a call with the page's context of now, then makes sure a send
-/// is scheduled (at once, in a task of its own, when a batch is full: the
-/// call itself never waits for a request to start). One function for
-/// every kind of call, so the tracker's message building is in the wasm
-/// once rather than inlined at each caller.
-fn record(what: Record) {
+/// Records a call (see [`Tracker::call`]; `category`: a track's) with the
+/// page's context of now, then makes sure a send is scheduled (at once, in
+/// a task of its own, when a batch is full: the call itself never waits
+/// for a request to start). `referrer`: a route change's previous URL.
+fn record(
+    kind: MessageType,
+    a: Option<String>,
+    b: Option<String>,
+    category: Option<String>,
+    referrer: Option<String>,
+) {
     with_sdk(|s| {
-        let referrer = match &what {
-            Record::Page(_, referrer) => referrer.as_deref(),
-            _ => None,
-        };
-        if let Some(members) = browser::describe(referrer) {
-            s.page = Some(Rc::new(members));
+        if let Some(members) = browser::describe(referrer.as_deref()) {
+            s.page = Some(Arc::new(members));
         }
-        let page = s.page.clone();
-        let t = &mut s.tracker;
-        match what {
-            Record::Page(call, _) => t.page(call, page),
-            Record::Track(event, properties, category) => {
-                t.track(event, properties, category, page)
-            }
-            Record::Identify(user, traits) => t.identify(user, traits, page),
-            Record::Alias(user, previous) => t.alias(user, previous, page),
-            Record::Group(group, traits) => t.group(group, traits, page),
-        }
+        let category = category.map_or(Category::Analytics, |name| Category::parse(&name));
+        s.tracker.call(kind, a, b, category, s.page.clone());
         schedule(s);
     });
 }
 
 /// `consent.set(preferences)`: applies the decision; a withdrawal's record
 /// goes out at once with `sendBeacon` (the queue it would wait in is gone).
-fn set_consent(values: &JsValue) {
+fn set_consent(values: &str) {
     let values = browser::consent_values(values);
     with_sdk(|s| {
         let prefs = consent::apply(s.tracker.prefs(), values);
         if let Some(members) = browser::describe(None) {
-            s.page = Some(Rc::new(members));
+            s.page = Some(Arc::new(members));
         }
         let page = s.page.clone();
         if let Some(body) = s.tracker.set_consent(prefs, page, &browser::shared()) {
@@ -352,7 +341,7 @@ fn schedule(s: &mut Sdk) {
 fn sent(outcome: Outcome) {
     let more = with_sdk(|s| {
         s.tracker.delivered(outcome);
-        outcome == Outcome::Accepted && s.tracker.queued() > 0
+        matches!(outcome, Outcome::Accepted) && s.tracker.queued() > 0
     });
     if more == Some(true) {
         flush(false);
@@ -426,11 +415,11 @@ mod tests {
         let list = format!("var METHODS = \"{}\".split(\" \");", METHODS.join(" "));
         assert!(loader.contains(&list), "loader.js must say: {list}");
         let internal = format!(
-            "var ROUTE = {}, TICK = {}, SENT = {}, HIDE = {};",
+            "var ROUTE = {}, SENT = {}, HIDE = {}, TICK = {};",
             op::ROUTE,
-            op::TICK,
             op::SENT,
-            op::HIDE
+            op::HIDE,
+            op::TICK
         );
         assert!(loader.contains(&internal), "loader.js must say: {internal}");
         let timers = format!("if (kind) {{ // {} (the saver)", timer::SAVE);
@@ -438,9 +427,28 @@ mod tests {
             timer::SEND == 0 && loader.contains(&timers),
             "loader.js's `later` tells the saver by a non-zero kind: {timers}"
         );
+        let flags = format!(
+            "var CAPTURE_PAGES = {}, GPC = {}, DNT = {};",
+            flag::CAPTURE_PAGES,
+            flag::GPC,
+            flag::DNT
+        );
+        assert!(loader.contains(&flags), "loader.js must say: {flags}");
         let names: Vec<&str> = crate::consent::NAMES.iter().map(|(n, _)| *n).collect();
         let consent = format!("var CONSENT_NAMES = \"{}\".split(\" \");", names.join(" "));
         assert!(loader.contains(&consent), "loader.js must say: {consent}");
+        let of: String = crate::consent::NAMES
+            .iter()
+            .map(|(_, c)| {
+                let i = crate::consent::DECIDED.iter().position(|d| d == c);
+                char::from(b'0' + i.expect("a decided category") as u8)
+            })
+            .collect();
+        let categories = format!("var CONSENT_OF = \"{of}\";");
+        assert!(
+            loader.contains(&categories),
+            "loader.js must say: {categories}"
+        );
         for name in LOADER_ONLY {
             assert!(loader.contains(&format!("\"{name}\"")), "{name}");
         }

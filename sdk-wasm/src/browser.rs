@@ -6,24 +6,25 @@
 //! `weftHost` object, which never throws: JavaScript says these things in
 //! far fewer bytes than Rust bindings to the same APIs (each binding is a
 //! function in the glue and in the wasm, each closure a table entry and
-//! glue of its own). What stays here is reading JavaScript values at the
-//! edge: the start options, the consent argument. (Properties come as JSON
-//! text: the loader writes them.)
+//! glue of its own). Only text and numbers cross: no `JsValue` (each one
+//! costs wasm-bindgen's table of JS values and its conversions in the
+//! wasm). Properties come as JSON text: the loader writes them.
 
-use wasm_bindgen::prelude::*;
+use alloc::string::String;
 
-use crate::consent::{NAMES, Prefs};
+use crate::consent::Prefs;
 use crate::env::{Clock, Random, Storage};
 
 /// The browser APIs the SDK uses, as wasm-bindgen imports.
 mod js {
+    use alloc::string::String;
     use wasm_bindgen::prelude::*;
 
     #[wasm_bindgen]
     extern "C" {
         /// `weftHost.load(key)`: the stored string, or `undefined`.
         #[wasm_bindgen(js_namespace = weftHost)]
-        pub fn load(key: &str) -> JsValue;
+        pub fn load(key: &str) -> Option<String>;
         /// `weftHost.store(key, value)`: stores, or removes when `value` is
         /// `undefined`.
         #[wasm_bindgen(js_namespace = weftHost)]
@@ -31,10 +32,10 @@ mod js {
         /// `weftHost.describe(referrer)`: the page's context members, or
         /// `undefined` when unchanged since the last answer.
         #[wasm_bindgen(js_namespace = weftHost)]
-        pub fn describe(referrer: Option<&str>) -> JsValue;
+        pub fn describe(referrer: Option<&str>) -> Option<String>;
         /// `weftHost.shared()`: context members for the batch level.
         #[wasm_bindgen(js_namespace = weftHost)]
-        pub fn shared() -> JsValue;
+        pub fn shared() -> String;
         /// `weftHost.send(body, keepalive)`: `false` if it could not start.
         #[wasm_bindgen(js_namespace = weftHost)]
         pub fn send(body: &str, keepalive: bool) -> bool;
@@ -47,46 +48,28 @@ mod js {
         /// `weftHost.random(bytes)`: fills them.
         #[wasm_bindgen(js_namespace = weftHost)]
         pub fn random(bytes: &mut [u8]);
+        /// `weftHost.answer(text)`: a getter's answer.
+        #[wasm_bindgen(js_namespace = weftHost)]
+        pub fn answer(text: &str);
         /// `weftHost.dropped(counters)`: `data-debug` reports a loss.
         #[wasm_bindgen(js_namespace = weftHost)]
         pub fn dropped(counters: &str);
 
-        /// `Reflect.get(target, key)`; throws for `undefined`/`null`, so
-        /// only called on objects (the loader's own, without getters).
-        #[wasm_bindgen(js_namespace = Reflect, js_name = get)]
-        pub fn reflect_get(target: &JsValue, key: &str) -> JsValue;
-
         /// `Date.now()`
         #[wasm_bindgen(js_namespace = Date)]
         pub fn now() -> f64;
+        /// `weftHost.iso()`: `new Date().toISOString()`.
+        #[wasm_bindgen(js_namespace = weftHost)]
+        pub fn iso() -> String;
     }
-}
-
-/// `obj[key]`; `undefined` when `obj` is not an object.
-fn prop(obj: &JsValue, key: &str) -> JsValue {
-    if !obj.is_object() {
-        return JsValue::UNDEFINED;
-    }
-    js::reflect_get(obj, key)
-}
-
-/// A start option (the loader's object of `data-*` values) when it is a
-/// string.
-pub fn option(options: &JsValue, key: &str) -> Option<String> {
-    prop(options, key).as_string()
-}
-
-/// A start option that is `true`.
-pub fn flag(options: &JsValue, key: &str) -> bool {
-    prop(options, key).as_bool() == Some(true)
 }
 
 /// Reads `consent.set`'s argument as the loader gives it: for each of
-/// [`NAMES`] in order, `1` (granted: `true` or Consent Mode's `"granted"`),
-/// `0` (denied) or anything else (not given).
-pub fn consent_values(values: &JsValue) -> [Option<bool>; NAMES.len()] {
-    let text = values.as_string().unwrap_or_default();
-    let mut out = [None; NAMES.len()];
+/// [`crate::consent::DECIDED`], `1` (granted: every name of
+/// [`crate::consent::NAMES`] given for it grants), `0` (denied) or anything
+/// else (not given).
+pub fn consent_values(text: &str) -> [Option<bool>; 3] {
+    let mut out = [None; 3];
     for (slot, b) in out.iter_mut().zip(text.bytes()) {
         *slot = match b {
             b'1' => Some(true),
@@ -98,12 +81,15 @@ pub fn consent_values(values: &JsValue) -> [Option<bool>; NAMES.len()] {
 }
 
 /// `consent.get()`'s answer for the loader, which makes the object: a bit
-/// for each of analytics (1), marketing (2) and personalization (4).
-pub fn prefs_bits(prefs: Prefs) -> JsValue {
+/// for each of analytics (1), marketing (2) and personalization (4), as
+/// one decimal digit.
+pub fn prefs_bits(prefs: Prefs) -> String {
     let bits = u8::from(prefs.analytics)
         | u8::from(prefs.marketing) << 1
         | u8::from(prefs.personalization) << 2;
-    JsValue::from_f64(f64::from(bits))
+    let mut out = String::new();
+    weft_protocol::json::push_hex(&mut out, bits);
+    out
 }
 
 /// Sends `body` with `navigator.sendBeacon`; `true` when the browser took
@@ -123,6 +109,11 @@ pub fn later(kind: u32, ms: f64) {
     js::later(kind, ms)
 }
 
+/// Answers the getter being called (`api::call`).
+pub fn answer(text: &str) {
+    js::answer(text)
+}
+
 /// `data-debug`: says which counters of losses went up.
 pub fn dropped(counters: &str) {
     js::dropped(counters)
@@ -132,12 +123,12 @@ pub fn dropped(counters: &str) {
 /// when they are what the last call returned. `referrer`: a single-page
 /// app's previous route, else `document.referrer`.
 pub fn describe(referrer: Option<&str>) -> Option<String> {
-    js::describe(referrer).as_string()
+    js::describe(referrer)
 }
 
 /// Context members every batch carries at its level (the time zone).
 pub fn shared() -> String {
-    js::shared().as_string().unwrap_or_default()
+    js::shared()
 }
 
 /// `Date.now()`
@@ -153,7 +144,7 @@ pub struct BrowserEnv;
 
 impl Storage for BrowserEnv {
     fn get(&self, key: &str) -> Option<String> {
-        js::load(key).as_string()
+        js::load(key)
     }
 
     fn set(&self, key: &str, value: &str) {
@@ -166,6 +157,14 @@ impl Storage for BrowserEnv {
 }
 
 impl Clock for BrowserEnv {
+    /// The browser's own `Date#toISOString`: a call into JavaScript and a
+    /// string copied back per message (well under a microsecond) rather
+    /// than [`crate::env::iso_utc`]'s calendar arithmetic in every
+    /// visitor's download (about 300 bytes gzip).
+    fn now_iso(&self) -> String {
+        js::iso()
+    }
+
     fn now_ms(&self) -> f64 {
         js::now()
     }

@@ -7,6 +7,8 @@
 //! the browser's own signals deny (Global Privacy Control: marketing; Do Not
 //! Track when the site opts into honouring it: everything but necessary).
 
+use alloc::string::String;
+
 use weft_protocol::CategoryPreferences;
 
 /// The site's consent policy (`data-consent`).
@@ -119,21 +121,17 @@ impl Prefs {
     pub fn encode(self, version: &str) -> String {
         let mut out = String::with_capacity(4 + version.len());
         for on in [self.analytics, self.marketing, self.personalization] {
-            out.push(if on { '1' } else { '0' });
+            out.push_str(if on { "1" } else { "0" });
         }
-        out.push(':');
+        out.push_str(":");
         out.push_str(version);
         out
     }
 
     /// Reads [`Prefs::encode`] output; `None` when it is malformed or was
     /// made under another policy version (the visitor is asked again).
-    #[expect(
-        clippy::manual_pattern_char_comparison,
-        reason = "a `char` pattern links in a panicking slice path"
-    )]
     pub fn decode(stored: &str, version: &str) -> Option<Prefs> {
-        let (flags, stored_version) = stored.split_once(|c: char| c == ':')?;
+        let (flags, stored_version) = weft_protocol::json::cut(stored, b':')?;
         if stored_version != version {
             return None;
         }
@@ -158,7 +156,10 @@ impl Prefs {
 /// The names `consent.set` understands and the category each feeds: weft's
 /// own, then Google Consent Mode v2's. Several names feeding one category
 /// (`ad_storage`, `ad_user_data`, `ad_personalization`) grant it only if all
-/// of those given grant it.
+/// of those given grant it. The loader reads the names and combines them
+/// into [`DECIDED`]'s three values (its `CONSENT_NAMES` and `CONSENT_OF`,
+/// checked against this list): reading a JavaScript object's keys is
+/// JavaScript's job, and costs fewer bytes there.
 pub const NAMES: [(&str, Category); 8] = [
     ("analytics", Category::Analytics),
     ("marketing", Category::Marketing),
@@ -170,24 +171,21 @@ pub const NAMES: [(&str, Category); 8] = [
     ("personalization_storage", Category::Personalization),
 ];
 
-/// Applies `consent.set` values to `current`: `values` gives, for each of
-/// [`NAMES`] in order, the value found (`None` when the name was not
-/// given). Categories not named keep their current value.
-pub fn apply(current: Prefs, values: [Option<bool>; NAMES.len()]) -> Prefs {
-    let mut seen = [None::<bool>; 3];
-    for ((_, category), value) in NAMES.iter().zip(values) {
-        let Some(value) = value else { continue };
-        let slot = match category {
-            Category::Analytics => &mut seen[0],
-            Category::Marketing => &mut seen[1],
-            _ => &mut seen[2],
-        };
-        *slot = Some(slot.unwrap_or(true) && value);
-    }
+/// The categories a `consent.set` decides, in the order of its values.
+pub const DECIDED: [Category; 3] = [
+    Category::Analytics,
+    Category::Marketing,
+    Category::Personalization,
+];
+
+/// Applies `consent.set` values to `current`: for each of [`DECIDED`], the
+/// decision (`None`: not given, the category keeps its value).
+pub fn apply(current: Prefs, values: [Option<bool>; 3]) -> Prefs {
+    let [analytics, marketing, personalization] = values;
     Prefs {
-        analytics: seen[0].unwrap_or(current.analytics),
-        marketing: seen[1].unwrap_or(current.marketing),
-        personalization: seen[2].unwrap_or(current.personalization),
+        analytics: analytics.unwrap_or(current.analytics),
+        marketing: marketing.unwrap_or(current.marketing),
+        personalization: personalization.unwrap_or(current.personalization),
     }
 }
 
@@ -252,12 +250,8 @@ mod tests {
     }
 
     #[test]
-    fn consent_mode_names_map_onto_categories() {
-        let none = [None; NAMES.len()];
-        let mut v = none;
-        v[3] = Some(true); // analytics_storage
-        v[4] = Some(false); // ad_storage
-        let p = apply(Prefs::default(), v);
+    fn categories_not_decided_keep_their_value() {
+        let p = apply(Prefs::default(), [Some(true), Some(false), None]);
         assert_eq!(
             p,
             Prefs {
@@ -266,23 +260,14 @@ mod tests {
                 personalization: false
             }
         );
-        // Marketing needs every advertising name that is given.
-        let mut v = none;
-        v[4] = Some(true);
-        v[5] = Some(true);
-        assert!(apply(Prefs::default(), v).marketing);
-        v[6] = Some(false);
-        assert!(!apply(Prefs::ALL, v).marketing);
-        // Names not given keep their value.
-        let mut v = none;
-        v[2] = Some(false);
         assert_eq!(
-            apply(Prefs::ALL, v),
+            apply(Prefs::ALL, [None, None, Some(false)]),
             Prefs {
                 personalization: false,
                 ..Prefs::ALL
             }
         );
+        assert_eq!(apply(Prefs::ALL, [None; 3]), Prefs::ALL);
     }
 
     #[test]

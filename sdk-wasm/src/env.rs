@@ -3,6 +3,8 @@
 //! The browser module implements these with its own imports; native tests implement
 //! them with plain data. Each is a few methods so a fake is a few lines.
 
+use alloc::string::String;
+
 /// Key-value storage that survives a reload (localStorage in a browser).
 pub trait Storage {
     /// The stored value, if any.
@@ -25,9 +27,9 @@ pub trait Clock {
 }
 
 /// `ms` since the epoch as `Date#toISOString` writes it
-/// (`2026-12-02T09:30:00.000Z`), for times from 1970 to 9999; made here
-/// rather than asked of a `Date`, which would cost a call into JavaScript
-/// and a string copied back for every message.
+/// (`2026-12-02T09:30:00.000Z`), for times from 1970 to 9999: the clock
+/// of hosts without a `Date` (native tests, tools). The browser's
+/// [`Clock`] asks its `Date` instead (fewer bytes to download).
 pub fn iso_utc(ms: f64) -> String {
     // `as` saturates: NaN and negative times are the epoch.
     let ms = ms as u64;

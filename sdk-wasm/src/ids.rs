@@ -1,5 +1,9 @@
 //! Identifiers: random (version 4) UUIDs, formatted without `core::fmt`.
 
+use alloc::string::String;
+
+use weft_protocol::json::push_hex;
+
 use crate::env::Random;
 
 /// A new random UUID in its canonical lowercase text form.
@@ -11,16 +15,15 @@ pub fn uuid_v4(random: &impl Random) -> String {
 
 /// Formats 16 bytes as a version-4, RFC 4122 variant UUID.
 pub fn format_uuid_v4(mut b: [u8; 16]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let mut out = String::with_capacity(36);
     for (i, byte) in b.iter().enumerate() {
         if matches!(i, 4 | 6 | 8 | 10) {
-            out.push('-');
+            out.push_str("-");
         }
-        out.push(HEX[(byte >> 4) as usize] as char);
-        out.push(HEX[(byte & 0xf) as usize] as char);
+        push_hex(&mut out, byte >> 4);
+        push_hex(&mut out, byte & 0xf);
     }
     out
 }

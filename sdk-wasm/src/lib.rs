@@ -22,12 +22,35 @@
 //! - [`env`](crate::env): the seams (storage, clock, randomness) that the browser
 //!   implements and tests replace.
 //!
-//! Size matters here more than anywhere: this crate avoids `core::fmt`,
-//! serde deserialisers and Unicode tables on the shipped path, and code that
-//! can panic (`unwrap`, `expect`, indexing, slicing, `char` patterns):
-//! every panic site links in the formatting of its message. `cargo xtask
-//! sdk` reports the size; `twiggy` on a build kept with names shows where
-//! it goes.
+//! Size matters here more than anywhere: the shipped wasm is `no_std`
+//! (below), and this crate avoids `core::fmt`, serde, Unicode tables,
+//! `char` decoding and encoding (text is cut and escaped byte by byte, and
+//! pushed as `&str`) and `JsValue` on the shipped path. `cargo xtask sdk`
+//! reports the size; `twiggy` on a build kept with names
+//! (`wasm-bindgen --keep-debug`, `wasm-opt --debuginfo`) shows where it goes.
+
+// The shipped wasm is built without the `std` feature (see Cargo.toml):
+// `no_std`, so that a panic aborts through the handler below and std's
+// panic machinery (the hook, payload boxing, `core::fmt::write`) is not
+// linked in. With `std` (tests, clippy, host builds) std's handler is used.
+#![cfg_attr(not(feature = "std"), no_std)]
+// `push_str("x")` rather than `push('x')`: pushing a `char` links in its
+// UTF-8 encoder, which the SDK's wasm need not carry.
+#![allow(
+    clippy::single_char_add_str,
+    reason = "push(char) links the UTF-8 encoder into the SDK's wasm"
+)]
+
+extern crate alloc;
+
+/// A panic in the shipped wasm traps: no message is formatted (nothing
+/// would show it), so no panic site costs the formatting code. The trap
+/// reaches the loader's `try/catch`, like any failed call.
+#[cfg(all(target_arch = "wasm32", not(feature = "std")))]
+#[panic_handler]
+fn abort(_: &core::panic::PanicInfo<'_>) -> ! {
+    core::arch::wasm32::unreachable()
+}
 
 // The allocator of the shipped wasm (and of the wasm tests): talc, about
 // 2.6 KB gzip smaller than std's dlmalloc, and set up without unsafe code.
@@ -49,3 +72,10 @@ pub mod tracker;
 pub const LIBRARY_NAME: &str = "weft.js";
 /// The library version sent in `context.library.version`.
 pub const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The `library` member of every message's context, written at compile
+/// time (the name and version above, checked by a test).
+pub const LIBRARY_MEMBER: &str = concat!(
+    "\"library\":{\"name\":\"weft.js\",\"version\":\"",
+    env!("CARGO_PKG_VERSION"),
+    "\"}"
+);

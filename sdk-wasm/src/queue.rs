@@ -17,13 +17,16 @@
 //! numbers of its parts in the order they were written (`0,1,2`). A line
 //! of JSON alone is a message with its context inside (an older queue).
 
-use std::rc::Rc;
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
 
-use weft_protocol::json::{parse_u64, push_escaped, push_u64};
+use weft_protocol::json::{cut, parse_u64, push_escaped, push_u64};
 
 /// A piece of a message's `context`: one or more members as JSON text
 /// without braces (`"locale":"de-DE","screen":{..}`), never empty.
-pub type Part = Rc<String>;
+pub type Part = Arc<String>;
 
 /// What a part costs in the queue's byte count: it is shared.
 const PART_COST: usize = 8;
@@ -56,7 +59,7 @@ impl Item {
 }
 
 fn same(a: &Part, b: &Part) -> bool {
-    Rc::ptr_eq(a, b) || **a == **b
+    Arc::ptr_eq(a, b) || **a == **b
 }
 
 /// A bounded FIFO of encoded messages.
@@ -106,19 +109,13 @@ impl Queue {
         }
         let mut over = (self.bytes + cost).saturating_sub(self.cap_bytes);
         if over > 0 {
-            // `retain` rather than `remove(i)`: no index that could panic.
-            let mut index = 0;
             let in_flight = self.in_flight;
-            let (bytes, dropped) = (&mut self.bytes, &mut self.dropped);
-            self.items.retain(|old| {
+            self.dropped += self.remove_where(&mut |index, old| {
                 let drop = index >= in_flight && over > 0;
-                index += 1;
                 if drop {
                     over = over.saturating_sub(old.cost());
-                    *bytes -= old.cost();
-                    *dropped += 1;
                 }
-                !drop
+                drop
             });
         }
         self.bytes += cost;
@@ -152,27 +149,33 @@ impl Queue {
     /// [`Queue::peek_unsent`]'s caller).
     pub fn drop_unsent(&mut self, n: usize) {
         let start = self.in_flight;
-        self.remove_where(|index| index >= start && index < start + n);
+        self.remove_where(&mut |index, _| index >= start && index < start + n);
     }
 
     /// The request in flight was accepted: forget its messages.
     pub fn ack(&mut self) {
         let in_flight = self.in_flight;
-        self.remove_where(|index| index < in_flight);
+        self.remove_where(&mut |index, _| index < in_flight);
         self.in_flight = 0;
     }
 
-    fn remove_where(&mut self, sent: impl Fn(usize) -> bool) {
+    /// Removes the messages for which `gone(index, message)` says so, in
+    /// order; returns how many. One body for every caller (a `dyn`
+    /// closure): the wasm holds it once.
+    fn remove_where(&mut self, gone: &mut dyn FnMut(usize, &Item) -> bool) -> u32 {
         let mut index = 0;
+        let mut removed = 0;
         let bytes = &mut self.bytes;
         self.items.retain(|item| {
-            let gone = sent(index);
+            let remove = gone(index, item);
             index += 1;
-            if gone {
+            if remove {
                 *bytes -= item.cost();
+                removed += 1;
             }
-            !gone
+            !remove
         });
+        removed
     }
 
     /// The request in flight failed: its messages are sent again later,
@@ -195,50 +198,53 @@ impl Queue {
         for item in &self.items {
             let mut refs = String::new();
             for part in &item.parts {
-                let index = match table.iter().position(|t| Rc::ptr_eq(t, part)) {
+                let index = match table.iter().position(|t| Arc::ptr_eq(t, part)) {
                     Some(i) => i,
                     None => {
-                        out.push('\t');
+                        out.push_str("\t");
                         out.push_str(part);
-                        out.push('\n');
+                        out.push_str("\n");
                         table.push(part);
                         table.len() - 1
                     }
                 };
-                refs.push(if refs.is_empty() { '\t' } else { ',' });
+                refs.push_str(if refs.is_empty() { "\t" } else { "," });
                 push_u64(&mut refs, index as u64);
             }
             out.push_str(&item.body);
             out.push_str(&refs);
-            out.push('\n');
+            out.push_str("\n");
         }
         out
     }
 
     /// Restores messages from [`Queue::serialize`] output, within the cap.
-    #[expect(
-        clippy::manual_pattern_char_comparison,
-        reason = "a `char` pattern links in a panicking slice path"
-    )]
     pub fn restore(&mut self, text: &str) {
         let mut table: Vec<Part> = Vec::new();
-        for line in text.split(|c| c == '\n') {
-            if let Some(part) = line.strip_prefix("\t") {
-                table.push(Rc::new(part.to_owned()));
-                continue;
+        let mut rest = text;
+        // Each turn takes at least one byte off `rest`.
+        while !rest.is_empty() {
+            let (line, more) = cut(rest, b'\n').unwrap_or((rest, ""));
+            rest = more;
+            match cut(line, b'\t') {
+                _ if line.is_empty() => {}
+                Some(("", part)) => table.push(Arc::new(part.to_owned())),
+                split => {
+                    let (body, mut refs) = split.unwrap_or((line, ""));
+                    let mut parts = Vec::new();
+                    while !refs.is_empty() {
+                        let (r, more) = cut(refs, b',').unwrap_or((refs, ""));
+                        refs = more;
+                        if let Some(part) = parse_u64(r).and_then(|n| table.get(n as usize)) {
+                            parts.push(part.clone());
+                        }
+                    }
+                    self.push(Item {
+                        body: body.to_owned(),
+                        parts,
+                    });
+                }
             }
-            if line.is_empty() {
-                continue;
-            }
-            let (body, refs) = line.split_once(|c| c == '\t').unwrap_or((line, ""));
-            let parts = refs
-                .split(|c| c == ',')
-                .filter_map(|r| table.get(parse_u64(r)? as usize).cloned())
-                .collect();
-            self.push(Item {
-                body: body.to_owned(),
-                parts,
-            });
         }
     }
 }
@@ -270,62 +276,55 @@ fn fitting<'a>(
 /// context. A batch holding a message of an older queue, whose context is
 /// inside its text, shares no parts.
 pub fn write_batch(items: &[Item], extra: &str, sent_at: &str, write_key: &str) -> String {
-    let shared: Vec<&Part> = match items.first() {
-        Some(first) if items.iter().all(|i| !i.parts.is_empty()) => first
-            .parts
-            .iter()
-            .filter(|p| items.iter().all(|i| i.has(p)))
-            .collect(),
-        _ => Vec::new(),
-    };
+    // A part is shared when every message has it (so none is when a
+    // message of an older queue, without parts, is in the batch).
+    let shared = |part: &Part| items.iter().all(|i| i.has(part));
     let mut out =
         String::with_capacity(items.iter().map(Item::wire_len).sum::<usize>() + extra.len() + 128);
-    out.push_str("{\"batch\":[");
-    for (n, item) in items.iter().enumerate() {
-        if n > 0 {
-            out.push(',');
-        }
-        let own: Vec<&Part> = item
-            .parts
-            .iter()
-            .filter(|p| !shared.iter().any(|s| same(s, p)))
-            .collect();
+    let mut sep = "{\"batch\":[";
+    for item in items {
+        out.push_str(sep);
+        sep = ",";
         match item.body.strip_suffix("}") {
-            Some(head) if !own.is_empty() => {
+            Some(head) => {
                 out.push_str(head);
-                out.push_str(",\"context\":");
-                push_members(&mut out, own.into_iter().map(|p| p.as_str()));
-                out.push('}');
+                let mut open = ",\"context\":{";
+                for part in item.parts.iter().filter(|p| !shared(p)) {
+                    out.push_str(open);
+                    out.push_str(part);
+                    open = ",";
+                }
+                if open == "," {
+                    out.push_str("}");
+                }
+                out.push_str("}");
             }
-            _ => out.push_str(&item.body),
+            None => out.push_str(&item.body),
         }
     }
-    out.push(']');
-    let members = shared.iter().map(|p| p.as_str()).chain(Some(extra));
-    if members.clone().any(|m| !m.is_empty()) {
-        out.push_str(",\"context\":");
-        push_members(&mut out, members);
+    out.push_str("]");
+    let mut open = ",\"context\":{";
+    let first = items.first().map_or(&[][..], |i| &i.parts[..]);
+    for member in first
+        .iter()
+        .filter(|p| shared(p))
+        .map(|p| p.as_str())
+        .chain(Some(extra))
+        .filter(|m| !m.is_empty())
+    {
+        out.push_str(open);
+        out.push_str(member);
+        open = ",";
+    }
+    if open == "," {
+        out.push_str("}");
     }
     out.push_str(",\"sentAt\":");
     push_escaped(&mut out, sent_at);
     out.push_str(",\"writeKey\":");
     push_escaped(&mut out, write_key);
-    out.push('}');
+    out.push_str("}");
     out
-}
-
-/// `{` the non-empty member texts joined by commas `}`.
-fn push_members<'a>(out: &mut String, members: impl Iterator<Item = &'a str>) {
-    out.push('{');
-    let mut first = true;
-    for m in members.filter(|m| !m.is_empty()) {
-        if !first {
-            out.push(',');
-        }
-        first = false;
-        out.push_str(m);
-    }
-    out.push('}');
 }
 
 #[cfg(test)]
@@ -424,14 +423,14 @@ mod tests {
     fn with_parts(body: &str, parts: &[&Part]) -> Item {
         Item {
             body: body.to_owned(),
-            parts: parts.iter().map(|p| Rc::clone(p)).collect(),
+            parts: parts.iter().map(|p| Arc::clone(p)).collect(),
         }
     }
 
     #[test]
     fn parts_are_stored_once_and_shared_again_after_a_reload() {
-        let page: Part = Rc::new(r#""page":{"path":"/"}"#.into());
-        let lib: Part = Rc::new(r#""library":{"name":"weft.js"}"#.into());
+        let page: Part = Arc::new(r#""page":{"path":"/"}"#.into());
+        let lib: Part = Arc::new(r#""library":{"name":"weft.js"}"#.into());
         let mut q = Queue::new(1000);
         q.push(with_parts(r#"{"n":1}"#, &[&page, &lib]));
         q.push(with_parts(r#"{"n":2}"#, &[&page, &lib]));
@@ -446,7 +445,7 @@ mod tests {
         back.restore(&text);
         assert_eq!(back.serialize(), text);
         let restored = back.take_batch(2, 1000);
-        assert!(Rc::ptr_eq(&restored[0].parts[0], &restored[1].parts[0]));
+        assert!(Arc::ptr_eq(&restored[0].parts[0], &restored[1].parts[0]));
         // An older queue's line: the whole message, context inside.
         let mut old = Queue::new(1000);
         old.restore("{\"n\":1,\"context\":{\"a\":1}}\n{\"n\":2}");
@@ -458,11 +457,11 @@ mod tests {
 
     #[test]
     fn a_batch_shares_the_parts_every_message_has() {
-        let page: Part = Rc::new(r#""page":{"path":"/"}"#.into());
-        let other: Part = Rc::new(r#""page":{"path":"/b"}"#.into());
-        let lib: Part = Rc::new(r#""library":{"name":"weft.js"}"#.into());
+        let page: Part = Arc::new(r#""page":{"path":"/"}"#.into());
+        let other: Part = Arc::new(r#""page":{"path":"/b"}"#.into());
+        let lib: Part = Arc::new(r#""library":{"name":"weft.js"}"#.into());
         // Equal text counts as the same part (one restored, one new).
-        let lib_again: Part = Rc::new((*lib).clone());
+        let lib_again: Part = Arc::new((*lib).clone());
         let items = [
             with_parts(r#"{"n":1}"#, &[&page, &lib]),
             with_parts(r#"{"n":2}"#, &[&other, &lib_again]),

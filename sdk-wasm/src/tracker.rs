@@ -13,9 +13,12 @@
 //!   granted; revoking it deletes them at once.
 //! - A message whose category is not granted is never queued.
 
-use std::rc::Rc;
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
 
-use weft_protocol::json::Writer;
+use weft_protocol::json::{push_escaped, push_u64};
 use weft_protocol::{Json, MessageType};
 
 use crate::consent::{self, Category, Policy, Prefs, Signals};
@@ -122,40 +125,59 @@ impl Draft {
     /// The message's JSON (without its context), in the Segment spec's
     /// names: one writer for every kind of call.
     fn write(&self, message_id: &str, anonymous_id: Option<&str>) -> String {
+        // Every message starts with these (the keys in a table of their own:
+        // the loop holds only the values).
+        const KEYS: [&str; 5] = [
+            "{\"type\":",
+            ",\"messageId\":",
+            ",\"anonymousId\":",
+            ",\"userId\":",
+            ",\"timestamp\":",
+        ];
+        // Then what its kind names: its name, its other ID, its data.
         let (name, id, data) = match self.kind {
-            MessageType::Track => ("event", "", "properties"),
-            MessageType::Page | MessageType::Screen => ("name", "", "properties"),
-            MessageType::Identify => ("", "", "traits"),
-            MessageType::Alias => ("", "previousId", ""),
-            MessageType::Group => ("", "groupId", "traits"),
+            MessageType::Track => (",\"event\":", "", ",\"properties\":"),
+            MessageType::Page | MessageType::Screen => (",\"name\":", "", ",\"properties\":"),
+            MessageType::Identify => ("", "", ",\"traits\":"),
+            MessageType::Alias => ("", ",\"previousId\":", ""),
+            MessageType::Group => ("", ",\"groupId\":", ",\"traits\":"),
         };
         // An alias without a previous ID joins this browser's.
         let id_value = match self.kind {
             MessageType::Alias => self.id.as_deref().or(anonymous_id),
             _ => self.id.as_deref(),
         };
-        let mut w = Writer::new();
-        w.object_start();
-        for (key, value) in [
-            ("type", Some(self.kind.as_str())),
-            ("messageId", Some(message_id)),
-            ("anonymousId", anonymous_id),
-            ("userId", self.user_id.as_deref()),
-            ("timestamp", Some(&self.timestamp)),
-            (name, self.name.as_deref()),
-            (id, id_value),
-        ] {
-            if !key.is_empty() {
-                w.opt_string(key, value);
+        let mut out = String::with_capacity(
+            160 + self.data.as_ref().map_or(0, |d| d.as_str().len())
+                + self.name.as_ref().map_or(0, String::len),
+        );
+        let values = [
+            Some(self.kind.as_str()),
+            Some(message_id),
+            anonymous_id,
+            self.user_id.as_deref(),
+            Some(self.timestamp.as_str()),
+        ];
+        let named = [(name, self.name.as_deref()), (id, id_value)];
+        for (key, value) in KEYS.iter().copied().zip(values).chain(named) {
+            if let (false, Some(value)) = (key.is_empty(), value) {
+                out.push_str(key);
+                push_escaped(&mut out, value);
             }
         }
-        if !data.is_empty() {
-            w.opt_raw(data, self.data.as_ref());
+        // Properties or traits: JSON text, written as it is.
+        if let (false, Some(raw)) = (data.is_empty(), &self.data) {
+            out.push_str(data);
+            out.push_str(raw.as_str());
         }
-        w.object_end();
-        w.finish()
+        out.push_str("}");
+        out
     }
 }
+
+/// What the session's and consent's member of a message is made of: the
+/// session, the message's category and the preferences in force.
+type MadeOf = (Option<u64>, Category, Prefs);
 
 /// A message waiting for an opt-in decision, with what it was made under.
 struct Held {
@@ -191,7 +213,7 @@ pub struct Tracker<E: Env> {
     library: Part,
     /// The session's and consent's members of the last message, with what
     /// they were made of: the next message with the same shares them.
-    session_part: Option<(Option<u64>, Category, Prefs, Part)>,
+    session_part: Option<(MadeOf, Part)>,
 }
 
 impl<E: Env> Tracker<E> {
@@ -219,7 +241,7 @@ impl<E: Env> Tracker<E> {
             refused: 0,
             too_large: 0,
             dirty: false,
-            library: library_part(),
+            library: Arc::new(crate::LIBRARY_MEMBER.to_owned()),
             session_part: None,
         };
         if t.prefs.analytics {
@@ -288,28 +310,43 @@ impl<E: Env> Tracker<E> {
     /// `weft.debug()`'s answer as JSON: what is queued and held, and
     /// [`Tracker::losses`].
     pub fn debug_json(&self) -> String {
-        let mut w = Writer::new();
-        w.object_start();
+        // The keys in a table of their own: the loop holds only the counts.
+        const KEYS: [&str; 6] = [
+            "{\"queued\":",
+            ",\"held\":",
+            ",\"heldDropped\":",
+            ",\"queueDropped\":",
+            ",\"tooLarge\":",
+            ",\"refused\":",
+        ];
         let [held_dropped, queue_dropped, too_large, refused] = self.losses();
-        for (key, n) in [
-            ("queued", self.queue.len() as u64),
-            ("held", self.held.len() as u64),
-            ("heldDropped", held_dropped.into()),
-            ("queueDropped", queue_dropped.into()),
-            ("tooLarge", too_large.into()),
-            ("refused", refused.into()),
-        ] {
-            w.key(key);
-            w.uint(n);
+        let counts = [
+            self.queue.len() as u32,
+            self.held.len() as u32,
+            held_dropped,
+            queue_dropped,
+            too_large,
+            refused,
+        ];
+        let mut text = String::new();
+        for (key, n) in KEYS.iter().zip(counts) {
+            text.push_str(key);
+            push_u64(&mut text, n.into());
         }
-        w.object_end();
-        w.finish()
+        text.push_str("}");
+        text
     }
 
     /// Records a page view.
     pub fn page(&mut self, call: Call, page: Option<Part>) {
-        let m = Draft::new(MessageType::Page, call.name, call.data);
-        self.record(m, Category::Analytics, page);
+        let data = call.data.map(|d| d.as_str().into());
+        self.call(
+            MessageType::Page,
+            call.name,
+            data,
+            Category::Analytics,
+            page,
+        );
     }
 
     /// Records a named event that needs `category`.
@@ -320,34 +357,67 @@ impl<E: Env> Tracker<E> {
         category: Category,
         page: Option<Part>,
     ) {
-        let m = Draft::new(MessageType::Track, Some(event), properties);
-        self.record(m, category, page);
+        let data = properties.map(|d| d.as_str().into());
+        self.call(MessageType::Track, Some(event), data, category, page);
     }
 
     /// Ties this browser to `user_id` and remembers it for later messages.
     pub fn identify(&mut self, user_id: String, traits: Option<Json>, page: Option<Part>) {
-        if self.anonymous_id.is_some() {
-            self.env.set(keys::USER_ID, &user_id);
-        }
-        self.user_id = Some(user_id);
-        let m = Draft::new(MessageType::Identify, None, traits);
-        self.record(m, Category::Analytics, page);
+        let data = traits.map(|d| d.as_str().into());
+        let a = Category::Analytics;
+        self.call(MessageType::Identify, Some(user_id), data, a, page);
     }
 
     /// Joins `previous_id` (default: the current user, else this browser's
     /// anonymous ID) to `user_id`.
     pub fn alias(&mut self, user_id: String, previous_id: Option<String>, page: Option<Part>) {
-        let mut m = Draft::new(MessageType::Alias, None, None);
-        m.id = previous_id.or_else(|| self.user_id.clone());
-        m.user_id = Some(user_id);
-        self.record(m, Category::Analytics, page);
+        let a = Category::Analytics;
+        self.call(MessageType::Alias, Some(user_id), previous_id, a, page);
     }
 
     /// Associates the user with a group (company, team, account).
     pub fn group(&mut self, group_id: String, traits: Option<Json>, page: Option<Part>) {
-        let mut m = Draft::new(MessageType::Group, None, traits);
-        m.id = Some(group_id);
-        self.record(m, Category::Analytics, page);
+        let data = traits.map(|d| d.as_str().into());
+        let a = Category::Analytics;
+        self.call(MessageType::Group, Some(group_id), data, a, page);
+    }
+
+    /// Records any call, as the JavaScript API passes it (one function for
+    /// every kind, so the message building is in the wasm once): `a` is the
+    /// page's name, the track's event, the identified or aliased user or
+    /// the group; `b` the properties or traits as JSON text, or for an
+    /// alias the previous ID (default: the current user, else this
+    /// browser's anonymous ID). An identify also remembers its user for
+    /// later messages.
+    pub fn call(
+        &mut self,
+        kind: MessageType,
+        a: Option<String>,
+        b: Option<String>,
+        category: Category,
+        page: Option<Part>,
+    ) {
+        let mut m = Draft::new(kind, None, None);
+        match kind {
+            MessageType::Alias => {
+                m.id = b.or_else(|| self.user_id.clone());
+                m.user_id = a;
+            }
+            _ => {
+                m.data = b.map(Json::from_trusted);
+                match kind {
+                    MessageType::Identify => {
+                        if let (Some(user), Some(_)) = (&a, &self.anonymous_id) {
+                            self.env.set(keys::USER_ID, user);
+                        }
+                        self.user_id = a;
+                    }
+                    MessageType::Group => m.id = a,
+                    _ => m.name = a,
+                }
+            }
+        }
+        self.record(m, category, page);
     }
 
     /// Forgets the user (logout, next person on a shared device): a new
@@ -399,20 +469,20 @@ impl<E: Env> Tracker<E> {
     }
 
     fn consent_record(&self, prefs: Prefs) -> Draft {
-        let mut w = Writer::new();
-        w.object_start();
-        w.key("categoryPreferences");
-        prefs.to_wire().write_json(&mut w);
-        w.opt_string("policy", Some(self.config.policy.as_str()));
-        w.opt_string(
-            "policyVersion",
-            Some(self.config.policy_version.as_str()).filter(|v| !v.is_empty()),
-        );
-        w.object_end();
+        let mut text = String::from("{\"categoryPreferences\":");
+        prefs.to_wire().push_json(&mut text);
+        text.push_str(",\"policy\":\"");
+        text.push_str(self.config.policy.as_str());
+        text.push_str("\"");
+        if !self.config.policy_version.is_empty() {
+            text.push_str(",\"policyVersion\":");
+            push_escaped(&mut text, &self.config.policy_version);
+        }
+        text.push_str("}");
         Draft::new(
             MessageType::Track,
             Some(CONSENT_EVENT.into()),
-            Some(Json::from_trusted(w.finish())),
+            Some(Json::from_trusted(text)),
         )
     }
 
@@ -493,31 +563,30 @@ impl<E: Env> Tracker<E> {
     fn finish(&mut self, m: Draft, category: Category, page: Option<Part>) -> Item {
         let body = m.write(&uuid_v4(&self.env), self.anonymous_id.as_deref());
         let session = self.session_id();
+        let made_of = (session, category, self.prefs);
         let part = match &self.session_part {
-            Some((s, c, p, part)) if *s == session && *c == category && *p == self.prefs => {
-                part.clone()
-            }
+            Some((of, part)) if *of == made_of => part.clone(),
             _ => {
-                let mut w = Writer::new();
-                w.object_start();
+                let mut text = String::new();
                 if let Some(id) = session {
-                    w.key("sessionId");
-                    w.uint(id);
+                    text.push_str("\"sessionId\":");
+                    push_u64(&mut text, id);
+                    text.push_str(",");
                 }
-                w.key("consent");
-                w.object_start();
-                w.opt_string("category", Some(category.as_str()));
-                w.key("categoryPreferences");
-                self.prefs.to_wire().write_json(&mut w);
-                w.object_end();
-                w.object_end();
-                let part = members(w.finish());
-                self.session_part = Some((session, category, self.prefs, part.clone()));
+                text.push_str("\"consent\":{\"category\":\"");
+                text.push_str(category.as_str());
+                text.push_str("\",\"categoryPreferences\":");
+                self.prefs.to_wire().push_json(&mut text);
+                text.push_str("}");
+                let part = Arc::new(text);
+                self.session_part = Some((made_of, part.clone()));
                 part
             }
         };
         let mut parts = Vec::with_capacity(3);
-        parts.extend(page.filter(|p| !p.is_empty()));
+        if let Some(page) = page.filter(|p| !p.is_empty()) {
+            parts.push(page);
+        }
         parts.push(self.library.clone());
         parts.push(part);
         Item { body, parts }
@@ -588,7 +657,7 @@ impl<E: Env> Tracker<E> {
     pub fn delivered(&mut self, outcome: Outcome) {
         match outcome {
             Outcome::Accepted | Outcome::Refused => {
-                if outcome == Outcome::Refused {
+                if matches!(outcome, Outcome::Refused) {
                     self.refused += 1;
                 }
                 self.queue.ack();
@@ -648,7 +717,7 @@ impl<E: Env> Tracker<E> {
         if let Some((start, last)) = self.session {
             let mut text = String::new();
             weft_protocol::json::push_u64(&mut text, start as u64);
-            text.push('.');
+            text.push_str(".");
             weft_protocol::json::push_u64(&mut text, last as u64);
             self.env.set(keys::SESSION, &text);
         }
@@ -660,35 +729,9 @@ impl<E: Env> Tracker<E> {
     }
 }
 
-/// The members of a JSON object as a [`Part`]: its text without braces.
-fn members(object: String) -> Part {
-    let inner = object
-        .strip_prefix("{")
-        .and_then(|t| t.strip_suffix("}"))
-        .unwrap_or_default();
-    Rc::new(inner.to_owned())
-}
-
-/// The library's context member.
-fn library_part() -> Part {
-    let mut w = Writer::new();
-    w.object_start();
-    w.key("library");
-    w.object_start();
-    w.opt_string("name", Some(crate::LIBRARY_NAME));
-    w.opt_string("version", Some(crate::LIBRARY_VERSION));
-    w.object_end();
-    w.object_end();
-    members(w.finish())
-}
-
 /// Reads the stored session, `start.last`.
-#[expect(
-    clippy::manual_pattern_char_comparison,
-    reason = "a `char` pattern links in a panicking slice path"
-)]
 fn parse_session(text: &str) -> Option<(f64, f64)> {
-    let (start, last) = text.split_once(|c: char| c == '.')?;
+    let (start, last) = weft_protocol::json::cut(text, b'.')?;
     let start = weft_protocol::json::parse_u64(start)?;
     let last = weft_protocol::json::parse_u64(last)?;
     Some((start as f64, last as f64))
@@ -755,7 +798,7 @@ mod tests {
     }
 
     fn ctx() -> Option<Part> {
-        Some(Rc::new(r#""page":{"path":"/"}"#.to_owned()))
+        Some(Arc::new(r#""page":{"path":"/"}"#.to_owned()))
     }
 
     /// The messages of a batch body as the collector stores them: the
@@ -1172,7 +1215,7 @@ mod tests {
         }
         assert_eq!(t.send_delay(), Some(5_000.0));
         // Another page's context (a new part), and another category.
-        let other = Some(Rc::new(r#""page":{"path":"/other"}"#.to_owned()));
+        let other = Some(Arc::new(r#""page":{"path":"/other"}"#.to_owned()));
         t.track("Ad".into(), None, Category::Marketing, other);
         assert_eq!(t.send_delay(), Some(0.0), "a full batch goes at once");
         let body = t

@@ -34,6 +34,7 @@ fn install_host() {
            store: (k, v) => v == null ? localStorage.removeItem(k) : localStorage.setItem(k, v),
            random: b => crypto.getRandomValues(b),
            describe: () => undefined, shared: () => '', dropped: () => {},
+           iso: () => new Date().toISOString(),
            send: () => false, beacon: () => false, later: () => {}
          }; localStorage.clear();",
     );

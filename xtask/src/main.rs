@@ -118,6 +118,19 @@ fn test(root: &Path) -> Result<(), String> {
         "warnings",
     ]))?;
 
+    Step::new("clippy (wasm32 SDK as shipped: no_std)").run(cargo(root).args([
+        "clippy",
+        "-p",
+        "weft-sdk",
+        "--no-default-features",
+        "--target",
+        "wasm32-unknown-unknown",
+        "--lib",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+
     let report = sdk::build(root, &tools)?;
     report.check_budget()?;
     dashboard::vendor(root)?;

@@ -45,6 +45,46 @@ fn storage_value(items: &[(String, String)], key: &str) -> Option<String> {
 // 1. -----------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_change_comes_before_the_calls_made_after_it_in_the_same_task() {
+    let c = fixture_collector().await;
+    let site = fixture_site(&c).await;
+    let chromium = Chromium::launch().await;
+    let page = chromium.new_page().await;
+    page.goto(&site.url("/spa.html")).await;
+    sdk_ready(&page).await;
+    // A router changes the route and the page tracks at once, in one task
+    // (before the SDK's own check of the route, after the task, ran).
+    page.eval("history.pushState({}, '', '/checkout'); weft.track('Checkout Started'); true")
+        .await;
+    let rows = stored_when(&c, &page, "the route's view and the call", |rows| {
+        !tracks(rows, "Checkout Started").is_empty()
+    })
+    .await;
+    let steps: Vec<String> = rows
+        .iter()
+        .map(|r| match r.kind.as_str() {
+            "page" => format!("page {}", r.body["context"]["page"]["path"]),
+            _ => r.event.clone().unwrap_or_default(),
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "page \"/spa.html\"",
+            "page \"/checkout\"",
+            "Checkout Started"
+        ],
+        "in the order they happened"
+    );
+    let call = tracks(&rows, "Checkout Started")[0];
+    assert_eq!(
+        call.body["context"]["page"]["path"], "/checkout",
+        "the call carries the new route's page"
+    );
+    no_exceptions(&page);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spa_navigation_counts_each_real_url_change_once_with_the_previous_url_as_referrer() {
     let c = fixture_collector().await;
     let site = fixture_site(&c).await;
