@@ -14,8 +14,15 @@ var d = document;
 var script = d.currentScript;
 var data = (script && script.dataset) || {};
 var src = script && script.src ? new URL(script.src, location.href) : null;
-var base = src ? src.href.replace(/[^\/?#]*([?#].*)?$/, "") : "/";
-var endpoint = (data.host || (src ? src.origin : location.origin)).replace(/\/+$/, "") + "/v1/batch";
+// The script's URL without `.js` (and query): its wasm and strict-CSP
+// fallback are named after it (`x.wasm`, `x-fallback.js`), so the collector
+// can serve the SDK under any name an operator picks (`script_path`).
+var stem = src ? src.href.replace(/([?#].*)?$/, "").replace(/\.js$/, "") : "/weft";
+// `data-endpoint` (relative to the script) names a batch endpoint of the
+// operator's choosing (`ingest_path`); else `/v1/batch` on the host.
+var endpoint = data.endpoint
+  ? new URL(data.endpoint, src || location.href).href
+  : (data.host || (src ? src.origin : location.origin)).replace(/\/+$/, "") + "/v1/batch";
 var debug = data.debug === "true";
 var report = function () {
   if (debug) {
@@ -26,7 +33,7 @@ var report = function () {
 // A page whose CSP blocks wasm gets an empty stand-in: no download.
 var loading;
 try {
-  loading = wasm_bindgen({ module_or_path: cspBlocksWasm ? new Response("") : base + "weft.wasm" });
+  loading = wasm_bindgen({ module_or_path: cspBlocksWasm ? new Response("") : stem + ".wasm" });
 } catch (e) {
   report(e);
 }

@@ -7,10 +7,10 @@
 // is tried first. If it fails (a Content-Security-Policy without
 // 'wasm-unsafe-eval' refuses to compile, WebAssembly or streaming is missing,
 // or the engine lacks a wasm feature the build uses), `weft-fallback.js` from
-// the directory weft.js came from is loaded with a <script> element:
+// beside weft.js (named after it) is loaded with a <script> element:
 // binaryen's wasm2js translation of the same weft.wasm. It defines no global;
 // it calls `document.currentScript.weft(make)`, and `make(imports)` returns
-// the exports the glue expects. `base` (weft.js's directory URL) and `report`
+// the exports the glue expects. `stem` (weft.js's URL without `.js`) and `report`
 // (the debug logger) are the loader's, read only when needed.
 //
 // A page whose own `<meta>` Content-Security-Policy leaves both
@@ -50,7 +50,7 @@ var WebAssembly = (function (real, current) {
             fail(e);
           };
           s.nonce = nonce;
-          s.src = base + "weft-fallback.js";
+          s.src = stem + "-fallback.js";
           document.head.appendChild(s);
         }).then(function (make) {
           return { instance: { exports: make(imports) } };

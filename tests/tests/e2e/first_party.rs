@@ -81,3 +81,85 @@ async fn the_sdk_and_batches_at_the_operators_paths() {
         .await;
     assert_eq!(r.status, 200);
 }
+
+/// Request-blocking rules of the kind ad and tracker blocklists hold
+/// (EasyPrivacy-style URL patterns), applied by Chromium itself.
+const BLOCKLIST: [&str; 5] = [
+    "*/weft.js*",
+    "*/weft.wasm*",
+    "*/v1/batch*",
+    "*track*",
+    "*analytics*",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocklist_rules_stop_the_default_paths_but_not_the_operators() {
+    use std::time::Duration;
+    use weft_e2e::chromium::Chromium;
+    use weft_e2e::site::{Site, fixtures_dir, sdk_ready};
+
+    let c = TestCollector::start_with(|config| {
+        config.www_dir = None;
+        config.paths = PublicPaths {
+            script: Some("/assets/app-4f1.js".into()),
+            ingest: Some("/assets/s".into()),
+        };
+    })
+    .await;
+    let collector = c.url("");
+    let site = Site::start(&fixtures_dir(), &collector, &[]).await;
+    let chromium = Chromium::launch().await;
+
+    // The default setup, under the rules: nothing loads, nothing is sent.
+    site.set("%WEFT_SCRIPT%", "/weft.js");
+    site.set("%WEFT_ENDPOINT%", &format!("{collector}/v1/batch"));
+    let page = chromium.new_page().await;
+    page.call(
+        "Network.setBlockedURLs",
+        serde_json::json!({ "urls": BLOCKLIST }),
+    )
+    .await;
+    page.goto(&site.url("/first-party.html")).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let loaded = page
+        .eval("typeof weft === 'object' && typeof weft.ready === 'function'")
+        .await;
+    assert_eq!(loaded, false, "the blocklist stops weft.js");
+    let blocked: Vec<String> = page
+        .events("Network.loadingFailed")
+        .iter()
+        .filter(|e| e["blockedReason"] == "inspector")
+        .map(|e| e.to_string())
+        .collect();
+    assert!(!blocked.is_empty(), "Chromium blocked the default script");
+    assert!(c.rows().is_empty(), "nothing arrived");
+
+    // The operator's paths, under the same rules: every event arrives.
+    site.set("%WEFT_SCRIPT%", "/assets/app-4f1.js");
+    site.set("%WEFT_ENDPOINT%", &format!("{collector}/assets/s"));
+    let page = chromium.new_page().await;
+    page.call(
+        "Network.setBlockedURLs",
+        serde_json::json!({ "urls": BLOCKLIST }),
+    )
+    .await;
+    page.goto(&site.url("/first-party.html")).await;
+    sdk_ready(&page).await;
+    page.eval("for (let i = 0; i < 5; i++) weft.track('Signup Step', {step: i}); weft.flush()")
+        .await;
+    let rows = weft_e2e::eventually(Duration::from_secs(15), "6 events", || async {
+        let rows = c.rows();
+        (rows.len() >= 6).then_some(rows)
+    })
+    .await;
+    let steps = rows.iter().filter(|e| e.is_track("Signup Step")).count();
+    assert_eq!(steps, 5, "every track arrived");
+    assert_eq!(rows.iter().filter(|e| e.kind == "page").count(), 1);
+    let requested: Vec<String> = page.requests().into_iter().map(|(_, url)| url).collect();
+    assert!(
+        requested
+            .iter()
+            .all(|u| !u.contains("weft") && !u.contains("/v1/")),
+        "no default name was asked for: {requested:?}"
+    );
+}
