@@ -218,8 +218,15 @@ impl ProfileState {
                     }
                 }
                 let times = &mut self.times[i];
-                let at = times.partition_point(|t| *t <= event.when.0);
-                times.insert(at, event.when.0);
+                // Events mostly come in time order: appended without a
+                // search (a binary search over a long history missed the
+                // cache on most steps: 13% of the indexer's time).
+                if times.last().is_none_or(|&t| t <= event.when.0) {
+                    times.push(event.when.0);
+                } else {
+                    let at = times.partition_point(|t| *t <= event.when.0);
+                    times.insert(at, event.when.0);
+                }
             }
         }
     }
