@@ -1567,14 +1567,15 @@ mod json_scan {
         i
     }
 
-    /// `i` at an opening quote: the index after the closing one.
+    /// `i` at an opening quote: the index after the closing one (runs
+    /// without quotes or backslashes skipped with `memchr`).
     fn string_end(b: &[u8], i: usize) -> Option<usize> {
         let mut j = i + 1;
         loop {
-            match b.get(j)? {
+            j += memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
+            match b[j] {
                 b'"' => return Some(j + 1),
-                b'\\' => j += 2,
-                _ => j += 1,
+                _ => j += 2,
             }
         }
     }
