@@ -1567,15 +1567,14 @@ mod json_scan {
         i
     }
 
-    /// `i` at an opening quote: the index after the closing one (runs
-    /// without quotes or backslashes skipped with `memchr`).
+    /// `i` at an opening quote: the index after the closing one.
     fn string_end(b: &[u8], i: usize) -> Option<usize> {
         let mut j = i + 1;
         loop {
-            j += memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
-            match b[j] {
+            match b.get(j)? {
                 b'"' => return Some(j + 1),
-                _ => j += 2,
+                b'\\' => j += 2,
+                _ => j += 1,
             }
         }
     }
