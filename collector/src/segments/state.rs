@@ -249,11 +249,32 @@ impl ProfileState {
             .iter()
             .filter_map(|&(family, w)| {
                 let times = self.times.get(family)?;
-                let first = times.partition_point(|t| *t <= now_ms - w);
+                let first = first_after(times, now_ms - w);
                 times.get(first).map(|oldest| oldest + w)
             })
             .min()
     }
+}
+
+/// The index of the first of the sorted `times` after `cutoff`. A window
+/// usually holds all of a profile's events, or its newest few, so this
+/// looks at the oldest first and then gallops back from the newest: a few
+/// reads near the ends instead of a binary search through the middle of a
+/// long history (which missed the cache on most steps).
+fn first_after(times: &[i64], cutoff: i64) -> usize {
+    let n = times.len();
+    if times.first().is_none_or(|&t| t > cutoff) {
+        return 0;
+    }
+    // Here times[0] <= cutoff: find the last step back from the end that
+    // is still after it.
+    let mut step = 1;
+    while step < n && times[n - step] > cutoff {
+        step *= 2;
+    }
+    let low = n.saturating_sub(step);
+    let high = n - step / 2;
+    low + times[low..high].partition_point(|&t| t <= cutoff)
 }
 
 /// The (family, window in ms) of each of `rule`'s event conditions with a
@@ -307,7 +328,7 @@ impl Facts for StateFacts<'_> {
             return 0;
         };
         let from = match c.within_ms {
-            Some(w) => times.partition_point(|t| *t <= self.now_ms - w),
+            Some(w) => first_after(times, self.now_ms - w),
             None => 0,
         };
         (times.len() - from) as u64
@@ -368,6 +389,28 @@ mod tests {
         let pairs = window_pairs(&rules[0], &families);
         assert_eq!(s.next_change_of(&pairs, now), Some(13 * hour));
         assert_eq!(s.next_change_of(&pairs, later), None);
+    }
+
+    #[test]
+    fn first_after_agrees_with_a_binary_search() {
+        for n in 0..40usize {
+            let times: Vec<i64> = (0..n as i64).map(|i| i * 10 + (i % 3)).collect();
+            for cutoff in -5..(n as i64 * 10 + 15) {
+                assert_eq!(
+                    first_after(&times, cutoff),
+                    times.partition_point(|&t| t <= cutoff),
+                    "n {n} cutoff {cutoff}"
+                );
+            }
+        }
+        // Equal times.
+        let times = [1, 5, 5, 5, 9];
+        for cutoff in 0..11 {
+            assert_eq!(
+                first_after(&times, cutoff),
+                times.partition_point(|&t| t <= cutoff)
+            );
+        }
     }
 
     #[test]
