@@ -127,7 +127,12 @@ pub struct MemoryIndex {
 impl MemoryIndex {
     /// Indexes the event at `lsn` under its anonymousId and userId.
     pub fn add(&mut self, lsn: Lsn, e: &EventRef<'_>) {
-        let at = timestamp_millis(e.timestamp);
+        self.add_at(lsn, e, timestamp_millis(e.timestamp));
+    }
+
+    /// [`MemoryIndex::add`] given the event's time in ms (the indexer
+    /// reads it once per event for this and for segments).
+    pub fn add_at(&mut self, lsn: Lsn, e: &EventRef<'_>, at: i64) {
         let mut flags = 0;
         if e.kind == MessageType::Identify {
             flags |= IDENTIFY;

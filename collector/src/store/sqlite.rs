@@ -356,14 +356,22 @@ impl IndexWriter {
         let tx = self.conn.transaction()?;
         // 1. The database's part of the records.
         let mut wrote = write_records(&tx, records, skipped, edges)?;
-        // 2. The memory index.
+        // 2. The memory index. Each event's time is read once, for it and
+        // for the segments.
+        let times: Vec<i64> = records
+            .iter()
+            .map(|(_, r)| match r {
+                RecordRef::Event { event: e, .. } => memory::timestamp_millis(e.timestamp),
+                _ => 0,
+            })
+            .collect();
         {
             let mut events = write_lock(&self.events);
             for (i, (lsn, record)) in records.iter().enumerate() {
                 if let RecordRef::Event { event: e, .. } = record
                     && skipped.binary_search(&i).is_err()
                 {
-                    events.add(*lsn, e);
+                    events.add_at(*lsn, e, times[i]);
                 }
             }
             for (_, edge) in edges {
@@ -392,6 +400,7 @@ impl IndexWriter {
                 &mut self.engine,
                 Batch {
                     records,
+                    times: &times,
                     consent,
                     touched,
                     absorbed: &absorbed,
@@ -1308,6 +1317,8 @@ type DueTimes = HashMap<String, i64>;
 /// A batch as segment evaluation sees it.
 struct Batch<'b, 'r> {
     records: &'b [(Lsn, RecordRef<'r>)],
+    /// Per record: its event's time in ms.
+    times: &'b [i64],
     /// Per record: its body mentions consent preferences.
     consent: Vec<bool>,
     touched: TouchedIds<'b>,
@@ -1389,7 +1400,7 @@ fn evaluate(
                     continue;
                 };
                 let seen = Seen {
-                    when: (memory::timestamp_millis(e.timestamp), *lsn),
+                    when: (batch.times.get(i).copied().unwrap_or(0), *lsn),
                     track: (e.kind == weft_protocol::MessageType::Track)
                         .then_some(e.event)
                         .flatten(),
