@@ -143,3 +143,13 @@ pub fn parse_response(raw: &[u8]) -> Response {
         body: raw[split + 4..].to_vec(),
     }
 }
+
+/// `Basic base64("<write key>:")`: how the Segment-spec clients send a write
+/// key.
+pub fn basic_auth(key: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
+    )
+}

@@ -16,7 +16,7 @@ use weft_collector::Source;
 use weft_collector::config::RateLimit;
 use weft_e2e::chromium::{Chromium, Page};
 use weft_e2e::harness::{TestCollector, WRITE_KEY};
-use weft_e2e::http::Request;
+use weft_e2e::http::{Request, basic_auth};
 use weft_e2e::site::{Site, fixtures_dir, no_exceptions, sdk_ready, stored_when};
 
 /// A source whose every second request is refused (429), for the
@@ -34,14 +34,6 @@ async fn page_fetch(page: &Page, url: &str, init: Value) -> Value {
         init = init,
     ))
     .await
-}
-
-fn basic(key: &str) -> String {
-    use base64::Engine as _;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
-    )
 }
 
 #[tokio::test]
@@ -128,7 +120,7 @@ async fn a_page_on_an_allowed_origin_loads_the_sdk_and_sends_and_others_cannot()
     let init = |key: &str| {
         json!({
             "method": "POST",
-            "headers": {"Content-Type": "application/json", "Authorization": basic(key)},
+            "headers": {"Content-Type": "application/json", "Authorization": basic_auth(key)},
             "body": body.to_string(),
         })
     };

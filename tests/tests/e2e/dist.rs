@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use weft_collector::record::{self, Record};
 use weft_e2e::chromium::Chromium;
 use weft_e2e::harness::workspace_root;
-use weft_e2e::http::Request;
+use weft_e2e::http::{Request, basic_auth};
 use weft_e2e::site::{Site, fixtures_dir, sdk_ready};
 
 const TOKEN: &str = "dist-admin-token";
@@ -180,13 +180,7 @@ async fn the_dist_binary_alone_serves_the_sdk_demo_and_dashboard() {
     // deploy configuration), truncated like any client address.
     let body =
         r#"{"batch":[{"type":"track","anonymousId":"xff","messageId":"xff-1","event":"Proxied"}]}"#;
-    let basic = format!(
-        "Basic {}",
-        base64::Engine::encode(
-            &base64::engine::general_purpose::STANDARD,
-            format!("{KEY}:")
-        )
-    );
+    let basic = basic_auth(KEY);
     let r = Request::post("/v1/batch", body)
         .header("Authorization", &basic)
         .header("X-Forwarded-For", "198.51.100.99, 203.0.113.77")
@@ -228,13 +222,7 @@ async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
             KEY,
         ],
     );
-    let basic = format!(
-        "Basic {}",
-        base64::Engine::encode(
-            &base64::engine::general_purpose::STANDARD,
-            format!("{KEY}:")
-        )
-    );
+    let basic = basic_auth(KEY);
     let body = r#"{"batch":[{"type":"track","anonymousId":"a","messageId":"spoof","event":"E"}]}"#;
     let r = Request::post("/v1/batch", body)
         .header("Authorization", &basic)

@@ -3,15 +3,7 @@
 
 use weft_collector::config::PublicPaths;
 use weft_e2e::harness::{TestCollector, WRITE_KEY, sdk_dir};
-use weft_e2e::http::Request;
-
-fn basic() -> String {
-    use base64::Engine as _;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{WRITE_KEY}:"))
-    )
-}
+use weft_e2e::http::{Request, basic_auth};
 
 #[tokio::test]
 async fn the_sdk_and_batches_at_the_operators_paths() {
@@ -55,7 +47,7 @@ async fn the_sdk_and_batches_at_the_operators_paths() {
     let r = c
         .send(
             Request::post("/assets/s", body)
-                .header("Authorization", &basic())
+                .header("Authorization", &basic_auth(WRITE_KEY))
                 .header("Origin", "https://www.shop.example"),
         )
         .await;
@@ -77,7 +69,7 @@ async fn the_sdk_and_batches_at_the_operators_paths() {
     // The defaults stay.
     assert_eq!(c.send(Request::get("/weft.js")).await.status, 200);
     let r = c
-        .send(Request::post("/v1/batch", body).header("Authorization", &basic()))
+        .send(Request::post("/v1/batch", body).header("Authorization", &basic_auth(WRITE_KEY)))
         .await;
     assert_eq!(r.status, 200);
 }

@@ -12,30 +12,7 @@ use weft_collector::Source;
 use weft_collector::clock::FixedClock;
 use weft_collector::config::RateLimit;
 use weft_e2e::harness::{ADMIN_TOKEN, TestCollector, WRITE_KEY};
-use weft_e2e::http::Request;
-
-fn basic(key: &str) -> String {
-    // base64("key:") for the ASCII keys the tests use.
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let input = format!("{key}:").into_bytes();
-    let mut out = String::new();
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    format!("Basic {out}")
-}
+use weft_e2e::http::{Request, basic_auth};
 
 fn batch(messages: Value) -> Vec<u8> {
     json!({"batch": messages, "sentAt": "2026-11-23T10:00:00Z"})
@@ -55,7 +32,7 @@ async fn batch_is_stored_and_retries_are_deduplicated() {
         {"type": "identify", "messageId": "m2", "anonymousId": "anon-1", "userId": "alice"},
         {"type": "track", "messageId": "m3", "userId": "alice", "event": "Bought"},
     ]));
-    let req = Request::post("/v1/batch", body).header("Authorization", &basic(WRITE_KEY));
+    let req = Request::post("/v1/batch", body).header("Authorization", &basic_auth(WRITE_KEY));
     let r = c.send(req.clone()).await;
     assert_eq!(r.status, 200, "{:?}", r.json());
     assert_eq!(r.json()["accepted"], 3);
@@ -111,7 +88,7 @@ async fn invalid_messages_are_kept_as_rejected_without_failing_the_batch() {
         {"type": "teleport", "anonymousId": "a"},
     ]));
     let r = c
-        .send(Request::post("/v1/batch", body).header("Authorization", &basic(WRITE_KEY)))
+        .send(Request::post("/v1/batch", body).header("Authorization", &basic_auth(WRITE_KEY)))
         .await;
     assert_eq!(r.status, 200);
     let j = r.json();
@@ -144,24 +121,26 @@ async fn whole_request_errors_have_status_and_reason_and_lose_nothing_else() {
             "missing_write_key",
         ),
         (
-            Request::post("/v1/batch", good.clone()).header("Authorization", &basic("wk_wrong")),
+            Request::post("/v1/batch", good.clone())
+                .header("Authorization", &basic_auth("wk_wrong")),
             401,
             "unknown_write_key",
         ),
         (
-            Request::post("/v1/batch", "{\"batch\": [").header("Authorization", &basic(WRITE_KEY)),
+            Request::post("/v1/batch", "{\"batch\": [")
+                .header("Authorization", &basic_auth(WRITE_KEY)),
             400,
             "malformed_json",
         ),
         (
             Request::post("/v1/batch", vec![b'x'; 600 * 1024])
-                .header("Authorization", &basic(WRITE_KEY)),
+                .header("Authorization", &basic_auth(WRITE_KEY)),
             413,
             "payload_too_large",
         ),
         (
             Request::post("/v1/batch", good.clone())
-                .header("Authorization", &basic(WRITE_KEY))
+                .header("Authorization", &basic_auth(WRITE_KEY))
                 .header("Content-Encoding", "zstd"),
             415,
             "unsupported_encoding",
@@ -175,7 +154,7 @@ async fn whole_request_errors_have_status_and_reason_and_lose_nothing_else() {
     }
     // The collector is still up and valid traffic is kept.
     let r = c
-        .send(Request::post("/v1/batch", good).header("Authorization", &basic(WRITE_KEY)))
+        .send(Request::post("/v1/batch", good).header("Authorization", &basic_auth(WRITE_KEY)))
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(stored_count(&c), 1);
@@ -193,7 +172,7 @@ async fn gzip_bodies_are_accepted_and_bombs_refused() {
     let r = c
         .send(
             Request::post("/v1/batch", body)
-                .header("Authorization", &basic(WRITE_KEY))
+                .header("Authorization", &basic_auth(WRITE_KEY))
                 .header("Content-Encoding", "gzip"),
         )
         .await;
@@ -202,7 +181,7 @@ async fn gzip_bodies_are_accepted_and_bombs_refused() {
     let r = c
         .send(
             Request::post("/v1/batch", bomb)
-                .header("Authorization", &basic(WRITE_KEY))
+                .header("Authorization", &basic_auth(WRITE_KEY))
                 .header("Content-Encoding", "gzip"),
         )
         .await;
@@ -283,7 +262,7 @@ async fn health_readiness_and_metrics() {
     assert_eq!(c.send(Request::get("/healthz")).await.status, 200);
     assert_eq!(c.send(Request::get("/readyz")).await.json()["ready"], true);
     let body = batch(json!([{"type": "page", "anonymousId": "m"}, {"type": "page"}]));
-    c.send(Request::post("/v1/batch", body).header("Authorization", &basic(WRITE_KEY)))
+    c.send(Request::post("/v1/batch", body).header("Authorization", &basic_auth(WRITE_KEY)))
         .await;
     let m = String::from_utf8(c.send(Request::get("/metrics")).await.body).unwrap();
     assert!(m.contains("weft_events_received_total 2"), "{m}");
@@ -302,7 +281,7 @@ async fn graceful_stop_keeps_everything_acknowledged() {
     let c = TestCollector::start().await;
     let body = batch(json!([{"type": "page", "anonymousId": "s"}]));
     let r = c
-        .send(Request::post("/v1/batch", body).header("Authorization", &basic(WRITE_KEY)))
+        .send(Request::post("/v1/batch", body).header("Authorization", &basic_auth(WRITE_KEY)))
         .await;
     assert_eq!(r.status, 200);
     let data_dir = c.stop().await;
@@ -338,7 +317,7 @@ async fn slow_loris_is_cut_off_while_others_are_served() {
     // Meanwhile a normal client is served.
     let good = batch(json!([{"type": "page", "anonymousId": "patient"}]));
     let r = c
-        .send(Request::post("/v1/batch", good).header("Authorization", &basic(WRITE_KEY)))
+        .send(Request::post("/v1/batch", good).header("Authorization", &basic_auth(WRITE_KEY)))
         .await;
     assert_eq!(r.status, 200);
     let started = std::time::Instant::now();
@@ -358,7 +337,7 @@ async fn a_body_that_never_arrives_gets_408() {
     s.write_all(
         format!(
             "POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Length: 1000\r\n\r\n{{\"batch\":",
-            basic(WRITE_KEY)
+            basic_auth(WRITE_KEY)
         )
         .as_bytes(),
     )
@@ -427,7 +406,7 @@ async fn a_source_over_its_rate_limit_gets_429_with_retry_after() {
     .await;
     let send = |key: &'static str, id: &'static str| {
         let body = batch(json!([{"type": "page", "anonymousId": id}]));
-        c.send(Request::post("/v1/batch", body).header("Authorization", &basic(key)))
+        c.send(Request::post("/v1/batch", body).header("Authorization", &basic_auth(key)))
     };
     assert_eq!(send(WRITE_KEY, "r1").await.status, 200);
     assert_eq!(send(WRITE_KEY, "r2").await.status, 200);
@@ -456,7 +435,7 @@ async fn shutdown_drains_a_request_in_flight() {
     s.write_all(
         format!(
             "POST /v1/batch HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: {}\r\nContent-Length: {}\r\n\r\n",
-            basic(WRITE_KEY),
+            basic_auth(WRITE_KEY),
             body.len()
         )
         .as_bytes(),
@@ -549,7 +528,7 @@ async fn an_oversize_body_gets_a_413_that_a_client_writing_it_whole_reads() {
     let body = vec![b' '; 600 * 1024];
     let head = format!(
         "POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Length: {}\r\n\r\n",
-        basic(WRITE_KEY),
+        basic_auth(WRITE_KEY),
         body.len()
     );
     s.write_all(head.as_bytes()).await.unwrap();
@@ -604,7 +583,7 @@ async fn a_body_that_is_not_a_json_object_is_a_400() {
     ];
     for (path, body) in cases {
         let r = c
-            .send(Request::post(path, body.clone()).header("Authorization", &basic(WRITE_KEY)))
+            .send(Request::post(path, body.clone()).header("Authorization", &basic_auth(WRITE_KEY)))
             .await;
         assert_eq!(
             (r.status, r.json()["error"].as_str()),

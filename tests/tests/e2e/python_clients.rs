@@ -14,10 +14,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use base64::Engine as _;
 use serde_json::{Value, json};
 use tokio::process::Command;
 use weft_e2e::harness::{StoredEvent, TestCollector, WRITE_KEY, workspace_root};
+use weft_e2e::http::basic_auth;
 
 /// What both libraries call themselves in `context.library.name`.
 const LIBRARY: &str = "analytics-python";
@@ -258,12 +258,6 @@ async fn delivered(
     (rows, profile)
 }
 
-/// `Basic base64("<write key>:")`, the header both libraries send.
-fn basic_auth() -> String {
-    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{WRITE_KEY}:"));
-    format!("Basic {encoded}")
-}
-
 #[tokio::test]
 async fn rudderstack_python_sdk_traits_in_context_traits_reach_the_profile() {
     let collector = TestCollector::start().await;
@@ -275,7 +269,7 @@ async fn rudderstack_python_sdk_traits_in_context_traits_reach_the_profile() {
     for r in &run.requests {
         assert_eq!(
             (r["contentEncoding"].as_str(), r["authorization"].as_str()),
-            (Some("gzip"), Some(basic_auth().as_str())),
+            (Some("gzip"), Some(basic_auth(WRITE_KEY).as_str())),
             "{r}"
         );
     }
@@ -309,7 +303,7 @@ async fn segment_python_sdk_top_level_traits_win_over_context_traits() {
     for r in &run.requests {
         assert_eq!(
             (r["contentEncoding"].as_str(), r["authorization"].as_str()),
-            (None, Some(basic_auth().as_str())),
+            (None, Some(basic_auth(WRITE_KEY).as_str())),
             "{r}"
         );
         assert_eq!(r["body"]["writeKey"], WRITE_KEY, "{r}");
