@@ -487,10 +487,7 @@ fn entry(dir: &Path, name: &str) -> Result<FileEntry, BackupError> {
 fn write_manifest(to: &Path, manifest: &Manifest) -> Result<(), BackupError> {
     let text =
         serde_json::to_string_pretty(manifest).map_err(|e| BackupError::Format(e.to_string()))?;
-    let tmp = to.join(format!("{MANIFEST}.tmp"));
-    write_file(&tmp, text.as_bytes())?;
-    fs::rename(&tmp, to.join(MANIFEST)).map_err(io_at(&tmp))?;
-    sync_dir(to)
+    crate::store::write_atomically(to, MANIFEST, text.as_bytes()).map_err(io_at(&to.join(MANIFEST)))
 }
 
 fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, BackupError> {

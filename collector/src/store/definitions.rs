@@ -10,8 +10,6 @@
 //! computed for everyone; one only the index has is dropped. A data
 //! directory from before the file existed gets it from its index.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -69,18 +67,7 @@ pub fn write(data_dir: &Path, segments: Vec<Stored>) -> Result<(), StoreError> {
         segments,
     })
     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let tmp = data_dir.join(format!("{FILE}.tmp"));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, data_dir.join(FILE))?;
-    std::fs::File::open(data_dir)?.sync_all()?;
-    Ok(())
+    Ok(super::write_atomically(data_dir, FILE, text.as_bytes())?)
 }
 
 #[cfg(test)]

@@ -322,6 +322,31 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+/// Replaces `dir/name` with `data` so that a crash leaves the old file or
+/// the new one, never a mix: written to `name.tmp` (mode 0600), synced,
+/// renamed over, and the directory synced. The small files of the data
+/// directory (`FORMAT`, `segments.json`, a new `suppressed.bin`, a backup's
+/// manifest) are all written this way.
+pub(crate) fn write_atomically(
+    dir: &std::path::Path,
+    name: &str,
+    data: &[u8],
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Whether an I/O error means the disk (or the user's quota) is full.
 pub fn is_disk_full(e: &std::io::Error) -> bool {
     // ENOSPC, EDQUOT on Linux.

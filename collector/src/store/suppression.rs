@@ -12,7 +12,6 @@
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Write as _};
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 use std::sync::RwLock;
 
@@ -91,18 +90,7 @@ pub fn load_file(data_dir: &Path) -> std::io::Result<(Vec<u8>, Vec<IdHash>)> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut salt = [0u8; SALT_LEN];
             getrandom::fill(&mut salt).map_err(std::io::Error::other)?;
-            let tmp = data_dir.join(format!("{SUPPRESSION_FILE}.tmp"));
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(MAGIC)?;
-            f.write_all(&salt)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            File::open(data_dir)?.sync_all()?;
+            super::write_atomically(data_dir, SUPPRESSION_FILE, &[&MAGIC[..], &salt].concat())?;
             return Ok((salt.to_vec(), Vec::new()));
         }
         Err(e) => return Err(e),

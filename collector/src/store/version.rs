@@ -16,8 +16,6 @@
 //!   `segments.json` (segment definitions, outside the derived index; made
 //!   from the index at the first start without it).
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 use super::StoreError;
@@ -143,18 +141,12 @@ fn migrate(data_dir: &Path, from: u32) -> Result<(), StoreError> {
 
 /// Writes `FORMAT` (mode 0600) atomically and durably.
 fn stamp(data_dir: &Path) -> Result<(), StoreError> {
-    let tmp = data_dir.join(format!("{FORMAT_FILE}.tmp"));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(format!("{PREFIX}{DATA_FORMAT}\n").as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, data_dir.join(FORMAT_FILE))?;
-    std::fs::File::open(data_dir)?.sync_all()?;
-    Ok(())
+    let text = format!("{PREFIX}{DATA_FORMAT}\n");
+    Ok(super::write_atomically(
+        data_dir,
+        FORMAT_FILE,
+        text.as_bytes(),
+    )?)
 }
 
 /// Checks a SQLite database's `user_version` against the one this build
