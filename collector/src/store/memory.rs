@@ -127,17 +127,23 @@ pub struct MemoryIndex {
 impl MemoryIndex {
     /// Indexes the event at `lsn` under its anonymousId and userId.
     pub fn add(&mut self, lsn: Lsn, e: &EventRef<'_>) {
-        self.add_at(lsn, e, timestamp_millis(e.timestamp));
+        self.add_at(
+            lsn,
+            e,
+            timestamp_millis(e.timestamp),
+            mentions_consent(e.body),
+        );
     }
 
-    /// [`MemoryIndex::add`] given the event's time in ms (the indexer
-    /// reads it once per event for this and for segments).
-    pub fn add_at(&mut self, lsn: Lsn, e: &EventRef<'_>, at: i64) {
+    /// [`MemoryIndex::add`] given the event's time in ms and whether its
+    /// body [`mentions_consent`] (the indexer reads both once per event,
+    /// for this and for segments).
+    pub fn add_at(&mut self, lsn: Lsn, e: &EventRef<'_>, at: i64, consent: bool) {
         let mut flags = 0;
         if e.kind == MessageType::Identify {
             flags |= IDENTIFY;
         }
-        if e.body.contains("\"categoryPreferences\"") {
+        if consent {
             flags |= CONSENT;
         }
         let name = match (e.kind, e.event) {
@@ -440,6 +446,12 @@ impl MemoryIndex {
         self.events = self.events.saturating_sub(n);
         n
     }
+}
+
+/// Whether a stored body carries consent preferences (a consent record,
+/// or any message with a consent context).
+pub fn mentions_consent(body: &str) -> bool {
+    body.contains("\"categoryPreferences\"")
 }
 
 /// Milliseconds since the epoch of an RFC 3339 time: the collector's own

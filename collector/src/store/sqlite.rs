@@ -358,20 +358,23 @@ impl IndexWriter {
         let mut wrote = write_records(&tx, records, skipped, edges)?;
         // 2. The memory index. Each event's time is read once, for it and
         // for the segments.
-        let times: Vec<i64> = records
+        let (times, mentions): (Vec<i64>, Vec<bool>) = records
             .iter()
             .map(|(_, r)| match r {
-                RecordRef::Event { event: e, .. } => memory::timestamp_millis(e.timestamp),
-                _ => 0,
+                RecordRef::Event { event: e, .. } => (
+                    memory::timestamp_millis(e.timestamp),
+                    memory::mentions_consent(e.body),
+                ),
+                _ => (0, false),
             })
-            .collect();
+            .unzip();
         {
             let mut events = write_lock(&self.events);
             for (i, (lsn, record)) in records.iter().enumerate() {
                 if let RecordRef::Event { event: e, .. } = record
                     && skipped.binary_search(&i).is_err()
                 {
-                    events.add_at(*lsn, e, times[i]);
+                    events.add_at(*lsn, e, times[i], mentions[i]);
                 }
             }
             for (_, edge) in edges {
@@ -384,7 +387,7 @@ impl IndexWriter {
         // 3. Segments: the profiles the batch touched.
         let has_segments = !read_lock(&self.segments).is_empty();
         if has_segments {
-            let (touched, absorbed, consent) = touched(records, skipped, edges);
+            let (touched, absorbed, consent) = touched(records, &mentions, skipped, edges);
             let now_ms = now_millis(&*self.clock);
             let events = self.events.read().unwrap_or_else(|e| e.into_inner());
             let log = &*self.log;
@@ -1262,6 +1265,7 @@ fn now_millis(clock: &dyn Clock) -> i64 {
 /// absorbed into others.
 fn touched<'r>(
     records: &[(Lsn, RecordRef<'r>)],
+    mentions_consent: &[bool],
     skipped: &[usize],
     edges: &'r [(usize, Edge)],
 ) -> (TouchedIds<'r>, Vec<String>, Vec<bool>) {
@@ -1274,7 +1278,7 @@ fn touched<'r>(
         if skipped.binary_search(&i).is_ok() {
             continue;
         }
-        consent[i] = e.consent_record.is_some() || e.body.contains("\"categoryPreferences\"");
+        consent[i] = e.consent_record.is_some() || mentions_consent[i];
         for id in [e.anonymous_id, e.user_id, e.previous_id]
             .into_iter()
             .flatten()
