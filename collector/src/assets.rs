@@ -30,13 +30,16 @@ mod embedded {
 /// Files of the SDK build that the collector serves from its SDK directory.
 const SDK_FILES: [&str; 4] = ["weft.js", "weft.wasm", "weft.d.ts", "weft-fallback.js"];
 
-/// Whether `path` names one of the SDK's files (`/weft.wasm`, or a copy
-/// under a folder of the site directory such as `/v2/weft.wasm`), which
-/// pages of any origin may read (see [`crate::routes`]).
-pub fn is_sdk_path(path: &str) -> bool {
-    path.rsplit('/')
-        .next()
-        .is_some_and(|name| SDK_FILES.contains(&name))
+/// Whether `path` names one of the SDK's files (`/weft.wasm`, a copy
+/// under a folder of the site directory such as `/v2/weft.wasm`, or one
+/// under the operator's script path), which pages of any origin may read
+/// (see [`crate::routes`]).
+pub fn is_sdk_path(paths: &crate::config::PublicPaths, path: &str) -> bool {
+    paths.sdk_file(path).is_some()
+        || path
+            .rsplit('/')
+            .next()
+            .is_some_and(|name| SDK_FILES.contains(&name))
 }
 
 /// Serves `path` (a GET) from the SDK or www directory.
@@ -140,14 +143,6 @@ pub fn serves_site(sdk_dir: Option<&Path>, www_dir: Option<&Path>) -> (bool, boo
     let sdk = sdk_dir.is_some() || embedded_file("sdk/weft.js").is_some();
     let www = www_dir.is_some() || embedded_file("www/dashboard.html").is_some();
     (sdk, www)
-}
-
-/// How many files the binary carries, and their bytes.
-pub fn embedded_summary() -> (usize, usize) {
-    (
-        embedded::FILES.len(),
-        embedded::FILES.iter().map(|(_, b)| b.len()).sum(),
-    )
 }
 
 fn accepts_encoding(header: &str, encoding: &str) -> bool {

@@ -201,8 +201,7 @@ pub fn backup(data_dir: &Path, to: &Path) -> Result<Report, BackupError> {
             std::thread::sleep(Duration::from_millis(200 * attempt as u64));
             clear_dir(to)?;
         }
-        if let Some(mut manifest) = copy_once(data_dir, to)? {
-            manifest.data_format = format;
+        if let Some(manifest) = copy_once(data_dir, to, format)? {
             let bytes = manifest.files.iter().map(|f| f.bytes).sum();
             write_manifest(to, &manifest)?;
             return Ok(Report {
@@ -242,8 +241,9 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// One attempt: `None` when the log changed under it.
-fn copy_once(data_dir: &Path, to: &Path) -> Result<Option<Manifest>, BackupError> {
+/// One attempt for a directory of `format`: `None` when the log changed
+/// under it.
+fn copy_once(data_dir: &Path, to: &Path, format: u32) -> Result<Option<Manifest>, BackupError> {
     let log_dir = data_dir.join(LOG_DIR);
     let suppression_before = read_optional(&data_dir.join(SUPPRESSION))?;
     let listed = list_log(&log_dir)?;
@@ -312,7 +312,6 @@ fn copy_once(data_dir: &Path, to: &Path) -> Result<Option<Manifest>, BackupError
             files.push(entry(to, name)?);
         }
     }
-    let format = version::read(data_dir).map_err(|e| BackupError::Format(e.to_string()))?;
     if format > 0 {
         let data = fs::read(data_dir.join(version::FORMAT_FILE))
             .map_err(io_at(&data_dir.join(version::FORMAT_FILE)))?;

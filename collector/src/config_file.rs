@@ -17,7 +17,6 @@
 //! reference lists them all.
 
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::path::PathBuf;
 
 use toml::Spanned;
@@ -487,15 +486,11 @@ impl Checker<'_> {
                 } else {
                     format!("destination {name:?}.{}", e.field)
                 };
-                self.problem(start(&at), &key, e.reason);
+                self.problem(at.start, &key, e.reason);
                 None
             }
         }
     }
-}
-
-fn start(r: &Range<usize>) -> usize {
-    r.start
 }
 
 /// A TOML value as JSON, for parsers shared with the JSON API.

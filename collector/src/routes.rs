@@ -65,7 +65,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
     };
     if is_ingest && let Some(origin) = origin {
         allow_origin(&app, &mut resp, origin);
-    } else if assets::is_sdk_path(&path) || app.config.paths.sdk_file(&path).is_some() {
+    } else if assets::is_sdk_path(&app.config.paths, &path) {
         allow_any_origin(&mut resp);
     }
     resp

@@ -109,12 +109,6 @@ impl Families {
             .map(|&i| (i, &self.0[i]))
     }
 
-    /// Whether any family has property filters for events named `name` (so
-    /// its body must be read).
-    pub fn needs_properties(&self, name: &str) -> bool {
-        self.named(name).any(|(_, f)| !f.filters.is_empty())
-    }
-
     /// The properties the families of events named `name` filter by.
     pub fn filtered_properties(&self, name: &str) -> &[String] {
         self.1.get(name).map_or(&[], |n| &n.properties)
