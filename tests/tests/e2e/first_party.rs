@@ -102,16 +102,26 @@ async fn blocklist_rules_stop_the_default_paths_but_not_the_operators() {
     let site = Site::start(&fixtures_dir(), &collector, &[]).await;
     let chromium = Chromium::launch().await;
 
+    // The fixture page with `script` and `endpoint`, in a tab under the
+    // rules.
+    let open = |script: &'static str, endpoint: String| {
+        site.set("%WEFT_SCRIPT%", script);
+        site.set("%WEFT_ENDPOINT%", &endpoint);
+        let (chromium, url) = (&chromium, site.url("/first-party.html"));
+        async move {
+            let page = chromium.new_page().await;
+            page.call(
+                "Network.setBlockedURLs",
+                serde_json::json!({ "urls": BLOCKLIST }),
+            )
+            .await;
+            page.goto(&url).await;
+            page
+        }
+    };
+
     // The default setup, under the rules: nothing loads, nothing is sent.
-    site.set("%WEFT_SCRIPT%", "/weft.js");
-    site.set("%WEFT_ENDPOINT%", &format!("{collector}/v1/batch"));
-    let page = chromium.new_page().await;
-    page.call(
-        "Network.setBlockedURLs",
-        serde_json::json!({ "urls": BLOCKLIST }),
-    )
-    .await;
-    page.goto(&site.url("/first-party.html")).await;
+    let page = open("/weft.js", format!("{collector}/v1/batch")).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let loaded = page
         .eval("typeof weft === 'object' && typeof weft.ready === 'function'")
@@ -127,15 +137,7 @@ async fn blocklist_rules_stop_the_default_paths_but_not_the_operators() {
     assert!(c.rows().is_empty(), "nothing arrived");
 
     // The operator's paths, under the same rules: every event arrives.
-    site.set("%WEFT_SCRIPT%", "/assets/app-4f1.js");
-    site.set("%WEFT_ENDPOINT%", &format!("{collector}/assets/s"));
-    let page = chromium.new_page().await;
-    page.call(
-        "Network.setBlockedURLs",
-        serde_json::json!({ "urls": BLOCKLIST }),
-    )
-    .await;
-    page.goto(&site.url("/first-party.html")).await;
+    let page = open("/assets/app-4f1.js", format!("{collector}/assets/s")).await;
     sdk_ready(&page).await;
     page.eval("for (let i = 0; i < 5; i++) weft.track('Signup Step', {step: i}); weft.flush()")
         .await;
