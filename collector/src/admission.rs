@@ -28,6 +28,7 @@ use weft_protocol::{Batch, Json, MessageType};
 
 use crate::clock::{format_utc_millis, parse_rfc3339};
 use crate::consent::{self, MissingConsent};
+use crate::device_cookie::DeviceCookie;
 use crate::error::ApiError;
 use crate::identity::is_junk;
 use crate::store::{AppendRequest, NewEvent, RejectedMessage};
@@ -54,6 +55,9 @@ pub struct Envelope<'a> {
     /// For a single-message endpoint: its type, the default of the
     /// message's own `type`.
     pub single: Option<MessageType>,
+    /// The SDK's reset notice (a logout): the server cookie retires the
+    /// device's ID ([`crate::device_cookie`]).
+    pub reset: bool,
 }
 
 /// Parses a decoded body: a batch envelope for `/v1/batch` (`single` is
@@ -89,6 +93,7 @@ pub fn parse_envelope(body: &[u8], single: Option<MessageType>) -> Result<Envelo
                 write_key: b.write_key,
                 context: b.context,
                 single: None,
+                reset: b.reset,
             })
         }
         Some(kind) => {
@@ -107,6 +112,7 @@ pub fn parse_envelope(body: &[u8], single: Option<MessageType>) -> Result<Envelo
                 write_key: key.write_key,
                 context: None,
                 single: Some(kind),
+                reset: false,
             })
         }
     }
@@ -125,6 +131,10 @@ pub struct Facts<'a> {
     pub ip: Option<&'a str>,
     /// Identifier values never linked, beyond the built-in list.
     pub junk: &'a [String],
+    /// The collector's server cookie as the request carried it, when the
+    /// request may have one (a browser's, first-party; else `None`):
+    /// [`crate::device_cookie`].
+    pub device: Option<&'a DeviceCookie>,
 }
 
 /// What happened to one message at admission.
@@ -172,6 +182,11 @@ pub struct Admission {
     pub outcomes: Vec<Outcome>,
     /// Junk identifiers seen (never linked).
     pub junk_ids: u64,
+    /// The server cookie after the batch (with [`Facts::device`]).
+    pub device: Option<DeviceCookie>,
+    /// Whether some message granted analytics (the cookie is then set, or
+    /// its life renewed).
+    pub grants_analytics: bool,
 }
 
 /// Admits every message of `envelope`: validates, enriches, checks consent.
@@ -193,7 +208,14 @@ pub fn admit(envelope: &Envelope<'_>, facts: &Facts<'_>) -> Admission {
         },
         outcomes: Vec::with_capacity(envelope.messages.len()),
         junk_ids: 0,
+        device: facts.device.cloned(),
+        grants_analytics: false,
     };
+    if envelope.reset
+        && let Some(cookie) = &mut admission.device
+    {
+        cookie.reset();
+    }
     for raw in &envelope.messages {
         let outcome = match admit_one(
             raw.get(),
@@ -202,14 +224,36 @@ pub fn admit(envelope: &Envelope<'_>, facts: &Facts<'_>) -> Admission {
             facts,
             &received_text,
         ) {
-            Ok((event, junk)) => {
+            Ok(Admitted {
+                event,
+                junk,
+                analytics,
+            }) => {
                 admission.junk_ids += u64::from(junk);
-                match event {
-                    Ok(event) => {
+                admission.grants_analytics |= analytics == Some(true);
+                let cookie = admission.device.as_mut();
+                match (event, cookie) {
+                    (Ok(mut event), Some(cookie)) => {
+                        match (analytics, &event.anonymous_id) {
+                            (Some(false), _) => *cookie = DeviceCookie::default(),
+                            (Some(true), Some(anonymous_id)) => {
+                                event.same_device = cookie.observe(anonymous_id);
+                            }
+                            _ => {}
+                        }
                         admission.request.events.push(event);
                         Outcome::Accepted
                     }
-                    Err(drop) => Outcome::Dropped(drop),
+                    (Ok(event), None) => {
+                        admission.request.events.push(event);
+                        Outcome::Accepted
+                    }
+                    (Err(drop), cookie) => {
+                        if let (Some(false), Some(cookie)) = (analytics, cookie) {
+                            *cookie = DeviceCookie::default();
+                        }
+                        Outcome::Dropped(drop)
+                    }
                 }
             }
             Err(rejection) => {
@@ -227,9 +271,16 @@ pub fn admit(envelope: &Envelope<'_>, facts: &Facts<'_>) -> Admission {
     admission
 }
 
-/// A valid message: the event (or why consent drops it) and its junk
-/// identifier count.
-type Admitted = (Result<NewEvent, consent::Drop>, u8);
+/// A valid message.
+struct Admitted {
+    /// The event, or why consent drops it.
+    event: Result<NewEvent, consent::Drop>,
+    /// How many of its identifiers are junk.
+    junk: u8,
+    /// Whether its consent preferences grant analytics (`None`: it has
+    /// none), read only for a request that may carry the server cookie.
+    analytics: Option<bool>,
+}
 
 /// A batch-level `context`: its text, and its fields when it is an object.
 struct BatchContext<'b, 'a> {
@@ -342,9 +393,19 @@ fn admit_one(
         .iter()
         .filter(|id| id.as_deref().is_some_and(|id| is_junk(id, facts.junk)))
         .count() as u8;
+    let analytics = match (facts.device, merged_context.as_deref()) {
+        (Some(_), Some(context)) => consent::context_grants(context, "analytics"),
+        _ => None,
+    };
     let consent_record = match consent::check(parts, facts.consent) {
         Ok(record) => record,
-        Err(drop) => return Ok((Err(drop), junk)),
+        Err(drop) => {
+            return Ok(Admitted {
+                event: Err(drop),
+                junk,
+                analytics,
+            });
+        }
     };
 
     let message_id = match message_id {
@@ -376,8 +437,8 @@ fn admit_one(
         id.filter(|id| !is_junk(id, facts.junk))
             .map(Cow::into_owned)
     };
-    Ok((
-        Ok(NewEvent {
+    Ok(Admitted {
+        event: Ok(NewEvent {
             message_id,
             kind,
             event: event.map(Cow::into_owned),
@@ -390,9 +451,11 @@ fn admit_one(
             received_at: received_text.to_owned(),
             ip: facts.ip.map(str::to_owned),
             body,
+            same_device: None,
         }),
         junk,
-    ))
+        analytics,
+    })
 }
 
 /// Keys of a message that are never stored as the client sent them: the
@@ -673,6 +736,7 @@ mod tests {
     /// Admits one message sent in a batch with `sent_at`.
     fn prepare(raw: &str, sent_at: Option<&str>) -> Result<NewEvent, Rejection> {
         let envelope = Envelope {
+            reset: false,
             messages: vec![serde_json::from_str(raw).expect("test messages are JSON")],
             sent_at: sent_at.map(str::to_owned),
             write_key: None,
@@ -689,6 +753,7 @@ mod tests {
 
     fn facts() -> Facts<'static> {
         Facts {
+            device: None,
             source: "s",
             consent: MissingConsent::Assumed,
             received: RECEIVED,

@@ -95,6 +95,11 @@ pub struct Cli {
     /// `data-endpoint`). For blocklists that match `/v1/batch`.
     #[arg(long, env = "WEFT_INGEST_PATH", value_parser = parse_ingest_path)]
     pub ingest_path: Option<String>,
+    /// Where the collector sets its first-party device cookie (only with
+    /// analytics consent): `auto` on the domain the page and the collector
+    /// share, `off`, or a domain such as `shop.example` [default: auto].
+    #[arg(long, env = "WEFT_SERVER_COOKIE", value_parser = crate::device_cookie::Scope::parse)]
+    pub server_cookie: Option<crate::device_cookie::Scope>,
     /// Configuration file (TOML). Without it, `./weft.toml` is read if
     /// present.
     #[arg(long, env = "WEFT_CONFIG")]
@@ -287,6 +292,14 @@ impl Cli {
         config.www_dir = self.www_dir.or(file.www_dir);
         config.sdk_dir = self.sdk_dir.or(file.sdk_dir);
         config.keep_full_ip = self.keep_full_ip || file.keep_full_ip.unwrap_or(false);
+        config.paths = crate::config::PublicPaths {
+            script: self.script_path.or(file.script_path),
+            ingest: self.ingest_path.or(file.ingest_path),
+        };
+        config.server_cookie = self
+            .server_cookie
+            .or(file.server_cookie)
+            .unwrap_or_default();
         config.destinations = file.destinations;
         config.junk_ids = if self.junk_ids.is_empty() {
             file.junk_ids
@@ -502,5 +515,43 @@ write_key = "wk_backend"
         assert!(a.allows_origin("https://shop.example"));
         assert!(!a.allows_origin("https://evil.example"));
         assert!(config.source("wk_dev").is_none());
+    }
+
+    #[test]
+    fn public_paths_and_the_server_cookie_come_from_the_file_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("weft.toml");
+        std::fs::write(
+            &file,
+            "script_path = \"/assets/app.js\"\ningest_path = \"/assets/s\"\nserver_cookie = \"shop.example\"\n",
+        )
+        .unwrap();
+        let data = dir.path().to_str().unwrap();
+        let from_file = |extra: &[&str]| {
+            let mut args = vec!["--data-dir", data, "--config", file.to_str().unwrap()];
+            args.extend_from_slice(extra);
+            cli(&args).into_config().unwrap().config
+        };
+        let config = from_file(&[]);
+        assert_eq!(config.paths.script.as_deref(), Some("/assets/app.js"));
+        assert_eq!(config.paths.ingest.as_deref(), Some("/assets/s"));
+        assert_eq!(
+            config.server_cookie,
+            crate::device_cookie::Scope::Domain("shop.example".into())
+        );
+        let config = from_file(&[
+            "--script-path",
+            "/js/x.js",
+            "--ingest-path",
+            "/x",
+            "--server-cookie",
+            "off",
+        ]);
+        assert_eq!(config.paths.script.as_deref(), Some("/js/x.js"));
+        assert_eq!(config.paths.ingest.as_deref(), Some("/x"));
+        assert_eq!(config.server_cookie, crate::device_cookie::Scope::Off);
+        let defaults = cli(&["--data-dir", data]).into_config().unwrap().config;
+        assert_eq!(defaults.paths, crate::config::PublicPaths::default());
+        assert_eq!(defaults.server_cookie, crate::device_cookie::Scope::Auto);
     }
 }

@@ -156,6 +156,9 @@ pub struct Config {
     pub body_timeout: Duration,
     /// Operator-chosen paths for the SDK and batches ([`PublicPaths`]).
     pub paths: PublicPaths,
+    /// Where the first-party device cookie is set
+    /// ([`crate::device_cookie`]).
+    pub server_cookie: crate::device_cookie::Scope,
     /// Peers whose `X-Forwarded-For` is believed (reverse proxies); the
     /// header of any other peer is ignored ([`crate::proxy`]).
     pub trusted_proxies: Vec<crate::proxy::Cidr>,
@@ -192,6 +195,7 @@ impl Config {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             paths: PublicPaths::default(),
+            server_cookie: Default::default(),
             trusted_proxies: Vec::new(),
             keep_full_ip: false,
             junk_ids: Vec::new(),

@@ -28,7 +28,7 @@ use crate::destinations::config::DestinationConfig;
 use crate::proxy::Cidr;
 
 /// Keys allowed at the top level, with what each takes.
-pub const TOP_LEVEL_KEYS: [(&str, &str); 13] = [
+pub const TOP_LEVEL_KEYS: [(&str, &str); 14] = [
     ("listen", "an address and port, \"127.0.0.1:8080\""),
     ("data_dir", "a directory path"),
     ("www_dir", "a directory path (development)"),
@@ -50,6 +50,10 @@ pub const TOP_LEVEL_KEYS: [(&str, &str); 13] = [
         "the SDK's path, ending in .js, \"/assets/app-4f1.js\"",
     ),
     ("ingest_path", "a batch endpoint's path, \"/assets/s\""),
+    (
+        "server_cookie",
+        "\"auto\", \"off\" or a domain, \"shop.example\"",
+    ),
     ("source", "[[source]] tables"),
 ];
 
@@ -89,6 +93,8 @@ pub struct FileConfig {
     pub script_path: Option<String>,
     /// `ingest_path`.
     pub ingest_path: Option<String>,
+    /// `server_cookie`.
+    pub server_cookie: Option<crate::device_cookie::Scope>,
     /// `[[source]]` tables, names defaulted to their keys.
     pub sources: Vec<Source>,
     /// `[[destination]]` tables.
@@ -166,6 +172,14 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<Problem>> {
                     match checked {
                         Ok(()) if name == "script_path" => out.script_path = Some(p.to_owned()),
                         Ok(()) => out.ingest_path = Some(p.to_owned()),
+                        Err(e) => c.problem(value.span().start, name, e),
+                    }
+                }
+            }
+            "server_cookie" => {
+                if let Some(text) = c.string(name, value) {
+                    match crate::device_cookie::Scope::parse(text) {
+                        Ok(scope) => out.server_cookie = Some(scope),
                         Err(e) => c.problem(value.span().start, name, e),
                     }
                 }

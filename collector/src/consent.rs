@@ -160,6 +160,17 @@ struct MessageView {
     context: Option<ContextView>,
 }
 
+/// Whether a message's `context` (its JSON text) grants `category` in its
+/// `consent.categoryPreferences`; `None` when it has none.
+pub fn context_grants(context: &str, category: &str) -> Option<bool> {
+    if !context.contains("categoryPreferences") {
+        return None;
+    }
+    let view: ContextView = serde_json::from_str(context).ok()?;
+    let prefs = view.consent?.category_preferences?;
+    Some(prefs.get(category).is_some_and(granted))
+}
+
 /// Whether a stored message's own `context.consent.categoryPreferences`
 /// grants `category`; `None` when it has none (the source's setting then
 /// decides). What destinations filter on.

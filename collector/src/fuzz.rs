@@ -32,6 +32,7 @@ fn check_body(body: &[u8], gzip: bool, single: Option<MessageType>) {
         return;
     };
     let facts = Facts {
+        device: None,
         source: "s",
         consent: MissingConsent::Assumed,
         received: datetime!(2026-11-23 10:00:00 UTC),

@@ -4,6 +4,11 @@
 //! - A *link* ties a device (`anonymousId`) to a login (`userId`) at a time:
 //!   every message that carries both makes one.
 //! - An *alias* joins two user IDs (`previousId` -> `userId`).
+//! - A *same-device* edge joins two anonymous IDs of one browser: the
+//!   collector's server cookie named the earlier one on a message of the
+//!   later one (the page's own storage was wiped). A device is the set of
+//!   anonymous IDs such edges join; its smallest ID names it, and its links
+//!   are the links of all of them.
 //! - A profile is a set of user IDs joined by aliases (its `profile_id` is
 //!   the smallest of them, so it does not depend on arrival order), with the
 //!   devices linked to them. A device linked to no user is a profile of its
@@ -86,18 +91,105 @@ pub struct Alias {
     pub message_id: String,
 }
 
+/// Two anonymous IDs of one browser, joined by the collector's server
+/// cookie: a message of `anonymous_id` arrived with a cookie naming
+/// `same_as` (the page's storage had been wiped, the cookie had not).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SameDevice {
+    /// When (the message's timestamp).
+    pub at: String,
+    /// The anonymous ID of the message.
+    pub anonymous_id: String,
+    /// The anonymous ID the cookie carried.
+    pub same_as: String,
+    /// The message that made the edge.
+    pub message_id: String,
+}
+
+/// Why a [`SameDevice`] edge exists, as the graph API names it.
+pub const SAME_DEVICE_REASON: &str = "server_cookie";
+
 /// The resolved identity graph.
 #[derive(Debug, Default, Clone)]
 pub struct Graph {
     /// user ID -> the profile's canonical user ID (the smallest).
     canonical: BTreeMap<String, String>,
-    /// device -> its links, in time order (ties broken by user ID).
+    /// device (its smallest anonymous ID) -> its links, in time order (ties
+    /// broken by user ID).
     devices: BTreeMap<String, Vec<(String, String)>>,
+    /// anonymous ID -> its device's smallest anonymous ID, for the IDs
+    /// that same-device edges join (others are their own device).
+    device_of: BTreeMap<String, String>,
+}
+
+/// Union-find over identifiers; the root of each set is its smallest
+/// member, so the result does not depend on the order of the unions.
+#[derive(Default)]
+struct Sets<'a> {
+    parent: BTreeMap<&'a str, &'a str>,
+}
+
+impl<'a> Sets<'a> {
+    fn add(&mut self, x: &'a str) {
+        self.parent.entry(x).or_insert(x);
+    }
+
+    fn find(&mut self, x: &'a str) -> &'a str {
+        let mut root = x;
+        while let Some(&p) = self.parent.get(root) {
+            if p == root {
+                break;
+            }
+            root = p;
+        }
+        // Path compression.
+        let mut cur = x;
+        while let Some(&p) = self.parent.get(cur) {
+            if p == root {
+                break;
+            }
+            self.parent.insert(cur, root);
+            cur = p;
+        }
+        root
+    }
+
+    fn union(&mut self, a: &'a str, b: &'a str) {
+        self.add(a);
+        self.add(b);
+        let (ra, rb) = (self.find(a), self.find(b));
+        if ra != rb {
+            let (small, large) = if ra < rb { (ra, rb) } else { (rb, ra) };
+            self.parent.insert(large, small);
+        }
+    }
+
+    /// Every member with its root.
+    fn roots(mut self) -> BTreeMap<String, String> {
+        let ids: Vec<&str> = self.parent.keys().copied().collect();
+        ids.into_iter()
+            .map(|x| (x.to_owned(), self.find(x).to_owned()))
+            .collect()
+    }
 }
 
 impl Graph {
-    /// Resolves links and aliases. Junk identifiers are ignored.
-    pub fn build(links: &[Link], aliases: &[Alias], junk: &[String]) -> Graph {
+    /// Resolves links, aliases and same-device edges. Junk identifiers are
+    /// ignored.
+    pub fn build(
+        links: &[Link],
+        aliases: &[Alias],
+        same_devices: &[SameDevice],
+        junk: &[String],
+    ) -> Graph {
+        let mut same: Sets<'_> = Sets::default();
+        for s in same_devices {
+            if !is_junk(&s.anonymous_id, junk) && !is_junk(&s.same_as, junk) {
+                same.union(&s.anonymous_id, &s.same_as);
+            }
+        }
+        let device_of = same.roots();
+        let device = |id: &str| device_of.get(id).cloned().unwrap_or_else(|| id.to_owned());
         let mut users: BTreeSet<&str> = BTreeSet::new();
         let mut devices: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
         for l in links {
@@ -106,7 +198,7 @@ impl Graph {
             }
             users.insert(&l.user_id);
             devices
-                .entry(l.anonymous_id.clone())
+                .entry(device(&l.anonymous_id))
                 .or_default()
                 .push((l.at.clone(), l.user_id.clone()));
         }
@@ -114,53 +206,29 @@ impl Graph {
             links.sort();
             links.dedup();
         }
-        // Union-find over user IDs joined by aliases; the root of each set
-        // is its smallest ID, so the result does not depend on order.
-        let mut parent: BTreeMap<&str, &str> = BTreeMap::new();
-        fn find<'a>(parent: &mut BTreeMap<&'a str, &'a str>, x: &'a str) -> &'a str {
-            let mut root = x;
-            while let Some(&p) = parent.get(root) {
-                if p == root {
-                    break;
-                }
-                root = p;
-            }
-            // Path compression.
-            let mut cur = x;
-            while let Some(&p) = parent.get(cur) {
-                if p == root {
-                    break;
-                }
-                parent.insert(cur, root);
-                cur = p;
-            }
-            root
-        }
+        // User IDs joined by aliases.
+        let mut joined: Sets<'_> = Sets::default();
         for u in &users {
-            parent.insert(u, u);
+            joined.add(u);
         }
         for a in aliases {
-            if is_junk(&a.previous_id, junk) || is_junk(&a.user_id, junk) {
-                continue;
-            }
-            for id in [a.previous_id.as_str(), a.user_id.as_str()] {
-                parent.entry(id).or_insert(id);
-            }
-            let (ra, rb) = (
-                find(&mut parent, &a.previous_id),
-                find(&mut parent, &a.user_id),
-            );
-            if ra != rb {
-                let (small, large) = if ra < rb { (ra, rb) } else { (rb, ra) };
-                parent.insert(large, small);
+            if !is_junk(&a.previous_id, junk) && !is_junk(&a.user_id, junk) {
+                joined.union(&a.previous_id, &a.user_id);
             }
         }
-        let ids: Vec<&str> = parent.keys().copied().collect();
-        let canonical = ids
-            .into_iter()
-            .map(|u| (u.to_owned(), find(&mut parent, u).to_owned()))
-            .collect();
-        Graph { canonical, devices }
+        Graph {
+            canonical: joined.roots(),
+            devices,
+            device_of,
+        }
+    }
+
+    /// The device an anonymous ID is part of (its smallest anonymous ID).
+    pub fn device_of<'a>(&'a self, anonymous_id: &'a str) -> &'a str {
+        self.device_of
+            .get(anonymous_id)
+            .map(String::as_str)
+            .unwrap_or(anonymous_id)
     }
 
     /// The profile a user ID belongs to (its canonical user ID).
@@ -175,7 +243,7 @@ impl Graph {
     /// user of the first link at or after `at`, else of the last link
     /// before. `None` for a device never linked.
     pub fn user_at(&self, device: &str, at: &str) -> Option<&str> {
-        let links = self.devices.get(device)?;
+        let links = self.devices.get(self.device_of(device))?;
         let i = links.partition_point(|(t, _)| t.as_str() < at);
         links
             .get(i)
@@ -186,11 +254,15 @@ impl Graph {
     /// The most recent user of a device (the profile a lookup by this
     /// anonymousId answers).
     pub fn latest_user(&self, device: &str) -> Option<&str> {
-        self.devices.get(device)?.last().map(|(_, u)| u.as_str())
+        self.devices
+            .get(self.device_of(device))?
+            .last()
+            .map(|(_, u)| u.as_str())
     }
 
     /// The profile an event belongs to: by its user when it has one, else by
-    /// its device and time; a never-linked device is its own profile.
+    /// its device and time; a never-linked device is its own profile (named
+    /// by its smallest anonymous ID).
     pub fn profile_of_event(
         &self,
         anonymous_id: Option<&str>,
@@ -203,7 +275,7 @@ impl Graph {
         let device = anonymous_id?;
         Some(match self.user_at(device, at) {
             Some(u) => user_profile_id(self.profile_of_user(u)),
-            None => device_profile_id(device),
+            None => device_profile_id(self.device_of(device)),
         })
     }
 }
@@ -225,7 +297,13 @@ pub trait Edges {
     fn aliases_of(&self, user: &str) -> Result<Vec<Alias>, Self::Error>;
     /// The devices linked to `user`.
     fn devices_of(&self, user: &str) -> Result<Vec<String>, Self::Error>;
+    /// The same-device edges with `device` on either side.
+    fn same_devices(&self, device: &str) -> Result<Vec<SameDevice>, Self::Error>;
 }
+
+/// Most anonymous IDs one device may hold before the walk stops (a
+/// browser whose storage is wiped daily makes one a day).
+const MAX_DEVICE_IDS: usize = 1_000;
 
 /// Who an identifier is.
 #[derive(Debug, Clone)]
@@ -233,7 +311,49 @@ pub enum Identity {
     /// A person: a user's alias component and the devices linked to it.
     Person(Component),
     /// A device never linked to a user (it may also be unknown).
-    Device(String),
+    Device(Device),
+}
+
+/// A device's anonymous IDs (one, unless the server cookie joined more)
+/// and the edges that joined them.
+#[derive(Debug, Clone)]
+pub struct Device {
+    /// The anonymous IDs, sorted: the first names the device.
+    pub ids: Vec<String>,
+    /// The same-device edges between them.
+    pub edges: Vec<SameDevice>,
+}
+
+impl Device {
+    /// The `profile_id` of the device as a profile of its own.
+    pub fn profile_id(&self) -> String {
+        device_profile_id(&self.ids[0])
+    }
+}
+
+/// The device `id` is part of: the anonymous IDs same-device edges join
+/// to it (at most [`MAX_DEVICE_IDS`]), with those edges.
+pub fn device<E: Edges>(edges: &E, id: &str) -> Result<Device, E::Error> {
+    let mut ids = vec![id.to_owned()];
+    let mut found: Vec<SameDevice> = Vec::new();
+    let mut i = 0;
+    while i < ids.len() && ids.len() < MAX_DEVICE_IDS {
+        let d = ids[i].clone();
+        i += 1;
+        for e in edges.same_devices(&d)? {
+            for other in [&e.anonymous_id, &e.same_as] {
+                if !ids.contains(other) {
+                    ids.push(other.clone());
+                }
+            }
+            if !found.contains(&e) {
+                found.push(e);
+            }
+        }
+    }
+    ids.sort();
+    found.sort();
+    Ok(Device { ids, edges: found })
 }
 
 /// A person's identifiers and the edges between them.
@@ -243,13 +363,15 @@ pub struct Component {
     pub profile_id: String,
     /// The user IDs, the one resolution started from first.
     pub users: Vec<String>,
-    /// The devices linked to them.
+    /// The anonymous IDs linked to them, and those of the same devices.
     pub devices: Vec<String>,
     /// Every link of those devices, other people's on shared devices
     /// included (they decide who an anonymous event belongs to).
     pub links: Vec<Link>,
     /// The aliases that join the users.
     pub aliases: Vec<Alias>,
+    /// The same-device edges between the anonymous IDs.
+    pub same_devices: Vec<SameDevice>,
     /// The graph built from them, for attributing events by time.
     pub graph: Graph,
 }
@@ -278,10 +400,15 @@ pub fn resolve<E: Edges>(edges: &E, id: &str, max_users: usize) -> Result<Identi
     let start_user = if edges.is_user(id)? {
         id.to_owned()
     } else {
-        let graph = Graph::build(&edges.device_links(id)?, &[], &[]);
+        let device = device(edges, id)?;
+        let mut links = Vec::new();
+        for d in &device.ids {
+            links.extend(edges.device_links(d)?);
+        }
+        let graph = Graph::build(&links, &[], &device.edges, &[]);
         match graph.latest_user(id) {
             Some(u) => u.to_owned(),
-            None => return Ok(Identity::Device(id.to_owned())),
+            None => return Ok(Identity::Device(device)),
         }
     };
     // The alias component of the user. An alias whose previousId is a
@@ -289,15 +416,15 @@ pub fn resolve<E: Edges>(edges: &E, id: &str, max_users: usize) -> Result<Identi
     // instead of joining a user.
     let mut users = vec![start_user];
     let mut aliases: Vec<Alias> = Vec::new();
-    let mut devices: Vec<String> = Vec::new();
+    let mut linked: Vec<String> = Vec::new();
     let mut i = 0;
     while i < users.len() && users.len() < max_users {
         let u = users[i].clone();
         i += 1;
         for a in edges.aliases_of(&u)? {
             if a.user_id == u && !edges.is_user(&a.previous_id)? {
-                if !devices.contains(&a.previous_id) {
-                    devices.push(a.previous_id.clone());
+                if !linked.contains(&a.previous_id) {
+                    linked.push(a.previous_id.clone());
                 }
                 continue;
             }
@@ -313,8 +440,27 @@ pub fn resolve<E: Edges>(edges: &E, id: &str, max_users: usize) -> Result<Identi
     }
     for u in &users {
         for d in edges.devices_of(u)? {
-            if !devices.contains(&d) {
-                devices.push(d);
+            if !linked.contains(&d) {
+                linked.push(d);
+            }
+        }
+    }
+    // Each linked anonymous ID with the others of its device.
+    let mut devices: Vec<String> = Vec::new();
+    let mut same_devices: Vec<SameDevice> = Vec::new();
+    for d in linked {
+        if devices.contains(&d) {
+            continue;
+        }
+        let device = device(edges, &d)?;
+        for id in device.ids {
+            if !devices.contains(&id) {
+                devices.push(id);
+            }
+        }
+        for e in device.edges {
+            if !same_devices.contains(&e) {
+                same_devices.push(e);
             }
         }
     }
@@ -322,7 +468,7 @@ pub fn resolve<E: Edges>(edges: &E, id: &str, max_users: usize) -> Result<Identi
     for d in &devices {
         links.extend(edges.device_links(d)?);
     }
-    let graph = Graph::build(&links, &aliases, &[]);
+    let graph = Graph::build(&links, &aliases, &same_devices, &[]);
     let profile_id = user_profile_id(graph.profile_of_user(&users[0]));
     Ok(Identity::Person(Component {
         profile_id,
@@ -330,6 +476,7 @@ pub fn resolve<E: Edges>(edges: &E, id: &str, max_users: usize) -> Result<Identi
         devices,
         links,
         aliases,
+        same_devices,
         graph,
     }))
 }
@@ -396,6 +543,7 @@ mod tests {
             ],
             &[],
             &[],
+            &[],
         );
         let at = |t: &str| g.profile_of_event(Some("d"), None, t);
         assert_eq!(
@@ -434,6 +582,7 @@ mod tests {
                 alias("2026-11-23T11:00:00.000Z", "mike", "amy"),
             ],
             &[],
+            &[],
         );
         for u in ["zed", "mike", "amy"] {
             assert_eq!(g.profile_of_user(u), "amy");
@@ -454,6 +603,7 @@ mod tests {
             ],
             &[alias("2026-11-23T10:00:00.000Z", "guest", "bob")],
             &[],
+            &[],
         );
         assert_eq!(
             g.profile_of_event(Some("d"), None, "2026-11-23T11:00:00.000Z")
@@ -472,13 +622,129 @@ mod tests {
             link("2026-11-23T11:00:00.000Z", "e", "b"),
         ];
         let aliases = vec![alias("t", "b", "c"), alias("t", "c", "a2")];
-        let g1 = Graph::build(&links, &aliases, &[]);
+        let g1 = Graph::build(&links, &aliases, &[], &[]);
         let mut rl = links.clone();
         rl.reverse();
         let mut ra = aliases.clone();
         ra.reverse();
-        let g2 = Graph::build(&rl, &ra, &[]);
+        let g2 = Graph::build(&rl, &ra, &[], &[]);
         assert_eq!(g1.canonical, g2.canonical);
         assert_eq!(g1.devices, g2.devices);
+    }
+
+    fn same(at: &str, anon: &str, same_as: &str) -> SameDevice {
+        SameDevice {
+            at: at.into(),
+            anonymous_id: anon.into(),
+            same_as: same_as.into(),
+            message_id: format!("s-{anon}-{same_as}"),
+        }
+    }
+
+    #[test]
+    fn anonymous_ids_of_one_device_share_its_links_and_its_profile() {
+        // d1 logged in as alice; the storage was wiped, the cookie named d1
+        // on d2's first message, later d3's; d2 and d3 never logged in.
+        let links = [link("2026-11-23T10:00:00.000Z", "d1", "alice")];
+        let same_devices = [
+            same("2026-11-30T10:00:00.000Z", "d2", "d1"),
+            same("2026-12-07T10:00:00.000Z", "d3", "d2"),
+        ];
+        let g = Graph::build(&links, &[], &same_devices, &[]);
+        for d in ["d1", "d2", "d3"] {
+            assert_eq!(g.device_of(d), "d1");
+            assert_eq!(
+                g.profile_of_event(Some(d), None, "2026-12-08T00:00:00.000Z")
+                    .as_deref(),
+                Some("user:alice"),
+                "{d}"
+            );
+        }
+        // Without a login, the device is one anonymous profile, named by
+        // its smallest ID whatever the order of the edges.
+        let mut reversed = same_devices.to_vec();
+        reversed.reverse();
+        for edges in [&same_devices[..], &reversed[..]] {
+            let g = Graph::build(&[], &[], edges, &[]);
+            for d in ["d3", "d2", "d1"] {
+                assert_eq!(
+                    g.profile_of_event(Some(d), None, "2026-12-08T00:00:00.000Z")
+                        .as_deref(),
+                    Some("anon:d1")
+                );
+            }
+        }
+        // A junk ID joins nothing.
+        let g = Graph::build(&[], &[], &[same("t", "d9", "null")], &[]);
+        assert_eq!(g.device_of("d9"), "d9");
+    }
+
+    /// The edges of a small graph, as a backend would answer them.
+    #[derive(Default)]
+    struct Table {
+        links: Vec<Link>,
+        same: Vec<SameDevice>,
+    }
+
+    impl Edges for Table {
+        type Error = std::convert::Infallible;
+        fn is_user(&self, id: &str) -> Result<bool, Self::Error> {
+            Ok(self.links.iter().any(|l| l.user_id == id))
+        }
+        fn device_links(&self, device: &str) -> Result<Vec<Link>, Self::Error> {
+            Ok(self
+                .links
+                .iter()
+                .filter(|l| l.anonymous_id == device)
+                .cloned()
+                .collect())
+        }
+        fn aliases_of(&self, _: &str) -> Result<Vec<Alias>, Self::Error> {
+            Ok(Vec::new())
+        }
+        fn devices_of(&self, user: &str) -> Result<Vec<String>, Self::Error> {
+            Ok(self
+                .links
+                .iter()
+                .filter(|l| l.user_id == user)
+                .map(|l| l.anonymous_id.clone())
+                .collect())
+        }
+        fn same_devices(&self, device: &str) -> Result<Vec<SameDevice>, Self::Error> {
+            Ok(self
+                .same
+                .iter()
+                .filter(|s| s.anonymous_id == device || s.same_as == device)
+                .cloned()
+                .collect())
+        }
+    }
+
+    #[test]
+    fn resolution_walks_same_device_edges_from_either_end() {
+        let mut t = Table {
+            links: Vec::new(),
+            same: vec![same("2026-11-30T10:00:00.000Z", "d2", "d1")],
+        };
+        let Ok(Identity::Device(d)) = resolve(&t, "d2", 100) else {
+            panic!("d2 is a device");
+        };
+        assert_eq!(d.ids, ["d1", "d2"]);
+        assert_eq!(d.profile_id(), "anon:d1");
+        assert_eq!(d.edges.len(), 1);
+        // Once d1 logs in, both IDs resolve to the person, with both IDs.
+        t.links
+            .push(link("2026-12-01T10:00:00.000Z", "d1", "alice"));
+        for id in ["d2", "alice"] {
+            let Ok(Identity::Person(c)) = resolve(&t, id, 100) else {
+                panic!("{id} is a person");
+            };
+            assert_eq!(c.profile_id, "user:alice");
+            let mut devices = c.devices.clone();
+            devices.sort();
+            assert_eq!(devices, ["d1", "d2"]);
+            assert_eq!(c.same_devices.len(), 1);
+            assert!(c.owns(Some("d2"), None, "2026-11-30T10:00:00.000Z"));
+        }
     }
 }

@@ -163,6 +163,7 @@ fn deliver(
         let body = format!("{{\"batch\":[{}]}}", batch.join(","));
         let envelope = parse_envelope(body.as_bytes(), None).expect("a batch");
         let facts = Facts {
+            device: None,
             source: "s",
             consent: MissingConsent::Assumed,
             received,

@@ -15,13 +15,16 @@ use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, EXPECT, ORIGIN};
+use hyper::header::{
+    AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, EXPECT, HOST, ORIGIN, SET_COOKIE,
+};
 use hyper::{Request, StatusCode};
 use weft_protocol::MessageType;
 use weft_protocol::limits::MAX_REQUEST_BYTES;
 
 use crate::admission::{Admission, Facts, Outcome, admit, parse_envelope};
 use crate::app::App;
+use crate::device_cookie::DeviceCookie;
 use crate::error::{ApiError, Resp, json_response};
 use crate::metrics::Metrics;
 
@@ -45,6 +48,7 @@ pub async fn handle(
         .get(ORIGIN)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let cookie = origin.as_deref().and_then(|o| server_cookie(app, &req, o));
     let gzip_header = match early {
         Ok(gzip) => gzip,
         Err(e) => {
@@ -80,11 +84,14 @@ pub async fn handle(
         received,
         ip: ip.as_deref(),
         junk: &app.config.junk_ids,
+        device: cookie.as_ref().map(|c| &c.before),
     };
     let Admission {
         request,
         outcomes,
         junk_ids,
+        device,
+        grants_analytics,
     } = admit(&envelope, &facts);
     Metrics::add(&app.metrics.events_received, outcomes.len() as u64);
     Metrics::add(&app.metrics.junk_identifiers, junk_ids);
@@ -114,7 +121,7 @@ pub async fn handle(
     Metrics::add(&app.metrics.events_deduplicated, outcome.duplicates as u64);
     Metrics::add(&app.metrics.events_suppressed, outcome.suppressed as u64);
 
-    Ok(json_response(
+    let mut resp = json_response(
         StatusCode::OK,
         &serde_json::json!({
             "success": true,
@@ -125,7 +132,48 @@ pub async fn handle(
             "dropped_for_consent": dropped,
             "errors": errors,
         }),
-    ))
+    );
+    if let (Some(cookie), Some(mut after)) = (cookie, device) {
+        // A batch naming an erased person or device ends the cookie.
+        if outcome.suppressed > 0 || outcome.erased_device {
+            after = DeviceCookie::default();
+        }
+        let renew = grants_analytics && !after.is_empty();
+        if after != cookie.before || renew {
+            let header = after.set_cookie(cookie.domain.as_deref(), &cookie.path, cookie.secure);
+            resp.headers_mut().append(SET_COOKIE, header);
+        }
+    }
+    Ok(resp)
+}
+
+/// A browser request that may carry the server cookie
+/// ([`crate::device_cookie`]): what it carried and where a new one goes.
+struct ServerCookie {
+    before: DeviceCookie,
+    /// `Domain`, or `None` for a host-only cookie.
+    domain: Option<String>,
+    /// The ingest path the request came to.
+    path: String,
+    /// The page is https (so the collector is too).
+    secure: bool,
+}
+
+/// The server cookie of a request from a page on `origin`, when the
+/// configuration and the two hosts allow one.
+fn server_cookie(app: &App, req: &Request<Incoming>, origin: &str) -> Option<ServerCookie> {
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
+    let domain = app.config.server_cookie.domain_for(host, origin)?;
+    Some(ServerCookie {
+        before: DeviceCookie::from_headers(req.headers()),
+        domain,
+        path: req.uri().path().to_owned(),
+        secure: origin.starts_with("https://"),
+    })
 }
 
 /// The username of `Authorization: Basic base64(user:password)`.

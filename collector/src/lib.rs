@@ -48,6 +48,7 @@ pub mod config_file;
 pub mod consent;
 pub mod consumer;
 pub mod destinations;
+pub mod device_cookie;
 pub mod error;
 #[cfg(test)]
 mod fuzz;

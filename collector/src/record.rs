@@ -4,8 +4,9 @@
 //! them meaning. Two kinds of record exist:
 //!
 //! - an accepted event, with the collector's own values (source,
-//!   messageId, identifiers, corrected timestamp, receivedAt, truncated IP)
-//!   beside the stored JSON body;
+//!   messageId, identifiers, corrected timestamp, receivedAt, truncated IP,
+//!   and the server cookie's anonymous ID when it differs from the
+//!   message's) beside the stored JSON body;
 //! - a rejected message (a "bad row") with its reason.
 //!
 //! (Erased identifiers are not log records: retention drops old segments,
@@ -79,6 +80,11 @@ pub fn encode_event(out: &mut Vec<u8>, source: &str, e: &NewEvent) {
     put_str(out, &e.received_at);
     put_opt(out, e.ip.as_deref());
     put_str(out, &e.body);
+    // Last and only when present, so records written before it existed
+    // read the same.
+    if let Some(same) = &e.same_device {
+        put_opt(out, Some(same));
+    }
 }
 
 /// Appends the encoding of a rejected-message record to `out`.
@@ -138,6 +144,7 @@ pub struct EventRef<'a> {
     pub received_at: &'a str,
     pub ip: Option<&'a str>,
     pub body: &'a str,
+    pub same_device: Option<&'a str>,
 }
 
 /// [`ConsentRecord`], borrowed.
@@ -183,6 +190,7 @@ impl RecordRef<'_> {
                     received_at: e.received_at.to_owned(),
                     ip: own(e.ip),
                     body: e.body.to_owned(),
+                    same_device: own(e.same_device),
                 },
             },
             RecordRef::Rejected {
@@ -241,6 +249,13 @@ pub fn decode_ref(payload: &[u8]) -> Result<RecordRef<'_>, DecodeError> {
                 received_at: r.str()?,
                 ip: r.opt()?,
                 body: r.str()?,
+                // Absent from records that carry none (and from every
+                // record written before it existed).
+                same_device: match r.0.first() {
+                    None => None,
+                    Some(1) => r.opt()?,
+                    Some(_) => return Err(DecodeError("trailing bytes")),
+                },
             };
             RecordRef::Event { source, event }
         }
@@ -317,6 +332,7 @@ mod tests {
 
     fn event() -> NewEvent {
         NewEvent {
+            same_device: None,
             message_id: "m-1".into(),
             kind: MessageType::Identify,
             event: None,
@@ -376,6 +392,28 @@ mod tests {
         }
         buf.push(0);
         assert_eq!(decode(&buf), Err(DecodeError("trailing bytes")));
+        // With the optional last field, too.
+        buf.clear();
+        let joined = NewEvent {
+            same_device: Some("a-0".into()),
+            ..event()
+        };
+        encode_event(&mut buf, "wk", &joined);
+        assert_eq!(
+            decode(&buf),
+            Ok(Record::Event {
+                source: "wk".into(),
+                event: joined
+            })
+        );
+        let without = {
+            let mut b = Vec::new();
+            encode_event(&mut b, "wk", &event());
+            b.len()
+        };
+        for n in without + 1..buf.len() {
+            assert!(decode(&buf[..n]).is_err(), "{n}");
+        }
         assert_eq!(decode(&[42]), Err(DecodeError("unknown tag")));
     }
 }

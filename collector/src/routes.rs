@@ -9,7 +9,9 @@
 //!   They are public code, the same for everyone.
 //! - The ingest endpoints (`/v1/batch`, `/v1/track`, ...) answer a browser
 //!   only on an origin one of the sources allows (the POST itself is then
-//!   checked against its own source's list, 403 otherwise).
+//!   checked against its own source's list, 403 otherwise): that exact
+//!   origin, with credentials (the SDK's requests carry the server cookie,
+//!   [`crate::device_cookie`]).
 //!
 //! Everything else (admin API, dashboard, demo) gets no CORS header: only
 //! the collector's own pages may read it.
@@ -20,9 +22,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{
-    ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
-    ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, CONTENT_TYPE, HeaderName, HeaderValue,
-    ORIGIN, VARY,
+    ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE,
+    CONTENT_TYPE, HeaderName, HeaderValue, ORIGIN, VARY,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use weft_protocol::MessageType;
@@ -229,6 +231,13 @@ fn allow_origin(app: &App, resp: &mut Resp, origin: HeaderValue) {
     h.append(VARY, HeaderValue::from_static("Origin"));
     if allowed {
         h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        // The SDK sends with credentials, for the server cookie
+        // (`crate::device_cookie`; `SameSite=Lax` keeps it from other
+        // sites' pages).
+        h.insert(
+            ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
         // The SDK waits as long as an overloaded collector asks.
         h.insert(
             ACCESS_CONTROL_EXPOSE_HEADERS,

@@ -244,6 +244,16 @@ pub struct Batch<M = Message> {
     /// Context shared by every message of the batch (Segment spec).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<Json>,
+    /// weft's browser SDK was reset (a logout): the collector's server
+    /// cookie stops naming the device's anonymous ID, so the next person
+    /// on a shared browser is not joined to the last one.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub reset: bool,
+}
+
+#[cfg(feature = "serde")]
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[cfg(feature = "serde")]

@@ -46,8 +46,8 @@ use super::sqlite::{Erasure, IndexReaders, IndexWriter, open_index};
 use super::suppression::{self, IdHash, Suppression};
 use super::{
     AppendOutcome, AppendRequest, AudienceChange, ConsentEntry, ErasureReport, EventCursor,
-    EventStore, EventsPage, Following, IdentityGraph, MembersPage, Pending, ProfileSummary,
-    ReadSide, SegmentInfo, StoreError, StoreListener, WriteSide,
+    EventStore, EventsPage, Following, IdentityGraph, MembersPage, NewEvent, Pending,
+    ProfileSummary, ReadSide, SegmentInfo, StoreError, StoreListener, WriteSide,
 };
 
 /// The log's directory inside the data directory.
@@ -861,7 +861,17 @@ impl LogWriter {
                 }
                 keys.push(key);
                 let at = self.buf.len();
-                record::encode_event(&mut self.buf, &r.source, e);
+                if self.suppression.any(&[e.same_device.as_deref()]) {
+                    // The cookie names an erased device: no edge to it.
+                    outcome.erased_device = true;
+                    let e = NewEvent {
+                        same_device: None,
+                        ..e.clone()
+                    };
+                    record::encode_event(&mut self.buf, &r.source, &e);
+                } else {
+                    record::encode_event(&mut self.buf, &r.source, e);
+                }
                 self.ranges.push(at..self.buf.len());
                 outcome.stored += 1;
             }
@@ -1084,6 +1094,7 @@ mod tests {
             source: source.into(),
             events: (0..n)
                 .map(|i| NewEvent {
+                    same_device: None,
                     message_id: format!("{tag}-{i}"),
                     kind: MessageType::Track,
                     event: Some("E".into()),
@@ -1147,6 +1158,7 @@ mod tests {
     /// A stored identify of user `u` on device `d` at `at` with `body`.
     fn identify(n: usize, at: &str, body: serde_json::Value) -> NewEvent {
         NewEvent {
+            same_device: None,
             message_id: format!("identify-{n}"),
             kind: MessageType::Identify,
             event: None,
@@ -1257,6 +1269,7 @@ mod tests {
                 "traits": {"n": n, "who": u},
             });
             NewEvent {
+                same_device: None,
                 message_id: format!("h-{n}"),
                 kind,
                 event: (kind == MessageType::Track).then(|| "E".to_owned()),

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 
 use weft_protocol::MessageType;
 
-use crate::identity::{Alias, Link};
+use crate::identity::{Alias, Link, SameDevice};
 use crate::log::Lsn;
 use crate::record::EventRef;
 
@@ -78,14 +78,17 @@ struct Entry {
     links: Vec<u32>,
     /// Aliases with this identifier as previousId or userId.
     aliases: Vec<u32>,
+    /// Same-device edges with this identifier on either side.
+    same: Vec<u32>,
 }
 
-/// A device seen as a user, or (for an alias) two user IDs joined.
+/// A device seen as a user, (for an alias) two user IDs joined, or (for a
+/// same-device edge) two anonymous IDs of one browser.
 #[derive(Debug)]
 struct Edge {
-    /// The device, or the alias's previousId.
+    /// The device, the alias's previousId, or the later anonymous ID.
     from: u32,
-    /// The user.
+    /// The user, or the anonymous ID the server cookie carried.
     to: u32,
     /// Event time, milliseconds since the epoch.
     at: i64,
@@ -98,9 +101,10 @@ struct Edge {
 /// database and then adds here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEdge {
-    /// The device (a link) or the previousId (an alias).
+    /// The device (a link), the previousId (an alias) or the message's
+    /// anonymous ID (a same-device edge).
     pub from: String,
-    /// The user.
+    /// The user, or the anonymous ID the server cookie carried.
     pub to: String,
     /// The message's timestamp, as stored.
     pub at: String,
@@ -120,6 +124,7 @@ pub struct MemoryIndex {
     entries: Vec<Entry>,
     links: Vec<Edge>,
     aliases: Vec<Edge>,
+    same: Vec<Edge>,
     /// Events indexed and not removed.
     events: u64,
 }
@@ -261,6 +266,48 @@ impl MemoryIndex {
         self.aliases.push(e);
     }
 
+    /// Whether a same-device edge joins `a` and `b` (either way round).
+    pub fn has_same_device(&self, a: &str, b: &str) -> bool {
+        let (Some(&a), Some(&b)) = (self.ids.get(a), self.ids.get(b)) else {
+            return false;
+        };
+        self.entries[a as usize].same.iter().any(|&s| {
+            let s = &self.same[s as usize];
+            !s.gone && ((s.from == a && s.to == b) || (s.from == b && s.to == a))
+        })
+    }
+
+    /// Adds a same-device edge: `edge.from` (a message's anonymous ID) is
+    /// the browser `edge.to` (the server cookie's) named.
+    pub fn add_same_device(&mut self, edge: &NewEdge) {
+        let e = self.edge(edge);
+        let i = self.same.len() as u32;
+        self.entries[e.from as usize].same.push(i);
+        if e.to != e.from {
+            self.entries[e.to as usize].same.push(i);
+        }
+        self.same.push(e);
+    }
+
+    /// The same-device edges with `device` on either side.
+    pub fn same_devices(&self, device: &str) -> Vec<SameDevice> {
+        let Some(&d) = self.ids.get(device) else {
+            return Vec::new();
+        };
+        self.entries[d as usize]
+            .same
+            .iter()
+            .map(|&s| &self.same[s as usize])
+            .filter(|s| !s.gone)
+            .map(|s| SameDevice {
+                at: format_millis(s.at),
+                anonymous_id: self.name(s.from).to_owned(),
+                same_as: self.name(s.to).to_owned(),
+                message_id: s.message_id.to_string(),
+            })
+            .collect()
+    }
+
     fn edge(&mut self, edge: &NewEdge) -> Edge {
         Edge {
             from: self.intern(&edge.from),
@@ -347,13 +394,15 @@ impl MemoryIndex {
         if seen_as_user {
             return true;
         }
-        let seen_as_device = !entry.device.is_empty() || links().any(|l| !l.gone && l.from == i);
+        let seen_as_device = !entry.device.is_empty()
+            || links().any(|l| !l.gone && l.from == i)
+            || entry.same.iter().any(|&s| !self.same[s as usize].gone);
         !seen_as_device && aliases().any(|a| !a.gone && a.from == i)
     }
 
     /// Erasure of identity edges: removes the links with one of `users` as
-    /// user or one of `devices` as device, and the aliases naming any of
-    /// them. Answers how many edges went.
+    /// user or one of `devices` as device, and the aliases and same-device
+    /// edges naming any of them. Answers how many edges went.
     pub fn remove_edges(&mut self, users: &[String], devices: &[String]) -> usize {
         let users: Vec<u32> = users
             .iter()
@@ -376,6 +425,13 @@ impl MemoryIndex {
                 let alias = &mut self.aliases[a as usize];
                 if !alias.gone {
                     alias.gone = true;
+                    removed += 1;
+                }
+            }
+            for s in std::mem::take(&mut self.entries[i as usize].same) {
+                let same = &mut self.same[s as usize];
+                if !same.gone {
+                    same.gone = true;
                     removed += 1;
                 }
             }
@@ -541,6 +597,7 @@ mod tests {
         kind: MessageType,
     ) -> EventRef<'a> {
         EventRef {
+            same_device: None,
             message_id: "m",
             kind,
             event: None,
@@ -622,5 +679,25 @@ mod edge_tests {
         assert_eq!(g.device_links("d1")[0].user_id, "u2");
         assert!(g.aliases_of("u0").is_empty());
         assert!(!g.has_link("d1", "u1", None));
+    }
+
+    #[test]
+    fn same_device_edges_are_found_from_either_end_and_erased() {
+        let mut g = MemoryIndex::default();
+        g.add_same_device(&edge("d2", "d1", "1", "m1"));
+        assert!(g.has_same_device("d2", "d1") && g.has_same_device("d1", "d2"));
+        assert!(!g.has_same_device("d1", "d3"));
+        for d in ["d1", "d2"] {
+            let found = g.same_devices(d);
+            assert_eq!(found.len(), 1, "{d}");
+            assert_eq!(
+                (found[0].anonymous_id.as_str(), found[0].same_as.as_str()),
+                ("d2", "d1")
+            );
+            assert_eq!(found[0].message_id, "m1");
+            assert!(!g.is_user(d), "an anonymous ID of a device is no user");
+        }
+        assert_eq!(g.remove_edges(&[], &["d1".into()]), 1);
+        assert!(g.same_devices("d2").is_empty() && !g.has_same_device("d2", "d1"));
     }
 }

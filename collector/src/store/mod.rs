@@ -49,6 +49,10 @@ pub struct NewEvent {
     pub ip: Option<String>,
     /// The whole enriched message as JSON.
     pub body: String,
+    /// The anonymous ID the collector's server cookie carried, when it is
+    /// not this message's: the two are one browser (a same-device edge,
+    /// [`crate::identity::SameDevice`]).
+    pub same_device: Option<String>,
 }
 
 /// A message that failed validation, kept with its reason (a "bad row").
@@ -86,6 +90,9 @@ pub struct AppendOutcome {
     pub rejected: usize,
     /// Events dropped because an identifier of theirs was erased.
     pub suppressed: usize,
+    /// Whether a same-device ID (the server cookie's) was erased: the edge
+    /// was not kept, and the cookie must go.
+    pub erased_device: bool,
     /// The log position after this request's records: a read that waits
     /// for the derived state to reach it sees them.
     pub position: u64,
@@ -221,16 +228,21 @@ pub struct EventsPage {
 /// An edge of the identity graph, with the message that made it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct GraphEdge {
-    /// `link` (a device seen as a user) or `alias` (two IDs joined).
+    /// `link` (a device seen as a user), `alias` (two IDs joined) or
+    /// `same_device` (two anonymous IDs of one browser).
     pub kind: &'static str,
-    /// The device, or the alias's previousId.
+    /// The device, the alias's previousId, or the later anonymous ID.
     pub from: String,
-    /// The user.
+    /// The user, or the anonymous ID the server cookie carried.
     pub to: String,
     /// When.
     pub at: String,
     /// The message that created the edge.
     pub message_id: String,
+    /// Why, where the kind does not say it all: `server_cookie` for a
+    /// same-device edge.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
 }
 
 /// One entry of the consent audit log.

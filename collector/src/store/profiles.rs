@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::Connection;
 
-use crate::identity::{self, Alias, Component, Edges, Identity, Link, device_profile_id};
+use crate::identity::{self, Alias, Component, Device, Edges, Identity, Link, SameDevice};
 use crate::log::{LogLookup, Lsn};
 use crate::record::{self, RecordRef};
 
@@ -65,6 +65,7 @@ pub(super) struct Resolved {
     pub(super) devices: Vec<String>,
     pub(super) links: Vec<Link>,
     pub(super) aliases: Vec<Alias>,
+    pub(super) same_devices: Vec<SameDevice>,
     /// Unsorted.
     pub(super) events: Vec<Event>,
 }
@@ -109,6 +110,7 @@ pub(super) fn resolve_with(
         mut devices,
         mut links,
         aliases,
+        same_devices,
         ..
     } = c;
     // Links of other users on shared devices explain attribution but are
@@ -122,6 +124,7 @@ pub(super) fn resolve_with(
         devices,
         links,
         aliases,
+        same_devices,
         events,
     }))
 }
@@ -147,37 +150,51 @@ impl Edges for MemoryEdges<'_, '_> {
     fn devices_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
         Ok(self.0.events.devices_of(user))
     }
+
+    fn same_devices(&self, device: &str) -> Result<Vec<SameDevice>, StoreError> {
+        Ok(self.0.events.same_devices(device))
+    }
 }
 
-/// A device never linked to a user: a profile of its own.
+/// A device never linked to a user: a profile of its own, with the events
+/// of all its anonymous IDs.
 fn resolve_device(
     v: &View<'_>,
-    device: &str,
+    device: &Device,
     with_events: bool,
 ) -> Result<Option<Resolved>, StoreError> {
-    let postings = v.events.device(device);
-    let events: Vec<Event> = if with_events {
-        postings.iter().map(Event::of).collect()
-    } else {
-        Vec::new()
-    };
+    let mut events: Vec<Event> = Vec::new();
+    let mut any = false;
+    for id in &device.ids {
+        let postings = v.events.device(id);
+        any |= !postings.is_empty();
+        if with_events {
+            events.extend(postings.iter().map(Event::of));
+        }
+    }
     // A device whose events are gone (retention) still answers while its
     // consent records, proof of consent, are kept.
-    if postings.is_empty()
-        && !exists(
-            v.conn,
-            "SELECT 1 FROM consent_log WHERE anonymous_id = ?1 LIMIT 1",
-            device,
-        )?
-    {
-        return Ok(None);
+    if !any {
+        let mut consent = false;
+        for id in &device.ids {
+            consent = consent
+                || exists(
+                    v.conn,
+                    "SELECT 1 FROM consent_log WHERE anonymous_id = ?1 LIMIT 1",
+                    id,
+                )?;
+        }
+        if !consent {
+            return Ok(None);
+        }
     }
     Ok(Some(Resolved {
-        profile_id: device_profile_id(device),
+        profile_id: device.profile_id(),
         users: Vec::new(),
-        devices: vec![device.to_owned()],
+        devices: device.ids.clone(),
         links: Vec::new(),
         aliases: Vec::new(),
+        same_devices: device.edges.clone(),
         events,
     }))
 }
@@ -328,6 +345,7 @@ pub(super) fn profile_graph(v: &View<'_>, id: &str) -> Result<Option<IdentityGra
             to: l.user_id.clone(),
             at: l.at.clone(),
             message_id: l.message_id.clone(),
+            reason: None,
         });
     }
     for a in &p.aliases {
@@ -337,6 +355,17 @@ pub(super) fn profile_graph(v: &View<'_>, id: &str) -> Result<Option<IdentityGra
             to: a.user_id.clone(),
             at: a.at.clone(),
             message_id: a.message_id.clone(),
+            reason: None,
+        });
+    }
+    for d in &p.same_devices {
+        edges.push(GraphEdge {
+            kind: "same_device",
+            from: d.anonymous_id.clone(),
+            to: d.same_as.clone(),
+            at: d.at.clone(),
+            message_id: d.message_id.clone(),
+            reason: Some(identity::SAME_DEVICE_REASON),
         });
     }
     edges.sort_by(|a, b| (&a.at, &a.message_id).cmp(&(&b.at, &b.message_id)));

@@ -90,6 +90,15 @@ CREATE TABLE IF NOT EXISTS alias_log (
     message_id  TEXT NOT NULL,
     source      TEXT NOT NULL
 );
+-- Identity: two anonymous IDs of one browser, joined by the collector's
+-- server cookie (`same_as` is the cookie's), once a pair.
+CREATE TABLE IF NOT EXISTS device_log (
+    anonymous_id TEXT NOT NULL,
+    same_as      TEXT NOT NULL,
+    at           TEXT NOT NULL,
+    message_id   TEXT NOT NULL,
+    source       TEXT NOT NULL
+);
 -- The consent audit log: append-only, untouched by retention; rows go only
 -- with an explicit erasure of the person.
 CREATE TABLE IF NOT EXISTS consent_log (
@@ -381,6 +390,7 @@ impl IndexWriter {
                 match edge {
                     Edge::Link(e) => events.add_link(e),
                     Edge::Alias(e) => events.add_alias(e),
+                    Edge::SameDevice(e) => events.add_same_device(e),
                 }
             }
         }
@@ -826,13 +836,15 @@ impl IndexWriter {
 enum Edge {
     Link(NewEdge),
     Alias(NewEdge),
+    SameDevice(NewEdge),
 }
 
 /// The indexes (sorted) of the batch's event records whose identifiers are
 /// erased (an erasure came between their admission and now), and the
 /// identity edges the others add, by record index: a link for every
 /// identify (once per device, user and time) and for the first message
-/// with a device/user pair, an alias once per pair.
+/// with a device/user pair, an alias once per pair, a same-device edge
+/// once per pair of anonymous IDs.
 fn plan<'r>(
     known: &MemoryIndex,
     records: &[(Lsn, RecordRef<'r>)],
@@ -844,6 +856,7 @@ fn plan<'r>(
     let mut pairs: HashSet<(&str, &str)> = HashSet::new();
     let mut linked: HashSet<(&str, &str, &str)> = HashSet::new();
     let mut aliased: HashSet<(&str, &str)> = HashSet::new();
+    let mut same: HashSet<(&str, &str)> = HashSet::new();
     for (i, (_, record)) in records.iter().enumerate() {
         let RecordRef::Event { event: e, .. } = record else {
             continue;
@@ -878,6 +891,17 @@ fn plan<'r>(
         {
             edges.push((i, Edge::Alias(edge(p, u))));
         }
+        // An erasure between admission and now may have taken the device
+        // the cookie named: then no edge.
+        if let (Some(a), Some(d)) = (e.anonymous_id, e.same_device)
+            && a != d
+            && !suppression.any(&[Some(d)])
+            && !known.has_same_device(a, d)
+            && same.insert((a, d))
+            && !same.contains(&(d, a))
+        {
+            edges.push((i, Edge::SameDevice(edge(a, d))));
+        }
     }
     (skipped, edges)
 }
@@ -907,14 +931,18 @@ impl IndexWriter {
         self.applied = until;
         let mut events = self.events.write().unwrap_or_else(|e| e.into_inner());
         *events = MemoryIndex::default();
-        for (sql, alias) in [
+        for (sql, kind) in [
             (
                 "SELECT anonymous_id, user_id, at, message_id FROM link_log ORDER BY rowid",
-                false,
+                0,
             ),
             (
                 "SELECT previous_id, user_id, at, message_id FROM alias_log ORDER BY rowid",
-                true,
+                1,
+            ),
+            (
+                "SELECT anonymous_id, same_as, at, message_id FROM device_log ORDER BY rowid",
+                2,
             ),
         ] {
             let mut stmt = self.conn.prepare(sql)?;
@@ -926,10 +954,10 @@ impl IndexWriter {
                     at: row.get(2)?,
                     message_id: row.get(3)?,
                 };
-                if alias {
-                    events.add_alias(&edge);
-                } else {
-                    events.add_link(&edge);
+                match kind {
+                    0 => events.add_link(&edge),
+                    1 => events.add_alias(&edge),
+                    _ => events.add_same_device(&edge),
                 }
             }
         }
@@ -1296,15 +1324,24 @@ fn touched<'r>(
     }
     let mut absorbed = Vec::new();
     for (_, edge) in edges {
-        let (Edge::Link(e) | Edge::Alias(e)) = edge;
+        let (Edge::Link(e) | Edge::Alias(e) | Edge::SameDevice(e)) = edge;
         for id in [&e.from, &e.to] {
             touched.entry(id.as_str()).or_default().0.merged = true;
         }
         match edge {
-            Edge::Link(e) => absorbed.push(identity::device_profile_id(&e.from)),
-            Edge::Alias(e) => absorbed.push(identity::user_profile_id(&e.from)),
+            Edge::Link(e) => {
+                absorbed.push(identity::device_profile_id(&e.from));
+                absorbed.push(identity::user_profile_id(&e.to));
+            }
+            Edge::Alias(e) => {
+                absorbed.push(identity::user_profile_id(&e.from));
+                absorbed.push(identity::user_profile_id(&e.to));
+            }
+            Edge::SameDevice(e) => {
+                absorbed.push(identity::device_profile_id(&e.from));
+                absorbed.push(identity::device_profile_id(&e.to));
+            }
         }
-        absorbed.push(identity::user_profile_id(&e.to));
     }
     (touched, absorbed, consent)
 }
@@ -1680,6 +1717,10 @@ fn write_records(
             "INSERT INTO alias_log (previous_id, user_id, at, message_id, source)
              VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
+        let mut insert_same = tx.prepare_cached(
+            "INSERT INTO device_log (anonymous_id, same_as, at, message_id, source)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
         let mut insert_consent = tx.prepare_cached(
             "INSERT INTO consent_log (source, anonymous_id, user_id, at, received_at,
                                       preferences, policy, policy_version, message_id)
@@ -1703,6 +1744,9 @@ fn write_records(
                     e.message_id,
                     source_of(*i)
                 ])?,
+                Edge::SameDevice(e) => {
+                    insert_same.execute(params![e.from, e.to, e.at, e.message_id, source_of(*i)])?
+                }
             };
         }
         for (i, (_, record)) in records.iter().enumerate() {
@@ -1822,6 +1866,8 @@ fn erase(
             tx.prepare_cached("DELETE FROM link_log WHERE user_id = ?1 OR anonymous_id = ?2")?;
         let mut delete_aliases =
             tx.prepare_cached("DELETE FROM alias_log WHERE user_id = ?1 OR previous_id = ?1")?;
+        let mut delete_same =
+            tx.prepare_cached("DELETE FROM device_log WHERE anonymous_id = ?1 OR same_as = ?1")?;
         let mut delete_rejected =
             tx.prepare_cached("DELETE FROM rejected WHERE instr(raw, ?1) > 0")?;
         let mut delete_consent =
@@ -1837,6 +1883,7 @@ fn erase(
             if !p.users.contains(ident) {
                 report.identity_edges += delete_links.execute(params!["", ident])?;
                 report.identity_edges += delete_aliases.execute([ident])?;
+                report.identity_edges += delete_same.execute([ident])?;
             }
             let quoted =
                 serde_json::to_string(ident).map_err(|e| StoreError::Corrupt(e.to_string()))?;
