@@ -1035,4 +1035,59 @@ mod tests {
         assert!(string(raw("12"), "x").is_err());
         assert_eq!(string(raw(r#""""#), "x").unwrap(), "");
     }
+
+    /// A browser message of `anon` whose preferences say `analytics`.
+    fn browser(anon: &str, analytics: bool) -> String {
+        format!(
+            r#"{{"type":"track","event":"E","anonymousId":"{anon}","context":{{"consent":{{"categoryPreferences":{{"analytics":{analytics}}}}}}}}}"#
+        )
+    }
+
+    /// Admits `messages` as one batch from a page that sent `cookie`.
+    fn with_cookie(messages: &[String], reset: bool, cookie: &DeviceCookie) -> Admission {
+        let body = format!(r#"{{"batch":[{}],"reset":{reset}}}"#, messages.join(","));
+        let envelope = parse_envelope(body.as_bytes(), None).unwrap();
+        let facts = Facts {
+            device: Some(cookie),
+            ..facts()
+        };
+        // The envelope borrows `body`; the admission does not.
+        admit(&envelope, &facts)
+    }
+
+    #[test]
+    fn the_server_cookie_joins_wiped_storage_and_goes_with_a_withdrawal() {
+        let none = DeviceCookie::default();
+        // First batch after consent: the cookie is made, nothing joined.
+        let a = with_cookie(&[browser("a1", true)], false, &none);
+        assert_eq!(a.device.as_ref().unwrap().value(), "a1");
+        assert!(a.grants_analytics);
+        assert_eq!(a.request.events[0].same_device, None);
+        // Storage wiped: a new ID with the old cookie is joined to it.
+        let cookie = DeviceCookie::parse("a1");
+        let a = with_cookie(&[browser("a2", true), browser("a2", true)], false, &cookie);
+        assert_eq!(a.request.events[0].same_device.as_deref(), Some("a1"));
+        assert_eq!(a.request.events[1].same_device, None, "once");
+        assert_eq!(a.device.as_ref().unwrap().value(), "a2");
+        // A withdrawal (analytics denied) ends it; so does a dropped
+        // message denying it.
+        let record = r#"{"type":"track","event":"Consent Updated","anonymousId":"a1","context":{"consent":{"categoryPreferences":{"analytics":false}}}}"#;
+        let a = with_cookie(&[record.to_owned()], false, &cookie);
+        assert_eq!(a.outcomes, [Outcome::Accepted]);
+        assert!(a.device.as_ref().unwrap().is_empty());
+        let a = with_cookie(&[browser("a1", false)], false, &cookie);
+        assert!(matches!(a.outcomes[0], Outcome::Dropped(_)));
+        assert!(a.device.as_ref().unwrap().is_empty());
+        // A reset retires the ID: the next person is not joined, and a late
+        // message of the retired ID does not bring it back.
+        let a = with_cookie(&[], true, &cookie);
+        assert_eq!(a.device.as_ref().unwrap().value(), "~a1");
+        let retired = DeviceCookie::parse("~a1");
+        let a = with_cookie(&[browser("a1", true), browser("b1", true)], false, &retired);
+        assert!(a.request.events.iter().all(|e| e.same_device.is_none()));
+        assert_eq!(a.device.as_ref().unwrap().value(), "b1~a1");
+        // Without a cookie to consider (a server's request), nothing.
+        let envelope = parse_envelope(br#"{"batch":[]}"#, None).unwrap();
+        assert!(admit(&envelope, &facts()).device.is_none());
+    }
 }

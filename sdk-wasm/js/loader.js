@@ -119,7 +119,7 @@ var stale = function () { fresh = 0; };
 // Starts a POST of a batch body; 1 if it started. Its answer goes to Rust.
 var post = function (data, keepalive) {
   return safely(function () {
-    var init = { method: "POST", body: data, keepalive: keepalive };
+    var init = { method: "POST", body: data, keepalive: keepalive, credentials: "include" };
     safely(function () { init.signal = AbortSignal.timeout(30000); });
     fetch(endpoint, init).then(function (r) {
       op(SENT, "" + r.status, r.headers.get("Retry-After"));

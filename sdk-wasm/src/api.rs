@@ -220,7 +220,9 @@ pub fn call(op: u32, a: Option<String>, b: Option<String>, c: Option<String>) {
             record(kind, a, b, c, None);
         }
         op::RESET => {
-            with_sdk(|s| s.tracker.reset());
+            if let Some(Some(notice)) = with_sdk(|s| s.tracker.reset()) {
+                browser::beacon(&notice);
+            }
         }
         op::FLUSH => flush(false),
         op::CONSENT_SET => set_consent(a.as_deref().unwrap_or_default()),

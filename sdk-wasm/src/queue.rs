@@ -281,7 +281,8 @@ pub fn write_batch(items: &[Item], extra: &str, sent_at: &str, write_key: &str) 
     let shared = |part: &Part| items.iter().all(|i| i.has(part));
     let mut out =
         String::with_capacity(items.iter().map(Item::wire_len).sum::<usize>() + extra.len() + 128);
-    let mut sep = "{\"batch\":[";
+    out.push_str("{\"batch\":[");
+    let mut sep = "";
     for item in items {
         out.push_str(sep);
         sep = ",";

@@ -422,16 +422,21 @@ impl<E: Env> Tracker<E> {
 
     /// Forgets the user (logout, next person on a shared device): a new
     /// anonymous ID, no user ID, a new session. Queued messages keep the
-    /// identity they were made with.
-    pub fn reset(&mut self) {
+    /// identity they were made with. Returns the reset notice to send at
+    /// once when there was an identity: an empty batch marked `reset`, on
+    /// which the collector's server cookie retires the old ID, so the next
+    /// person is not joined to the last one.
+    pub fn reset(&mut self) -> Option<String> {
         self.user_id = None;
         self.session = None;
-        if self.anonymous_id.take().is_some() {
-            for key in [keys::ANONYMOUS_ID, keys::USER_ID, keys::SESSION] {
-                self.env.remove(key);
-            }
-            self.ensure_identity();
+        self.anonymous_id.take()?;
+        for key in [keys::ANONYMOUS_ID, keys::USER_ID, keys::SESSION] {
+            self.env.remove(key);
         }
+        self.ensure_identity();
+        let mut body = write_batch(&[], "", &self.env.now_iso(), &self.config.write_key);
+        body.insert_str(body.len() - 1, ",\"reset\":true");
+        Some(body)
     }
 
     /// Applies a consent decision. Returns a batch body to send at once,
@@ -948,7 +953,11 @@ mod tests {
         let mut t = tracker(&env);
         t.identify("alice".into(), None, ctx());
         let before = t.anonymous_id().unwrap().to_owned();
-        t.reset();
+        let notice = t.reset().expect("a reset notice");
+        let batch: serde_json::Value = serde_json::from_str(&notice).unwrap();
+        assert_eq!(batch["batch"], serde_json::json!([]));
+        assert_eq!(batch["reset"], true);
+        assert_eq!(batch["writeKey"], "wk_test");
         let after = t.anonymous_id().unwrap().to_owned();
         assert_ne!(before, after);
         assert_eq!(t.user_id(), None);

@@ -102,11 +102,20 @@ impl Request {
     async fn send_inner(&self, addr: SocketAddr) -> Response {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
         let mut head = format!(
-            "{} {} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            "{} {} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
             self.method,
             self.path,
             self.body.len()
         );
+        // The address, unless the test names the host (as a browser on a
+        // host name would).
+        if !self
+            .headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("host"))
+        {
+            head.push_str(&format!("Host: {addr}\r\n"));
+        }
         for (k, v) in &self.headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }

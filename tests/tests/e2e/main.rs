@@ -24,6 +24,9 @@
 //! - `segments`: real-time audiences: rules refused with a path, membership
 //!   with the event's 200, sliding windows, merges, consent, erasure,
 //!   recomputes (10,000 profiles; one interrupted by a restart).
+//! - `server_cookie`: the collector's first-party device cookie in
+//!   Chromium on a subdomain of the site: set with consent, a wiped browser
+//!   kept on its profile, gone with a withdrawal, a reset or an erasure.
 //! - `serving`: the SDK files and the demo site as the collector serves them.
 
 mod browser;
@@ -41,4 +44,5 @@ mod python_clients;
 mod sdk;
 mod segment_client;
 mod segments;
+mod server_cookie;
 mod serving;
