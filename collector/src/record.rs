@@ -38,6 +38,9 @@ const TAG_EVENT: u8 = 1;
 const TAG_REJECTED: u8 = 2;
 
 /// One log record, decoded.
+// Records are decoded and used one at a time: boxing the event would cost
+// an allocation per record for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
     /// An accepted event of `source`.
