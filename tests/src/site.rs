@@ -369,10 +369,16 @@ async fn handle(state: &ProxyState, req: Request<Incoming>) -> Response<Full<Byt
             b"{\"error\":\"unavailable\",\"message\":\"flaky proxy: try again\"}",
         )));
         *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        // The collector's own CORS answer: the exact origin, with
+        // credentials (the SDK sends them, for the device cookie).
         if let Some(o) = &origin
             && let Ok(v) = HeaderValue::from_str(o)
         {
             resp.headers_mut().insert("access-control-allow-origin", v);
+            resp.headers_mut().insert(
+                "access-control-allow-credentials",
+                HeaderValue::from_static("true"),
+            );
         }
         resp.headers_mut()
             .insert("content-type", HeaderValue::from_static("application/json"));

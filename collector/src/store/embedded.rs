@@ -135,10 +135,14 @@ impl Erased {
             return true;
         }
         match record::decode(payload) {
-            Ok(Record::Event { event: e, .. }) => [&e.anonymous_id, &e.user_id, &e.previous_id]
-                .into_iter()
-                .flatten()
-                .any(|id| self.identifiers.contains(id)),
+            // (The same-device ID too: nothing of them stays in clear, even
+            // beside another ID's message.)
+            Ok(Record::Event { event: e, .. }) => {
+                [&e.anonymous_id, &e.user_id, &e.previous_id, &e.same_device]
+                    .into_iter()
+                    .flatten()
+                    .any(|id| self.identifiers.contains(id))
+            }
             // The same rule as the index: a rejected message naming them.
             Ok(Record::Rejected { rejected, .. }) => self.identifiers.iter().any(|id| {
                 serde_json::to_string(id).is_ok_and(|quoted| rejected.raw.contains(&quoted))
