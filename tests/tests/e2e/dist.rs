@@ -115,7 +115,16 @@ async fn the_dist_binary_alone_serves_the_sdk_demo_and_dashboard() {
     let (weft, startup) = start(
         &installed,
         opt.path(),
-        &["--listen", "127.0.0.1:0", "--data-dir", "data"],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            "data",
+            "--script-path",
+            "/assets/app-4f1.js",
+            "--ingest-path",
+            "/assets/s",
+        ],
     );
     eprintln!(
         "dist binary: {} bytes, banner after {startup:?}",
@@ -137,6 +146,20 @@ async fn the_dist_binary_alone_serves_the_sdk_demo_and_dashboard() {
         .send(weft.addr)
         .await;
     assert_eq!((r.status, r.header("content-encoding")), (200, Some("br")));
+    // The operator's paths, given as flags.
+    let r = Request::get("/assets/app-4f1.wasm").send(weft.addr).await;
+    assert_eq!(
+        (r.status, r.header("content-type")),
+        (200, Some("application/wasm"))
+    );
+    let r = Request::post(
+        "/assets/s",
+        r#"{"batch":[{"type":"track","anonymousId":"fp","event":"At the operator's path"}]}"#,
+    )
+    .header("Authorization", &basic_auth(KEY))
+    .send(weft.addr)
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 
     let chromium = Chromium::launch().await;
     // A page of another origin loads the SDK from the binary and sends.
