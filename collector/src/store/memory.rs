@@ -400,6 +400,22 @@ impl MemoryIndex {
         !seen_as_device && aliases().any(|a| !a.gone && a.from == i)
     }
 
+    /// The profile of an identifier no edge touches, without a walk:
+    /// `anon:<id>` for one seen only as an anonymousId, `user:<id>` for one
+    /// seen only as a userId; `None` when it has edges (or was seen as
+    /// both, or never), which [`crate::identity::resolve`] settles.
+    pub fn lone_profile(&self, id: &str) -> Option<String> {
+        let entry = self.entry(id)?;
+        if !(entry.links.is_empty() && entry.aliases.is_empty() && entry.same.is_empty()) {
+            return None;
+        }
+        match (entry.device.is_empty(), entry.user.is_empty()) {
+            (false, true) => Some(crate::identity::device_profile_id(id)),
+            (true, false) => Some(crate::identity::user_profile_id(id)),
+            _ => None,
+        }
+    }
+
     /// Erasure of identity edges: removes the links with one of `users` as
     /// user or one of `devices` as device, and the aliases and same-device
     /// edges naming any of them. Answers how many edges went.
@@ -627,6 +643,23 @@ mod tests {
         assert!(index.user("u").iter().all(|p| p.has(CONSENT)));
         assert_eq!(index.user("a"), &[]);
         assert_eq!(index.device("nobody"), &[]);
+
+        // "a" and "u" were seen together (no edge here, but both kinds of
+        // posting on neither): a lone profile only for a one-sided ID.
+        index.add(4, &event(Some("solo"), None, MessageType::Page));
+        index.add(5, &event(None, Some("ann"), MessageType::Track));
+        assert_eq!(index.lone_profile("solo").as_deref(), Some("anon:solo"));
+        assert_eq!(index.lone_profile("ann").as_deref(), Some("user:ann"));
+        assert_eq!(index.lone_profile("nobody"), None);
+        index.add_link(&NewEdge {
+            from: "solo".into(),
+            to: "ann".into(),
+            at: "2026-11-23T10:00:00.000Z".into(),
+            message_id: "m".into(),
+        });
+        assert_eq!(index.lone_profile("solo"), None, "an edge: walk");
+        assert_eq!(index.lone_profile("ann"), None);
+        assert_eq!(index.remove(&["solo".into(), "ann".into()], &[4, 5]), 2);
 
         assert_eq!(index.remove(&["u".into(), "a".into()], &[2]), 1);
         assert_eq!(index.events(), 2);

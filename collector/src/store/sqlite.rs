@@ -1380,24 +1380,31 @@ fn evaluate(
     due: &mut DueTimes,
 ) -> Result<Vec<Change>, StoreError> {
     let now = memory::format_millis(now_ms);
-    let mut profiles: HashMap<String, (Resolved, Touched, BTreeSet<usize>)> = HashMap::new();
+    let mut profiles: HashMap<String, (Touched, BTreeSet<usize>)> = HashMap::new();
     for (id, (t, at)) in batch.touched {
-        // Who it is; the events only if the state must be built.
-        let Some(p) = resolve_with(view, id, false)? else {
-            continue;
+        // Who it is: most identifiers have no edge at all, and need no walk.
+        let (profile_id, shared) = match view.events.lone_profile(id) {
+            Some(profile_id) => (profile_id, false),
+            None => {
+                let Some(p) = resolve_with(view, id, false)? else {
+                    continue;
+                };
+                // An anonymous event of a device several people used
+                // counts for whoever was logged in then: a full rebuild
+                // settles that.
+                let shared = view
+                    .events
+                    .device_links(id)
+                    .iter()
+                    .map(|l| &l.user_id)
+                    .collect::<BTreeSet<_>>()
+                    .len()
+                    > 1;
+                (p.profile_id, shared)
+            }
         };
-        // An anonymous event of a device several people used counts for
-        // whoever was logged in then: a full rebuild settles that.
-        let shared = view
-            .events
-            .device_links(id)
-            .iter()
-            .map(|l| &l.user_id)
-            .collect::<BTreeSet<_>>()
-            .len()
-            > 1;
-        match profiles.get_mut(&p.profile_id) {
-            Some((_, seen, records)) => {
+        match profiles.get_mut(&profile_id) {
+            Some((seen, records)) => {
                 seen.events.extend(t.events);
                 seen.traits |= t.traits;
                 seen.consent |= t.consent;
@@ -1407,7 +1414,7 @@ fn evaluate(
             None => {
                 let mut t = t;
                 t.merged |= shared;
-                profiles.insert(p.profile_id.clone(), (p, t, at.into_iter().collect()));
+                profiles.insert(profile_id, (t, at.into_iter().collect()));
             }
         }
     }
@@ -1422,16 +1429,16 @@ fn evaluate(
         due.remove(id.as_str());
         engine.states.remove(id);
     }
-    for (profile_id, (mut p, t, records)) in profiles {
+    for (profile_id, (t, records)) in profiles {
         let member = segments.member_mask(Some(&profile_id));
         let places = segments.relevant_with(&member, &t);
         let known = !t.merged && engine.states.contains_key(&profile_id);
         if t.merged || (!known && !places.is_empty()) {
             // Built from the history (which holds this batch already).
             let id = identity::profile_identifier(&profile_id);
-            if let Some(full) = resolve_with(view, id, true)? {
-                p = full;
-            }
+            let Some(mut p) = resolve_with(view, id, true)? else {
+                continue;
+            };
             p.events.sort();
             engine.ensure(view, &p, true);
         } else if let Some(state) = engine.states.get_mut(&profile_id) {
