@@ -432,7 +432,7 @@ fn admit_one(
         ("sentAt", sent_text.as_deref()),
         ("receivedAt", Some(received_text)),
     ];
-    let body = stored_body(&fields, &set, merged_context.as_deref());
+    let (body, properties) = stored_body(&fields, &set, merged_context.as_deref());
     let keep = |id: Option<Cow<'_, str>>| {
         id.filter(|id| !is_junk(id, facts.junk))
             .map(Cow::into_owned)
@@ -451,6 +451,7 @@ fn admit_one(
             received_at: received_text.to_owned(),
             ip: facts.ip.map(str::to_owned),
             body,
+            properties,
             same_device: None,
         }),
         junk,
@@ -478,7 +479,12 @@ const SERVER_KEYS: [&str; 11] = [
 /// (`set`; absent ones omitted), then every other field the client sent, in
 /// its order and as its bytes (unknown ones included: nothing is lost),
 /// with `context` replaced by the merged one.
-fn stored_body(fields: &Fields<'_>, set: &[(&str, Option<&str>)], context: Option<&str>) -> String {
+fn stored_body(
+    fields: &Fields<'_>,
+    set: &[(&str, Option<&str>)],
+    context: Option<&str>,
+) -> (String, Option<(u32, u32)>) {
+    let mut properties = None;
     let mut w = Writer::new();
     w.object_start();
     for (key, value) in set {
@@ -494,7 +500,11 @@ fn stored_body(fields: &Fields<'_>, set: &[(&str, Option<&str>)], context: Optio
             context_written = true;
             w.raw(&Json::from_trusted(context.unwrap_or(value.get())));
         } else {
+            let start = w.len();
             w.raw(&Json::from_trusted(value.get()));
+            if key == "properties" && properties.is_none() {
+                properties = Some((start as u32, w.len() as u32));
+            }
         }
     }
     if let (false, Some(c)) = (context_written, context) {
@@ -502,7 +512,7 @@ fn stored_body(fields: &Fields<'_>, set: &[(&str, Option<&str>)], context: Optio
         w.raw(&Json::from_trusted(c));
     }
     w.object_end();
-    w.finish()
+    (w.finish(), properties)
 }
 
 /// `own` with the keys of `batch` it lacks added (if `own` is not a JSON
@@ -1089,5 +1099,26 @@ mod tests {
         // Without a cookie to consider (a server's request), nothing.
         let envelope = parse_envelope(br#"{"batch":[]}"#, None).unwrap();
         assert!(admit(&envelope, &facts()).device.is_none());
+    }
+
+    #[test]
+    fn the_stored_body_says_where_its_properties_are() {
+        let e = prepare(
+            r#"{"type":"track","event":"E","anonymousId":"a","context":{"properties":{"no":1}},"properties":{"price":42,"tag":"x"},"extra":{"properties":2}}"#,
+            None,
+        )
+        .unwrap();
+        let (start, end) = e.properties.expect("a range");
+        let text = &e.body[start as usize..end as usize];
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(text).unwrap(),
+            serde_json::json!({"price": 42, "tag": "x"})
+        );
+        assert_eq!(
+            crate::store::sqlite::properties_at(&e.body, (start, end), &["price"]),
+            crate::store::sqlite::properties_only(&e.body, &["price"]),
+        );
+        let none = prepare(r#"{"type":"page","anonymousId":"a"}"#, None).unwrap();
+        assert_eq!(none.properties, None);
     }
 }

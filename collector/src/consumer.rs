@@ -506,6 +506,7 @@ mod tests {
 
     fn event(id: usize) -> NewEvent {
         NewEvent {
+            properties: None,
             same_device: None,
             message_id: format!("m-{id}"),
             kind: MessageType::Track,

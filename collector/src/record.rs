@@ -83,12 +83,23 @@ pub fn encode_event(out: &mut Vec<u8>, source: &str, e: &NewEvent) {
     put_str(out, &e.received_at);
     put_opt(out, e.ip.as_deref());
     put_str(out, &e.body);
-    // Last and only when present, so records written before it existed
-    // read the same.
+    // Optional fields last, each a tag and its value, only when present:
+    // records written before they existed read the same.
     if let Some(same) = &e.same_device {
-        put_opt(out, Some(same));
+        out.push(FIELD_SAME_DEVICE);
+        put_str(out, same);
+    }
+    if let Some((start, end)) = e.properties {
+        out.push(FIELD_PROPERTIES);
+        out.extend_from_slice(&start.to_le_bytes());
+        out.extend_from_slice(&end.to_le_bytes());
     }
 }
+
+/// Tag of an event record's optional same-device ID.
+const FIELD_SAME_DEVICE: u8 = 1;
+/// Tag of an event record's optional `properties` range in its body.
+const FIELD_PROPERTIES: u8 = 2;
 
 /// Appends the encoding of a rejected-message record to `out`.
 pub fn encode_rejected(out: &mut Vec<u8>, source: &str, r: &RejectedMessage) {
@@ -147,6 +158,7 @@ pub struct EventRef<'a> {
     pub received_at: &'a str,
     pub ip: Option<&'a str>,
     pub body: &'a str,
+    pub properties: Option<(u32, u32)>,
     pub same_device: Option<&'a str>,
 }
 
@@ -193,6 +205,7 @@ impl RecordRef<'_> {
                     received_at: e.received_at.to_owned(),
                     ip: own(e.ip),
                     body: e.body.to_owned(),
+                    properties: e.properties,
                     same_device: own(e.same_device),
                 },
             },
@@ -239,7 +252,7 @@ pub fn decode_ref(payload: &[u8]) -> Result<RecordRef<'_>, DecodeError> {
                 }),
                 _ => return Err(DecodeError("consent flag")),
             };
-            let event = EventRef {
+            let mut event = EventRef {
                 message_id,
                 kind,
                 event,
@@ -252,14 +265,22 @@ pub fn decode_ref(payload: &[u8]) -> Result<RecordRef<'_>, DecodeError> {
                 received_at: r.str()?,
                 ip: r.opt()?,
                 body: r.str()?,
-                // Absent from records that carry none (and from every
-                // record written before it existed).
-                same_device: match r.0.first() {
-                    None => None,
-                    Some(1) => r.opt()?,
-                    Some(_) => return Err(DecodeError("trailing bytes")),
-                },
+                properties: None,
+                same_device: None,
             };
+            // The optional fields, in the order they are written.
+            if r.0.first() == Some(&FIELD_SAME_DEVICE) {
+                r.u8()?;
+                event.same_device = Some(r.str()?);
+            }
+            if r.0.first() == Some(&FIELD_PROPERTIES) {
+                r.u8()?;
+                let (start, end) = (r.u32()?, r.u32()?);
+                if start > end || end as usize > event.body.len() {
+                    return Err(DecodeError("properties range"));
+                }
+                event.properties = Some((start, end));
+            }
             RecordRef::Event { source, event }
         }
         TAG_REJECTED => RecordRef::Rejected {
@@ -335,6 +356,7 @@ mod tests {
 
     fn event() -> NewEvent {
         NewEvent {
+            properties: None,
             same_device: None,
             message_id: "m-1".into(),
             kind: MessageType::Identify,
@@ -399,6 +421,7 @@ mod tests {
         buf.clear();
         let joined = NewEvent {
             same_device: Some("a-0".into()),
+            properties: Some((10, 20)),
             ..event()
         };
         encode_event(&mut buf, "wk", &joined);
@@ -414,9 +437,23 @@ mod tests {
             encode_event(&mut b, "wk", &event());
             b.len()
         };
+        // (A cut at the boundary of an optional field reads as a record
+        // without the fields after it: the log's framing, its length and
+        // CRC, is what detects a cut record.)
         for n in without + 1..buf.len() {
-            assert!(decode(&buf[..n]).is_err(), "{n}");
+            assert!(
+                decode(&buf[..n]).is_err() || n == without + 1 + 4 + 3,
+                "{n}"
+            );
         }
+        // A range outside the body is refused, not trusted.
+        let outside = NewEvent {
+            properties: Some((0, 10_000)),
+            ..event()
+        };
+        buf.clear();
+        encode_event(&mut buf, "wk", &outside);
+        assert_eq!(decode(&buf), Err(DecodeError("properties range")));
         assert_eq!(decode(&[42]), Err(DecodeError("unknown tag")));
     }
 }

@@ -81,6 +81,17 @@ impl Writer {
         Self::default()
     }
 
+    /// How many bytes are written so far (where the next value starts,
+    /// right after a key).
+    pub fn len(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Whether nothing is written yet.
+    pub fn is_empty(&self) -> bool {
+        self.out.is_empty()
+    }
+
     /// The text written so far.
     pub fn finish(self) -> String {
         self.out

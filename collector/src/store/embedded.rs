@@ -1098,6 +1098,7 @@ mod tests {
             source: source.into(),
             events: (0..n)
                 .map(|i| NewEvent {
+                    properties: None,
                     same_device: None,
                     message_id: format!("{tag}-{i}"),
                     kind: MessageType::Track,
@@ -1162,6 +1163,7 @@ mod tests {
     /// A stored identify of user `u` on device `d` at `at` with `body`.
     fn identify(n: usize, at: &str, body: serde_json::Value) -> NewEvent {
         NewEvent {
+            properties: None,
             same_device: None,
             message_id: format!("identify-{n}"),
             kind: MessageType::Identify,
@@ -1273,6 +1275,7 @@ mod tests {
                 "traits": {"n": n, "who": u},
             });
             NewEvent {
+                properties: None,
                 same_device: None,
                 message_id: format!("h-{n}"),
                 kind,

@@ -613,6 +613,7 @@ mod tests {
         kind: MessageType,
     ) -> EventRef<'a> {
         EventRef {
+            properties: None,
             same_device: None,
             message_id: "m",
             kind,

@@ -49,6 +49,9 @@ pub struct NewEvent {
     pub ip: Option<String>,
     /// The whole enriched message as JSON.
     pub body: String,
+    /// Where the message's `properties` value is in `body` (byte range),
+    /// so consumers that filter on properties read just that.
+    pub properties: Option<(u32, u32)>,
     /// The anonymous ID the collector's server cookie carried, when it is
     /// not this message's: the two are one browser (a same-device edge,
     /// [`crate::identity::SameDevice`]).

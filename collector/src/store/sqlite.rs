@@ -1460,13 +1460,15 @@ fn evaluate(
                 let wanted = seen
                     .track
                     .map_or(&[][..], |n| families.filtered_properties(n));
-                state.add(families, &seen, &mut || {
-                    if only_properties {
-                        properties_only(e.body, wanted)
-                    } else {
-                        serde_json::from_str(e.body).ok()
-                    }
-                });
+                state.add(
+                    families,
+                    &seen,
+                    &mut || match (only_properties, e.properties) {
+                        (true, Some(range)) => properties_at(e.body, range, wanted),
+                        (true, None) => properties_only(e.body, wanted),
+                        _ => serde_json::from_str(e.body).ok(),
+                    },
+                );
             }
         }
         if places.is_empty() {
@@ -1543,22 +1545,47 @@ pub(crate) fn properties_only<W: AsRef<str>>(
         return wrap(None);
     };
     while let Some((key, value)) = members.next() {
-        if key != "properties" {
-            continue;
+        if key == "properties" {
+            return wrap(Some(pick(body, value.start, wanted)));
         }
-        let mut picked = Map::new();
-        if let Some(mut props) = json_scan::Members::new(body, value.start) {
-            while let Some((name, v)) = props.next() {
-                if wanted.iter().any(|w| w.as_ref() == name.as_ref())
-                    && let Ok(parsed) = serde_json::from_str::<Value>(&body[v])
-                {
-                    picked.insert(name.into_owned(), parsed);
-                }
-            }
-        }
-        return wrap(Some(picked));
     }
     wrap(None)
+}
+
+/// [`properties_only`] when admission recorded where `properties` is
+/// (`range`, [`crate::store::NewEvent::properties`]): nothing before it is
+/// walked.
+pub(crate) fn properties_at<W: AsRef<str>>(
+    body: &str,
+    range: (u32, u32),
+    wanted: &[W],
+) -> Option<serde_json::Value> {
+    let text = body.get(range.0 as usize..range.1 as usize)?;
+    let mut object = serde_json::Map::new();
+    object.insert(
+        "properties".into(),
+        serde_json::Value::Object(pick(text, 0, wanted)),
+    );
+    Some(serde_json::Value::Object(object))
+}
+
+/// The `wanted` members of the object at `start` in `text`, parsed.
+fn pick<W: AsRef<str>>(
+    text: &str,
+    start: usize,
+    wanted: &[W],
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut picked = serde_json::Map::new();
+    if let Some(mut props) = json_scan::Members::new(text, start) {
+        while let Some((name, v)) = props.next() {
+            if wanted.iter().any(|w| w.as_ref() == name.as_ref())
+                && let Ok(parsed) = serde_json::from_str(&text[v])
+            {
+                picked.insert(name.into_owned(), parsed);
+            }
+        }
+    }
+    picked
 }
 
 /// Walking the members of JSON objects in text known to be valid, without
