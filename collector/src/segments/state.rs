@@ -25,6 +25,9 @@ pub struct Family {
     pub name: String,
     /// Property filters, all of which must hold.
     pub filters: Vec<Compare>,
+    /// Whether some condition counts it within a window: only then are
+    /// its events' times kept (a count is enough otherwise).
+    pub windowed: bool,
 }
 
 /// By event name: its families, and the properties they filter by (looked
@@ -49,7 +52,9 @@ impl Families {
         let mut out = Families::default();
         for rule in rules {
             visit(rule, &mut |e| {
-                if out.find(e).is_none() {
+                if let Some(i) = out.find(e) {
+                    out.0[i].windowed |= e.within_ms.is_some();
+                } else {
                     let named = out.1.entry(e.name.clone()).or_default();
                     named.families.push(out.0.len());
                     for c in &e.filters {
@@ -60,6 +65,7 @@ impl Families {
                     out.0.push(Family {
                         name: e.name.clone(),
                         filters: e.filters.clone(),
+                        windowed: e.within_ms.is_some(),
                     });
                 }
             });
@@ -148,7 +154,10 @@ pub struct ProfileState {
     traits: HashMap<String, (Value, When)>,
     /// The latest `categoryPreferences`, and when.
     consent: Option<(Value, When)>,
-    /// Per family: the times (ms) of matching events, sorted.
+    /// Per family: how many events matched.
+    counts: Vec<u64>,
+    /// Per family with a window ([`Family::windowed`]): the times (ms) of
+    /// matching events, sorted; empty for the others.
     times: Vec<Vec<i64>>,
 }
 
@@ -156,6 +165,7 @@ impl ProfileState {
     /// An empty state for `families`.
     pub fn new(families: &Families) -> ProfileState {
         ProfileState {
+            counts: vec![0; families.len()],
             times: vec![Vec::new(); families.len()],
             ..ProfileState::default()
         }
@@ -210,6 +220,10 @@ impl ProfileState {
                     if !family.filters.iter().all(|f| f.holds(props.get(&f.name))) {
                         continue;
                     }
+                }
+                self.counts[i] += 1;
+                if !family.windowed {
+                    continue;
                 }
                 let times = &mut self.times[i];
                 // Events mostly come in time order: appended without a
@@ -318,14 +332,13 @@ impl Facts for StateFacts<'_> {
     }
 
     fn count_events(&mut self, c: &EventCondition) -> u64 {
-        let Some(times) = self.families.index(c).and_then(|i| self.state.times.get(i)) else {
+        let Some(i) = self.families.index(c) else {
             return 0;
         };
-        let from = match c.within_ms {
-            Some(w) => first_after(times, self.now_ms - w),
-            None => 0,
-        };
-        (times.len() - from) as u64
+        match (c.within_ms, self.state.times.get(i)) {
+            (Some(w), Some(times)) => (times.len() - first_after(times, self.now_ms - w)) as u64,
+            _ => self.state.counts.get(i).copied().unwrap_or(0),
+        }
     }
 
     fn member_of(&mut self, _: &str) -> bool {
