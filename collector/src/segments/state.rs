@@ -159,6 +159,10 @@ pub struct ProfileState {
     /// Per family with a window ([`Family::windowed`]): the times (ms) of
     /// matching events, sorted; empty for the others.
     times: Vec<Vec<i64>>,
+    /// When the indexer last scheduled this profile's next window change
+    /// (the value it put in its due times): unchanged, the map is not
+    /// touched again. Whoever removes the due time clears it.
+    pub scheduled: std::cell::Cell<Option<i64>>,
 }
 
 impl ProfileState {

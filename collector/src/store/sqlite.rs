@@ -777,6 +777,9 @@ impl IndexWriter {
         }
         for p in &due {
             self.due.remove(p);
+            if let Some(state) = self.engine.states.get(p) {
+                state.scheduled.set(None);
+            }
         }
         let now = memory::format_millis(now_ms);
         let tx = self.conn.transaction()?;
@@ -1505,6 +1508,11 @@ fn schedule(
         return;
     }
     let next = state.next_change_of(segments.window_pairs(), now_ms);
+    // Mostly the same oldest event leaves first: nothing to write.
+    if state.scheduled.get() == next {
+        return;
+    }
+    state.scheduled.set(next);
     match next {
         Some(at) => match due.get_mut(profile_id) {
             Some(when) => *when = at,
