@@ -18,6 +18,7 @@
 //! Delete the database and it is rebuilt from the log. Reads use separate
 //! connections; WAL lets them run beside the writer.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -1435,50 +1436,64 @@ fn evaluate(
     for (profile_id, (t, records)) in profiles {
         let member = segments.member_mask(Some(&profile_id));
         let places = segments.relevant_with(&member, &t);
-        let known = !t.merged && engine.states.contains_key(&profile_id);
-        if t.merged || (!known && !places.is_empty()) {
-            // Built from the history (which holds this batch already).
-            let id = identity::profile_identifier(&profile_id);
-            let Some(mut p) = resolve_with(view, id, true)? else {
-                continue;
-            };
-            p.events.sort();
-            engine.ensure(view, &p, true);
-        } else if let Some(state) = engine.states.get_mut(&profile_id) {
-            // Known: the batch's events added to it.
-            for i in records {
-                let (lsn, RecordRef::Event { event: e, .. }) = &batch.records[i] else {
+        // One lookup of the profile's state whatever happens next.
+        let Engine { families, states } = &mut *engine;
+        let state = match states.entry(profile_id.clone()) {
+            Entry::Occupied(known) if !t.merged => {
+                // Known: the batch's events added to it.
+                let state = known.into_mut();
+                for &i in &records {
+                    let (lsn, RecordRef::Event { event: e, .. }) = &batch.records[i] else {
+                        continue;
+                    };
+                    let seen = Seen {
+                        when: (batch.times.get(i).copied().unwrap_or(0), *lsn),
+                        track: (e.kind == weft_protocol::MessageType::Track)
+                            .then_some(e.event)
+                            .flatten(),
+                        identify: e.kind == weft_protocol::MessageType::Identify,
+                        consent: batch.consent.get(i).copied().unwrap_or(false),
+                    };
+                    let only_properties = !seen.identify && !seen.consent;
+                    let wanted = seen
+                        .track
+                        .map_or(&[][..], |n| families.filtered_properties(n));
+                    state.add(
+                        families,
+                        &seen,
+                        &mut || match (only_properties, e.properties) {
+                            (true, Some(range)) => properties_at(e.body, range, wanted),
+                            (true, None) => properties_only(e.body, wanted),
+                            _ => serde_json::from_str(e.body).ok(),
+                        },
+                    );
+                }
+                state
+            }
+            // Unknown and not asked about, no state to build.
+            Entry::Vacant(_) if places.is_empty() && !t.merged => continue,
+            entry => {
+                // Merged, or first needed: built from the history (which
+                // holds this batch already).
+                let id = identity::profile_identifier(&profile_id);
+                let Some(mut p) = resolve_with(view, id, true)? else {
                     continue;
                 };
-                let seen = Seen {
-                    when: (batch.times.get(i).copied().unwrap_or(0), *lsn),
-                    track: (e.kind == weft_protocol::MessageType::Track)
-                        .then_some(e.event)
-                        .flatten(),
-                    identify: e.kind == weft_protocol::MessageType::Identify,
-                    consent: batch.consent.get(i).copied().unwrap_or(false),
-                };
-                let only_properties = !seen.identify && !seen.consent;
-                let families = &engine.families;
-                let wanted = seen
-                    .track
-                    .map_or(&[][..], |n| families.filtered_properties(n));
-                state.add(
-                    families,
-                    &seen,
-                    &mut || match (only_properties, e.properties) {
-                        (true, Some(range)) => properties_at(e.body, range, wanted),
-                        (true, None) => properties_only(e.body, wanted),
-                        _ => serde_json::from_str(e.body).ok(),
-                    },
-                );
+                p.events.sort();
+                let built = build_state(view, &p, families);
+                match entry {
+                    Entry::Occupied(mut o) => {
+                        *o.get_mut() = built;
+                        o.into_mut()
+                    }
+                    Entry::Vacant(v) => v.insert(built),
+                }
             }
-        }
+        };
         if places.is_empty() {
             continue;
         }
-        let state = &engine.states[&profile_id];
-        let mut facts = state.facts(&engine.families, now_ms);
+        let mut facts = state.facts(families, now_ms);
         changes.extend(segments.evaluate_with(&profile_id, &places, member, &mut facts, &now));
         schedule(
             segments,
