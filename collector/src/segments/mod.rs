@@ -52,9 +52,10 @@ pub struct Change {
 
 /// What changed about a profile in a batch, for [`Segments::relevant`].
 #[derive(Debug, Default, Clone)]
-pub struct Touched {
-    /// Names of its new track events.
-    pub events: BTreeSet<String>,
+pub struct Touched<'a> {
+    /// Names of its new track events, each once (borrowed from the batch:
+    /// this is made for every identifier of every batch).
+    pub events: Vec<&'a str>,
     /// It sent an identify (traits may have changed).
     pub traits: bool,
     /// It sent consent preferences.
@@ -441,7 +442,7 @@ impl Segments {
     /// The keys to evaluate for a profile that was `touched`, in order: the
     /// segments whose rule reads what changed, and those that refer to a
     /// segment that will be evaluated (a membership may change there).
-    pub fn relevant(&self, touched: &Touched) -> Vec<String> {
+    pub fn relevant(&self, touched: &Touched<'_>) -> Vec<String> {
         self.relevant_indices(touched)
             .into_iter()
             .map(|i| self.order[i].0.clone())
@@ -450,14 +451,14 @@ impl Segments {
 
     /// [`Segments::relevant`] as places in the evaluation order (no copies
     /// of keys: this runs for every event).
-    pub fn relevant_indices(&self, touched: &Touched) -> Vec<usize> {
+    pub fn relevant_indices(&self, touched: &Touched<'_>) -> Vec<usize> {
         self.relevant_for(None, touched)
     }
 
     /// [`Segments::relevant_indices`] for `profile_id`, leaving out the
     /// segments it is in whose rules only grow with events when only events
     /// changed (it stays in them; see [`Rule::grows_with_events`]).
-    pub fn relevant_for(&self, profile_id: Option<&str>, touched: &Touched) -> Vec<usize> {
+    pub fn relevant_for(&self, profile_id: Option<&str>, touched: &Touched<'_>) -> Vec<usize> {
         let member = self.member_mask(profile_id);
         self.relevant_with(&member, touched)
     }
@@ -471,18 +472,14 @@ impl Segments {
     }
 
     /// [`Segments::relevant_for`] given the profile's [`Segments::member_mask`].
-    pub fn relevant_with(&self, member: &[bool], touched: &Touched) -> Vec<usize> {
+    pub fn relevant_with(&self, member: &[bool], touched: &Touched<'_>) -> Vec<usize> {
         // It runs for every profile an event touches: places and flags, not
         // string lookups, per segment (string compares were 20% of the
         // indexer's time with 50 segments).
         let n = self.order.len();
         let mut reads = vec![false; n];
         for name in &touched.events {
-            for &i in self
-                .readers
-                .get(name.as_str())
-                .map_or(&[][..], Vec::as_slice)
-            {
+            for &i in self.readers.get(*name).map_or(&[][..], Vec::as_slice) {
                 reads[i] = true;
             }
         }
@@ -743,7 +740,7 @@ mod tests {
         };
         assert_eq!(s.relevant(&traits), ["pro", "pro-too"]);
         let bought = Touched {
-            events: ["Order Completed".to_owned()].into(),
+            events: vec!["Order Completed"],
             ..Touched::default()
         };
         assert_eq!(s.relevant(&bought), ["buyers"]);
@@ -777,7 +774,7 @@ mod tests {
             json!({"all": [{"event": "Viewed"}, {"trait": "plan", "op": "eq", "value": "pro"}]}),
         ));
         let viewed = Touched {
-            events: ["Viewed".to_owned()].into(),
+            events: vec!["Viewed"],
             ..Touched::default()
         };
         let all = s.relevant_for(Some("user:u"), &viewed).len();

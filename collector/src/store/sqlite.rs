@@ -1317,9 +1317,9 @@ fn touched<'r>(
         {
             let (t, at) = touched.entry(id).or_default();
             if let (weft_protocol::MessageType::Track, Some(name)) = (e.kind, e.event)
-                && !t.events.contains(name)
+                && !t.events.contains(&name)
             {
-                t.events.insert(name.to_owned());
+                t.events.push(name);
             }
             t.traits |= e.kind == weft_protocol::MessageType::Identify;
             t.consent |= consent[i];
@@ -1352,7 +1352,7 @@ fn touched<'r>(
 
 /// What a batch changed per identifier (borrowed from its records), with
 /// the indexes of its records.
-type TouchedIds<'r> = HashMap<&'r str, (Touched, Vec<usize>)>;
+type TouchedIds<'r> = HashMap<&'r str, (Touched<'r>, Vec<usize>)>;
 
 /// When each profile with windowed memberships is due to be evaluated
 /// again. (Maps keyed by identifiers keep std's keyed SipHash: senders
@@ -1384,7 +1384,7 @@ fn evaluate(
     due: &mut DueTimes,
 ) -> Result<Vec<Change>, StoreError> {
     let now = memory::format_millis(now_ms);
-    let mut profiles: HashMap<String, (Touched, BTreeSet<usize>)> = HashMap::new();
+    let mut profiles: HashMap<String, (Touched<'_>, Vec<usize>)> = HashMap::new();
     for (id, (t, at)) in batch.touched {
         // Who it is: most identifiers have no edge at all, and need no walk.
         let (profile_id, shared) = match view.events.lone_profile(id) {
@@ -1409,7 +1409,11 @@ fn evaluate(
         };
         match profiles.get_mut(&profile_id) {
             Some((seen, records)) => {
-                seen.events.extend(t.events);
+                for name in t.events {
+                    if !seen.events.contains(&name) {
+                        seen.events.push(name);
+                    }
+                }
                 seen.traits |= t.traits;
                 seen.consent |= t.consent;
                 seen.merged |= t.merged || shared;
@@ -1418,7 +1422,7 @@ fn evaluate(
             None => {
                 let mut t = t;
                 t.merged |= shared;
-                profiles.insert(profile_id, (t, at.into_iter().collect()));
+                profiles.insert(profile_id, (t, at));
             }
         }
     }
@@ -1433,7 +1437,11 @@ fn evaluate(
         due.remove(id.as_str());
         engine.states.remove(id);
     }
-    for (profile_id, (t, records)) in profiles {
+    for (profile_id, (t, mut records)) in profiles {
+        // In log order, each once (a record names several identifiers of
+        // one profile).
+        records.sort_unstable();
+        records.dedup();
         let member = segments.member_mask(Some(&profile_id));
         let places = segments.relevant_with(&member, &t);
         // One lookup of the profile's state whatever happens next.
