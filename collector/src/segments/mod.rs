@@ -65,6 +65,16 @@ pub struct Touched<'a> {
     pub merged: bool,
 }
 
+/// Buffers for [`Segments::relevant_into`], kept across the profiles of a
+/// batch.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    reads: Vec<bool>,
+    chosen: Vec<bool>,
+    /// The places to evaluate, in order.
+    pub places: Vec<usize>,
+}
+
 /// What a segment's rule reads, worked out once.
 #[derive(Debug, Default, Clone)]
 struct Deps {
@@ -465,19 +475,45 @@ impl Segments {
 
     /// The segments `profile_id` is in, by place in the evaluation order.
     pub fn member_mask(&self, profile_id: Option<&str>) -> Vec<bool> {
+        let mut member = Vec::new();
+        self.member_mask_into(profile_id, &mut member);
+        member
+    }
+
+    /// [`Segments::member_mask`] into `member` (a buffer the caller keeps:
+    /// this runs for every profile of every batch).
+    pub fn member_mask_into(&self, profile_id: Option<&str>, member: &mut Vec<bool>) {
+        member.clear();
         match profile_id.and_then(|p| self.members.get(p)) {
-            Some(mine) => (0..self.order.len()).map(|i| mine.has(i)).collect(),
-            None => vec![false; self.order.len()],
+            Some(mine) => member.extend((0..self.order.len()).map(|i| mine.has(i))),
+            None => member.resize(self.order.len(), false),
         }
     }
 
     /// [`Segments::relevant_for`] given the profile's [`Segments::member_mask`].
     pub fn relevant_with(&self, member: &[bool], touched: &Touched<'_>) -> Vec<usize> {
+        let mut scratch = Scratch::default();
+        self.relevant_into(member, touched, &mut scratch);
+        scratch.places
+    }
+
+    /// [`Segments::relevant_with`] into `scratch.places`, with the
+    /// caller's buffers.
+    pub fn relevant_into(&self, member: &[bool], touched: &Touched<'_>, scratch: &mut Scratch) {
         // It runs for every profile an event touches: places and flags, not
         // string lookups, per segment (string compares were 20% of the
         // indexer's time with 50 segments).
         let n = self.order.len();
-        let mut reads = vec![false; n];
+        let Scratch {
+            reads,
+            chosen,
+            places,
+        } = scratch;
+        reads.clear();
+        reads.resize(n, false);
+        chosen.clear();
+        chosen.resize(n, false);
+        places.clear();
         for name in &touched.events {
             for &i in self.readers.get(*name).map_or(&[][..], Vec::as_slice) {
                 reads[i] = true;
@@ -495,13 +531,9 @@ impl Segments {
             let reads_change = other_change || reads[i];
             if reads_change || deps.segment_places.iter().any(|&d| chosen[d]) {
                 chosen[i] = true;
+                places.push(i);
             }
         }
-        chosen
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| c.then_some(i))
-            .collect()
     }
 
     /// Whether `key`'s rule has a `within` window.
@@ -562,8 +594,8 @@ impl Segments {
         facts: &mut dyn Facts,
         now: &str,
     ) -> Vec<Change> {
-        let member = self.member_mask(Some(profile_id));
-        self.evaluate_with(profile_id, places, member, facts, now)
+        let mut member = self.member_mask(Some(profile_id));
+        self.evaluate_with(profile_id, places, &mut member, facts, now)
     }
 
     /// [`Segments::evaluate_places`] given the profile's
@@ -572,7 +604,7 @@ impl Segments {
         &mut self,
         profile_id: &str,
         places: &[usize],
-        mut member: Vec<bool>,
+        member: &mut Vec<bool>,
         facts: &mut dyn Facts,
         now: &str,
     ) -> Vec<Change> {
@@ -585,7 +617,7 @@ impl Segments {
             };
             let is_in = rule.matches(&mut WithMembers {
                 facts: &mut *facts,
-                member: &member,
+                member,
                 index_of: &self.index_of,
             });
             if is_in != member[place] {

@@ -1437,13 +1437,16 @@ fn evaluate(
         due.remove(id.as_str());
         engine.states.remove(id);
     }
+    let mut member = Vec::new();
+    let mut scratch = crate::segments::Scratch::default();
     for (profile_id, (t, mut records)) in profiles {
         // In log order, each once (a record names several identifiers of
         // one profile).
         records.sort_unstable();
         records.dedup();
-        let member = segments.member_mask(Some(&profile_id));
-        let places = segments.relevant_with(&member, &t);
+        segments.member_mask_into(Some(&profile_id), &mut member);
+        segments.relevant_into(&member, &t, &mut scratch);
+        let places = &scratch.places;
         // One lookup of the profile's state whatever happens next.
         let Engine { families, states } = &mut *engine;
         let state = match states.entry(profile_id.clone()) {
@@ -1502,10 +1505,10 @@ fn evaluate(
             continue;
         }
         let mut facts = state.facts(families, now_ms);
-        changes.extend(segments.evaluate_with(&profile_id, &places, member, &mut facts, &now));
+        changes.extend(segments.evaluate_with(&profile_id, places, &mut member, &mut facts, &now));
         schedule(
             segments,
-            segments.any_windows(&places),
+            segments.any_windows(places),
             state,
             now_ms,
             &profile_id,
