@@ -163,6 +163,11 @@ pub struct ProfileState {
     /// (the value it put in its due times): unchanged, the map is not
     /// touched again. Whoever removes the due time clears it.
     pub scheduled: std::cell::Cell<Option<i64>>,
+    /// The profile's memberships by place, as the indexer's last batch left
+    /// them (saves a lookup in the segments' map per profile per batch).
+    /// Whatever else changes its memberships (a recompute, the tick)
+    /// clears it.
+    pub member: Option<Vec<bool>>,
 }
 
 impl ProfileState {

@@ -734,6 +734,10 @@ impl IndexWriter {
                     &p.profile_id,
                     &mut self.due,
                 );
+                // The segments decided: the state's copy is stale.
+                if let Some(state) = self.engine.states.get_mut(&p.profile_id) {
+                    state.member = None;
+                }
             }
             let next = (end < events.identifiers()).then_some(end);
             if next.is_none() {
@@ -823,9 +827,16 @@ impl IndexWriter {
                             &profile_id,
                             &mut self.due,
                         );
+                        // The segments decided: the state's copy is stale.
+                        if let Some(state) = self.engine.states.get_mut(&profile_id) {
+                            state.member = None;
+                        }
                     }
                     // Merged into another profile, or gone.
-                    _ => changes.extend(segments.remove_profile(&profile_id, &now)),
+                    _ => {
+                        changes.extend(segments.remove_profile(&profile_id, &now));
+                        self.engine.states.remove(&profile_id);
+                    }
                 }
             }
             changes
@@ -1444,12 +1455,24 @@ fn evaluate(
         // one profile).
         records.sort_unstable();
         records.dedup();
-        segments.member_mask_into(Some(&profile_id), &mut member);
+        // One lookup of the profile's state whatever happens next; its
+        // memberships from there when it has them.
+        let Engine { families, states } = &mut *engine;
+        let entry = states.entry(profile_id.clone());
+        let cached = match &entry {
+            Entry::Occupied(o) if !t.merged => o.get().member.as_deref(),
+            _ => None,
+        };
+        match cached {
+            Some(m) => {
+                member.clear();
+                member.extend_from_slice(m);
+            }
+            None => segments.member_mask_into(Some(&profile_id), &mut member),
+        }
         segments.relevant_into(&member, &t, &mut scratch);
         let places = &scratch.places;
-        // One lookup of the profile's state whatever happens next.
-        let Engine { families, states } = &mut *engine;
-        let state = match states.entry(profile_id.clone()) {
+        let state = match entry {
             Entry::Occupied(known) if !t.merged => {
                 // Known: the batch's events added to it.
                 let state = known.into_mut();
@@ -1502,10 +1525,19 @@ fn evaluate(
             }
         };
         if places.is_empty() {
+            state
+                .member
+                .get_or_insert_with(Vec::new)
+                .clone_from(&member);
             continue;
         }
         let mut facts = state.facts(families, now_ms);
         changes.extend(segments.evaluate_with(&profile_id, places, &mut member, &mut facts, &now));
+        // `member` holds this evaluation's decisions.
+        state
+            .member
+            .get_or_insert_with(Vec::new)
+            .clone_from(&member);
         schedule(
             segments,
             segments.any_windows(places),
