@@ -201,6 +201,12 @@ async fn a_window_slides_on_the_collectors_clock_and_takes_people_out_and_in() {
         (segments_of(&c, "v-1").await == ["lapsed"]).then_some(())
     })
     .await;
+    // A new view brings it back at once (what the tick decided is what the
+    // next batch starts from).
+    let again = json!({"type": "track", "event": "Product Viewed", "anonymousId": "v-1",
+                       "timestamp": "2026-03-01T13:01:00Z"});
+    send(&c, json!([again])).await;
+    assert_eq!(segments_of(&c, "v-1").await, ["recent"]);
 }
 
 #[tokio::test]
