@@ -184,9 +184,6 @@ pub struct Admission {
     pub junk_ids: u64,
     /// The server cookie after the batch (with [`Facts::device`]).
     pub device: Option<DeviceCookie>,
-    /// Whether some message granted analytics (the cookie is then set, or
-    /// its life renewed).
-    pub grants_analytics: bool,
 }
 
 /// Admits every message of `envelope`: validates, enriches, checks consent.
@@ -209,7 +206,6 @@ pub fn admit(envelope: &Envelope<'_>, facts: &Facts<'_>) -> Admission {
         outcomes: Vec::with_capacity(envelope.messages.len()),
         junk_ids: 0,
         device: facts.device.cloned(),
-        grants_analytics: false,
     };
     if envelope.reset
         && let Some(cookie) = &mut admission.device
@@ -230,7 +226,6 @@ pub fn admit(envelope: &Envelope<'_>, facts: &Facts<'_>) -> Admission {
                 analytics,
             }) => {
                 admission.junk_ids += u64::from(junk);
-                admission.grants_analytics |= analytics == Some(true);
                 let cookie = admission.device.as_mut();
                 match (event, cookie) {
                     (Ok(mut event), Some(cookie)) => {
@@ -1071,7 +1066,6 @@ mod tests {
         // First batch after consent: the cookie is made, nothing joined.
         let a = with_cookie(&[browser("a1", true)], false, &none);
         assert_eq!(a.device.as_ref().unwrap().value(), "a1");
-        assert!(a.grants_analytics);
         assert_eq!(a.request.events[0].same_device, None);
         // Storage wiped: a new ID with the old cookie is joined to it.
         let cookie = DeviceCookie::parse("a1");

@@ -8,7 +8,9 @@
 //!   grant `analytics`, and only where the cookie is first-party: the page
 //!   and the collector share a host or a parent domain ([`Scope`]).
 //!   `HttpOnly`, `SameSite=Lax`, `Secure` on https pages, one year, its
-//!   path the ingest path.
+//!   path the ingest path. Sent only when its value changes: a batch in
+//!   flight when a reset retired the ID carries the old value, and a
+//!   renewal would bring it back.
 //! - Cleared by a message denying `analytics` (the SDK's withdrawal record),
 //!   by a batch naming an erased identifier, and by the SDK's reset notice
 //!   (a logout: the next person on a shared device starts afresh).

@@ -91,7 +91,6 @@ pub async fn handle(
         outcomes,
         junk_ids,
         device,
-        grants_analytics,
     } = admit(&envelope, &facts);
     Metrics::add(&app.metrics.events_received, outcomes.len() as u64);
     Metrics::add(&app.metrics.junk_identifiers, junk_ids);
@@ -138,8 +137,10 @@ pub async fn handle(
         if outcome.suppressed > 0 || outcome.erased_device {
             after = DeviceCookie::default();
         }
-        let renew = grants_analytics && !after.is_empty();
-        if after != cookie.before || renew {
+        // Only a change is sent, never a renewal of the same value: a
+        // batch still in flight when the SDK's reset notice retired the ID
+        // carries the old cookie, and renewing it would undo the reset.
+        if after != cookie.before {
             let header = after.set_cookie(cookie.domain.as_deref(), &cookie.path, cookie.secure);
             resp.headers_mut().append(SET_COOKIE, header);
         }

@@ -327,6 +327,16 @@ async fn cookie_headers_follow_the_origin_the_host_and_consent() {
     .to_string();
     let r = post(plain, Some("https://www.shop.example"), None).await;
     assert_eq!((r.status, r.header("set-cookie")), (200, None));
+    // A batch that changes nothing sets nothing: one still in flight when a
+    // reset's notice retired the ID carries the old cookie, and renewing it
+    // would undo the reset.
+    let r = post(
+        granted("h1"),
+        Some("https://www.shop.example"),
+        Some("weft_device=h1"),
+    )
+    .await;
+    assert_eq!((r.status, r.header("set-cookie")), (200, None));
     // Wiped storage: joined, and the cookie moves on.
     let r = post(
         granted("h5"),
