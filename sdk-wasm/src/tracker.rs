@@ -426,8 +426,12 @@ impl<E: Env> Tracker<E> {
             self.env.remove(key);
         }
         self.ensure_identity();
-        let mut body = write_batch(&[], "", &self.env.now_iso(), &self.config.write_key);
-        body.insert_str(body.len() - 1, ",\"reset\":true");
+        // An empty batch's body (see `write_batch`), marked.
+        let mut body = String::from("{\"batch\":[],\"reset\":true,\"sentAt\":");
+        push_escaped(&mut body, &self.env.now_iso());
+        body.push_str(",\"writeKey\":");
+        push_escaped(&mut body, &self.config.write_key);
+        body.push_str("}");
         Some(body)
     }
 
