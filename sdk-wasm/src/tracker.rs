@@ -302,29 +302,18 @@ impl<E: Env> Tracker<E> {
     /// `weft.debug()`'s answer as JSON: what is queued and held, and
     /// [`Tracker::losses`].
     pub fn debug_json(&self) -> String {
-        // The keys in a table of their own: the loop holds only the counts.
-        const KEYS: [&str; 6] = [
-            "{\"queued\":",
-            ",\"held\":",
-            ",\"heldDropped\":",
-            ",\"queueDropped\":",
-            ",\"tooLarge\":",
-            ",\"refused\":",
-        ];
         let [held_dropped, queue_dropped, too_large, refused] = self.losses();
-        let counts = [
-            self.queue.len() as u32,
-            self.held.len() as u32,
-            held_dropped,
-            queue_dropped,
-            too_large,
-            refused,
-        ];
         let mut text = String::new();
-        for (key, n) in KEYS.iter().zip(counts) {
+        let mut count = |key: &str, n: u32| {
             text.push_str(key);
             push_u64(&mut text, n.into());
-        }
+        };
+        count("{\"queued\":", self.queue.len() as u32);
+        count(",\"held\":", self.held.len() as u32);
+        count(",\"heldDropped\":", held_dropped);
+        count(",\"queueDropped\":", queue_dropped);
+        count(",\"tooLarge\":", too_large);
+        count(",\"refused\":", refused);
         text.push_str("}");
         text
     }
