@@ -26,9 +26,9 @@ var endpoint = data.endpoint
   ? new URL(data.endpoint, src || location.href).href
   : (data.host || (src ? src.origin : location.origin)).replace(/\/+$/, "") + "/v1/batch";
 var debug = data.debug === "true";
-var report = function () {
+var report = function (...what) {
   if (debug) {
-    try { console.warn.apply(console, ["weft:"].concat([].slice.call(arguments))); } catch (_) {}
+    try { console.warn("weft:", ...what); } catch (_) {}
   }
 };
 // A page whose own `<meta>` Content-Security-Policy leaves both
@@ -321,12 +321,12 @@ var weftHost = {
   dropped: function (p, n) {
     report("dropped", get(p, n));
   },
-  // wasm-bindgen's own: an error it raises, and its table of JS values
-  // (which nothing uses: no JS value crosses).
+  // wasm-bindgen's own: an error it raises (its table of JS values, which
+  // no JS value uses, is never set up: the build checks that setting it up
+  // is all `__wbindgen_start` would do, and drops both).
   __wbindgen_throw: function (p, n) {
-    throw new Error(get(p, n));
-  },
-  __wbindgen_init_externref_table: function () {}
+    throw get(p, n);
+  }
 };
 
 // ---- The public API. ----
@@ -392,8 +392,7 @@ var invoke = function (name, args) {
   call(n, str(a), name === "alias" ? str(b) : json(b), str(c && c.category));
 };
 var method = function (name) {
-  return function () {
-    var args = [].slice.call(arguments);
+  return function (...args) {
     try {
       if (sdk || name === "ready" || name === "consent.onChange") return invoke(name, args);
       if (!GETTERS[name] && queue.length < 100) queue.push([name, args]);
@@ -522,7 +521,7 @@ var fallback = function (e) {
 };
 try {
   (cspBlocksWasm
-    ? fallback("the page's CSP blocks WebAssembly: weft-fallback.js")
+    ? fallback("CSP blocks wasm")
     : fetched.then(function (response) {
       if (!response.ok) throw "weft.wasm: " + response.status;
       return new Promise(function (ok) {
@@ -534,7 +533,6 @@ try {
     .then(function (exports) {
       var nav = navigator;
       wasm = exports;
-      wasm.__wbindgen_start();
       // Text options, numbers (NaN when not given) and flags.
       wasm.start(
         ...put(data.writeKey), ...put(data.consent), ...put(data.policyVersion),
