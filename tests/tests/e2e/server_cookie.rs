@@ -160,6 +160,15 @@ async fn the_server_cookie_keeps_a_wiped_browser_on_its_profile_and_goes_with_co
 
     // A reset (logout): the next person on this browser is not joined.
     page.eval("weft.identify('alice'); weft.flush()").await;
+    // The login's batch answered before the logout: a batch still in flight
+    // when the reset notice is answered would set the cookie it was sent
+    // with again (the collector answers each with the cookie it carried).
+    stored_when(&c, &page, "alice's identify", |rows| {
+        rows.iter()
+            .any(|r| r.kind == "identify" && r.user_id.as_deref() == Some("alice"))
+    })
+    .await;
+    cookie_becomes(&chromium, Some(&second), "the cookie after the login").await;
     page.eval("weft.reset()").await;
     let third = anonymous_id(&page).await;
     cookie_becomes(
