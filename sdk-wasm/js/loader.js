@@ -183,21 +183,6 @@ var post = function (data, keepalive) {
     return 1;
   });
 };
-// Fills `out` with random bytes from a pool filled 4 KB at a time.
-var fill = function (out) {
-  for (var i = 0; i < out.length; i++) {
-    if (used === 4096) {
-      pool = new Uint8Array(4096);
-      used = 0;
-      try {
-        crypto.getRandomValues(pool);
-      } catch (e) {
-        for (var j = 0; j < 4096; j++) pool[j] = Math.random() * 256;
-      }
-    }
-    out[i] = pool[used++];
-  }
-};
 // Its keys are exactly the imports (the build checks), in wasm-bindgen's
 // ABI: `p, n` a text's pointer and length, `r` where an answer goes.
 var weftHost = {
@@ -307,19 +292,21 @@ var weftHost = {
       });
     }
   },
+  // Random bytes from a pool filled 4 KB at a time.
   random: function (p, n) {
-    fill(bytes(p, n));
-  },
-  // A random (version 4) UUID, as Rust's `ids::format_uuid_v4` writes it.
-  uuid: function (r) {
-    var b = new Uint8Array(16), text = "";
-    fill(b);
-    b[6] = b[6] & 15 | 64;
-    b[8] = b[8] & 63 | 128;
-    b.forEach(function (x, i) {
-      text += (i == 4 || i == 6 || i == 8 || i == 10 ? "-" : "") + (x + 256).toString(16).slice(1);
-    });
-    reply(r, text);
+    var out = bytes(p, n);
+    for (var i = 0; i < n; i++) {
+      if (used === 4096) {
+        pool = new Uint8Array(4096);
+        used = 0;
+        try {
+          crypto.getRandomValues(pool);
+        } catch (e) {
+          for (var j = 0; j < 4096; j++) pool[j] = Math.random() * 256;
+        }
+      }
+      out[i] = pool[used++];
+    }
   },
   // Now as ISO-8601 UTC text, for timestamps.
   iso: function (r) {

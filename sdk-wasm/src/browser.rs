@@ -48,9 +48,6 @@ mod js {
         /// `weftHost.random(bytes)`: fills them.
         #[wasm_bindgen(js_namespace = weftHost)]
         pub fn random(bytes: &mut [u8]);
-        /// `weftHost.uuid()`: a random (version 4) UUID.
-        #[wasm_bindgen(js_namespace = weftHost)]
-        pub fn uuid() -> String;
         /// `weftHost.answer(text)`: a getter's answer.
         #[wasm_bindgen(js_namespace = weftHost)]
         pub fn answer(text: &str);
@@ -176,11 +173,5 @@ impl Clock for BrowserEnv {
 impl Random for BrowserEnv {
     fn fill(&self, buf: &mut [u8]) {
         js::random(buf);
-    }
-
-    /// Written by the loader, from the same random bytes, in fewer bytes
-    /// to download than [`crate::ids::format_uuid_v4`].
-    fn uuid(&self) -> String {
-        js::uuid()
     }
 }

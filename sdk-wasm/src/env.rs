@@ -71,12 +71,6 @@ pub fn iso_utc(ms: f64) -> String {
 pub trait Random {
     /// Fills `buf` with random bytes.
     fn fill(&self, buf: &mut [u8]);
-
-    /// A new random (version 4) UUID in its canonical lowercase text
-    /// ([`crate::ids::format_uuid_v4`] of 16 random bytes).
-    fn uuid(&self) -> String {
-        crate::ids::uuid_v4(self)
-    }
 }
 
 /// Everything the tracker needs from its host.

@@ -7,7 +7,7 @@ use weft_protocol::json::push_hex;
 use crate::env::Random;
 
 /// A new random UUID in its canonical lowercase text form.
-pub fn uuid_v4(random: &(impl Random + ?Sized)) -> String {
+pub fn uuid_v4(random: &impl Random) -> String {
     let mut b = [0u8; 16];
     random.fill(&mut b);
     format_uuid_v4(b)

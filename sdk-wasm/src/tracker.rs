@@ -24,6 +24,7 @@ use weft_protocol::{Json, MessageType};
 use crate::consent::{self, Category, Policy, Prefs, Signals};
 use crate::delivery::{Outcome, backoff_ms};
 use crate::env::Env;
+use crate::ids::uuid_v4;
 use crate::queue::{Item, Part, Queue, write_batch};
 
 /// Storage keys. Prefixed so they never collide with the site's own.
@@ -496,7 +497,7 @@ impl<E: Env> Tracker<E> {
         }
         let id = match self.env.get(keys::ANONYMOUS_ID) {
             Some(id) if !id.is_empty() => id,
-            _ => self.env.uuid(),
+            _ => uuid_v4(&self.env),
         };
         // Written even when read: refreshes the cookie's expiry and mirrors
         // a cookie-only ID into localStorage.
@@ -550,7 +551,7 @@ impl<E: Env> Tracker<E> {
     /// Adds identity, encodes, and gives the message its context: the
     /// page's part, the library's, and the session's and consent's.
     fn finish(&mut self, m: Draft, category: Category, page: Option<Part>) -> Item {
-        let body = m.write(&self.env.uuid(), self.anonymous_id.as_deref());
+        let body = m.write(&uuid_v4(&self.env), self.anonymous_id.as_deref());
         let session = self.session_id();
         let made_of = (session, category, self.prefs);
         let part = match &self.session_part {

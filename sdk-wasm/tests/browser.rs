@@ -32,7 +32,7 @@ fn install_host() {
         "globalThis.weftHost = {
            load: k => localStorage.getItem(k) ?? undefined,
            store: (k, v) => v == null ? localStorage.removeItem(k) : localStorage.setItem(k, v),
-           random: b => crypto.getRandomValues(b), uuid: () => crypto.randomUUID(),
+           random: b => crypto.getRandomValues(b),
            describe: () => undefined, shared: () => '', dropped: () => {},
            iso: () => new Date().toISOString(),
            send: () => false, beacon: () => false, later: () => {}
