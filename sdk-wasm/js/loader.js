@@ -1,8 +1,10 @@
-// weft.js loader. The build wraps this file and the wasm-bindgen glue in one
-// function scope, so `wasm_bindgen` below is the glue, `weftHost` is what the
-// Rust side imports (`src/browser.rs`), and nothing leaks into the page but
-// `window.weft`. Rule: nothing here may throw into the host page, and no
-// `weftHost` function may throw into the wasm.
+// weft.js: the loader, and the glue to the wasm module. The build wraps this
+// file in one function scope, so nothing leaks into the page but
+// `window.weft`. `weftHost` is what the Rust side imports (`src/browser.rs`)
+// and `wasm` the module's exports, both in wasm-bindgen's ABI (see "The
+// glue" below; the build gives them the shipped module's short names and
+// checks that `weftHost` has each import). Rule: nothing here may throw into
+// the host page, and no `weftHost` function may throw into the module.
 //
 // The split: Rust (`src/api.rs`, `src/tracker.rs`) decides what is recorded,
 // held, queued, stored and sent; this file does the browser's side of it in
@@ -24,16 +26,33 @@ var endpoint = data.endpoint
   ? new URL(data.endpoint, src || location.href).href
   : (data.host || (src ? src.origin : location.origin)).replace(/\/+$/, "") + "/v1/batch";
 var debug = data.debug === "true";
-var report = function () {
+var report = function (...what) {
   if (debug) {
-    try { console.warn.apply(console, ["weft:"].concat([].slice.call(arguments))); } catch (_) {}
+    try { console.warn("weft:", ...what); } catch (_) {}
   }
 };
-// weft.wasm is asked for first: its download is most of the time to ready.
-// A page whose CSP blocks wasm gets an empty stand-in: no download.
-var loading;
+// A page whose own `<meta>` Content-Security-Policy leaves both
+// 'wasm-unsafe-eval' and 'unsafe-eval' out of `script-src` (else
+// `default-src`) cannot compile weft.wasm: the wasm is then not downloaded
+// and the strict-CSP fallback (below) is loaded at once. A policy sent as
+// an HTTP header cannot be read by a script; only trying to compile tells,
+// and that logs a violation.
+var cspBlocksWasm = false;
 try {
-  loading = wasm_bindgen({ module_or_path: cspBlocksWasm ? new Response("") : stem + ".wasm" });
+  [].forEach.call(d.querySelectorAll("meta[http-equiv=Content-Security-Policy i]"), function (m) {
+    var rules = {};
+    m.content.split(";").forEach(function (r) {
+      r = r.trim().split(/\s+/);
+      rules[r[0].toLowerCase()] = r.join(" ");
+    });
+    var rule = rules["script-src"] || rules["default-src"];
+    if (rule && !/'(wasm-)?unsafe-eval'/.test(rule)) cspBlocksWasm = true;
+  });
+} catch (e) {}
+// weft.wasm is asked for first: its download is most of the time to ready.
+var fetched;
+try {
+  if (!cspBlocksWasm) fetched = fetch(stem + ".wasm");
 } catch (e) {
   report(e);
 }
@@ -41,7 +60,8 @@ var prior = w.weft && typeof w.weft === "object" ? w.weft : {};
 var queue = Array.isArray(prior._q) ? prior._q : [];
 var readyCallbacks = [];
 var changeCallbacks = [];
-var sdk = null;
+// The wasm's exports, once it is instantiated; `sdk`: once it started.
+var wasm, sdk;
 var weft = { consent: {} };
 // The methods of `window.weft` that reach Rust, in the order of their
 // numbers in `api::op` (its tests check this list, `weft.d.ts` and the
@@ -66,11 +86,45 @@ var safely = function (f, a, b, c) {
     report(e);
   }
 };
+// The loader's own calls into Rust: nothing before start, never a throw.
 var op = function (n, a, b, c) {
-  return sdk ? safely(sdk.op, n, a, b, c) : undefined;
+  if (sdk) safely(call, n, a, b, c);
 };
 
-// ---- What Rust imports (`browser.rs`, module `js`). ----
+// ---- The glue: wasm-bindgen's ABI, written for the few types that cross.
+// Text goes in as a pointer and length of UTF-8 in wasm memory, allocated
+// with the module's `__wbindgen_malloc` (Rust owns it then); `undefined` as
+// a null pointer. Text comes out as a pointer and length that JavaScript
+// reads; text a `weftHost` function returns is written as a pointer and
+// length where Rust's `r` points. Views of memory are made on each use:
+// memory may grow (and the fallback's grows by changing its buffer).
+var encoder = new TextEncoder();
+var decoder = new TextDecoder("utf-8", { ignoreBOM: true });
+var bytes = function (p, n) {
+  return new Uint8Array(wasm.memory.buffer, p, n);
+};
+var get = function (p, n) {
+  return decoder.decode(bytes(p, n));
+};
+var getOr = function (p, n) {
+  return p ? get(p, n) : undefined;
+};
+var put = function (text) {
+  if (text == null) return [0, 0];
+  var b = encoder.encode(text), p = wasm.__wbindgen_malloc(b.length, 1);
+  bytes(p, b.length).set(b);
+  return [p, b.length];
+};
+var reply = function (r, text) {
+  text = put(text);
+  new Int32Array(wasm.memory.buffer, r, 2).set(text);
+};
+// `api::call`: a method or an operation by number, up to three texts.
+var call = function (n, a, b, c) {
+  wasm.op(n, ...put(a), ...put(b), ...put(c));
+};
+
+// ---- What Rust imports (`browser.rs`, module `js`): `weftHost`. ----
 var AID = "weft.aid";
 var setCookie = function (name, value, age, domain) {
   d.cookie = name + "=" + value + "; path=/; max-age=" + age + "; SameSite=Lax" +
@@ -108,7 +162,7 @@ var storage = function () {
   } catch (e) {}
 };
 var UTM = { campaign: "name", source: "source", medium: "medium", term: "term", content: "content" };
-var contextKey, zone, fresh, pool, used = 4096, timers = [], armed;
+var contextKey, zone, fresh, pool, used = 4096, timers = [], armed, sendTimer, answered;
 // Work for after the current task (one microtask, no browser call now): a
 // burst of calls in one task pays for the page's URL, timers and the like
 // once, and not inside the call.
@@ -129,14 +183,17 @@ var post = function (data, keepalive) {
     return 1;
   });
 };
+// Its keys are exactly the imports (the build checks), in wasm-bindgen's
+// ABI: `p, n` a text's pointer and length, `r` where an answer goes.
 var weftHost = {
   // localStorage, with the anonymous ID mirrored in a first-party cookie
   // (it survives a cleared localStorage and reaches the site's subdomains).
-  load: function (key) {
-    var v = safely(function () { return storage().getItem(key); });
-    return v == null && key === AID ? safely(getCookie, "weft_aid") : v == null ? undefined : v;
+  load: function (r, p, n) {
+    var key = get(p, n), v = safely(function () { return storage().getItem(key); });
+    reply(r, v == null && key === AID ? safely(getCookie, "weft_aid") : v);
   },
-  store: function (key, value) {
+  store: function (p, n, q, m) {
+    var key = get(p, n), value = getOr(q, m);
     safely(function () {
       var s = storage();
       value == null ? s.removeItem(key) : s.setItem(key, value);
@@ -157,8 +214,9 @@ var weftHost = {
   // one page builds it once. `referrer`: a single-page app's previous route.
   // The URL and title are read once per task (and again after a history
   // change, which the hooks below report).
-  describe: function (referrer) {
-    return safely(function () {
+  describe: function (r, p, n) {
+    var referrer = getOr(p, n);
+    reply(r, safely(function () {
       if (fresh && !referrer) return;
       var l = location, n = navigator, s = w.screen || {}, q, c, k, v;
       var key = l.href + "\n" + d.title + "\n" + (referrer || "");
@@ -175,19 +233,19 @@ var weftHost = {
         locale: n.language,
         screen: { width: s.width, height: s.height, density: w.devicePixelRatio }
       }).slice(1, -1);
-    });
+    }));
   },
   // Members every batch carries at its level: the time zone. Asked when a
   // batch is made, never while the page loads: the first
   // `Intl.DateTimeFormat()` of a page can cost tens of milliseconds.
-  shared: function () {
+  shared: function (r) {
     if (zone == null) {
       zone = "";
       safely(function () {
         zone = '"timezone":' + JSON.stringify(Intl.DateTimeFormat().resolvedOptions().timeZone);
       });
     }
-    return zone;
+    reply(r, zone);
   },
   // POSTs a batch with no custom header (no CORS preflight); the answer
   // goes to Rust. Compressed with gzip where the browser can (the collector
@@ -195,7 +253,8 @@ var weftHost = {
   // must start before it goes: those use `keepalive`, which only they may
   // (the browser counts unread keepalive responses against a 64 KB quota).
   // Aborted after 30 s.
-  send: function (body, keepalive) {
+  send: function (p, n, keepalive) {
+    var body = get(p, n);
     return !!safely(function () {
       if (keepalive || !w.CompressionStream) return post(body, keepalive);
       var fail = function () { post(body) || op(SENT); };
@@ -205,7 +264,8 @@ var weftHost = {
       return 1;
     });
   },
-  beacon: function (body) {
+  beacon: function (p, n) {
+    var body = get(p, n);
     return !!safely(function () { return navigator.sendBeacon(endpoint, body); });
   },
   // Timer `kind` (`api::timer`) fires `op(TICK + kind)` after `ms`, replacing
@@ -223,8 +283,8 @@ var weftHost = {
             if (kind) { // 1 (the saver)
               w.requestIdleCallback ? requestIdleCallback(fire, { timeout: ms }) : setTimeout(fire, ms);
             } else {
-              clearTimeout(weftHost.t);
-              weftHost.t = setTimeout(fire, ms);
+              clearTimeout(sendTimer);
+              sendTimer = setTimeout(fire, ms);
             }
           });
         });
@@ -233,8 +293,9 @@ var weftHost = {
     }
   },
   // Random bytes from a pool filled 4 KB at a time.
-  random: function (bytes) {
-    for (var i = 0; i < bytes.length; i++) {
+  random: function (p, n) {
+    var out = bytes(p, n);
+    for (var i = 0; i < n; i++) {
       if (used === 4096) {
         pool = new Uint8Array(4096);
         used = 0;
@@ -244,20 +305,27 @@ var weftHost = {
           for (var j = 0; j < 4096; j++) pool[j] = Math.random() * 256;
         }
       }
-      bytes[i] = pool[used++];
+      out[i] = pool[used++];
     }
   },
   // Now as ISO-8601 UTC text, for timestamps.
-  iso: function () {
-    return new Date().toISOString();
+  iso: function (r) {
+    reply(r, new Date().toISOString());
   },
-  // A getter's answer (`weftHost.a`, read by `ask`).
-  answer: function (text) {
-    weftHost.a = text;
+  now: Date.now,
+  // A getter's answer (read by `ask`).
+  answer: function (p, n) {
+    answered = get(p, n);
   },
   // A counter of dropped calls or messages went up (`data-debug` says so).
-  dropped: function (counters) {
-    report("dropped", counters);
+  dropped: function (p, n) {
+    report("dropped", get(p, n));
+  },
+  // wasm-bindgen's own: an error it raises (its table of JS values, which
+  // no JS value uses, is never set up: the build checks that setting it up
+  // is all `__wbindgen_start` would do, and drops both).
+  __wbindgen_throw: function (p, n) {
+    throw get(p, n);
   }
 };
 
@@ -274,9 +342,9 @@ var json = function (v) {
 };
 // A getter's answer: what Rust passed to `weftHost.answer`, if anything.
 var ask = function (n) {
-  weftHost.a = undefined;
-  sdk.op(n);
-  return weftHost.a;
+  answered = undefined;
+  call(n);
+  return answered;
 };
 var all = function (on) { return { analytics: on, marketing: on, personalization: on }; };
 var invoke = function (name, args) {
@@ -304,7 +372,7 @@ var invoke = function (name, args) {
       v = v === true || v === "granted" ? 1 : v === false || v === "denied" ? 0 : given[c];
       given[c] = given[c] === 0 ? 0 : v;
     });
-    sdk.op(n, given.join(""));
+    call(n, given.join(""));
     var prefs = invoke("consent.get", []);
     changeCallbacks.forEach(function (cb) { safely(cb, prefs); });
     return;
@@ -321,11 +389,10 @@ var invoke = function (name, args) {
     b = a;
     a = undefined;
   }
-  return sdk.op(n, str(a), name === "alias" ? str(b) : json(b), str(c && c.category));
+  call(n, str(a), name === "alias" ? str(b) : json(b), str(c && c.category));
 };
 var method = function (name) {
-  return function () {
-    var args = [].slice.call(arguments);
+  return function (...args) {
     try {
       if (sdk || name === "ready" || name === "consent.onChange") return invoke(name, args);
       if (!GETTERS[name] && queue.length < 100) queue.push([name, args]);
@@ -423,18 +490,58 @@ safely(function () {
   });
 });
 
+// ---- Start. ----
+// The module is compiled as it downloads. If that fails (a
+// Content-Security-Policy without 'wasm-unsafe-eval' refuses to compile, no
+// WebAssembly or streaming, an engine without a wasm feature the build
+// uses), or the page's <meta> CSP blocks wasm, `weft-fallback.js` from
+// beside weft.js (named after it) is loaded with a <script> element (the
+// page's nonce copied): binaryen's wasm2js translation of the same module.
+// It defines no global; it calls `document.currentScript.weft`
+// with `make`, and `make(imports)` returns the same exports. A weft.wasm
+// that is not there (an error status) is not a reason to try it.
+var imports = { a: weftHost };
+var nonce = script && script.nonce;
+var fallback = function (e) {
+  report(e);
+  return new Promise(function (ok, fail) {
+    var s = d.createElement("script");
+    s.weft = ok;
+    // After the script ran: `fail` is a no-op if it called `ok`.
+    s.onload = s.onerror = function (e) {
+      s.remove();
+      fail(e);
+    };
+    s.nonce = nonce;
+    s.src = stem + "-fallback.js";
+    d.head.appendChild(s);
+  }).then(function (make) {
+    return make(imports);
+  });
+};
 try {
-  loading
-    .then(function () {
+  (cspBlocksWasm
+    ? fallback("CSP blocks wasm")
+    : fetched.then(function (response) {
+      if (!response.ok) throw "weft.wasm: " + response.status;
+      return new Promise(function (ok) {
+        ok(WebAssembly.instantiateStreaming(response, imports));
+      }).then(function (made) {
+        return made.instance.exports;
+      }, fallback);
+    }))
+    .then(function (exports) {
       var nav = navigator;
+      wasm = exports;
       // Text options, numbers (NaN when not given) and flags.
-      wasm_bindgen.start(
-        data.writeKey, data.consent, data.policyVersion, +data.flushInterval, +data.batchSize,
+      wasm.start(
+        ...put(data.writeKey), ...put(data.consent), ...put(data.policyVersion),
+        +data.flushInterval, +data.batchSize,
         (data.capturePages !== "false" ? CAPTURE_PAGES : 0) |
         (nav.globalPrivacyControl === true ? GPC : 0) |
         (data.dnt === "true" && nav.doNotTrack === "1" ? DNT : 0)
       );
-      sdk = wasm_bindgen;
+      sdk = 1;
       queue.splice(0).forEach(function (c) {
         safely(invoke, c[0], c[1] || []);
       });

@@ -197,8 +197,8 @@ pub fn start(
 /// and traits as JSON, numbers in decimal. The getters answer with
 /// `weftHost.answer(text)` (nothing for `undefined`) rather than a return
 /// value: a returned string is two values, which wasm2js (the strict-CSP
-/// fallback) cannot translate. Named `op` in JavaScript (`call` would
-/// shadow `Function.prototype.call` on the glue's function object).
+/// fallback) cannot translate. Exported as `op`: the loader's `wasm.op`
+/// (renamed with the other exports by the build).
 #[wasm_bindgen(js_name = op)]
 pub fn call(op: u32, a: Option<String>, b: Option<String>, c: Option<String>) {
     match op {

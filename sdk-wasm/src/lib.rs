@@ -52,18 +52,18 @@ fn abort(_: &core::panic::PanicInfo<'_>) -> ! {
     core::arch::wasm32::unreachable()
 }
 
-// The allocator of the shipped wasm (and of the wasm tests): talc, about
-// 2.6 KB gzip smaller than std's dlmalloc, and set up without unsafe code.
-// Its dynamic heap grows wasm memory as needed, like dlmalloc.
+// The allocator of the shipped wasm (and of the wasm tests): the SDK's own
+// (see `heap`), a few hundred bytes where a general allocator is kilobytes.
 #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
 #[global_allocator]
-static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+static ALLOCATOR: heap::Heap = heap::Heap::new();
 
 pub mod api;
 pub mod browser;
 pub mod consent;
 pub mod delivery;
 pub mod env;
+pub mod heap;
 pub mod ids;
 pub mod queue;
 pub mod tracker;

@@ -125,16 +125,7 @@ impl Draft {
     /// The message's JSON (without its context), in the Segment spec's
     /// names: one writer for every kind of call.
     fn write(&self, message_id: &str, anonymous_id: Option<&str>) -> String {
-        // Every message starts with these (the keys in a table of their own:
-        // the loop holds only the values).
-        const KEYS: [&str; 5] = [
-            "{\"type\":",
-            ",\"messageId\":",
-            ",\"anonymousId\":",
-            ",\"userId\":",
-            ",\"timestamp\":",
-        ];
-        // Then what its kind names: its name, its other ID, its data.
+        // What its kind names: its name, its other ID, its data.
         let (name, id, data) = match self.kind {
             MessageType::Track => (",\"event\":", "", ",\"properties\":"),
             MessageType::Page | MessageType::Screen => (",\"name\":", "", ",\"properties\":"),
@@ -151,25 +142,26 @@ impl Draft {
             160 + self.data.as_ref().map_or(0, |d| d.as_str().len())
                 + self.name.as_ref().map_or(0, String::len),
         );
-        let values = [
-            Some(self.kind.as_str()),
-            Some(message_id),
-            anonymous_id,
-            self.user_id.as_deref(),
-            Some(self.timestamp.as_str()),
-        ];
-        let named = [(name, self.name.as_deref()), (id, id_value)];
-        for (key, value) in KEYS.iter().copied().zip(values).chain(named) {
+        // Each member with a value and a key; `escape`: the value is text
+        // (properties and traits are JSON already).
+        let mut member = |key: &str, value: Option<&str>, escape: bool| {
             if let (false, Some(value)) = (key.is_empty(), value) {
                 out.push_str(key);
-                push_escaped(&mut out, value);
+                if escape {
+                    push_escaped(&mut out, value);
+                } else {
+                    out.push_str(value);
+                }
             }
-        }
-        // Properties or traits: JSON text, written as it is.
-        if let (false, Some(raw)) = (data.is_empty(), &self.data) {
-            out.push_str(data);
-            out.push_str(raw.as_str());
-        }
+        };
+        member("{\"type\":", Some(self.kind.as_str()), true);
+        member(",\"messageId\":", Some(message_id), true);
+        member(",\"anonymousId\":", anonymous_id, true);
+        member(",\"userId\":", self.user_id.as_deref(), true);
+        member(",\"timestamp\":", Some(&self.timestamp), true);
+        member(name, self.name.as_deref(), true);
+        member(id, id_value, true);
+        member(data, self.data.as_ref().map(Json::as_str), false);
         out.push_str("}");
         out
     }
@@ -310,29 +302,18 @@ impl<E: Env> Tracker<E> {
     /// `weft.debug()`'s answer as JSON: what is queued and held, and
     /// [`Tracker::losses`].
     pub fn debug_json(&self) -> String {
-        // The keys in a table of their own: the loop holds only the counts.
-        const KEYS: [&str; 6] = [
-            "{\"queued\":",
-            ",\"held\":",
-            ",\"heldDropped\":",
-            ",\"queueDropped\":",
-            ",\"tooLarge\":",
-            ",\"refused\":",
-        ];
         let [held_dropped, queue_dropped, too_large, refused] = self.losses();
-        let counts = [
-            self.queue.len() as u32,
-            self.held.len() as u32,
-            held_dropped,
-            queue_dropped,
-            too_large,
-            refused,
-        ];
         let mut text = String::new();
-        for (key, n) in KEYS.iter().zip(counts) {
+        let mut count = |key: &str, n: u32| {
             text.push_str(key);
             push_u64(&mut text, n.into());
-        }
+        };
+        count("{\"queued\":", self.queue.len() as u32);
+        count(",\"held\":", self.held.len() as u32);
+        count(",\"heldDropped\":", held_dropped);
+        count(",\"queueDropped\":", queue_dropped);
+        count(",\"tooLarge\":", too_large);
+        count(",\"refused\":", refused);
         text.push_str("}");
         text
     }
@@ -434,8 +415,12 @@ impl<E: Env> Tracker<E> {
             self.env.remove(key);
         }
         self.ensure_identity();
-        let mut body = write_batch(&[], "", &self.env.now_iso(), &self.config.write_key);
-        body.insert_str(body.len() - 1, ",\"reset\":true");
+        // An empty batch's body (see `write_batch`), marked.
+        let mut body = String::from("{\"batch\":[],\"reset\":true,\"sentAt\":");
+        push_escaped(&mut body, &self.env.now_iso());
+        body.push_str(",\"writeKey\":");
+        push_escaped(&mut body, &self.config.write_key);
+        body.push_str("}");
         Some(body)
     }
 

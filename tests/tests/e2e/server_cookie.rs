@@ -158,7 +158,10 @@ async fn the_server_cookie_keeps_a_wiped_browser_on_its_profile_and_goes_with_co
     assert!(profile["event_count"].as_u64().unwrap() >= 4, "{profile}");
     cookie_becomes(&chromium, Some(&second), "the cookie follows the new ID").await;
 
-    // A reset (logout): the next person on this browser is not joined.
+    // A reset (logout): the next person on this browser is not joined. The
+    // login's batch may still be in flight when the reset notice is
+    // answered: it carried the old cookie, changes nothing, so it sets
+    // nothing and the retirement stands.
     page.eval("weft.identify('alice'); weft.flush()").await;
     page.eval("weft.reset()").await;
     let third = anonymous_id(&page).await;
