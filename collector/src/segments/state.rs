@@ -154,11 +154,8 @@ pub struct ProfileState {
     traits: HashMap<String, (Value, When)>,
     /// The latest `categoryPreferences`, and when.
     consent: Option<(Value, When)>,
-    /// Per family: how many events matched.
-    counts: Vec<u64>,
-    /// Per family with a window ([`Family::windowed`]): the times (ms) of
-    /// matching events, sorted; empty for the others.
-    times: Vec<Vec<i64>>,
+    /// Per family: its matching events.
+    tallies: Vec<Tally>,
     /// When the indexer last scheduled this profile's next window change
     /// (the value it put in its due times): unchanged, the map is not
     /// touched again. Whoever removes the due time clears it.
@@ -170,12 +167,41 @@ pub struct ProfileState {
     pub member: Option<Vec<bool>>,
 }
 
+/// A profile's events of one family: how many, and for a family with a
+/// window ([`Family::windowed`]) their times (ms, sorted), with the oldest
+/// and newest beside them so the common questions (all within the window?
+/// in time order?) do not touch the list, which is mostly out of the cache.
+#[derive(Debug, Default, Clone)]
+struct Tally {
+    count: u64,
+    first: i64,
+    last: i64,
+    times: Vec<i64>,
+}
+
+impl Tally {
+    /// How many of the times are after `cutoff`.
+    fn after(&self, cutoff: i64) -> usize {
+        if self.times.is_empty() || self.first > cutoff {
+            return self.times.len();
+        }
+        self.times.len() - first_after(&self.times, cutoff)
+    }
+
+    /// The oldest time after `cutoff`.
+    fn oldest_after(&self, cutoff: i64) -> Option<i64> {
+        if self.times.is_empty() || self.first > cutoff {
+            return self.times.first().map(|_| self.first);
+        }
+        self.times.get(first_after(&self.times, cutoff)).copied()
+    }
+}
+
 impl ProfileState {
     /// An empty state for `families`.
     pub fn new(families: &Families) -> ProfileState {
         ProfileState {
-            counts: vec![0; families.len()],
-            times: vec![Vec::new(); families.len()],
+            tallies: vec![Tally::default(); families.len()],
             ..ProfileState::default()
         }
     }
@@ -230,19 +256,25 @@ impl ProfileState {
                         continue;
                     }
                 }
-                self.counts[i] += 1;
+                let tally = &mut self.tallies[i];
+                tally.count += 1;
                 if !family.windowed {
                     continue;
                 }
-                let times = &mut self.times[i];
+                let at = event.when.0;
                 // Events mostly come in time order: appended without a
                 // search (a binary search over a long history missed the
                 // cache on most steps: 13% of the indexer's time).
-                if times.last().is_none_or(|&t| t <= event.when.0) {
-                    times.push(event.when.0);
+                if tally.times.is_empty() {
+                    (tally.first, tally.last) = (at, at);
+                    tally.times.push(at);
+                } else if tally.last <= at {
+                    tally.last = at;
+                    tally.times.push(at);
                 } else {
-                    let at = times.partition_point(|t| *t <= event.when.0);
-                    times.insert(at, event.when.0);
+                    let place = tally.times.partition_point(|t| *t <= at);
+                    tally.times.insert(place, at);
+                    tally.first = tally.first.min(at);
                 }
             }
         }
@@ -265,9 +297,8 @@ impl ProfileState {
         pairs
             .iter()
             .filter_map(|&(family, w)| {
-                let times = self.times.get(family)?;
-                let first = first_after(times, now_ms - w);
-                times.get(first).map(|oldest| oldest + w)
+                let oldest = self.tallies.get(family)?.oldest_after(now_ms - w)?;
+                Some(oldest + w)
             })
             .min()
     }
@@ -344,9 +375,12 @@ impl Facts for StateFacts<'_> {
         let Some(i) = self.families.index(c) else {
             return 0;
         };
-        match (c.within_ms, self.state.times.get(i)) {
-            (Some(w), Some(times)) => (times.len() - first_after(times, self.now_ms - w)) as u64,
-            _ => self.state.counts.get(i).copied().unwrap_or(0),
+        let Some(tally) = self.state.tallies.get(i) else {
+            return 0;
+        };
+        match c.within_ms {
+            Some(w) => tally.after(self.now_ms - w) as u64,
+            None => tally.count,
         }
     }
 
@@ -405,6 +439,17 @@ mod tests {
         let pairs = window_pairs(&rules[0], &families);
         assert_eq!(s.next_change_of(&pairs, now), Some(13 * hour));
         assert_eq!(s.next_change_of(&pairs, later), None);
+        // The oldest arrives last: counts and the next change see it.
+        s.add(&families, &track(9 * hour, 4), &mut hats.clone());
+        let at_ten = 10 * hour - 1;
+        assert_eq!(s.next_change_of(&pairs, at_ten), Some(10 * hour));
+        let tally = &s.tallies[0];
+        assert_eq!(
+            (tally.first, tally.last, tally.count),
+            (9 * hour, 12 * hour, 4)
+        );
+        assert_eq!(tally.after(10 * hour + 30 * 60_000), 2, "11:00 and 12:00");
+        assert_eq!(tally.after(0), 4);
     }
 
     #[test]
