@@ -1108,9 +1108,15 @@ mod tests {
             serde_json::from_str::<serde_json::Value>(text).unwrap(),
             serde_json::json!({"price": 42, "tag": "x"})
         );
+        let picked = crate::store::sqlite::properties_in(text, &["price"]);
+        assert_eq!(picked.len(), 1);
         assert_eq!(
-            crate::store::sqlite::properties_at(&e.body, (start, end), &["price"]),
-            crate::store::sqlite::properties_only(&e.body, &["price"]),
+            (picked[0].0.as_ref(), &picked[0].1),
+            (
+                "price",
+                &crate::store::sqlite::properties_only(&e.body, &["price"]).unwrap()["properties"]
+                    ["price"]
+            ),
         );
         let none = prepare(r#"{"type":"page","anonymousId":"a"}"#, None).unwrap();
         assert_eq!(none.properties, None);

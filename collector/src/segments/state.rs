@@ -147,6 +147,27 @@ pub struct Seen<'a> {
     pub consent: bool,
 }
 
+/// An event's body as a state update reads it: whole (identify calls and
+/// consent carriers), or only the properties the families filter by (most
+/// events: no map is built for them).
+#[derive(Debug, Clone)]
+pub enum Body<'a> {
+    /// The parsed body.
+    Full(Value),
+    /// Some of `properties`, by name.
+    Properties(Vec<(std::borrow::Cow<'a, str>, Value)>),
+}
+
+impl Body<'_> {
+    /// The property `name`.
+    pub fn property(&self, name: &str) -> Option<&Value> {
+        match self {
+            Body::Full(b) => b.get("properties")?.get(name),
+            Body::Properties(props) => props.iter().find(|(n, _)| n == name).map(|(_, v)| v),
+        }
+    }
+}
+
 /// A profile's facts for segment rules.
 #[derive(Debug, Default, Clone)]
 pub struct ProfileState {
@@ -209,22 +230,22 @@ impl ProfileState {
     /// Takes one event into account. `body` gives the event's parsed body
     /// when asked (only identify calls, consent carriers and events some
     /// family filters by property need it).
-    pub fn add(
+    pub fn add<'b>(
         &mut self,
         families: &Families,
         event: &Seen<'_>,
-        read_body: &mut dyn FnMut() -> Option<Value>,
+        read_body: &mut dyn FnMut() -> Option<Body<'b>>,
     ) {
         // The body, parsed at most once, and only if something needs it.
-        let mut parsed: Option<Option<Value>> = None;
-        let mut body = |parsed: &mut Option<Option<Value>>| {
+        let mut parsed: Option<Option<Body<'b>>> = None;
+        let mut body = |parsed: &mut Option<Option<Body<'b>>>| {
             if parsed.is_none() {
                 *parsed = Some(read_body());
             }
         };
         if event.identify {
             body(&mut parsed);
-            if let Some(Some(b)) = &parsed {
+            if let Some(Some(Body::Full(b))) = &parsed {
                 for (k, v) in identify_traits(b.clone()) {
                     match self.traits.get(&k) {
                         Some((_, at)) if *at > event.when => {}
@@ -237,7 +258,7 @@ impl ProfileState {
         }
         if event.consent && self.consent.as_ref().is_none_or(|(_, at)| *at < event.when) {
             body(&mut parsed);
-            if let Some(Some(b)) = &parsed {
+            if let Some(Some(Body::Full(b))) = &parsed {
                 let prefs = &b["context"]["consent"]["categoryPreferences"];
                 if prefs.is_object() {
                     self.consent = Some((prefs.clone(), event.when));
@@ -251,8 +272,7 @@ impl ProfileState {
                     let Some(Some(b)) = &parsed else {
                         continue;
                     };
-                    let props = &b["properties"];
-                    if !family.filters.iter().all(|f| f.holds(props.get(&f.name))) {
+                    if !family.filters.iter().all(|f| f.holds(b.property(&f.name))) {
                         continue;
                     }
                 }
@@ -423,8 +443,13 @@ mod tests {
         assert_eq!(families.len(), 2, "same name and filters: one family");
         let mut s = ProfileState::new(&families);
         let hour = 3_600_000;
-        let shoes = || Some(json!({"properties": {"cat": "shoes"}}));
-        let hats = || Some(json!({"properties": {"cat": "hats"}}));
+        let shoes = || Some(Body::Full(json!({"properties": {"cat": "shoes"}})));
+        let hats = || {
+            Some(Body::Properties(vec![(
+                std::borrow::Cow::Borrowed("cat"),
+                json!("hats"),
+            )]))
+        };
         s.add(&families, &track(10 * hour, 1), &mut shoes.clone());
         s.add(&families, &track(12 * hour, 3), &mut hats.clone());
         // Late: an older event arrives after a newer one.
@@ -490,15 +515,15 @@ mod tests {
                    "context": {"consent": {"categoryPreferences": {"marketing": marketing}}}})
         };
         s.add(&families, &call(2, true, true), &mut || {
-            Some(body("pro", true))
+            Some(Body::Full(body("pro", true)))
         });
         // An older call arriving later changes nothing.
         s.add(&families, &call(1, true, true), &mut || {
-            Some(body("free", false))
+            Some(Body::Full(body("free", false)))
         });
         assert!(rules[3].matches(&mut s.facts(&families, 10)));
         s.add(&families, &call(3, false, true), &mut || {
-            Some(body("x", false))
+            Some(Body::Full(body("x", false)))
         });
         assert!(
             !rules[3].matches(&mut s.facts(&families, 10)),

@@ -417,7 +417,7 @@ pub(super) fn build_state(
             consent: e.consent,
         };
         state.add(families, &seen, &mut || match event_body(view, e.lsn) {
-            Ok(body) => body,
+            Ok(body) => body.map(crate::segments::state::Body::Full),
             Err(err) => {
                 tracing::warn!(lsn = e.lsn, error = %err, "segments: an event body could not be read");
                 None

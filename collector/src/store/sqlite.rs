@@ -32,7 +32,7 @@ use crate::consumer::Consumer;
 use crate::identity;
 use crate::log::{LogLookup, Lsn};
 use crate::record::{self, RecordRef};
-use crate::segments::state::{Families, ProfileState, Seen};
+use crate::segments::state::{Body, Families, ProfileState, Seen};
 use crate::segments::{Change, Definition, Rule, Segments, Touched};
 
 use super::definitions::{self, Stored};
@@ -1496,9 +1496,12 @@ fn evaluate(
                         families,
                         &seen,
                         &mut || match (only_properties, e.properties) {
-                            (true, Some(range)) => properties_at(e.body, range, wanted),
-                            (true, None) => properties_only(e.body, wanted),
-                            _ => serde_json::from_str(e.body).ok(),
+                            (true, Some(range)) => Some(Body::Properties(properties_in(
+                                e.body.get(range.0 as usize..range.1 as usize)?,
+                                wanted,
+                            ))),
+                            (true, None) => properties_only(e.body, wanted).map(Body::Full),
+                            _ => serde_json::from_str(e.body).ok().map(Body::Full),
                         },
                     );
                 }
@@ -1618,21 +1621,23 @@ pub(crate) fn properties_only<W: AsRef<str>>(
     wrap(None)
 }
 
-/// [`properties_only`] when admission recorded where `properties` is
-/// (`range`, [`crate::store::NewEvent::properties`]): nothing before it is
-/// walked.
-pub(crate) fn properties_at<W: AsRef<str>>(
-    body: &str,
-    range: (u32, u32),
+/// The `wanted` members of the object `text` (a body's `properties`, as
+/// admission located it), parsed, by name: no map is built.
+pub(crate) fn properties_in<'t, W: AsRef<str>>(
+    text: &'t str,
     wanted: &[W],
-) -> Option<serde_json::Value> {
-    let text = body.get(range.0 as usize..range.1 as usize)?;
-    let mut object = serde_json::Map::new();
-    object.insert(
-        "properties".into(),
-        serde_json::Value::Object(pick(text, 0, wanted)),
-    );
-    Some(serde_json::Value::Object(object))
+) -> Vec<(std::borrow::Cow<'t, str>, serde_json::Value)> {
+    let mut picked = Vec::new();
+    if let Some(mut props) = json_scan::Members::new(text, 0) {
+        while let Some((name, v)) = props.next() {
+            if wanted.iter().any(|w| w.as_ref() == name.as_ref())
+                && let Ok(parsed) = serde_json::from_str(&text[v])
+            {
+                picked.push((name, parsed));
+            }
+        }
+    }
+    picked
 }
 
 /// The `wanted` members of the object at `start` in `text`, parsed.
