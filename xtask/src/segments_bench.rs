@@ -209,19 +209,26 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
         std::thread::available_parallelism().map_or(0, usize::from),
     );
     println!(
-        "{:<24} {:>10} {:>8} {:>8} {:>10} {:>8} {:>9}",
-        "weft", "events/s", "p50 ms", "p99 ms", "CPU us/ev", "server", "RSS MB"
+        "{:<24} {:>10} {:>8} {:>8} {:>10} {:>8} {:>9} {:>14}",
+        "weft", "events/s", "p50 ms", "p99 ms", "CPU us/ev", "server", "RSS MB", "index lag s"
     );
     for (label, r) in [("no segments", without), ("50 segments", with)] {
+        // Behind the log when the load stopped, in seconds of ingest: an
+        // index that falls behind leaves the ingest more CPU than it can
+        // keep, so a rate with a growing lag is not sustained.
+        let lag = r.lag_records.map_or("n/a".to_owned(), |(at_end, _)| {
+            format!("{:.2}", at_end / r.events_per_s.max(1.0))
+        });
         println!(
-            "{:<24} {:>10.0} {:>8.2} {:>8.2} {:>10.1} {:>7.0}% {:>9.1}",
+            "{:<24} {:>10.0} {:>8.2} {:>8.2} {:>10.1} {:>7.0}% {:>9.1} {:>14}",
             label,
             r.events_per_s,
             r.p50_ms,
             r.p99_ms,
             r.cpu_us_per_event,
             r.server_cores * 100.0,
-            r.peak_rss_mb
+            r.peak_rss_mb,
+            lag
         );
     }
     println!(
