@@ -226,29 +226,26 @@ pub fn admit(envelope: &Envelope<'_>, facts: &Facts<'_>) -> Admission {
                 analytics,
             }) => {
                 admission.junk_ids += u64::from(junk);
-                let cookie = admission.device.as_mut();
-                match (event, cookie) {
-                    (Ok(mut event), Some(cookie)) => {
-                        match (analytics, &event.anonymous_id) {
-                            (Some(false), _) => *cookie = DeviceCookie::default(),
-                            (Some(true), Some(anonymous_id)) => {
-                                event.same_device = cookie.observe(anonymous_id);
+                let mut event = event;
+                // The server cookie: a denial of analytics (stored or
+                // dropped) ends it; a stored message granting it moves it.
+                if let Some(cookie) = admission.device.as_mut() {
+                    match (analytics, &mut event) {
+                        (Some(false), _) => *cookie = DeviceCookie::default(),
+                        (Some(true), Ok(e)) => {
+                            if let Some(anonymous_id) = &e.anonymous_id {
+                                e.same_device = cookie.observe(anonymous_id);
                             }
-                            _ => {}
                         }
+                        _ => {}
+                    }
+                }
+                match event {
+                    Ok(event) => {
                         admission.request.events.push(event);
                         Outcome::Accepted
                     }
-                    (Ok(event), None) => {
-                        admission.request.events.push(event);
-                        Outcome::Accepted
-                    }
-                    (Err(drop), cookie) => {
-                        if let (Some(false), Some(cookie)) = (analytics, cookie) {
-                            *cookie = DeviceCookie::default();
-                        }
-                        Outcome::Dropped(drop)
-                    }
+                    Err(drop) => Outcome::Dropped(drop),
                 }
             }
             Err(rejection) => {
@@ -1108,7 +1105,7 @@ mod tests {
             serde_json::from_str::<serde_json::Value>(text).unwrap(),
             serde_json::json!({"price": 42, "tag": "x"})
         );
-        let picked = crate::store::sqlite::properties_in(text, &["price"]);
+        let picked = crate::store::sqlite::properties_in(text, 0, &["price"]);
         assert_eq!(picked.len(), 1);
         assert_eq!(
             (picked[0].0.as_ref(), &picked[0].1),

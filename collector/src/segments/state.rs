@@ -163,7 +163,8 @@ impl Body<'_> {
     pub fn property(&self, name: &str) -> Option<&Value> {
         match self {
             Body::Full(b) => b.get("properties")?.get(name),
-            Body::Properties(props) => props.iter().find(|(n, _)| n == name).map(|(_, v)| v),
+            // The last of a repeated name, as a parse into a map keeps.
+            Body::Properties(props) => props.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v),
         }
     }
 }

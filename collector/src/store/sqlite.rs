@@ -1498,6 +1498,7 @@ fn evaluate(
                         &mut || match (only_properties, e.properties) {
                             (true, Some(range)) => Some(Body::Properties(properties_in(
                                 e.body.get(range.0 as usize..range.1 as usize)?,
+                                0,
                                 wanted,
                             ))),
                             (true, None) => properties_only(e.body, wanted).map(Body::Full),
@@ -1615,44 +1616,31 @@ pub(crate) fn properties_only<W: AsRef<str>>(
     };
     while let Some((key, value)) = members.next() {
         if key == "properties" {
-            return wrap(Some(pick(body, value.start, wanted)));
+            let picked = properties_in(body, value.start, wanted)
+                .into_iter()
+                .map(|(name, v)| (name.into_owned(), v))
+                .collect();
+            return wrap(Some(picked));
         }
     }
     wrap(None)
 }
 
-/// The `wanted` members of the object `text` (a body's `properties`, as
-/// admission located it), parsed, by name: no map is built.
+/// The `wanted` members of the object at `start` in `text` (a body's
+/// `properties`, as admission located it or a scan found it), parsed, by
+/// name, in their order: no map is built.
 pub(crate) fn properties_in<'t, W: AsRef<str>>(
     text: &'t str,
+    start: usize,
     wanted: &[W],
 ) -> Vec<(std::borrow::Cow<'t, str>, serde_json::Value)> {
     let mut picked = Vec::new();
-    if let Some(mut props) = json_scan::Members::new(text, 0) {
-        while let Some((name, v)) = props.next() {
-            if wanted.iter().any(|w| w.as_ref() == name.as_ref())
-                && let Ok(parsed) = serde_json::from_str(&text[v])
-            {
-                picked.push((name, parsed));
-            }
-        }
-    }
-    picked
-}
-
-/// The `wanted` members of the object at `start` in `text`, parsed.
-fn pick<W: AsRef<str>>(
-    text: &str,
-    start: usize,
-    wanted: &[W],
-) -> serde_json::Map<String, serde_json::Value> {
-    let mut picked = serde_json::Map::new();
     if let Some(mut props) = json_scan::Members::new(text, start) {
         while let Some((name, v)) = props.next() {
             if wanted.iter().any(|w| w.as_ref() == name.as_ref())
                 && let Ok(parsed) = serde_json::from_str(&text[v])
             {
-                picked.insert(name.into_owned(), parsed);
+                picked.push((name, parsed));
             }
         }
     }
