@@ -24,6 +24,7 @@
 //! - [`consumer`]: what reads the log into derived state (the index now;
 //!   segments and destinations next), each from its own position.
 //! - [`clock`]: the replaceable clock.
+//! - [`hashing`]: the hash maps the indexer keys by identifiers.
 //! - [`ratelimit`]: per-source token buckets (429 beyond them).
 //! - [`metrics`]: counters rendered as Prometheus text.
 //! - [`config`], [`config_file`] and [`cli`]: settings, `weft.toml` checked
@@ -52,6 +53,7 @@ pub mod device_cookie;
 pub mod error;
 #[cfg(test)]
 mod fuzz;
+pub mod hashing;
 pub mod identity;
 #[cfg(test)]
 mod identity_truth;

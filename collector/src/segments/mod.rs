@@ -13,10 +13,11 @@
 pub mod rule;
 pub mod state;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::BuildHasherDefault;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
+
+use crate::hashing::Map;
 
 pub use rule::{Facts, Rule, RuleError};
 
@@ -89,32 +90,8 @@ struct Deps {
     grows: bool,
 }
 
-/// FNV-1a, for maps keyed by segment keys: short, chosen by the operator
-/// (not by senders, so no flooding to fear), and looked up for every
-/// profile an event touches (SipHash was 5% of the indexer's time).
-#[derive(Default)]
-pub struct Fnv(u64);
-
-impl std::hash::Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for b in bytes {
-            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = h;
-    }
-}
-
 /// Segment key -> its place in the evaluation order.
-type Places = HashMap<String, usize, BuildHasherDefault<Fnv>>;
+type Places = Map<String, usize>;
 
 /// The definitions and the current members.
 #[derive(Debug, Default)]
@@ -125,11 +102,10 @@ pub struct Segments {
     /// The event-condition families of every rule (each condition knows
     /// its own).
     families: state::Families,
-    /// profile -> its memberships (std's keyed hash: senders choose
-    /// profile identifiers).
-    members: HashMap<String, Membership>,
+    /// profile -> its memberships.
+    members: Map<String, Membership>,
     /// segment -> how many members.
-    sizes: HashMap<String, usize>,
+    sizes: Map<String, usize>,
     /// The segments whose rules have a `within` window.
     windowed: BTreeSet<String>,
     /// key -> its place in `order`.
@@ -139,7 +115,7 @@ pub struct Segments {
     /// Event name -> the places whose rules read events of that name, so a
     /// touched profile's events select segments by one lookup per name, not
     /// by comparing names per segment.
-    readers: HashMap<String, Vec<usize>, BuildHasherDefault<Fnv>>,
+    readers: Map<String, Vec<usize>>,
     /// Every distinct (family, window) of the rules with windows: what a
     /// profile's next due time is the earliest of.
     window_pairs: Vec<(usize, i64)>,
@@ -365,7 +341,7 @@ impl Segments {
             .iter()
             .map(|(k, _)| self.defs[k].rule.clone())
             .collect();
-        self.readers = HashMap::default();
+        self.readers = Map::default();
         for (i, (_, deps)) in self.order.iter().enumerate() {
             for name in &deps.events {
                 let places = self.readers.entry(name.clone()).or_default();

@@ -11,7 +11,7 @@
 //! binary search. A state is built from the history once (when first
 //! needed, and again after the profile merged with another).
 
-use std::collections::HashMap;
+use crate::hashing;
 
 use serde_json::{Map, Value};
 
@@ -41,10 +41,7 @@ struct Named {
 
 /// The families of a set of rules.
 #[derive(Debug, Default, Clone)]
-pub struct Families(
-    Vec<Family>,
-    HashMap<String, Named, std::hash::BuildHasherDefault<super::Fnv>>,
-);
+pub struct Families(Vec<Family>, hashing::Map<String, Named>);
 
 impl Families {
     /// The families of every event condition of `rules`.
@@ -173,7 +170,7 @@ impl Body<'_> {
 #[derive(Debug, Default, Clone)]
 pub struct ProfileState {
     /// trait -> (value, when it was set).
-    traits: HashMap<String, (Value, When)>,
+    traits: hashing::Map<String, (Value, When)>,
     /// The latest `categoryPreferences`, and when.
     consent: Option<(Value, When)>,
     /// Per family: its matching events.

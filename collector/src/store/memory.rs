@@ -16,7 +16,7 @@
 //! new one to a table without keys in the index database (sequential
 //! writes) and loads them here at start. Erasure removes both.
 
-use std::collections::HashMap;
+use crate::hashing::Map;
 
 use weft_protocol::MessageType;
 
@@ -115,10 +115,10 @@ pub struct NewEdge {
 /// What one identifier is, and the edges it has.
 #[derive(Debug, Default)]
 pub struct MemoryIndex {
-    ids: HashMap<Box<str>, u32>,
+    ids: Map<Box<str>, u32>,
     names: Vec<Box<str>>,
     /// Track event names, numbered from 1.
-    event_names: HashMap<Box<str>, u32>,
+    event_names: Map<Box<str>, u32>,
     /// The names by number (index = number - 1).
     event_names_by_number: Vec<Box<str>>,
     entries: Vec<Entry>,

@@ -19,7 +19,7 @@
 //! connections; WAL lets them run beside the writer.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
@@ -29,6 +29,7 @@ use weft_protocol::MessageType;
 
 use crate::clock::Clock;
 use crate::consumer::Consumer;
+use crate::hashing::Map;
 use crate::identity;
 use crate::log::{LogLookup, Lsn};
 use crate::record::{self, RecordRef};
@@ -204,7 +205,7 @@ pub struct IndexWriter {
 #[derive(Default)]
 struct Engine {
     families: Families,
-    states: HashMap<String, ProfileState>,
+    states: Map<String, ProfileState>,
 }
 
 impl Engine {
@@ -300,7 +301,7 @@ pub fn open_index(
         position_written: Instant::now(),
         segments: segments.clone(),
         clock,
-        due: DueTimes::new(),
+        due: DueTimes::default(),
         engine: Engine::default(),
     };
     let until = writer.position()?;
@@ -1312,7 +1313,7 @@ fn touched<'r>(
     skipped: &[usize],
     edges: &'r [(usize, Edge)],
 ) -> (TouchedIds<'r>, Vec<String>, Vec<bool>) {
-    let mut touched: TouchedIds<'r> = HashMap::new();
+    let mut touched = TouchedIds::default();
     let mut consent = vec![false; records.len()];
     for (i, (_, record)) in records.iter().enumerate() {
         let RecordRef::Event { event: e, .. } = record else {
@@ -1363,12 +1364,12 @@ fn touched<'r>(
 
 /// What a batch changed per identifier (borrowed from its records), with
 /// the indexes of its records.
-type TouchedIds<'r> = HashMap<&'r str, (Touched<'r>, Vec<usize>)>;
+type TouchedIds<'r> = Map<&'r str, (Touched<'r>, Vec<usize>)>;
 
 /// When each profile with windowed memberships is due to be evaluated
 /// again. (Maps keyed by identifiers keep std's keyed SipHash: senders
 /// choose identifiers, and an unkeyed hash would let them make collisions.)
-type DueTimes = HashMap<String, i64>;
+type DueTimes = Map<String, i64>;
 
 /// A batch as segment evaluation sees it.
 struct Batch<'b, 'r> {
@@ -1395,7 +1396,7 @@ fn evaluate(
     due: &mut DueTimes,
 ) -> Result<Vec<Change>, StoreError> {
     let now = memory::format_millis(now_ms);
-    let mut profiles: HashMap<String, (Touched<'_>, Vec<usize>)> = HashMap::new();
+    let mut profiles: Map<String, (Touched<'_>, Vec<usize>)> = Map::default();
     for (id, (t, at)) in batch.touched {
         // Who it is: most identifiers have no edge at all, and need no walk.
         let (profile_id, shared) = match view.events.lone_profile(id) {
