@@ -495,7 +495,6 @@ impl Segments {
                 reads[i] = true;
             }
         }
-        let mut chosen = vec![false; n];
         // `order` puts dependencies first, so one pass in it keeps that.
         for (i, (_, deps)) in self.order.iter().enumerate() {
             let other_change = touched.merged
