@@ -92,7 +92,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
             "unknown bench {other:?}; usage: cargo xtask bench collector \
              [--seconds S] [--connections N] [--warmup S] | cargo xtask bench identity \
              [--people N] [--seed S] [--connections N] [--lookups N] | cargo xtask bench sdk \
-             [--rounds N] [--calls N] | cargo xtask bench segments [--seconds S] [--people N] | \
+             [--rounds N] [--calls N] | cargo xtask bench segments [--seconds S] [--people N] [--rounds R] | \
              cargo xtask bench destinations [--seconds S]"
         )),
     }
