@@ -25,9 +25,10 @@ pub struct Family {
     pub name: String,
     /// Property filters, all of which must hold.
     pub filters: Vec<Compare>,
-    /// Whether some condition counts it within a window: only then are
-    /// its events' times kept (a count is enough otherwise).
-    pub windowed: bool,
+    /// The longest window a condition counts it within: only then are its
+    /// events' times kept (a count is enough otherwise), and only those
+    /// still inside that window (older ones can never count again).
+    pub window_ms: Option<i64>,
 }
 
 /// By event name: its families, and the properties they filter by (looked
@@ -50,7 +51,7 @@ impl Families {
         for rule in rules {
             visit(rule, &mut |e| {
                 if let Some(i) = out.find(e) {
-                    out.0[i].windowed |= e.within_ms.is_some();
+                    out.0[i].window_ms = out.0[i].window_ms.max(e.within_ms);
                 } else {
                     let named = out.1.entry(e.name.clone()).or_default();
                     named.families.push(out.0.len());
@@ -62,7 +63,7 @@ impl Families {
                     out.0.push(Family {
                         name: e.name.clone(),
                         filters: e.filters.clone(),
-                        windowed: e.within_ms.is_some(),
+                        window_ms: e.within_ms,
                     });
                 }
             });
@@ -187,7 +188,7 @@ pub struct ProfileState {
 }
 
 /// A profile's events of one family: how many, and for a family with a
-/// window ([`Family::windowed`]) their times (ms, sorted), with the oldest
+/// window ([`Family::window_ms`]) their times (ms, sorted), with the oldest
 /// and newest beside them so the common questions (all within the window?
 /// in time order?) do not touch the list, which is mostly out of the cache.
 #[derive(Debug, Default, Clone)]
@@ -199,6 +200,15 @@ struct Tally {
 }
 
 impl Tally {
+    /// Drops the times at or before `cutoff`.
+    fn forget_until(&mut self, cutoff: i64) {
+        let gone = self.times.len() - self.after(cutoff);
+        if gone > 0 {
+            self.times.drain(..gone);
+            self.first = self.times.first().copied().unwrap_or(self.last);
+        }
+    }
+
     /// How many of the times are after `cutoff`.
     fn after(&self, cutoff: i64) -> usize {
         if self.times.is_empty() || self.first > cutoff {
@@ -225,13 +235,14 @@ impl ProfileState {
         }
     }
 
-    /// Takes one event into account. `body` gives the event's parsed body
-    /// when asked (only identify calls, consent carriers and events some
-    /// family filters by property need it).
+    /// Takes one event into account at `now_ms`. `body` gives the event's
+    /// parsed body when asked (only identify calls, consent carriers and
+    /// events some family filters by property need it).
     pub fn add<'b>(
         &mut self,
         families: &Families,
         event: &Seen<'_>,
+        now_ms: i64,
         read_body: &mut dyn FnMut() -> Option<Body<'b>>,
     ) {
         // The body, parsed at most once, and only if something needs it.
@@ -276,10 +287,21 @@ impl ProfileState {
                 }
                 let tally = &mut self.tallies[i];
                 tally.count += 1;
-                if !family.windowed {
+                let Some(window) = family.window_ms else {
+                    continue;
+                };
+                let at = event.when.0;
+                // Out of every window already (time only moves on).
+                let cutoff = now_ms.saturating_sub(window);
+                if at <= cutoff {
                     continue;
                 }
-                let at = event.when.0;
+                // Each time the list doubles, what left the window goes:
+                // memory in proportion to the events inside it, not to the
+                // whole history, at an amortized cost per event.
+                if tally.times.len() >= 64 && tally.times.len().is_power_of_two() {
+                    tally.forget_until(cutoff);
+                }
                 // Events mostly come in time order: appended without a
                 // search (a binary search over a long history missed the
                 // cache on most steps: 13% of the indexer's time).
@@ -448,10 +470,10 @@ mod tests {
                 json!("hats"),
             )]))
         };
-        s.add(&families, &track(10 * hour, 1), &mut shoes.clone());
-        s.add(&families, &track(12 * hour, 3), &mut hats.clone());
+        s.add(&families, &track(10 * hour, 1), 0, &mut shoes.clone());
+        s.add(&families, &track(12 * hour, 3), 0, &mut hats.clone());
         // Late: an older event arrives after a newer one.
-        s.add(&families, &track(11 * hour, 2), &mut hats.clone());
+        s.add(&families, &track(11 * hour, 2), 0, &mut hats.clone());
         let now = 12 * hour + 1;
         let matches = |s: &ProfileState, r: &Rule| r.matches(&mut s.facts(&families, now));
         assert!(matches(&s, &rules[0]), "one in the last hour");
@@ -463,7 +485,7 @@ mod tests {
         assert_eq!(s.next_change_of(&pairs, now), Some(13 * hour));
         assert_eq!(s.next_change_of(&pairs, later), None);
         // The oldest arrives last: counts and the next change see it.
-        s.add(&families, &track(9 * hour, 4), &mut hats.clone());
+        s.add(&families, &track(9 * hour, 4), 0, &mut hats.clone());
         let at_ten = 10 * hour - 1;
         assert_eq!(s.next_change_of(&pairs, at_ten), Some(10 * hour));
         let tally = &s.tallies[0];
@@ -512,15 +534,15 @@ mod tests {
             json!({"traits": {"plan": plan},
                    "context": {"consent": {"categoryPreferences": {"marketing": marketing}}}})
         };
-        s.add(&families, &call(2, true, true), &mut || {
+        s.add(&families, &call(2, true, true), 0, &mut || {
             Some(Body::Full(body("pro", true)))
         });
         // An older call arriving later changes nothing.
-        s.add(&families, &call(1, true, true), &mut || {
+        s.add(&families, &call(1, true, true), 0, &mut || {
             Some(Body::Full(body("free", false)))
         });
         assert!(rules[3].matches(&mut s.facts(&families, 10)));
-        s.add(&families, &call(3, false, true), &mut || {
+        s.add(&families, &call(3, false, true), 0, &mut || {
             Some(Body::Full(body("x", false)))
         });
         assert!(
@@ -528,10 +550,42 @@ mod tests {
             "consent withdrawn"
         );
         let mut read = false;
-        s.add(&families, &call(4, false, false), &mut || {
+        s.add(&families, &call(4, false, false), 0, &mut || {
             read = true;
             None
         });
         assert!(!read, "a body is read only when something needs it");
+    }
+
+    #[test]
+    fn times_that_left_the_longest_window_are_forgotten() {
+        let rules = rules();
+        let families = Families::of(&rules);
+        let mut s = ProfileState::new(&families);
+        let minute = 60_000;
+        let none = &mut || None;
+        // Twenty hours of an event a minute, each added as it happens.
+        for i in 1..=1200 {
+            s.add(&families, &track(i * minute, i as u64), i * minute, none);
+        }
+        let now = 1200 * minute;
+        let tally = &s.tallies[0];
+        assert_eq!(tally.count, 1200, "the count keeps every event");
+        assert_eq!(tally.after(now - 60 * minute), 60, "the last hour");
+        assert!(
+            tally.times.len() <= 128,
+            "kept {} times for a one-hour window",
+            tally.times.len()
+        );
+        assert_eq!(
+            s.next_change_of(&window_pairs(&rules[0], &families), now),
+            Some(now - 59 * minute + 60 * minute)
+        );
+        // An event older than the window when it arrives is counted, not kept.
+        s.add(&families, &track(now - 2 * 60 * minute, 9999), now, none);
+        assert_eq!(
+            (s.tallies[0].count, s.tallies[0].after(now - 60 * minute)),
+            (1201, 60)
+        );
     }
 }

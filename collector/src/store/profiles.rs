@@ -397,12 +397,13 @@ pub(super) fn identifiers_to_suppress(
     Ok(identifiers)
 }
 
-/// A profile's segment state built from its whole history (its events
-/// sorted by time): what an incremental update would have reached.
+/// A profile's segment state at `now_ms` built from its whole history (its
+/// events sorted by time): what an incremental update would have reached.
 pub(super) fn build_state(
     view: &View<'_>,
     profile: &Resolved,
     families: &crate::segments::state::Families,
+    now_ms: i64,
 ) -> crate::segments::state::ProfileState {
     use crate::segments::state::{ProfileState, Seen};
     let mut state = ProfileState::new(families);
@@ -416,7 +417,7 @@ pub(super) fn build_state(
             identify: e.identify,
             consent: e.consent,
         };
-        state.add(families, &seen, &mut || match event_body(view, e.lsn) {
+        state.add(families, &seen, now_ms, &mut || match event_body(view, e.lsn) {
             Ok(body) => body.map(crate::segments::state::Body::Full),
             Err(err) => {
                 tracing::warn!(lsn = e.lsn, error = %err, "segments: an event body could not be read");

@@ -216,11 +216,11 @@ impl Engine {
         self.states.clear();
     }
 
-    /// Makes sure `p` (its events sorted) has a state: built from its
-    /// history unless already known (and `fresh` is not asked).
-    fn ensure(&mut self, view: &View<'_>, p: &Resolved, fresh: bool) {
+    /// Makes sure `p` (its events sorted) has a state at `now_ms`: built
+    /// from its history unless already known (and `fresh` is not asked).
+    fn ensure(&mut self, view: &View<'_>, p: &Resolved, fresh: bool, now_ms: i64) {
         if fresh || !self.states.contains_key(&p.profile_id) {
-            let state = build_state(view, p, &self.families);
+            let state = build_state(view, p, &self.families, now_ms);
             self.states.insert(p.profile_id.clone(), state);
         }
     }
@@ -723,7 +723,7 @@ impl IndexWriter {
                     continue;
                 };
                 p.events.sort();
-                self.engine.ensure(&view, &p, false);
+                self.engine.ensure(&view, &p, false, now_ms);
                 let (state, families) = (&self.engine.states[&p.profile_id], &self.engine.families);
                 let mut facts = state.facts(families, now_ms);
                 changes.extend(segments.evaluate(&p.profile_id, &keys, &mut facts, &now));
@@ -815,7 +815,7 @@ impl IndexWriter {
                 match resolve(&view, id)? {
                     Some(mut p) if p.profile_id == profile_id => {
                         p.events.sort();
-                        self.engine.ensure(&view, &p, false);
+                        self.engine.ensure(&view, &p, false, now_ms);
                         let (state, families) =
                             (&self.engine.states[&profile_id], &self.engine.families);
                         let mut facts = state.facts(families, now_ms);
@@ -1493,19 +1493,16 @@ fn evaluate(
                     let wanted = seen
                         .track
                         .map_or(&[][..], |n| families.filtered_properties(n));
-                    state.add(
-                        families,
-                        &seen,
-                        &mut || match (only_properties, e.properties) {
-                            (true, Some(range)) => Some(Body::Properties(properties_in(
-                                e.body.get(range.0 as usize..range.1 as usize)?,
-                                0,
-                                wanted,
-                            ))),
-                            (true, None) => properties_only(e.body, wanted).map(Body::Full),
-                            _ => serde_json::from_str(e.body).ok().map(Body::Full),
-                        },
-                    );
+                    let mut body = || match (only_properties, e.properties) {
+                        (true, Some(range)) => Some(Body::Properties(properties_in(
+                            e.body.get(range.0 as usize..range.1 as usize)?,
+                            0,
+                            wanted,
+                        ))),
+                        (true, None) => properties_only(e.body, wanted).map(Body::Full),
+                        _ => serde_json::from_str(e.body).ok().map(Body::Full),
+                    };
+                    state.add(families, &seen, now_ms, &mut body);
                 }
                 state
             }
@@ -1519,7 +1516,7 @@ fn evaluate(
                     continue;
                 };
                 p.events.sort();
-                let built = build_state(view, &p, families);
+                let built = build_state(view, &p, families, now_ms);
                 match entry {
                     Entry::Occupied(mut o) => {
                         *o.get_mut() = built;
