@@ -400,6 +400,10 @@ fn admit_one(
         }
     };
 
+    // A value read from the JSON text without escapes, or written here,
+    // goes into the stored body as it is; one that had escapes is escaped
+    // again.
+    let message_id_verbatim = !matches!(&message_id, Some(Cow::Owned(id)) if !id.is_empty());
     let message_id = match message_id {
         Some(id) if !id.is_empty() => id.into_owned(),
         _ => server_message_id().ok_or_else(|| {
@@ -412,17 +416,17 @@ fn admit_one(
     let timestamp_text = format_utc_millis(timestamp);
     let original_text = original.map(format_utc_millis);
     let sent_text = sent.map(format_utc_millis);
-    let set: [(&str, Option<&str>); 10] = [
-        ("type", Some(kind.as_str())),
-        ("messageId", Some(&message_id)),
-        ("anonymousId", anonymous_id.as_deref()),
-        ("userId", user_id.as_deref()),
-        ("previousId", previous_id.as_deref()),
-        ("groupId", group_id.as_deref()),
-        ("timestamp", Some(&timestamp_text)),
-        ("originalTimestamp", original_text.as_deref()),
-        ("sentAt", sent_text.as_deref()),
-        ("receivedAt", Some(received_text)),
+    let set: [(&str, Option<(&str, bool)>); 10] = [
+        ("type", ours(kind.as_str())),
+        ("messageId", Some((&message_id, message_id_verbatim))),
+        ("anonymousId", verbatim(&anonymous_id)),
+        ("userId", verbatim(&user_id)),
+        ("previousId", verbatim(&previous_id)),
+        ("groupId", verbatim(&group_id)),
+        ("timestamp", ours(&timestamp_text)),
+        ("originalTimestamp", original_text.as_deref().and_then(ours)),
+        ("sentAt", sent_text.as_deref().and_then(ours)),
+        ("receivedAt", ours(received_text)),
     ];
     let (body, properties) = stored_body(&fields, &set, merged_context.as_deref());
     let keep = |id: Option<Cow<'_, str>>| {
@@ -451,6 +455,19 @@ fn admit_one(
     })
 }
 
+/// A client's value for the stored body, and whether it can be written as
+/// it is: read from the JSON text without escapes.
+fn verbatim<'s>(v: &'s Option<Cow<'_, str>>) -> Option<(&'s str, bool)> {
+    v.as_ref()
+        .map(|v| (v.as_ref(), matches!(v, Cow::Borrowed(_))))
+}
+
+/// A value the collector wrote (ASCII that needs no escape) for the stored
+/// body.
+fn ours(v: &str) -> Option<(&str, bool)> {
+    Some((v, true))
+}
+
 /// Keys of a message that are never stored as the client sent them: the
 /// collector's own values replace them, and a `writeKey` is dropped.
 const SERVER_KEYS: [&str; 11] = [
@@ -468,26 +485,40 @@ const SERVER_KEYS: [&str; 11] = [
 ];
 
 /// The message as stored: the collector's values for [`SERVER_KEYS`]
-/// (`set`; absent ones omitted), then every other field the client sent, in
-/// its order and as its bytes (unknown ones included: nothing is lost),
-/// with `context` replaced by the merged one.
+/// (`set`: each value with whether it can be written as it is; absent ones
+/// omitted), then every other field the client sent, in its order and as
+/// its bytes (unknown ones included: nothing is lost), with `context`
+/// replaced by the merged one.
 fn stored_body(
     fields: &Fields<'_>,
-    set: &[(&str, Option<&str>)],
+    set: &[(&str, Option<(&str, bool)>)],
     context: Option<&str>,
 ) -> (String, Option<(u32, u32)>) {
     let mut properties = None;
     let mut w = Writer::new();
     w.object_start();
     for (key, value) in set {
-        w.opt_string(key, *value);
+        match *value {
+            Some((v, true)) => {
+                w.key_verbatim(key);
+                w.string_verbatim(v);
+            }
+            Some((v, false)) => {
+                w.key_verbatim(key);
+                w.string(v);
+            }
+            None => {}
+        }
     }
     let mut context_written = false;
     for (key, value) in &fields.0 {
         if SERVER_KEYS.contains(&key.as_ref()) {
             continue;
         }
-        w.key(key);
+        match key {
+            Cow::Borrowed(k) => w.key_verbatim(k),
+            Cow::Owned(k) => w.key(k),
+        }
         if key == "context" {
             context_written = true;
             w.raw(&Json::from_trusted(context.unwrap_or(value.get())));
@@ -500,7 +531,7 @@ fn stored_body(
         }
     }
     if let (false, Some(c)) = (context_written, context) {
-        w.key("context");
+        w.key_verbatim("context");
         w.raw(&Json::from_trusted(c));
     }
     w.object_end();
@@ -960,6 +991,35 @@ mod tests {
         let zeta = e.body.find("\"zeta\"").unwrap();
         let alpha = e.body.find("\"alpha\"").unwrap();
         assert!(zeta < alpha, "the client's order: {}", e.body);
+    }
+
+    #[test]
+    fn values_and_keys_with_escapes_are_escaped_again_and_the_rest_copied() {
+        // Identifiers, a messageId and a key with escape sequences (a quote,
+        // a backslash, a control character), beside plain ones.
+        let raw = r#"{"type":"track","event":"E","anonymousId":"a\"b","userId":"u\\1","messageId":"m\u0001","q\"k":1,"plain":"x\u2028y"}"#;
+        let e = prepare(raw, None).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_str(&e.body).expect("the stored body is JSON");
+        assert_eq!(body["anonymousId"], "a\"b");
+        assert_eq!(body["userId"], "u\\1");
+        assert_eq!(body["messageId"], "m\u{1}");
+        assert_eq!(body["q\"k"], 1);
+        assert_eq!(body["plain"], "x\u{2028}y");
+        assert_eq!(e.anonymous_id.as_deref(), Some("a\"b"));
+        // Plain ones are copied as they came.
+        let plain = prepare(
+            r#"{"type":"track","event":"E","anonymousId":"dev-1","messageId":"m-1"}"#,
+            None,
+        )
+        .unwrap();
+        assert!(
+            plain
+                .body
+                .contains(r#""messageId":"m-1","anonymousId":"dev-1""#),
+            "{}",
+            plain.body
+        );
     }
 
     #[test]
