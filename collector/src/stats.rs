@@ -12,7 +12,6 @@
 //! At start the consumer reads the log from the beginning (records older
 //! than a day only move it on), so the figures survive restarts.
 
-use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher as _;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,6 +21,7 @@ use serde_json::{Value, json};
 use weft_protocol::MessageType;
 
 use crate::consumer::Consumer;
+use crate::hashing;
 use crate::log::Lsn;
 use crate::record::RecordRef;
 use crate::store::StoreError;
@@ -43,9 +43,9 @@ const MINUTE_MS: i64 = 60_000;
 struct Hour {
     /// Events per minute of the hour (0..60).
     minutes: [u64; 60],
-    visitors: HashSet<u64>,
-    events: HashMap<String, u64>,
-    pages: HashMap<String, u64>,
+    visitors: hashing::Set<u64>,
+    events: hashing::Map<String, u64>,
+    pages: hashing::Map<String, u64>,
     /// Per category: (decisions granting it, decisions).
     consent: BTreeMap<String, (u64, u64)>,
 }
@@ -54,9 +54,9 @@ impl Default for Hour {
     fn default() -> Self {
         Hour {
             minutes: [0; 60],
-            visitors: HashSet::new(),
-            events: HashMap::new(),
-            pages: HashMap::new(),
+            visitors: hashing::Set::default(),
+            events: hashing::Map::default(),
+            pages: hashing::Map::default(),
             consent: BTreeMap::new(),
         }
     }
@@ -81,7 +81,7 @@ struct State {
 #[derive(Debug, Default)]
 pub struct Stats {
     state: Mutex<State>,
-    hasher: RandomState,
+    hasher: foldhash::fast::RandomState,
     /// Woken when events are added (live readers wait on it).
     pub added: tokio::sync::Notify,
 }
@@ -135,7 +135,7 @@ fn strip_query(p: &str) -> &str {
     p.split(['?', '#']).next().unwrap_or(p)
 }
 
-fn bump(map: &mut HashMap<String, u64>, key: &str) {
+fn bump(map: &mut hashing::Map<String, u64>, key: &str) {
     if let Some(n) = map.get_mut(key) {
         *n += 1;
     } else if map.len() < MAX_NAMES {
@@ -154,11 +154,19 @@ impl Stats {
     pub fn add(&self, records: &[(Lsn, RecordRef<'_>)]) {
         let mut state = self.lock();
         let tail_from = records.len().saturating_sub(LIVE_RING);
+        // The messages of one request share their receivedAt: parsed once.
+        let mut received: (&str, i64) = ("", 0);
         for (n, (lsn, r)) in records.iter().enumerate() {
             let RecordRef::Event { event: e, .. } = r else {
                 continue;
             };
-            let at = crate::clock::unix_millis(e.received_at).unwrap_or(0);
+            if received.0 != e.received_at || received.0.is_empty() {
+                received = (
+                    e.received_at,
+                    crate::clock::unix_millis(e.received_at).unwrap_or(0),
+                );
+            }
+            let at = received.1;
             state.newest_ms = state.newest_ms.max(at);
             if at < state.newest_ms - 24 * HOUR_MS {
                 continue;
