@@ -71,6 +71,8 @@ pub struct Touched<'a> {
 #[derive(Debug, Default)]
 pub struct Scratch {
     reads: Vec<bool>,
+    /// Places whose rules may stop matching with the touched events.
+    shrinks: Vec<bool>,
     chosen: Vec<bool>,
     /// The places to evaluate, in order.
     pub places: Vec<usize>,
@@ -86,8 +88,6 @@ struct Deps {
     /// `segments` as places in `order` (always before this one's).
     segment_places: Vec<usize>,
     windows: bool,
-    /// See [`Rule::grows_with_events`].
-    grows: bool,
 }
 
 /// Segment key -> its place in the evaluation order.
@@ -115,7 +115,9 @@ pub struct Segments {
     /// Event name -> the places whose rules read events of that name, so a
     /// touched profile's events select segments by one lookup per name, not
     /// by comparing names per segment.
-    readers: Map<String, Vec<usize>>,
+    /// With each place: whether its rule only grows with events of that
+    /// name ([`Rule::grows_with`]).
+    readers: Map<String, Vec<(usize, bool)>>,
     /// Every distinct (family, window) of the rules with windows: what a
     /// profile's next due time is the earliest of.
     window_pairs: Vec<(usize, i64)>,
@@ -308,7 +310,6 @@ impl Segments {
                     segments: r.segments().into_iter().map(str::to_owned).collect(),
                     segment_places: Vec::new(),
                     windows: !r.windows().is_empty(),
-                    grows: r.grows_with_events(),
                 };
                 (k, deps)
             })
@@ -345,8 +346,8 @@ impl Segments {
         for (i, (_, deps)) in self.order.iter().enumerate() {
             for name in &deps.events {
                 let places = self.readers.entry(name.clone()).or_default();
-                if !places.contains(&i) {
-                    places.push(i);
+                if !places.iter().any(|(p, _)| *p == i) {
+                    places.push((i, self.rules[i].grows_with(name)));
                 }
             }
         }
@@ -442,8 +443,9 @@ impl Segments {
     }
 
     /// [`Segments::relevant_indices`] for `profile_id`, leaving out the
-    /// segments it is in whose rules only grow with events when only events
-    /// changed (it stays in them; see [`Rule::grows_with_events`]).
+    /// segments it is in whose rules only grow with the events it sent when
+    /// only events changed, and no segment they refer to is evaluated (it
+    /// stays in them; see [`Rule::grows_with`]).
     pub fn relevant_for(&self, profile_id: Option<&str>, touched: &Touched<'_>) -> Vec<usize> {
         let member = self.member_mask(profile_id);
         self.relevant_with(&member, touched)
@@ -482,17 +484,19 @@ impl Segments {
         let n = self.order.len();
         let Scratch {
             reads,
+            shrinks,
             chosen,
             places,
         } = scratch;
-        reads.clear();
-        reads.resize(n, false);
-        chosen.clear();
-        chosen.resize(n, false);
+        for flags in [&mut *reads, &mut *shrinks, &mut *chosen] {
+            flags.clear();
+            flags.resize(n, false);
+        }
         places.clear();
         for name in &touched.events {
-            for &i in self.readers.get(*name).map_or(&[][..], Vec::as_slice) {
+            for &(i, grows) in self.readers.get(*name).map_or(&[][..], Vec::as_slice) {
                 reads[i] = true;
+                shrinks[i] |= !grows;
             }
         }
         // `order` puts dependencies first, so one pass in it keeps that.
@@ -500,11 +504,16 @@ impl Segments {
             let other_change = touched.merged
                 || (touched.traits && deps.traits)
                 || (touched.consent && deps.consent);
-            if !other_change && deps.grows && member.get(i).copied().unwrap_or(false) {
+            let segment_changes = deps.segment_places.iter().any(|&d| chosen[d]);
+            // A member stays one when only events it grows with came.
+            if !other_change
+                && !segment_changes
+                && !shrinks[i]
+                && member.get(i).copied().unwrap_or(false)
+            {
                 continue;
             }
-            let reads_change = other_change || reads[i];
-            if reads_change || deps.segment_places.iter().any(|&d| chosen[d]) {
+            if other_change || reads[i] || segment_changes {
                 chosen[i] = true;
                 places.push(i);
             }
@@ -804,6 +813,57 @@ mod tests {
             s.relevant_for(Some("user:u"), &identified).len(),
             2,
             "traits changed"
+        );
+    }
+
+    #[test]
+    fn a_member_is_not_evaluated_for_events_its_rule_only_grows_with() {
+        let mut s = Segments::default();
+        s.put(def(
+            "viewed-not-bought",
+            json!({"all": [{"event": "Viewed", "within": "7d"}, {"not": {"event": "Bought", "within": "7d"}}]}),
+        ));
+        s.put(def(
+            "few",
+            json!({"event": "Viewed", "count": {"op": "lt", "value": 3}}),
+        ));
+        s.put(def(
+            "viewers-in-few",
+            json!({"all": [{"event": "Viewed"}, {"segment": "few"}]}),
+        ));
+        s.put(def(
+            "viewers-not-in-vnb",
+            json!({"all": [{"event": "Viewed"}, {"not": {"segment": "viewed-not-bought"}}]}),
+        ));
+        for key in [
+            "viewed-not-bought",
+            "few",
+            "viewers-in-few",
+            "viewers-not-in-vnb",
+        ] {
+            s.load_member(key, "user:u".into(), "t".into());
+        }
+        let chosen = |events: Vec<&'static str>| -> Vec<String> {
+            let touched = Touched {
+                events,
+                ..Touched::default()
+            };
+            let mut keys: Vec<String> = s
+                .relevant_for(Some("user:u"), &touched)
+                .into_iter()
+                .map(|i| s.ordered()[i].clone())
+                .collect();
+            keys.sort();
+            keys
+        };
+        // A view: `few` may be left, so what refers to it is evaluated too;
+        // viewed-not-bought stays, and so does what refers only to it.
+        assert_eq!(chosen(vec!["Viewed"]), ["few", "viewers-in-few"]);
+        // A purchase can take someone out of viewed-not-bought, and so into
+        // the segment that refers to it negatively.
+        assert_eq!(
+            chosen(vec!["Bought"]),
+            ["viewed-not-bought", "viewers-not-in-vnb"]
         );
     }
 }

@@ -174,21 +174,24 @@ impl Rule {
     }
 
     /// Whether a profile that matches can only go on matching as it sends
-    /// more events (at the same time): its event conditions all count
-    /// "at least" (`gte`, `gt`) and none is under a `not`, and it refers to
-    /// no other segment. Traits and consent may appear (their changes are
-    /// evaluated anyway); windows may too (time passing is a tick's work).
-    pub fn grows_with_events(&self) -> bool {
-        fn ok(r: &Rule, positive: bool) -> bool {
+    /// more events named `name` (at the same time), while the segments it
+    /// refers to stay as they are: its conditions on `name` all count "at
+    /// least" (`gte`, `gt`) and none is under a `not`. Conditions on other
+    /// events, traits and consent do not change with such an event (their
+    /// changes are evaluated anyway); windows may appear (time passing is a
+    /// tick's work). "Viewed but did not buy" grows with views.
+    pub fn grows_with(&self, name: &str) -> bool {
+        fn ok(r: &Rule, positive: bool, name: &str) -> bool {
             match r {
-                Rule::All(rs) | Rule::Any(rs) => rs.iter().all(|r| ok(r, positive)),
-                Rule::Not(r) => ok(r, !positive),
-                Rule::Event(e) => positive && matches!(e.count.0, CountOp::Gte | CountOp::Gt),
-                Rule::Segment(_) => false,
-                Rule::Trait(_) | Rule::Consent(_) => true,
+                Rule::All(rs) | Rule::Any(rs) => rs.iter().all(|r| ok(r, positive, name)),
+                Rule::Not(r) => ok(r, !positive, name),
+                Rule::Event(e) => {
+                    e.name != name || (positive && matches!(e.count.0, CountOp::Gte | CountOp::Gt))
+                }
+                Rule::Segment(_) | Rule::Trait(_) | Rule::Consent(_) => true,
             }
         }
-        ok(self, true)
+        ok(self, true, name)
     }
 
     /// Calls `f` with every event condition, mutably.
@@ -799,7 +802,7 @@ mod tests {
         assert_eq!(r.segments(), ["s"]);
         assert_eq!(r.windows(), [3_600_000]);
         assert!(r.uses_consent() && !r.uses_traits());
-        let grows = |v: serde_json::Value| Rule::parse(&v).unwrap().grows_with_events();
+        let grows = |v: serde_json::Value| Rule::parse(&v).unwrap().grows_with("A");
         assert!(grows(
             json!({"all": [{"event": "A"}, {"trait": "t", "op": "exists"}]})
         ));
@@ -810,6 +813,11 @@ mod tests {
         assert!(!grows(
             json!({"event": "A", "count": {"op": "lt", "value": 2}})
         ));
-        assert!(!grows(json!({"segment": "s"})));
+        // Viewed but did not buy: grows with views, not with purchases.
+        let viewed_not_bought = json!({"all": [{"event": "A", "within": "7d"}, {"not": {"event": "B", "within": "7d"}}]});
+        assert!(grows(viewed_not_bought.clone()));
+        assert!(!Rule::parse(&viewed_not_bought).unwrap().grows_with("B"));
+        // Another segment is the caller's to watch.
+        assert!(grows(json!({"all": [{"event": "A"}, {"segment": "s"}]})));
     }
 }
