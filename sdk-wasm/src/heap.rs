@@ -10,7 +10,11 @@
 //! strings and vectors (messages, parts, batch bodies) that come back in
 //! the same sizes, so what a merge would win back is small, and the whole
 //! allocator is a few hundred bytes of wasm instead of a general one's
-//! kilobytes (this is in every visitor's download).
+//! kilobytes (this is in every visitor's download). Its cost is small
+//! where it was measured: under 1% of the samples of a CPU profile of
+//! `track` bursts in Chromium (`alloc` itself; the copies of a string that
+//! outgrows its block belong to its caller: reserve enough up front, as the
+//! message writer does).
 //!
 //! The one place of unsafe code in the workspace: a global allocator is an
 //! `unsafe` trait, and a free block holds the address of the next one. The

@@ -122,6 +122,16 @@ impl Draft {
         }
     }
 
+    /// The bytes [`Draft::write`] reserves: the members every message has
+    /// (type, two UUIDs, the timestamp and their keys: about 190 bytes)
+    /// and room for a user ID, beside its name and data. Enough that a
+    /// usual message is written without growing (a `track` growing from
+    /// too small a guess was copied to a block twice the size every call).
+    fn room(&self) -> usize {
+        256 + self.data.as_ref().map_or(0, |d| d.as_str().len())
+            + self.name.as_ref().map_or(0, String::len)
+    }
+
     /// The message's JSON (without its context), in the Segment spec's
     /// names: one writer for every kind of call.
     fn write(&self, message_id: &str, anonymous_id: Option<&str>) -> String {
@@ -138,10 +148,7 @@ impl Draft {
             MessageType::Alias => self.id.as_deref().or(anonymous_id),
             _ => self.id.as_deref(),
         };
-        let mut out = String::with_capacity(
-            160 + self.data.as_ref().map_or(0, |d| d.as_str().len())
-                + self.name.as_ref().map_or(0, String::len),
-        );
+        let mut out = String::with_capacity(self.room());
         // Each member with a value and a key; `escape`: the value is text
         // (properties and traits are JSON already).
         let mut member = |key: &str, value: Option<&str>, escape: bool| {
@@ -735,6 +742,31 @@ mod tests {
     use std::collections::HashMap;
     use std::rc::Rc;
     use weft_protocol::Message;
+
+    #[test]
+    fn a_usual_message_is_written_without_growing() {
+        let uuid = "0b6f3c8e-2f4d-4a7e-9c1b-5d8e7f6a4b3c";
+        for (kind, user) in [
+            (MessageType::Track, None),
+            (
+                MessageType::Track,
+                Some("user_0123456789abcdef0123456789abcdef"),
+            ),
+            (MessageType::Page, Some("42")),
+        ] {
+            let mut m = Draft::new(
+                kind,
+                Some("Product Viewed".into()),
+                Some(Json::from_trusted(
+                    r#"{"product_id":"sku_48213","price":49.9,"in_stock":true}"#,
+                )),
+            );
+            m.user_id = user.map(str::to_owned);
+            m.timestamp = "2026-12-02T17:56:53.123Z".into();
+            let text = m.write(uuid, Some(uuid));
+            assert_eq!(text.capacity(), m.room(), "{text}");
+        }
+    }
 
     /// An in-memory host: shared storage (so a second tracker sees what the
     /// first stored, like a reload) that counts writes, a clock the test
