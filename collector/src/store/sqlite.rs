@@ -216,6 +216,14 @@ impl Engine {
         self.states.clear();
     }
 
+    /// The segments decided `profile_id`'s memberships outside a batch (a
+    /// recompute, the tick): the copy its state keeps is stale.
+    fn memberships_changed(&mut self, profile_id: &str) {
+        if let Some(state) = self.states.get_mut(profile_id) {
+            state.member = None;
+        }
+    }
+
     /// Makes sure `p` (its events sorted) has a state at `now_ms`: built
     /// from its history unless already known (and `fresh` is not asked).
     fn ensure(&mut self, view: &View<'_>, p: &Resolved, fresh: bool, now_ms: i64) {
@@ -735,10 +743,7 @@ impl IndexWriter {
                     &p.profile_id,
                     &mut self.due,
                 );
-                // The segments decided: the state's copy is stale.
-                if let Some(state) = self.engine.states.get_mut(&p.profile_id) {
-                    state.member = None;
-                }
+                self.engine.memberships_changed(&p.profile_id);
             }
             let next = (end < events.identifiers()).then_some(end);
             if next.is_none() {
@@ -828,10 +833,7 @@ impl IndexWriter {
                             &profile_id,
                             &mut self.due,
                         );
-                        // The segments decided: the state's copy is stale.
-                        if let Some(state) = self.engine.states.get_mut(&profile_id) {
-                            state.member = None;
-                        }
+                        self.engine.memberships_changed(&profile_id);
                     }
                     // Merged into another profile, or gone.
                     _ => {
@@ -1367,8 +1369,8 @@ fn touched<'r>(
 type TouchedIds<'r> = Map<&'r str, (Touched<'r>, Vec<usize>)>;
 
 /// When each profile with windowed memberships is due to be evaluated
-/// again. (Maps keyed by identifiers keep std's keyed SipHash: senders
-/// choose identifiers, and an unkeyed hash would let them make collisions.)
+/// again (a randomly seeded hash: senders choose the identifiers; see
+/// [`crate::hashing`]).
 type DueTimes = Map<String, i64>;
 
 /// A batch as segment evaluation sees it.
@@ -1526,28 +1528,29 @@ fn evaluate(
                 }
             }
         };
-        if places.is_empty() {
-            state
-                .member
-                .get_or_insert_with(Vec::new)
-                .clone_from(&member);
-            continue;
+        if !places.is_empty() {
+            let mut facts = state.facts(families, now_ms);
+            changes.extend(segments.evaluate_with(
+                &profile_id,
+                places,
+                &mut member,
+                &mut facts,
+                &now,
+            ));
+            schedule(
+                segments,
+                segments.any_windows(places),
+                state,
+                now_ms,
+                &profile_id,
+                due,
+            );
         }
-        let mut facts = state.facts(families, now_ms);
-        changes.extend(segments.evaluate_with(&profile_id, places, &mut member, &mut facts, &now));
-        // `member` holds this evaluation's decisions.
+        // `member` holds the memberships as they stand now.
         state
             .member
             .get_or_insert_with(Vec::new)
             .clone_from(&member);
-        schedule(
-            segments,
-            segments.any_windows(places),
-            state,
-            now_ms,
-            &profile_id,
-            due,
-        );
     }
     Ok(changes)
 }
