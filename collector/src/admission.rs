@@ -498,16 +498,13 @@ fn stored_body(
     let mut w = Writer::new();
     w.object_start();
     for (key, value) in set {
-        match *value {
-            Some((v, true)) => {
-                w.key_verbatim(key);
+        if let Some((v, verbatim)) = *value {
+            w.key_verbatim(key);
+            if verbatim {
                 w.string_verbatim(v);
-            }
-            Some((v, false)) => {
-                w.key_verbatim(key);
+            } else {
                 w.string(v);
             }
-            None => {}
         }
     }
     let mut context_written = false;

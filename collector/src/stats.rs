@@ -160,7 +160,7 @@ impl Stats {
             let RecordRef::Event { event: e, .. } = r else {
                 continue;
             };
-            if received.0 != e.received_at || received.0.is_empty() {
+            if received.0 != e.received_at {
                 received = (
                     e.received_at,
                     crate::clock::unix_millis(e.received_at).unwrap_or(0),
