@@ -208,34 +208,66 @@ impl Table {
         Ok(())
     }
 
+    /// Record `lsn`: one read of the whole record when the next record's
+    /// offset says how long it is (records lie back to back), else its
+    /// header and then its payload.
     fn read(&self, lsn: Lsn) -> Result<Found, LogError> {
-        let Some(&offset) = lsn
-            .checked_sub(self.first)
-            .and_then(|i| self.offsets.get(i as usize))
-        else {
+        let Some(i) = lsn.checked_sub(self.first).map(|i| i as usize) else {
+            return Ok(Found::Missing);
+        };
+        let Some(&offset) = self.offsets.get(i) else {
             return Ok(Found::Missing);
         };
         if offset == NONE {
             return Ok(Found::Missing);
         }
-        let mut raw = [0u8; HEADER_LEN];
+        let known_len = self
+            .offsets
+            .get(i + 1)
+            .filter(|&&next| next != NONE && next > offset)
+            .map(|&next| (next - offset) as usize)
+            .filter(|&len| len >= HEADER_LEN);
         let offset = u64::from(offset);
-        if self.file.read_exact_at(&mut raw, offset).is_err() {
-            return Ok(Found::Stale);
-        }
+        let mut record = match known_len {
+            Some(len) => {
+                let mut record = vec![0u8; len];
+                if self.file.read_exact_at(&mut record, offset).is_err() {
+                    return Ok(Found::Stale);
+                }
+                record
+            }
+            None => {
+                let mut raw = [0u8; HEADER_LEN];
+                if self.file.read_exact_at(&mut raw, offset).is_err() {
+                    return Ok(Found::Stale);
+                }
+                let header = Header::decode(raw);
+                if header.problem().is_some() {
+                    return Ok(Found::Stale);
+                }
+                let mut record = vec![0u8; HEADER_LEN + header.len as usize];
+                record[..HEADER_LEN].copy_from_slice(&raw);
+                if self
+                    .file
+                    .read_exact_at(&mut record[HEADER_LEN..], offset + HEADER_LEN as u64)
+                    .is_err()
+                {
+                    return Ok(Found::Stale);
+                }
+                record
+            }
+        };
+        let mut raw = [0u8; HEADER_LEN];
+        raw.copy_from_slice(&record[..HEADER_LEN]);
         let header = Header::decode(raw);
-        if header.problem().is_some() || header.lsn != lsn {
-            return Ok(Found::Stale);
-        }
-        let mut payload = vec![0u8; header.len as usize];
-        if self
-            .file
-            .read_exact_at(&mut payload, offset + HEADER_LEN as u64)
-            .is_err()
-            || !header.matches(&payload)
+        if header.problem().is_some()
+            || header.lsn != lsn
+            || header.record_len() != record.len() as u64
+            || !header.matches(&record[HEADER_LEN..])
         {
             return Ok(Found::Stale);
         }
-        Ok(Found::Record(payload))
+        record.drain(..HEADER_LEN);
+        Ok(Found::Record(record))
     }
 }

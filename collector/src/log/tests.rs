@@ -810,3 +810,33 @@ fn lookup_reads_any_record_by_lsn_across_rollover_growth_erasure_and_retention()
     let want = (kept % 3 != 0).then(|| payload(kept));
     assert_eq!(lookup.read(kept).unwrap(), want);
 }
+
+#[test]
+fn lookup_never_returns_a_damaged_record_whether_read_whole_or_in_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = SegmentLog::open(dir.path(), options(1 << 20)).unwrap();
+    append_each(&mut log, 5);
+    let file = files_in(dir.path())
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "log"))
+        .unwrap();
+    let bytes = fs::read(&file).unwrap();
+    let at = |lsn: Lsn| {
+        let needle = payload(lsn);
+        bytes
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .unwrap() as u64
+    };
+    // Record 3 is read in one go (record 4's offset gives its length),
+    // record 5, the last, header first.
+    let (third, fifth) = (at(3), at(5));
+    flip_byte(&file, third + 2);
+    flip_byte(&file, fifth + 2);
+    let lookup = super::LogLookup::new(dir.path());
+    for lsn in [1, 2, 4] {
+        assert_eq!(lookup.read(lsn).unwrap(), Some(payload(lsn)), "lsn {lsn}");
+    }
+    assert_eq!(lookup.read(3).unwrap(), None);
+    assert_eq!(lookup.read(5).unwrap(), None);
+}

@@ -13,7 +13,7 @@
 
 use crate::hashing;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::rule::{Compare, EventCondition, Facts, Rule};
 
@@ -255,11 +255,12 @@ impl ProfileState {
         if event.identify {
             body(&mut parsed);
             if let Some(Some(Body::Full(b))) = &parsed {
-                for (k, v) in identify_traits(b.clone()) {
-                    match self.traits.get(&k) {
+                for (k, v) in identify_traits(b) {
+                    match self.traits.get_mut(k) {
                         Some((_, at)) if *at > event.when => {}
-                        _ => {
-                            self.traits.insert(k, (v, event.when));
+                        Some(old) => *old = (v.clone(), event.when),
+                        None => {
+                            self.traits.insert(k.clone(), (v.clone(), event.when));
                         }
                     }
                 }
@@ -380,14 +381,16 @@ pub fn window_pairs(rule: &Rule, families: &Families) -> Vec<(usize, i64)> {
 /// An identify's traits: those in `context.traits` (where RudderStack's
 /// SDKs put them) overlaid by the top-level `traits` (Segment's place), so
 /// a key given in both takes the top-level value.
-pub fn identify_traits(mut body: Value) -> Map<String, Value> {
-    let mut take = |at: &str| match body.pointer_mut(at).map(Value::take) {
-        Some(Value::Object(t)) => t,
-        _ => Map::new(),
+/// Given in that order: a caller that keeps the last value of a key gets
+/// that overlay.
+pub fn identify_traits(body: &Value) -> impl Iterator<Item = (&String, &Value)> {
+    let at = |at: &str| {
+        body.pointer(at)
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
     };
-    let mut traits = take("/context/traits");
-    traits.extend(take("/traits"));
-    traits
+    at("/context/traits").chain(at("/traits"))
 }
 
 /// A [`ProfileState`] as [`Facts`].

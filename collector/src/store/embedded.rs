@@ -42,7 +42,7 @@ use crate::log::{LogOptions, Lsn, SegmentLog};
 use crate::metrics::{Gauges, WriterStats};
 use crate::record::{self, Record};
 
-use super::sqlite::{Erasure, IndexReaders, IndexWriter, open_index};
+use super::sqlite::{Erasure, IndexReaders, IndexWriter, Pass, open_index};
 use super::suppression::{self, IdHash, Suppression};
 use super::{
     AppendOutcome, AppendRequest, AudienceChange, ConsentEntry, ErasureReport, EventCursor,
@@ -281,11 +281,14 @@ impl EmbeddedStore {
             .spawn(move || {
                 let mut from = Some(0u32);
                 let mut version: Option<String> = None;
+                let pass = Arc::new(Mutex::new(Pass::default()));
                 while let Some(at) = from {
                     let key = key.clone();
                     let started = version.clone();
+                    let pass = pass.clone();
                     match progress.run(index, move |w: &mut IndexWriter| {
-                        w.recompute(&key, at, STEP, started.as_deref())
+                        let mut pass = pass.lock().unwrap_or_else(|e| e.into_inner());
+                        w.recompute(&key, at, STEP, started.as_deref(), &mut pass)
                     }) {
                         Ok((next, v)) => {
                             from = next;

@@ -211,6 +211,11 @@ impl MemoryIndex {
         self.names.get(i as usize).map(|n| &**n)
     }
 
+    /// The number of identifier `id`, if it has one.
+    pub fn number(&self, id: &str) -> Option<u32> {
+        self.ids.get(id).copied()
+    }
+
     /// How many identifiers are numbered.
     pub fn identifiers(&self) -> u32 {
         self.names.len() as u32

@@ -85,7 +85,21 @@ pub(super) fn resolve_with(
     id: &str,
     with_events: bool,
 ) -> Result<Option<Resolved>, StoreError> {
-    let c = match identity::resolve(&MemoryEdges(v), id, MAX_COMPONENT)? {
+    resolved(v, walk(v, id)?, with_events)
+}
+
+/// The identity walk alone: the person or the device `id` is part of.
+pub(super) fn walk(v: &View<'_>, id: &str) -> Result<Identity, StoreError> {
+    identity::resolve(&MemoryEdges(v), id, MAX_COMPONENT)
+}
+
+/// The profile a [`walk`] found, with its events only if `with_events`.
+pub(super) fn resolved(
+    v: &View<'_>,
+    identity: Identity,
+    with_events: bool,
+) -> Result<Option<Resolved>, StoreError> {
+    let c = match identity {
         Identity::Device(device) => return resolve_device(v, &device, with_events),
         Identity::Person(c) => c,
     };
@@ -231,7 +245,7 @@ pub(super) fn profile(v: &View<'_>, id: &str) -> Result<Option<ProfileSummary>, 
     // consent preferences.
     for e in p.events.iter().filter(|e| e.identify) {
         if let Some(body) = event_body(v, e.lsn)? {
-            traits.extend(identify_traits(body));
+            traits.extend(identify_traits(&body).map(|(k, v)| (k.clone(), v.clone())));
         }
     }
     for e in p.events.iter().rev().filter(|e| e.consent) {

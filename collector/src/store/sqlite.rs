@@ -40,7 +40,7 @@ use super::definitions::{self, Stored};
 use super::memory::{self, MemoryIndex, NewEdge};
 use super::profiles::{
     Resolved, View, build_state, consent_history, identifiers_to_suppress, profile, profile_events,
-    profile_graph, resolve, resolve_with,
+    profile_graph, resolve, resolve_with, resolved, walk,
 };
 
 use super::suppression::{IdHash, Suppression};
@@ -199,6 +199,36 @@ pub struct IndexWriter {
     /// What the segments' rules need of each profile evaluated so far,
     /// kept up to date event by event ([`ProfileState`]).
     engine: Engine,
+}
+
+/// A pass over every profile ([`IndexWriter::recompute`]), carried from
+/// one part to the next, by identifier number: those whose profile it has
+/// evaluated, and those that name a profile it evaluated (the canonical
+/// user, or the device).
+#[derive(Debug, Default)]
+pub struct Pass {
+    reached: Bits,
+    named: Bits,
+}
+
+/// A set of identifier numbers.
+#[derive(Debug, Default)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn has(&self, i: u32) -> bool {
+        self.0
+            .get(i as usize / 64)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    fn set(&mut self, i: u32) {
+        let word = i as usize / 64;
+        if word >= self.0.len() {
+            self.0.resize(word + 1, 0);
+        }
+        self.0[word] |= 1 << (i % 64);
+    }
 }
 
 /// The segments' event-condition families and the profiles' states.
@@ -676,18 +706,21 @@ impl IndexWriter {
     }
 
     /// Part of a pass over every profile for segment `key` (and those that
-    /// refer to it): the identifiers numbered `from..from + limit`, each
-    /// evaluated if it names its profile. `version` is the definition's
-    /// `updated_at` the pass started with (`None` for its first part): a
-    /// pass whose rule has since been replaced stops (the new rule's own
-    /// pass goes on). Answers where the next part starts, or `None` once
-    /// done (the segment is then ready), and the version.
+    /// refer to it): the identifiers numbered `from..from + limit`. The
+    /// profile of each is evaluated, unless `pass` says an earlier part
+    /// evaluated it already (through another of its identifiers): one
+    /// identity walk per profile, not one per identifier. `version` is the
+    /// definition's `updated_at` the pass started with (`None` for its
+    /// first part): a pass whose rule has since been replaced stops (the
+    /// new rule's own pass goes on). Answers where the next part starts, or
+    /// `None` once done (the segment is then ready), and the version.
     pub fn recompute(
         &mut self,
         key: &str,
         from: u32,
         limit: u32,
         version: Option<&str>,
+        pass: &mut Pass,
     ) -> Result<(Option<u32>, String), StoreError> {
         let (keys, current) = {
             let segments = read_lock(&self.segments);
@@ -714,22 +747,27 @@ impl IndexWriter {
             let end = from.saturating_add(limit).min(events.identifiers());
             let mut changes = Vec::new();
             for i in from..end {
+                if pass.reached.has(i) {
+                    continue;
+                }
                 let Some(id) = events.identifier(i) else {
                     continue;
                 };
-                // Once a profile: from its canonical user, or its device
-                // (the identity walk alone decides; events only then).
-                let Some(who) = resolve_with(&view, id, false)? else {
+                let Some(mut p) = resolved(&view, walk(&view, id)?, true)? else {
                     continue;
                 };
-                if who.profile_id != identity::user_profile_id(id)
-                    && who.profile_id != identity::device_profile_id(id)
-                {
-                    continue;
+                // Once a profile: its other identifiers are not walked
+                // again. (A shared device is in the component of every user
+                // seen on it, but its own walk finds one of them, which is
+                // evaluated through its own user ID if not through this.)
+                for other in p.users.iter().chain(&p.devices) {
+                    if let Some(n) = events.number(other) {
+                        pass.reached.set(n);
+                    }
                 }
-                let Some(mut p) = resolve(&view, id)? else {
-                    continue;
-                };
+                if let Some(n) = events.number(identity::profile_identifier(&p.profile_id)) {
+                    pass.named.set(n);
+                }
                 p.events.sort();
                 self.engine.ensure(&view, &p, false, now_ms);
                 let (state, families) = (&self.engine.states[&p.profile_id], &self.engine.families);
@@ -748,10 +786,14 @@ impl IndexWriter {
             let next = (end < events.identifiers()).then_some(end);
             if next.is_none() {
                 // Members whose profile no longer exists as such (its events
-                // expired, or it was merged) leave.
+                // expired, or it was merged) leave. One this pass evaluated
+                // exists (a merge or an erasure since then took it out).
                 for key in &keys {
                     for (profile_id, _) in segments.members(key, None, usize::MAX) {
                         let id = identity::profile_identifier(&profile_id);
+                        if events.number(id).is_some_and(|n| pass.named.has(n)) {
+                            continue;
+                        }
                         let exists = resolve_with(&view, id, false)?
                             .is_some_and(|p| p.profile_id == profile_id);
                         if !exists {
