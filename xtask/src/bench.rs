@@ -748,7 +748,7 @@ fn peak_rss_kb(pid: u32) -> Option<u64> {
 }
 
 /// User + system CPU time of `pid` (all threads), in seconds.
-fn cpu_seconds(pid: u32) -> Option<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after_name = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = after_name.split_whitespace().collect();
