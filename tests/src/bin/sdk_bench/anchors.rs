@@ -531,7 +531,8 @@ pub async fn run(
         // empty queue: the SDK has handed over what the burst before made
         // (weft: nothing queued, by `weft.debug()`, as the main table
         // drains; the others: the stub receiver has counted the burst's
-        // events, or its count stood still for 2 s).
+        // events, or its count stood still for 4 s: PostHog sends every
+        // 3 s).
         let mut bursts = Vec::new();
         for round in 0..=rounds {
             let before = stub.totals().0;
@@ -661,7 +662,7 @@ pub async fn run(
     Ok(())
 }
 
-/// Waits until `count` reaches `target`, or has not changed for 2 s; 20 s
+/// Waits until `count` reaches `target`, or has not changed for 4 s; 20 s
 /// at most.
 async fn handed_over(count: impl Fn() -> usize, target: usize) {
     let (mut last, mut still) = (usize::MAX, 0);
@@ -671,7 +672,7 @@ async fn handed_over(count: impl Fn() -> usize, target: usize) {
             return;
         }
         still = if now == last { still + 1 } else { 0 };
-        if still == 10 {
+        if still == 20 {
             return;
         }
         last = now;
