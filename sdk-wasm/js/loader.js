@@ -39,7 +39,7 @@ var report = function (...what) {
 // and that logs a violation.
 var cspBlocksWasm = false;
 try {
-  [].forEach.call(d.querySelectorAll("meta[http-equiv=Content-Security-Policy i]"), function (m) {
+  d.querySelectorAll("meta[http-equiv=Content-Security-Policy i]").forEach(function (m) {
     var rules = {};
     m.content.split(";").forEach(function (r) {
       r = r.trim().split(/\s+/);
@@ -72,8 +72,6 @@ var METHODS = "page track identify alias group reset flush anonymousId userId co
 // marketing, personalization).
 var CONSENT_NAMES = "analytics marketing personalization analytics_storage ad_storage ad_user_data ad_personalization personalization_storage".split(" ");
 var CONSENT_OF = "01201112";
-// Answered at once, never queued before load.
-var GETTERS = { anonymousId: 1, userId: 1, "consent.get": 1, debug: 1 };
 // Rust's internal operations (`api::op`): a route change, a request's
 // answer, the page going away, a timer (`TICK` + its kind).
 var ROUTE = 12, SENT = 13, HIDE = 14, TICK = 15;
@@ -165,7 +163,8 @@ var storage = function () {
     return w.localStorage;
   } catch (e) {}
 };
-var UTM = { campaign: "name", source: "source", medium: "medium", term: "term", content: "content" };
+// `utm_` parameters; `utm_campaign` is the campaign's `name`.
+var UTM = "campaign source medium term content".split(" ");
 var contextKey, zone, fresh, pool, used = 4096, timers = [], armed, sendTimer, answered;
 // Work for after the current task (one microtask, no browser call now): a
 // burst of calls in one task pays for the page's URL, timers and the like
@@ -194,7 +193,7 @@ var weftHost = {
   // (it survives a cleared localStorage and reaches the site's subdomains).
   load: function (r, p, n) {
     var key = get(p, n), v = safely(function () { return storage().getItem(key); });
-    reply(r, v == null && key === AID ? safely(getCookie, "weft_aid") : v);
+    reply(r, v == null && key === AID ? (early || [safely(getCookie, "weft_aid")])[0] : v);
   },
   store: function (p, n, q, m) {
     var key = get(p, n), value = getOr(q, m);
@@ -222,14 +221,16 @@ var weftHost = {
     var referrer = getOr(p, n);
     reply(r, safely(function () {
       if (fresh && !referrer) return;
-      var l = location, n = navigator, s = w.screen || {}, q, c, k, v;
+      var l = location, n = navigator, s = w.screen || {}, q, c, v;
       var key = l.href + "\n" + d.title + "\n" + (referrer || "");
       if (!referrer) soon(stale);
       fresh = !referrer;
       if (key === contextKey) return;
       contextKey = key;
       q = new URLSearchParams(l.search);
-      for (k in UTM) if ((v = q.get("utm_" + k))) (c = c || {})[UTM[k]] = v;
+      UTM.forEach(function (k) {
+        if ((v = q.get("utm_" + k))) (c = c || {})[k === "campaign" ? "name" : k] = v;
+      });
       return JSON.stringify({
         page: { url: l.href, path: l.pathname, search: l.search, referrer: referrer || d.referrer, title: d.title },
         campaign: c,
@@ -386,7 +387,7 @@ var invoke = function (name, args) {
     return { necessary: true, analytics: !!(bits & 1), marketing: !!(bits & 2), personalization: !!(bits & 4) };
   }
   if (name === "debug") return JSON.parse(ask(n));
-  if (GETTERS[name]) return ask(n);
+  if (n > 6) return ask(n); // anonymousId, userId
   // Names and IDs as text, properties and traits as JSON (`page(properties)`
   // has no name), a track's options as their category.
   if (name === "page" && a && typeof a === "object") {
@@ -399,7 +400,10 @@ var method = function (name) {
   return function (...args) {
     try {
       if (sdk || name === "ready" || name === "consent.onChange") return invoke(name, args);
-      if (!GETTERS[name] && queue.length < 100) queue.push([name, args]);
+      // The getters (anonymousId, userId, consent.get, debug: 7, 8, 10,
+      // 11) are answered at once, never queued before load.
+      var n = METHODS.indexOf(name);
+      if ((n < 7 || n === 9) && queue.length < 100) queue.push([name, args]);
     } catch (e) {
       report(e);
     }
@@ -495,6 +499,12 @@ safely(function () {
 });
 
 // ---- Start. ----
+// Under `data-consent="opt-out"` (where `start` reads the `weft_aid` cookie
+// when localStorage has no ID, or deletes it after an objection) the cookie
+// is read now, while the wasm downloads: a page's first read of
+// `document.cookie` waits on the browser's network process. `start` uses
+// this value; later reads see the cookie as it is then.
+var early = data.consent === "opt-out" && [safely(getCookie, "weft_aid")];
 // The module is compiled as it downloads. If that fails (a
 // Content-Security-Policy without 'wasm-unsafe-eval' refuses to compile, no
 // WebAssembly or streaming, an engine without a wasm feature the build
@@ -545,6 +555,7 @@ try {
         (nav.globalPrivacyControl === true ? GPC : 0) |
         (data.dnt === "true" && nav.doNotTrack === "1" ? DNT : 0)
       );
+      early = 0;
       sdk = 1;
       queue.splice(0).forEach(function (c) {
         safely(invoke, c[0], c[1] || []);

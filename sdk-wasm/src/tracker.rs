@@ -208,6 +208,10 @@ pub struct Tracker<E: Env> {
     pub too_large: u32,
     /// The queue changed since it was last written to storage.
     dirty: bool,
+    /// The identity was read or made and is not written back yet (it is
+    /// with the queue, at the next [`Tracker::save`]: never on the way to
+    /// ready, where a page's first storage writes are slow).
+    identity_unsaved: bool,
     /// The library's context member, shared by every message.
     library: Part,
     /// The session's and consent's members of the last message, with what
@@ -240,6 +244,7 @@ impl<E: Env> Tracker<E> {
             refused: 0,
             too_large: 0,
             dirty: false,
+            identity_unsaved: false,
             library: Arc::new(crate::LIBRARY_MEMBER.to_owned()),
             session_part: None,
         };
@@ -506,9 +511,11 @@ impl<E: Env> Tracker<E> {
             Some(id) if !id.is_empty() => id,
             _ => uuid_v4(&self.env),
         };
-        // Written even when read: refreshes the cookie's expiry and mirrors
-        // a cookie-only ID into localStorage.
-        self.env.set(keys::ANONYMOUS_ID, &id);
+        // Written even when read (with the queue, see `save`): refreshes
+        // the cookie's expiry and mirrors a cookie-only ID into
+        // localStorage.
+        self.identity_unsaved = true;
+        self.persist();
         if let Some(user) = &self.user_id {
             self.env.set(keys::USER_ID, user);
         }
@@ -708,8 +715,11 @@ impl<E: Env> Tracker<E> {
             return;
         }
         self.dirty = false;
-        if self.anonymous_id.is_none() {
+        let Some(id) = &self.anonymous_id else {
             return;
+        };
+        if core::mem::take(&mut self.identity_unsaved) {
+            self.env.set(keys::ANONYMOUS_ID, id);
         }
         if let Some((start, last)) = self.session {
             let mut text = String::new();
@@ -881,9 +891,26 @@ mod tests {
     #[test]
     fn anonymous_id_is_created_once_and_survives_a_reload() {
         let env = FakeEnv::default();
-        let first = tracker(&env).anonymous_id().unwrap().to_owned();
+        let mut t = tracker(&env);
+        let first = t.anonymous_id().unwrap().to_owned();
         assert_eq!(first.len(), 36);
-        assert_eq!(tracker(&env).anonymous_id(), Some(first.as_str()));
+        // Not written on the way to ready: with the queue, at the next
+        // idle moment or page hide.
+        assert_eq!(env.get(keys::ANONYMOUS_ID), None);
+        assert!(t.unsaved(), "the saver is due");
+        t.save();
+        assert_eq!(env.get(keys::ANONYMOUS_ID), Some(first.clone()));
+        let mut again = tracker(&env);
+        assert_eq!(again.anonymous_id(), Some(first.as_str()));
+        // Written back once per page (the cookie's expiry), not per save.
+        again.save();
+        env.set(keys::ANONYMOUS_ID, "changed by another tab");
+        track(&mut again, "Later");
+        again.save();
+        assert_eq!(
+            env.get(keys::ANONYMOUS_ID).as_deref(),
+            Some("changed by another tab")
+        );
     }
 
     #[test]
@@ -979,6 +1006,7 @@ mod tests {
         assert_ne!(before, after);
         assert_eq!(t.user_id(), None);
         assert_eq!(env.get(keys::USER_ID), None);
+        t.save();
         assert_eq!(env.get(keys::ANONYMOUS_ID), Some(after.clone()));
         track(&mut t, "Next person");
         let msgs = sent(&mut t);
@@ -1053,6 +1081,7 @@ mod tests {
         assert_eq!(env.get(keys::CONSENT).as_deref(), Some("100:v1"));
         assert_eq!(env.get(keys::USER_ID).as_deref(), Some("u"));
         assert_eq!(t.held(), 0);
+        t.save();
         // The decision survives a reload; the same decision again is not a
         // new record.
         let mut again = opt_in(&env);

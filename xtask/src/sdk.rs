@@ -34,8 +34,8 @@ use crate::tools::Tools;
 /// `WEFT_SDK_DIR` overrides it (see [`out_dir`]).
 pub const OUT_DIR: &str = "target/sdk";
 /// The script tag's total download, gzip -9, above which the build fails:
-/// what the SDK measures today (15,355 B) and a small margin that ends at
-/// the goal, so it cannot creep back over it.
+/// what the SDK measured when it was set (15,355 B; 15,349 B now) and a
+/// small margin that ends at the goal, so it cannot creep back over it.
 pub const BUDGET_GZIP_BYTES: usize = 15_355 + 5;
 /// The total the SDK aims for, gzip -9; reported, not enforced.
 pub const GOAL_GZIP_BYTES: usize = 15 * 1024;
@@ -256,13 +256,14 @@ pub fn build(root: &Path, tools: &Tools) -> Result<SizeReport, String> {
     write(&unminified, bundle.as_bytes())?;
     // `unsafe_arrows`: function expressions that use neither `this` nor
     // `arguments` become arrows (every browser that runs the wasm has
-    // them): 47 bytes gzip.
+    // them): 47 bytes gzip. `unsafe_methods`: functions in object literals
+    // become methods (`weftHost`'s; none is ever called with `new`): 8.
     Step::new("terser (minify weft.js)").run(
         Command::new(&tools.terser)
             .arg(&unminified)
             .args([
                 "--compress",
-                "passes=2,unsafe_arrows=true",
+                "passes=2,unsafe_arrows=true,unsafe_methods=true",
                 "--mangle",
                 "--ecma",
                 "2017",

@@ -20,9 +20,10 @@
 //! 2. **Main-thread time per `track` call**, timed with `performance.now()`
 //!    inside the page: in `--rounds` rounds of one batch (20 calls, the
 //!    SDK's queue drained before each: a page's usual load) and in
-//!    `--rounds` bursts of `--calls` back-to-back calls (where the queue,
-//!    rewritten to localStorage on every call, grows to its cap), each
-//!    after a warm-up round and a garbage collection. Baselines, in the same
+//!    `--rounds` bursts of `--calls` back-to-back calls (the queue drained
+//!    after each: a burst starts empty and ends with `--calls` queued, the
+//!    queue written once, later, at an idle moment), each after a warm-up
+//!    round and a garbage collection. Baselines, in the same
 //!    page: a call of an empty JS function with the same arguments, and
 //!    `JSON.stringify` of the same properties object, each repeated for at
 //!    least 20 ms a round (the page's clock has a 0.1 ms resolution). The
@@ -43,7 +44,10 @@
 //! console warnings with `data-debug="true"`) to stderr. Uncaught exceptions
 //! make the run fail: figures from a broken page mean nothing.
 //!
-//! Usage: `weft-sdk-bench [--rounds N] [--calls N]`.
+//! Usage: `weft-sdk-bench [--rounds N] [--calls N] [--anchors DIR]
+//! [--ready-only] [--compare DIR]...`: `--ready-only` measures ready time
+//! alone (a quick comparison of builds), `--compare` adds another SDK build's
+//! ready time to the side-by-side table, in the same rounds.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -73,6 +77,15 @@ struct Args {
     /// `@snowplow/browser-tracker`: also measure them, side by side.
     #[arg(long)]
     anchors: Option<std::path::PathBuf>,
+    /// Measure ready time only (weft's and, with `--anchors`, the
+    /// anchors'): for quick comparisons of builds.
+    #[arg(long)]
+    ready_only: bool,
+    /// Another build of the SDK (a directory like `target/sdk`) whose
+    /// ready time is measured beside the anchors, in the same rounds
+    /// (with `--anchors`; repeatable).
+    #[arg(long)]
+    compare: Vec<std::path::PathBuf>,
 }
 
 /// The event every measurement sends.
@@ -480,112 +493,17 @@ fn problems(page: &Page, label: &str) -> (Vec<String>, Vec<String>) {
     (exceptions, warnings)
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(&args).await {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("weft-sdk-bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Runs every measurement and prints the table; `Ok(false)` when the pages
-/// threw.
-async fn run(args: &Args) -> Result<bool, String> {
-    let sdk = sdk_dir();
-    let pages = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
-    write_pages(pages.path(), &sdk).map_err(|e| format!("writing the bench pages: {e}"))?;
-    let www = pages.path().to_path_buf();
-    let collector = TestCollector::start_with(|config| config.www_dir = Some(www)).await;
-    let chromium = Chromium::launch().await;
-    let rounds = args.rounds as usize;
-    let calls = args.calls as usize;
-    let mut lines = Vec::new();
-    let mut notes = Vec::new();
-
-    // 1. Ready time: cold loads, alternating which script goes first.
-    eprintln!("weft-sdk-bench: {rounds} cold loads of weft.js and of a same-size no-op script");
-    let loader = chromium.new_page().await;
-    loader
-        .call("Network.setCacheDisabled", json!({"cacheDisabled": true}))
-        .await;
-    let (ready_url, noop_url) = (collector.url("/ready.html"), collector.url("/noop.html"));
-    let (mut weft_loads, mut noop_loads) = (Vec::new(), Vec::new());
-    let mut user_agent = String::new();
-    for i in 0..=rounds {
-        let weft_first = i % 2 == 0;
-        for weft in [weft_first, !weft_first] {
-            let (load, raw) = if weft {
-                cold_load(&loader, &ready_url, "/weft.js").await?
-            } else {
-                cold_load(&loader, &noop_url, "/noop.js").await?
-            };
-            user_agent = raw["ua"].as_str().unwrap_or("").to_owned();
-            // The first pair warms Chromium's process and the collector.
-            if i == 0 {
-                continue;
-            }
-            if weft {
-                weft_loads.push(load);
-            } else {
-                noop_loads.push(load);
-            }
-        }
-    }
-    let of =
-        |loads: &[Load], f: fn(&Load) -> f64| median_p95(&loads.iter().map(f).collect::<Vec<_>>());
-    lines.push(Line {
-        what: "ready: weft.js execution start -> ready".into(),
-        weft: of(&weft_loads, |l| l.end - l.exec),
-        baseline_what: "no-op script: exec start -> load event".into(),
-        baseline: of(&noop_loads, |l| l.loaded - l.exec),
-        unit: "ms",
-    });
-    lines.push(Line {
-        what: "ready: weft.js request start -> ready".into(),
-        weft: of(&weft_loads, |l| l.end - l.request),
-        baseline_what: "no-op script: request -> load event".into(),
-        baseline: of(&noop_loads, |l| l.loaded - l.request),
-        unit: "ms",
-    });
-    lines.push(Line {
-        what: "ready: navigation start -> ready".into(),
-        weft: of(&weft_loads, |l| l.end),
-        baseline_what: "no-op script: navigation -> load event".into(),
-        baseline: of(&noop_loads, |l| l.loaded),
-        unit: "ms",
-    });
-    let wasm_of = |f: fn((f64, f64), &Load) -> f64| {
-        median_p95(
-            &weft_loads
-                .iter()
-                .map(|l| l.wasm.map_or(f64::NAN, |w| f(w, l)))
-                .collect::<Vec<_>>(),
-        )
-    };
-    let med = |x: (f64, f64)| x.0;
-    notes.push(format!(
-        "ready breakdown (weft medians): weft.js download {:.2} ms, response end -> exec start {:.2} ms, \
-         exec start -> weft.wasm request {:.2} ms, weft.wasm download {:.2} ms, wasm response end -> ready {:.2} ms; \
-         weft.js load event at exec start + {:.2} ms",
-        med(of(&weft_loads, |l| l.response_end - l.request)),
-        med(of(&weft_loads, |l| l.exec - l.response_end)),
-        med(wasm_of(|w, l| w.0 - l.exec)),
-        med(wasm_of(|w, _| w.1 - w.0)),
-        med(wasm_of(|w, l| l.end - w.1)),
-        med(of(&weft_loads, |l| l.loaded - l.exec)),
-    ));
-    let first = of(&weft_loads, |l| l.first_track);
-    notes.push(format!(
-        "first track call of a page (in the ready callback of the cold loads): median {:.1} ms, p95 {:.1} ms",
-        first.0, first.1
-    ));
-
-    // 3 (first, on a fresh page with an empty queue). Bytes per event.
+/// The bytes per event (3, first, on a fresh page with an empty queue) and
+/// the main-thread time per call (2), on one track page, which it returns.
+async fn track_figures(
+    chromium: &Chromium,
+    collector: &TestCollector,
+    rounds: usize,
+    calls: usize,
+    lines: &mut Vec<Line>,
+    notes: &mut Vec<String>,
+    user_agent: &str,
+) -> Result<Page, String> {
     eprintln!("weft-sdk-bench: bytes per event");
     let tracker = chromium.new_page().await;
     tracker
@@ -726,7 +644,134 @@ async fn run(args: &Args) -> Result<bool, String> {
          ({} not stored by the end: dropped at the queue's 512 KB cap, oldest first, or still queued)",
         tracked.saturating_sub(stored)
     ));
-    let delivered = tracker.requests_to("/v1/batch").len();
+    Ok(tracker)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("weft-sdk-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs every measurement and prints the table; `Ok(false)` when the pages
+/// threw.
+async fn run(args: &Args) -> Result<bool, String> {
+    let sdk = sdk_dir();
+    let pages = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    write_pages(pages.path(), &sdk).map_err(|e| format!("writing the bench pages: {e}"))?;
+    let www = pages.path().to_path_buf();
+    let collector = TestCollector::start_with(|config| config.www_dir = Some(www)).await;
+    let chromium = Chromium::launch().await;
+    let rounds = args.rounds as usize;
+    let calls = args.calls as usize;
+    let mut lines = Vec::new();
+    let mut notes = Vec::new();
+
+    // 1. Ready time: cold loads, alternating which script goes first.
+    eprintln!("weft-sdk-bench: {rounds} cold loads of weft.js and of a same-size no-op script");
+    let loader = chromium.new_page().await;
+    loader
+        .call("Network.setCacheDisabled", json!({"cacheDisabled": true}))
+        .await;
+    let (ready_url, noop_url) = (collector.url("/ready.html"), collector.url("/noop.html"));
+    let (mut weft_loads, mut noop_loads) = (Vec::new(), Vec::new());
+    let mut user_agent = String::new();
+    for i in 0..=rounds {
+        let weft_first = i % 2 == 0;
+        for weft in [weft_first, !weft_first] {
+            let (load, raw) = if weft {
+                cold_load(&loader, &ready_url, "/weft.js").await?
+            } else {
+                cold_load(&loader, &noop_url, "/noop.js").await?
+            };
+            user_agent = raw["ua"].as_str().unwrap_or("").to_owned();
+            // The first pair warms Chromium's process and the collector.
+            if i == 0 {
+                continue;
+            }
+            if weft {
+                weft_loads.push(load);
+            } else {
+                noop_loads.push(load);
+            }
+        }
+    }
+    let of =
+        |loads: &[Load], f: fn(&Load) -> f64| median_p95(&loads.iter().map(f).collect::<Vec<_>>());
+    lines.push(Line {
+        what: "ready: weft.js execution start -> ready".into(),
+        weft: of(&weft_loads, |l| l.end - l.exec),
+        baseline_what: "no-op script: exec start -> load event".into(),
+        baseline: of(&noop_loads, |l| l.loaded - l.exec),
+        unit: "ms",
+    });
+    lines.push(Line {
+        what: "ready: weft.js request start -> ready".into(),
+        weft: of(&weft_loads, |l| l.end - l.request),
+        baseline_what: "no-op script: request -> load event".into(),
+        baseline: of(&noop_loads, |l| l.loaded - l.request),
+        unit: "ms",
+    });
+    lines.push(Line {
+        what: "ready: navigation start -> ready".into(),
+        weft: of(&weft_loads, |l| l.end),
+        baseline_what: "no-op script: navigation -> load event".into(),
+        baseline: of(&noop_loads, |l| l.loaded),
+        unit: "ms",
+    });
+    let wasm_of = |f: fn((f64, f64), &Load) -> f64| {
+        median_p95(
+            &weft_loads
+                .iter()
+                .map(|l| l.wasm.map_or(f64::NAN, |w| f(w, l)))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let med = |x: (f64, f64)| x.0;
+    notes.push(format!(
+        "ready breakdown (weft medians): weft.js download {:.2} ms, response end -> exec start {:.2} ms, \
+         exec start -> weft.wasm request {:.2} ms, weft.wasm download {:.2} ms, wasm response end -> ready {:.2} ms; \
+         weft.js load event at exec start + {:.2} ms",
+        med(of(&weft_loads, |l| l.response_end - l.request)),
+        med(of(&weft_loads, |l| l.exec - l.response_end)),
+        med(wasm_of(|w, l| w.0 - l.exec)),
+        med(wasm_of(|w, _| w.1 - w.0)),
+        med(wasm_of(|w, l| l.end - w.1)),
+        med(of(&weft_loads, |l| l.loaded - l.exec)),
+    ));
+    let first = of(&weft_loads, |l| l.first_track);
+    notes.push(format!(
+        "first track call of a page (in the ready callback of the cold loads): median {:.1} ms, p95 {:.1} ms",
+        first.0, first.1
+    ));
+
+    // 2 and 3: on a track page of its own.
+    let tracked = if args.ready_only {
+        None
+    } else {
+        Some(
+            track_figures(
+                &chromium,
+                &collector,
+                rounds,
+                calls,
+                &mut lines,
+                &mut notes,
+                &user_agent,
+            )
+            .await?,
+        )
+    };
+    let delivered = tracked
+        .as_ref()
+        .map_or(0, |page| page.requests_to("/v1/batch").len());
 
     // The script tag's download.
     let size = |name: &str| std::fs::metadata(sdk.join(name)).map_or(f64::NAN, |m| m.len() as f64);
@@ -767,21 +812,16 @@ async fn run(args: &Args) -> Result<bool, String> {
     }
 
     if let Some(dir) = &args.anchors {
-        anchors::run(
-            &chromium,
-            &collector,
-            pages.path(),
-            dir,
-            &sdk,
-            rounds,
-            calls,
-        )
-        .await?;
+        anchors::run(&chromium, &collector, pages.path(), dir, &sdk, args).await?;
     }
 
     let mut exceptions = Vec::new();
     let mut warnings = Vec::new();
-    for (page, label) in [(&loader, "ready/noop pages"), (&tracker, "track page")] {
+    let pages = [
+        (Some(&loader), "ready/noop pages"),
+        (tracked.as_ref(), "track page"),
+    ];
+    for (page, label) in pages.into_iter().filter_map(|(p, l)| Some((p?, l))) {
         let (e, w) = problems(page, label);
         exceptions.extend(e);
         warnings.extend(w);

@@ -107,6 +107,64 @@ async fn without_a_decision_an_opt_in_page_writes_nothing_and_sends_nothing() {
     no_exceptions(&page);
 }
 
+/// Counts the page's reads of `document.cookie` in `__cookieReads`
+/// (installed before any script of the page runs).
+const COUNT_COOKIE_READS: &str = r#"(function () {
+  var d = Object.getOwnPropertyDescriptor(Document.prototype, "cookie");
+  window.__cookieReads = 0;
+  Object.defineProperty(document, "cookie", { configurable: true,
+    get: function () { window.__cookieReads++; return d.get.call(this); },
+    set: function (v) { d.set.call(this, v); } });
+})();"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_a_decision_an_opt_in_page_does_not_even_read_the_id_cookie() {
+    let c = fixture_collector().await;
+    let site = fixture_site(&c).await;
+    let chromium = Chromium::launch().await;
+    let page = chromium.new_page().await;
+    page.call(
+        "Page.addScriptToEvaluateOnNewDocument",
+        json!({"source": COUNT_COOKIE_READS}),
+    )
+    .await;
+    // An ID another page of the site left in the cookie only.
+    let set = page
+        .call(
+            "Network.setCookie",
+            json!({"name": "weft_aid", "value": "cookie-only-id", "url": site.url("/")}),
+        )
+        .await;
+    assert_eq!(set["success"], true, "{set}");
+
+    page.goto(&site.url("/optin.html")).await;
+    sdk_ready(&page).await;
+    page.eval("weft.track('Held'); weft.flush()").await;
+    // Past the idle-time saver.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        page.eval("__cookieReads").await,
+        json!(0),
+        "no read of document.cookie before a decision"
+    );
+    assert_eq!(page.eval("weft.anonymousId()").await, Value::Null);
+
+    // Under opt-out the loader reads it while the wasm loads, and `start`
+    // adopts it (localStorage has none).
+    page.goto(&site.url("/optout.html")).await;
+    sdk_ready(&page).await;
+    assert_eq!(page.eval("weft.anonymousId()").await, "cookie-only-id");
+    assert!(
+        page.eval("__cookieReads").await.as_u64() >= Some(1),
+        "the opt-out page reads the cookie"
+    );
+    // A later read (a reset) sees the cookie as it is then, not the early
+    // value.
+    page.eval("weft.reset()").await;
+    assert_ne!(page.eval("weft.anonymousId()").await, "cookie-only-id");
+    no_exceptions(&page);
+}
+
 // 10. ----------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,6 +38,22 @@ fn cookie<'a>(cookies: &'a [Value], name: &str) -> Option<&'a Value> {
     cookies.iter().find(|c| c["name"] == name)
 }
 
+/// `origin`'s localStorage once `key` holds `value` (the SDK writes its
+/// identity with the queue, at the next idle moment: at most 500 ms after
+/// the change).
+async fn saved(
+    page: &weft_e2e::chromium::Page,
+    origin: &str,
+    key: &str,
+    value: Option<&str>,
+) -> Vec<(String, String)> {
+    eventually(Duration::from_secs(3), &format!("{key} saved"), || async {
+        let storage = page.local_storage(origin).await;
+        (storage_value(&storage, key).as_deref() == value).then_some(storage)
+    })
+    .await
+}
+
 fn storage_value(items: &[(String, String)], key: &str) -> Option<String> {
     items.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
 }
@@ -465,7 +481,8 @@ async fn identity_survives_reloads_and_reset_starts_a_new_one() {
         .expect("an anonymousId under opt-out")
         .to_owned();
     assert_eq!(aid.len(), 36, "a UUID: {aid}");
-    let storage = page.local_storage(&origin).await;
+    // Written by the idle-time saver, not on the way to ready.
+    let storage = saved(&page, &origin, "weft.aid", Some(&aid)).await;
     assert_eq!(
         storage_value(&storage, "weft.aid"),
         Some(aid.clone()),
@@ -524,12 +541,7 @@ async fn identity_survives_reloads_and_reset_starts_a_new_one() {
         Value::Null,
         "reset clears the userId"
     );
-    let storage = page.local_storage(&origin).await;
-    assert_eq!(
-        storage_value(&storage, "weft.aid"),
-        Some(new_aid.clone()),
-        "{storage:?}"
-    );
+    let storage = saved(&page, &origin, "weft.aid", Some(&new_aid)).await;
     assert_eq!(storage_value(&storage, "weft.uid"), None, "{storage:?}");
     let cookies = chromium.cookies().await;
     assert_eq!(
@@ -599,7 +611,12 @@ async fn the_anonymous_id_is_shared_across_subdomains_of_the_registrable_domain(
     sdk_ready(&page).await;
     let aid = page.eval("weft.anonymousId()").await;
     let aid = aid.as_str().expect("an anonymousId").to_owned();
-    let cookies = chromium.cookies().await;
+    // Written by the idle-time saver, not on the way to ready.
+    let cookies = eventually(Duration::from_secs(3), "the weft_aid cookie", || async {
+        let cookies = chromium.cookies().await;
+        cookie(&cookies, "weft_aid").is_some().then_some(cookies)
+    })
+    .await;
     let aid_cookie =
         cookie(&cookies, "weft_aid").unwrap_or_else(|| panic!("weft_aid cookie: {cookies:?}"));
     assert_eq!(aid_cookie["value"], aid.as_str());

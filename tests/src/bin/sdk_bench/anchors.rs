@@ -16,7 +16,9 @@
 //!
 //! Figures, medians over rounds: download (gzip -9 and brotli of what the
 //! script tag fetches), ready (script execution start to usable), the
-//! synchronous cost of a track call in rounds of 20 and in bursts, the
+//! synchronous cost of a track call in rounds of 20 and in bursts (up to
+//! 10 after a warm-up burst, each from an empty queue: the SDK has handed
+//! over the burst before), the
 //! main-thread time per call including the work the calls cause later
 //! (timers, sends, storage: Chromium's `TaskDuration` from before a round
 //! of 20 until one second after it), request bytes per event as sent, and
@@ -40,11 +42,13 @@ use super::{EVENT, PROPERTIES, median_p95};
 
 /// One SDK of the comparison.
 struct Sdk {
-    name: &'static str,
+    name: String,
+    /// The script whose execution start the ready time counts from.
+    script: String,
     /// The files the script tag downloads.
     files: Vec<PathBuf>,
     /// The ready page and the track page.
-    ready_page: &'static str,
+    ready_page: String,
     track_page: &'static str,
     /// A JavaScript statement tracking `EVENT` with properties `p`.
     track: &'static str,
@@ -206,7 +210,13 @@ fn brotli_len(data: &[u8]) -> usize {
 /// Writes the anchors' pages and served copies into `www` (the weft pages
 /// are the bench's own `ready.html` and `track.html`); returns the three
 /// SDKs.
-fn write_pages(www: &Path, anchors: &Path, sdk: &Path, stub: &str) -> Result<Vec<Sdk>, String> {
+fn write_pages(
+    www: &Path,
+    anchors: &Path,
+    sdk: &Path,
+    compare: &[PathBuf],
+    stub: &str,
+) -> Result<Vec<Sdk>, String> {
     // weft's ready page with the preload hint the README's snippet has:
     // the wasm downloads while weft.js does.
     let ready =
@@ -260,41 +270,81 @@ fn write_pages(www: &Path, anchors: &Path, sdk: &Path, stub: &str) -> Result<Vec
             .and_then(|()| std::fs::write(www.join(format!("{name}-track.html")), &html))
             .map_err(|e| format!("{name} pages: {e}"))?;
     }
-    Ok(vec![
+    let mut sdks = vec![
         Sdk {
-            name: "weft",
+            name: "weft".into(),
+            script: "/weft.js".into(),
             files: vec![sdk.join("weft.js"), sdk.join("weft.wasm")],
-            ready_page: "/ready.html",
+            ready_page: "/ready.html".into(),
             track_page: "/track.html",
             track: "weft.track(E, p)",
             ready_only: false,
         },
         Sdk {
-            name: "weft + preload hint",
+            name: "weft + preload hint".into(),
+            script: "/weft.js".into(),
             files: vec![sdk.join("weft.js"), sdk.join("weft.wasm")],
-            ready_page: "/ready-preload.html",
+            ready_page: "/ready-preload.html".into(),
             track_page: "/track.html",
             track: "weft.track(E, p)",
             ready_only: true,
         },
         Sdk {
-            name: "PostHog",
+            name: "PostHog".into(),
+            script: "/posthog.js".into(),
             files: vec![posthog],
-            ready_page: "/posthog-ready.html",
+            ready_page: "/posthog-ready.html".into(),
             track_page: "/posthog-track.html",
             track: "posthog.capture(E, p)",
             ready_only: false,
         },
         Sdk {
-            name: "Snowplow",
+            name: "Snowplow".into(),
+            script: "/snowplow.js".into(),
             files: vec![snowplow],
-            ready_page: "/snowplow-ready.html",
+            ready_page: "/snowplow-ready.html".into(),
             track_page: "/snowplow-track.html",
             track: "snowplowBrowserTracking.trackSelfDescribingEvent({event: {schema: \
                     'iglu:com.example/product_viewed/jsonschema/1-0-0', data: p}})",
             ready_only: false,
         },
-    ])
+    ];
+    // Other builds of the SDK, ready time only, each from a folder of the
+    // site (`/cmp1/weft.js` loads `/cmp1/weft.wasm`), with and without the
+    // preload hint: A/B comparisons of builds in the same rounds.
+    for (i, dir) in compare.iter().enumerate() {
+        let folder = format!("cmp{}", i + 1);
+        std::fs::create_dir_all(www.join(&folder)).map_err(|e| format!("{folder}: {e}"))?;
+        for name in ["weft.js", "weft.wasm"] {
+            for ext in ["", ".gz", ".br"] {
+                let file = format!("{name}{ext}");
+                std::fs::copy(dir.join(&file), www.join(&folder).join(&file))
+                    .map_err(|e| format!("{dir:?}/{file}: {e}"))?;
+            }
+        }
+        for (page, hint) in [
+            ("ready.html", ""),
+            ("ready-preload.html", " + preload hint"),
+        ] {
+            let html =
+                std::fs::read_to_string(www.join(page)).map_err(|e| format!("{page}: {e}"))?;
+            let html = html
+                .replace("\"/weft.js\"", &format!("\"/{folder}/weft.js\""))
+                .replace("\"/weft.wasm\"", &format!("\"/{folder}/weft.wasm\""));
+            let name = format!("{folder}-{page}");
+            std::fs::write(www.join(&name), html).map_err(|e| format!("{name}: {e}"))?;
+            sdks.push(Sdk {
+                name: format!("{}{hint}", dir.display()),
+                script: format!("/{folder}/weft.js"),
+                files: vec![dir.join("weft.js"), dir.join("weft.wasm")],
+                ready_page: format!("/{name}"),
+                track_page: "",
+                track: "",
+                ready_only: true,
+            });
+        }
+    }
+    Ok(sdks)
 }
 
 /// A page with the plain Chrome user agent.
@@ -341,11 +391,12 @@ pub async fn run(
     www: &Path,
     anchors: &Path,
     sdk_dir: &Path,
-    rounds: usize,
-    calls: usize,
+    args: &super::Args,
 ) -> Result<(), String> {
+    let (rounds, calls) = (args.rounds as usize, args.calls as usize);
+    let (ready_only, compare) = (args.ready_only, &args.compare);
     let stub = Receiver::start().await;
-    let sdks = write_pages(www, anchors, sdk_dir, &stub.url)?;
+    let sdks = write_pages(www, anchors, sdk_dir, compare, &stub.url)?;
     let probe = chromium.new_page().await;
     let headless = probe.eval("navigator.userAgent").await;
     let user_agent = headless
@@ -369,24 +420,32 @@ pub async fn run(
     table.push(("download, gzip -9".into(), sizes(gzip_len), "B"));
     table.push(("download, brotli".into(), sizes(brotli_len), "B"));
 
-    // Ready: cold loads, rotating which SDK goes first.
+    // Ready: cold loads, in a new order every round (a fixed rotation
+    // gives each SDK the same predecessor every time, and what one page
+    // leaves behind, its unload and garbage, falls on the next).
     eprintln!("weft-sdk-bench: side by side: {rounds} cold loads of each SDK");
     let loader = page_as_chrome(chromium, &user_agent).await;
     let mut ready: Vec<Vec<f64>> = vec![Vec::new(); sdks.len()];
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
     for i in 0..=rounds {
-        for k in 0..sdks.len() {
-            let s = (i + k) % sdks.len();
-            let script = match sdks[s].name {
-                "PostHog" => "/posthog.js",
-                "Snowplow" => "/snowplow.js",
-                _ => "/weft.js",
-            };
-            let url = collector.url(sdks[s].ready_page);
-            let ms = if script == "/weft.js" {
+        let mut order: Vec<usize> = (0..sdks.len()).collect();
+        for k in (1..order.len()).rev() {
+            // xorshift64: any fixed sequence of shuffles will do.
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            order.swap(k, (seed % (k as u64 + 1)) as usize);
+        }
+        for s in order {
+            let script = sdks[s].script.as_str();
+            let url = collector.url(&sdks[s].ready_page);
+            let ms = if script.ends_with("/weft.js") {
                 // The weft page's probe notes weft.js's start itself.
                 loader.goto(&url).await;
                 let v = loader
-                    .eval("__bench.ready.then(function (t) { return t - __bench.start['/weft.js']; })")
+                    .eval(&format!(
+                        "__bench.ready.then(function (t) {{ return t - __bench.start['{script}']; }})"
+                    ))
                     .await;
                 v.as_f64().ok_or("weft: no ready time")?
             } else {
@@ -410,7 +469,7 @@ pub async fn run(
     let mut bytes = Vec::new();
     let mut delivered = Vec::new();
     for s in &sdks {
-        if s.ready_only {
+        if s.ready_only || ready_only {
             for v in [
                 &mut sync20,
                 &mut async20,
@@ -467,15 +526,28 @@ pub async fn run(
             let _ = events_sent;
             (b1 - b0) as f64 / (e1 - e0).max(1) as f64
         };
+        // Bursts: one to warm up, then `rounds` measured, at most 10 (with
+        // 20, twice the whole run stalled in Snowplow's page on a loaded
+        // 2-core VM: a CDP evaluation unanswered for 30 s), each after a
+        // garbage collection and from an empty queue: the SDK has handed over what the burst before made
+        // (weft: nothing queued, by `weft.debug()`, as the main table
+        // drains; the others: the stub receiver has counted the burst's
+        // events, or its count stood still for 4 s: PostHog sends every
+        // 3 s).
         let mut bursts = Vec::new();
-        for round in 0..=rounds.min(5) {
+        for round in 0..=rounds.min(10) {
+            let before = stub.totals().0;
             page.call("HeapProfiler.collectGarbage", json!({})).await;
             let ms = page
                 .eval(&format!("__bench.time({calls})"))
                 .await
                 .as_f64()
                 .unwrap_or(f64::NAN);
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            if weft {
+                super::drain(&page).await;
+            } else {
+                handed_over(|| stub.totals().0, before + calls).await;
+            }
             if round > 0 {
                 bursts.push(ms * 1000.0 / calls as f64);
             }
@@ -517,7 +589,7 @@ pub async fn run(
                 "weft-sdk-bench: {}: nothing delivered ({seen} POSTs seen in all); page problems: {:?} {:?}",
                 s.name,
                 page.exceptions(),
-                super::problems(&page, s.name).1
+                super::problems(&page, &s.name).1
             );
         }
         page.call("Page.close", json!({})).await;
@@ -558,7 +630,10 @@ pub async fn run(
     );
     println!(
         "| figure (median) | {} |",
-        sdks.iter().map(|s| s.name).collect::<Vec<_>>().join(" | ")
+        sdks.iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(" | ")
     );
     println!("|---|{}", "---:|".repeat(sdks.len()));
     for (what, values, unit) in &table {
@@ -586,6 +661,24 @@ pub async fn run(
         println!("| {what} | {} |", cells.join(" | "));
     }
     Ok(())
+}
+
+/// Waits until `count` reaches `target`, or has not changed for 4 s; 20 s
+/// at most.
+async fn handed_over(count: impl Fn() -> usize, target: usize) {
+    let (mut last, mut still) = (usize::MAX, 0);
+    for _ in 0..100 {
+        let now = count();
+        if now >= target {
+            return;
+        }
+        still = if now == last { still + 1 } else { 0 };
+        if still == 20 {
+            return;
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Waits until `count` has not changed for 4 s (PostHog sends every 3 s),
