@@ -23,10 +23,13 @@ use crate::bench::{
     build, collector_command, cpu_seconds, json_number, measure, parse_options, summary_line,
 };
 
-/// Largest acceptable fall of the ingest rate with 50 segments.
-const MAX_DROP: f64 = 0.20;
-/// Longest acceptable recompute of one rule over the identity history.
-const MAX_RECOMPUTE: Duration = Duration::from_secs(10);
+/// Largest acceptable fall of the ingest rate with 50 segments: the
+/// issue's 20%, tightened to what was reached (medians of 5.0-10.0% in
+/// three full runs) and a margin for this VM's noise.
+const MAX_DROP: f64 = 0.15;
+/// Longest acceptable recompute of one rule over the identity history:
+/// the 10 s, tightened to what was reached (4.4 s) and a margin.
+const MAX_RECOMPUTE: Duration = Duration::from_secs(6);
 /// Segments defined for the ingest run.
 const SEGMENTS: usize = 50;
 
