@@ -208,8 +208,8 @@ pub struct Tracker<E: Env> {
     pub too_large: u32,
     /// The queue changed since it was last written to storage.
     dirty: bool,
-    /// The identity was read or made and is not written back yet (it is
-    /// with the queue, at the next [`Tracker::save`]: never on the way to
+    /// The anonymous ID was read or made and is not written back yet (it
+    /// is with the queue, at the next [`Tracker::save`]: not on the way to
     /// ready, where a page's first storage writes are slow).
     identity_unsaved: bool,
     /// The library's context member, shared by every message.

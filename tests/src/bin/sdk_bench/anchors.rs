@@ -529,11 +529,11 @@ pub async fn run(
         // Bursts: one to warm up, then `rounds` measured, at most 10 (with
         // 20, twice the whole run stalled in Snowplow's page on a loaded
         // 2-core VM: a CDP evaluation unanswered for 30 s), each after a
-        // garbage collection and from an empty queue: the SDK has handed over what the burst before made
-        // (weft: nothing queued, by `weft.debug()`, as the main table
-        // drains; the others: the stub receiver has counted the burst's
-        // events, or its count stood still for 4 s: PostHog sends every
-        // 3 s).
+        // garbage collection and from an empty queue: the SDK has handed
+        // over what the burst before made (weft: nothing queued, by
+        // `weft.debug()`, as the main table drains; the others: the stub
+        // receiver has counted the burst's events, or its count stood still
+        // for 4 s: PostHog sends every 3 s).
         let mut bursts = Vec::new();
         for round in 0..=rounds.min(10) {
             let before = stub.totals().0;
