@@ -280,12 +280,16 @@ async fn a_grant_sends_the_held_events_once_under_the_identity_created_then() {
     assert_eq!(entries[0]["policy"], "opt-in");
     assert_eq!(entries[0]["policy_version"], "2026-01");
 
-    // The identity is stored now, and only now.
-    let storage = page.local_storage(&origin).await;
-    assert!(
-        storage.iter().any(|(k, v)| k == "weft.aid" && *v == aid),
-        "{storage:?}"
-    );
+    // The identity is stored now (at the idle moment after the grant), and
+    // only now.
+    let storage = weft_e2e::eventually(Duration::from_secs(3), "weft.aid saved", || async {
+        let storage = page.local_storage(&origin).await;
+        storage
+            .iter()
+            .any(|(k, v)| k == "weft.aid" && *v == aid)
+            .then_some(storage)
+    })
+    .await;
     assert!(keys(&storage).contains(&"weft.consent"), "{storage:?}");
     let cookies = chromium.cookies().await;
     assert!(
