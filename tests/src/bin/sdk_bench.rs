@@ -633,11 +633,17 @@ async fn track_figures(
             2 * (rounds + 1)
         ));
     }
-    // What reached the collector of what was tracked.
+    // What reached the collector of what was tracked on this page (the
+    // ready pages' first tracks are not counted).
     let stored = collector
         .rows()
         .iter()
-        .filter(|r| r.is_track(EVENT))
+        .filter(|r| {
+            r.is_track(EVENT)
+                && r.body["context"]["page"]["url"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with("/track.html"))
+        })
         .count();
     notes.push(format!(
         "track: the collector stored {stored} of the {tracked} events tracked on the track page \
