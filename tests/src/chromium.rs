@@ -24,11 +24,17 @@ use tokio_tungstenite::tungstenite::Message;
 
 type Reply = Result<Value, Value>;
 
-/// The connection to the browser: requests by id, events in arrival order.
+/// Events' `params` by session (`""` for the browser's own) and method, in
+/// arrival order: a long run (the SDK bench) collects hundreds of thousands,
+/// and a page's poll for one kind must not scan them all.
+type Events = HashMap<(String, String), Vec<Value>>;
+
+/// The connection to the browser: requests by id, events by session and
+/// method.
 struct Cdp {
     out: mpsc::UnboundedSender<String>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
-    events: Mutex<Vec<Value>>,
+    events: Mutex<Events>,
     next_id: AtomicU64,
 }
 
@@ -154,7 +160,7 @@ impl Chromium {
         let cdp = Arc::new(Cdp {
             out,
             pending: Mutex::new(HashMap::new()),
-            events: Mutex::new(Vec::new()),
+            events: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         });
         tokio::spawn(async move {
@@ -179,8 +185,23 @@ impl Chromium {
                     if let Some(tx) = reader.pending.lock().unwrap().remove(&id) {
                         let _ = tx.send(reply);
                     }
-                } else {
-                    reader.events.lock().unwrap().push(v);
+                } else if let Value::Object(mut event) = v {
+                    let text = |v: Option<Value>| match v {
+                        Some(Value::String(s)) => s,
+                        _ => String::new(),
+                    };
+                    let key = (
+                        text(event.remove("sessionId")),
+                        text(event.remove("method")),
+                    );
+                    let params = event.remove("params").unwrap_or(Value::Null);
+                    reader
+                        .events
+                        .lock()
+                        .unwrap()
+                        .entry(key)
+                        .or_default()
+                        .push(params);
                 }
             }
         });
@@ -266,10 +287,9 @@ impl Page {
             .events
             .lock()
             .unwrap()
-            .iter()
-            .filter(|e| e["sessionId"] == self.session.as_str() && e["method"] == method)
-            .map(|e| e["params"].clone())
-            .collect()
+            .get(&(self.session.clone(), method.to_owned()))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Navigates and waits for the load event.
