@@ -49,11 +49,10 @@ try {
     if (rule && !/'(wasm-)?unsafe-eval'/.test(rule)) cspBlocksWasm = true;
   });
 } catch (e) {}
-// weft.wasm is asked for first and compiled as it arrives: its download is
-// most of the time to ready. When that fails, the fallback below takes over.
-var compiled;
+// weft.wasm is asked for first: its download is most of the time to ready.
+var fetched;
 try {
-  if (!cspBlocksWasm) compiled = WebAssembly.compileStreaming(fetch(stem + ".wasm"));
+  if (!cspBlocksWasm) fetched = fetch(stem + ".wasm");
 } catch (e) {
   report(e);
 }
@@ -506,15 +505,15 @@ safely(function () {
 // `document.cookie` waits on the browser's network process. `start` uses
 // this value; later reads see the cookie as it is then.
 var early = data.consent === "opt-out" && [safely(getCookie, "weft_aid")];
-// The module is compiled as it downloads (above) and instantiated here. If
-// that fails (a Content-Security-Policy without 'wasm-unsafe-eval' refuses
-// to compile, no WebAssembly or streaming, an engine without a wasm feature
-// the build uses, a weft.wasm that is missing or not served as
-// `application/wasm`), or the page's <meta> CSP blocks wasm, `weft-fallback.js` from
+// The module is compiled as it downloads. If that fails (a
+// Content-Security-Policy without 'wasm-unsafe-eval' refuses to compile, no
+// WebAssembly or streaming, an engine without a wasm feature the build
+// uses), or the page's <meta> CSP blocks wasm, `weft-fallback.js` from
 // beside weft.js (named after it) is loaded with a <script> element (the
 // page's nonce copied): binaryen's wasm2js translation of the same module.
 // It defines no global; it calls `document.currentScript.weft`
-// with `make`, and `make(imports)` returns the same exports.
+// with `make`, and `make(imports)` returns the same exports. A weft.wasm
+// that is not there (an error status) is not a reason to try it.
 var imports = { a: weftHost };
 var nonce = script && script.nonce;
 var fallback = function (e) {
@@ -537,9 +536,14 @@ var fallback = function (e) {
 try {
   (cspBlocksWasm
     ? fallback("CSP blocks wasm")
-    : Promise.resolve(compiled).then(function (module) {
-      return new WebAssembly.Instance(module, imports).exports;
-    }).catch(fallback))
+    : fetched.then(function (response) {
+      if (!response.ok) throw "weft.wasm: " + response.status;
+      return new Promise(function (ok) {
+        ok(WebAssembly.instantiateStreaming(response, imports));
+      }).then(function (made) {
+        return made.instance.exports;
+      }, fallback);
+    }))
     .then(function (exports) {
       var nav = navigator;
       wasm = exports;
