@@ -282,14 +282,7 @@ async fn a_grant_sends_the_held_events_once_under_the_identity_created_then() {
 
     // The identity is stored now (at the idle moment after the grant), and
     // only now.
-    let storage = weft_e2e::eventually(Duration::from_secs(3), "weft.aid saved", || async {
-        let storage = page.local_storage(&origin).await;
-        storage
-            .iter()
-            .any(|(k, v)| k == "weft.aid" && *v == aid)
-            .then_some(storage)
-    })
-    .await;
+    let storage = crate::sdk::saved(&page, &origin, "weft.aid", Some(&aid)).await;
     assert!(keys(&storage).contains(&"weft.consent"), "{storage:?}");
     let cookies = chromium.cookies().await;
     assert!(

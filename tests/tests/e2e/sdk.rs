@@ -41,7 +41,7 @@ fn cookie<'a>(cookies: &'a [Value], name: &str) -> Option<&'a Value> {
 /// `origin`'s localStorage once `key` holds `value` (the SDK writes its
 /// identity with the queue, at the next idle moment: at most 500 ms after
 /// the change).
-async fn saved(
+pub(crate) async fn saved(
     page: &weft_e2e::chromium::Page,
     origin: &str,
     key: &str,
